@@ -1,0 +1,1 @@
+"""Running zkynet: the experiment runner, training loop, tracking and benchmarks."""

@@ -1,0 +1,144 @@
+"""Each mistake a user can make gets a specific error that says what went wrong."""
+import jax.numpy as jnp
+import pytest
+
+from zkynet.framework import cg, op
+from zkynet.framework.errors import ZkynetError
+from zkynet.models.toy import CompositeModel_NoWeightSharing_SameInputs, SimpleModel
+
+
+def test_too_few_inputs():
+    with pytest.raises(cg.InputCountError, match=r"SimpleModel takes 1 input\(s\) \(x\); missing: x"):
+        SimpleModel()()
+
+
+def test_extra_inputs_warn_and_are_ignored():
+    # The seed document calls the one-input composite as m(3, 4): that keeps working,
+    # with a warning naming what was ignored.
+    with pytest.warns(UserWarning, match="takes 1 input.*called with 2; ignoring"):
+        result = CompositeModel_NoWeightSharing_SameInputs()(3, 4)
+    assert result.value == 2 * 36
+
+
+def test_inputs_by_keyword():
+    m = SimpleModel()
+    assert m(x=3).value == 36
+    with pytest.raises(cg.UnknownNameError, match="no input named 'y'"):
+        m(y=3)
+    with pytest.raises(cg.InputCountError, match="got input 'x' twice"):
+        m(3, x=3)
+
+
+def test_operator_with_wrong_number_of_inputs():
+    with pytest.raises(cg.InputCountError, match=r"add takes 2 input\(s\) \(a, b\), got 3"):
+        op.add(1, 2, 3)
+    with pytest.raises(cg.InputCountError, match=r"exp takes 1 input\(s\) \(x\), got 2"):
+        op.exp(1, 2)
+
+
+def test_unknown_param_and_input_names():
+    m = SimpleModel()
+    with pytest.raises(cg.UnknownNameError, match="SimpleModel has no parameter named 'v'; its parameters are: w"):
+        m.param("v")
+    with pytest.raises(cg.UnknownNameError, match="SimpleModel has no input named 'y'; its inputs are: x"):
+        m.input("y")
+    assert isinstance(cg.UnknownNameError("x"), LookupError)
+
+
+class Pair(cg.Module):
+    def __init__(self, fn):
+        super().__init__(inputs=(cg.Variable("a"), cg.Variable("b")))
+        self.fn = fn
+
+    def call(self, a, b):
+        return self.fn(a, b)
+
+
+@pytest.mark.parametrize("fn, a, b, name", [
+    (op.add, jnp.ones(3), jnp.ones(4), "add"),
+    (op.mult, jnp.ones((2, 3)), jnp.ones((3, 2)), "mult"),
+    (op.matmul, jnp.ones((2, 3)), jnp.ones((4, 5)), "matmul"),
+    (lambda a, b: op.concat([a, b], axis=0), jnp.ones((2, 3)), jnp.ones((2, 4)), "concat"),
+    (lambda a, b: op.conv2d(a, b), jnp.ones((1, 3, 5, 5)), jnp.ones((2, 4, 3, 3)), "conv2d"),
+])
+def test_shape_mismatch_names_the_operator_and_both_shapes(fn, a, b, name):
+    with pytest.raises(cg.ShapeError) as error:
+        Pair(fn)(a, b)
+    message = str(error.value)
+    assert message.startswith(f"Pair/{name}: cannot apply to inputs")
+    assert f"float32{list(a.shape)} and float32{list(b.shape)}" in message
+    assert isinstance(error.value, ValueError)
+
+
+def test_reshape_to_a_wrong_size():
+    with pytest.raises(cg.ShapeError, match=r"reshape: cannot apply to inputs float32\[2, 3\]"):
+        op.reshape(jnp.ones((2, 3)), (4, 2))
+
+
+@pytest.mark.parametrize("bad", ["3", None, object(), {"x": 1}, ["a", "b"], [[1, 2], [3]]])
+def test_non_numeric_values(bad):
+    with pytest.raises(cg.ValueTypeError, match="input 'x' of SimpleModel"):
+        SimpleModel()(bad)
+    with pytest.raises(cg.ValueTypeError):
+        op.exp(bad)
+
+
+def test_non_numeric_parameter():
+    with pytest.raises(cg.ValueTypeError, match="parameter 'w': expected a number or a numeric array"):
+        cg.Parameter("w", "one")
+
+
+def test_grad_before_back():
+    m = SimpleModel()
+    with pytest.raises(cg.BackwardNotRunError, match="call back"):
+        m(3).grad(m.param("w"))
+
+
+def test_grad_of_something_the_graph_never_used():
+    m, other = SimpleModel(), SimpleModel()
+    result = m(3)
+    result.back()
+    with pytest.raises(cg.GradientError, match="parameter 'w' was not used by this graph"):
+        result.grad(other.param("w"))
+    with pytest.raises(cg.GradientError, match="input 'x' was not used"):
+        result.grad(other.input("x"))
+    with pytest.raises(cg.GradientError, match="is not part of this graph"):
+        result.grad(other(3).root)
+    with pytest.raises(cg.ValueTypeError, match="grad\\(\\) takes a Parameter"):
+        result.grad("w")
+
+
+def test_cotangent_of_the_wrong_shape():
+    m = SimpleModel()
+    result = m(jnp.ones(3))
+    with pytest.raises(cg.ShapeError, match=r"shaped like the output \(3,\), got \(2,\)"):
+        result.back(jnp.ones(2))
+
+
+def test_passing_a_variable_template_as_a_value():
+    class Wrong(cg.Module):
+        def __init__(self):
+            super().__init__(inputs=(cg.Variable("x"),))
+
+        def call(self, x):
+            return op.exp(self.input("x"))
+
+    with pytest.raises(cg.ValueTypeError, match="is an input slot, not a value"):
+        Wrong()(1.0)
+
+
+def test_bad_declarations():
+    with pytest.raises(TypeError, match="must be a cg.Variable"):
+        cg.Module(inputs=("x",))
+    with pytest.raises(ValueError, match="names must be unique"):
+        cg.Module(inputs=(cg.Variable("x"), cg.Variable("x")))
+    with pytest.raises(TypeError, match="non-empty string name"):
+        cg.Variable("")
+    with pytest.raises(NotImplementedError, match="must define call"):
+        cg.Module(inputs=(cg.Variable("x"),))(1)
+
+
+def test_every_error_is_a_zkynet_error():
+    for error in (cg.InputCountError, cg.UnknownNameError, cg.ValueTypeError, cg.ShapeError,
+                  cg.GradientError, cg.BackwardNotRunError):
+        assert issubclass(error, ZkynetError)

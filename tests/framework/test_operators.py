@@ -1,0 +1,309 @@
+"""Every built-in operator's forward and hand-written backward, against JAX
+(jax.vjp, jax.jacrev) and finite differences, on random shapes with broadcasting."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import (array_shapes, basic_indices, broadcastable_shapes,
+                                    mutually_broadcastable_shapes)
+from jax import lax
+
+from tests.framework.gradcheck import check_gradients
+from zkynet.framework import op
+
+# Every new shape costs XLA compilations of each eager primitive (~30 ms each), so
+# shapes stay small: sides up to 3 and 3-4 dims still cover every broadcasting case.
+examples = settings(max_examples=8, deadline=None)
+seeds = st.integers(0, 2**32 - 1)
+shapes = array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=3)
+pairs = mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, max_side=3)
+
+
+def normal(rng, shape):
+    return rng.normal(size=shape)
+
+
+def positive(rng, shape):
+    return rng.uniform(0.5, 2.0, size=shape)
+
+
+UNARY = {
+    "neg": (op.neg, jnp.negative, normal),
+    "square": (op.square, jnp.square, normal),
+    "sqrt": (op.sqrt, jnp.sqrt, positive),
+    "exp": (op.exp, jnp.exp, normal),
+    "log": (op.log, jnp.log, positive),
+    "abs": (op.abs, jnp.abs, normal),
+    "tanh": (op.tanh, jnp.tanh, normal),
+    "sigmoid": (op.sigmoid, jax.nn.sigmoid, normal),
+    "relu": (op.relu, jax.nn.relu, normal),
+    "leaky_relu": (lambda x: op.leaky_relu(x, 0.2), lambda x: jax.nn.leaky_relu(x, 0.2), normal),
+    "gelu": (op.gelu, lambda x: jax.nn.gelu(x, approximate=False), normal),
+    "gelu_tanh": (lambda x: op.gelu(x, approximate=True),
+                  lambda x: jax.nn.gelu(x, approximate=True), normal),
+}
+
+
+@pytest.mark.parametrize("name", UNARY)
+@examples
+@given(shape=shapes, seed=seeds)
+def test_unary(name, shape, seed):
+    fn, reference, sample = UNARY[name]
+    check_gradients(fn, reference, [sample(np.random.default_rng(seed), shape)], seed)
+
+
+BINARY = {
+    "add": (op.add, jnp.add, normal, normal),
+    "sub": (op.sub, jnp.subtract, normal, normal),
+    "mult": (op.mult, jnp.multiply, normal, normal),
+    "div": (op.div, jnp.divide, normal, positive),
+    "pow": (op.pow, jnp.power, positive, normal),
+    "maximum": (op.maximum, jnp.maximum, normal, normal),
+    "minimum": (op.minimum, jnp.minimum, normal, normal),
+}
+
+
+@pytest.mark.parametrize("name", BINARY)
+@examples
+@given(shapes=pairs, seed=seeds)
+def test_binary_broadcasting(name, shapes, seed):
+    fn, reference, sample_a, sample_b = BINARY[name]
+    rng = np.random.default_rng(seed)
+    a_shape, b_shape = shapes.input_shapes
+    check_gradients(fn, reference, [sample_a(rng, a_shape), sample_b(rng, b_shape)], seed)
+
+
+@examples
+@given(shapes=mutually_broadcastable_shapes(num_shapes=3, max_dims=3, max_side=3), seed=seeds)
+def test_where(shapes, seed):
+    rng = np.random.default_rng(seed)
+    c_shape, a_shape, b_shape = shapes.input_shapes
+    condition = rng.uniform(size=c_shape) > 0.5
+    check_gradients(lambda a, b: op.where(condition, a, b), lambda a, b: jnp.where(condition, a, b),
+                    [rng.normal(size=a_shape), rng.normal(size=b_shape)], seed)
+
+
+@st.composite
+def shape_and_axis(draw, min_dims=0, single=False):
+    shape = draw(array_shapes(min_dims=max(min_dims, 1 if single else 0), max_dims=3, max_side=3))
+    if single:
+        return shape, draw(st.integers(-len(shape), len(shape) - 1))
+    axes = draw(st.none() | st.lists(st.integers(0, len(shape) - 1), unique=True, max_size=len(shape))
+                if shape else st.none())
+    if axes is not None and len(axes) == 1 and draw(st.booleans()):
+        axes = axes[0] - len(shape) if draw(st.booleans()) else axes[0]  # plain / negative int
+    return shape, (tuple(axes) if isinstance(axes, list) else axes)
+
+
+REDUCTIONS = {
+    "sum": (op.sum, jnp.sum),
+    "mean": (op.mean, jnp.mean),
+    "max": (op.max, jnp.max),
+    "logsumexp": (op.logsumexp, jax.scipy.special.logsumexp),
+}
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+@examples
+@given(case=shape_and_axis(), keepdims=st.booleans(), seed=seeds)
+def test_reductions(name, case, keepdims, seed):
+    fn, reference = REDUCTIONS[name]
+    shape, axis = case
+    if name == "max" and axis == ():
+        axis = None  # jnp.max over no axes is the identity; nothing to test beyond sum's case
+    check_gradients(lambda x: fn(x, axis=axis, keepdims=keepdims),
+                    lambda x: reference(x, axis=axis, keepdims=keepdims),
+                    [np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@examples
+@given(case=shape_and_axis(single=True), seed=seeds)
+def test_softmax(name, case, seed):
+    shape, axis = case
+    fn, reference = getattr(op, name), getattr(jax.nn, name)
+    check_gradients(lambda x: fn(x, axis=axis), lambda x: reference(x, axis=axis),
+                    [3 * np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+def test_softmax_is_stable_for_huge_logits():
+    logits = jnp.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]])
+    np.testing.assert_allclose(op.softmax(logits).value, jax.nn.softmax(logits), atol=1e-7)
+    np.testing.assert_allclose(op.log_softmax(logits).value, jax.nn.log_softmax(logits))
+    assert np.isfinite(op.log_softmax(logits).value).all()
+
+
+@st.composite
+def matmul_shapes(draw):
+    batch = draw(mutually_broadcastable_shapes(num_shapes=2, max_dims=2, max_side=3)).input_shapes
+    m, k, n = (draw(st.integers(1, 4)) for _ in range(3))
+    a = (k,) if draw(st.integers(0, 4)) == 0 else batch[0] + (m, k)
+    b = (k,) if draw(st.integers(0, 4)) == 0 else batch[1] + (k, n)
+    return a, b
+
+
+@examples
+@given(shapes=matmul_shapes(), seed=seeds)
+def test_matmul(shapes, seed):
+    rng = np.random.default_rng(seed)
+    check_gradients(op.matmul, jnp.matmul, [rng.normal(size=s) for s in shapes], seed)
+
+
+@examples
+@given(shapes=st.sampled_from([((3,), (3,)), ((2, 3), (3,)), ((3,), (3, 4)), ((2, 3), (3, 4))]),
+       seed=seeds)
+def test_dot(shapes, seed):
+    rng = np.random.default_rng(seed)
+    check_gradients(op.dot, jnp.dot, [rng.normal(size=s) for s in shapes], seed)
+
+
+@st.composite
+def reshapes(draw):
+    shape = draw(shapes)
+    size = int(np.prod(shape))
+    target = draw(st.sampled_from([(size,), (-1,), tuple(reversed(shape)), (1, size, 1), shape + (1,)]))
+    return shape, target
+
+
+@examples
+@given(case=reshapes(), seed=seeds)
+def test_reshape(case, seed):
+    shape, target = case
+    check_gradients(lambda x: op.reshape(x, target), lambda x: jnp.reshape(x, target),
+                    [np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+@examples
+@given(shape=shapes, data=st.data(), seed=seeds)
+def test_transpose(shape, data, seed):
+    axes = data.draw(st.none() | st.permutations(range(len(shape))).map(tuple))
+    if axes and data.draw(st.booleans()):
+        axes = tuple(a - len(shape) for a in axes)  # negative axes
+    check_gradients(lambda x: op.transpose(x, axes), lambda x: jnp.transpose(x, axes),
+                    [np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+@examples
+@given(target=shapes, data=st.data(), seed=seeds)
+def test_broadcast_to(target, data, seed):
+    shape = data.draw(broadcastable_shapes(target, max_dims=len(target)))
+    assume(np.broadcast_shapes(shape, target) == target)
+    check_gradients(lambda x: op.broadcast_to(x, target), lambda x: jnp.broadcast_to(x, target),
+                    [np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+@pytest.mark.parametrize("name", ["concat", "stack"])
+@examples
+@given(shape=array_shapes(min_dims=1, max_dims=3, max_side=3), count=st.integers(1, 3),
+       data=st.data(), seed=seeds)
+def test_join(name, shape, count, data, seed):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    rng = np.random.default_rng(seed)
+    if name == "concat":  # inputs may differ in size along the axis
+        args = [rng.normal(size=shape[:axis % len(shape)] + (data.draw(st.integers(1, 3)),)
+                           + shape[axis % len(shape) + 1:]) for _ in range(count)]
+        fn, reference = (lambda *xs: op.concat(xs, axis)), (lambda *xs: jnp.concatenate(xs, axis))
+    else:
+        args = [rng.normal(size=shape) for _ in range(count)]
+        fn, reference = (lambda *xs: op.stack(xs, axis)), (lambda *xs: jnp.stack(xs, axis))
+    check_gradients(fn, reference, args, seed)
+
+
+@examples
+@given(shape=array_shapes(min_dims=1, max_dims=3, max_side=3), data=st.data(), seed=seeds)
+def test_getitem_basic(shape, data, seed):
+    key = data.draw(basic_indices(shape, allow_newaxis=True))
+    check_gradients(lambda x: x[key], lambda x: x[key],
+                    [np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+@examples
+@given(shape=array_shapes(min_dims=1, max_dims=3, max_side=3), seed=seeds)
+def test_getitem_integer_array_with_repeats(shape, seed):
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, shape[0], size=(5,))  # repeats must accumulate
+    check_gradients(lambda x: x[index], lambda x: x[index], [rng.normal(size=shape)], seed)
+
+
+@examples
+@given(shape=array_shapes(min_dims=1, max_dims=3, max_side=3), index_shape=array_shapes(max_dims=2),
+       data=st.data(), seed=seeds)
+def test_take(shape, index_shape, data, seed):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, shape[axis], size=index_shape)
+    check_gradients(lambda x: op.take(x, indices, axis), lambda x: jnp.take(x, indices, axis=axis),
+                    [rng.normal(size=shape)], seed)
+
+
+def _conv_reference(stride, padding):
+    def reference(x, w):
+        pads = op._padding(padding, x.shape[2:], w.shape[2:], op._pair(stride, "stride"))
+        return lax.conv_general_dilated(x, w, op._pair(stride, "stride"), pads,
+                                        dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return reference
+
+
+@examples
+@given(n=st.integers(1, 2), c=st.integers(1, 3), o=st.integers(1, 3), h=st.integers(3, 7),
+       w=st.integers(3, 7), k=st.integers(1, 3), stride=st.sampled_from([1, 2, (2, 1), 3]),
+       padding=st.sampled_from([0, 1, (1, 2), "same", "valid", ((0, 1), (2, 0))]), seed=seeds)
+def test_conv2d(n, c, o, h, w, k, stride, padding, seed):
+    rng = np.random.default_rng(seed)
+    check_gradients(lambda x, kernel: op.conv2d(x, kernel, stride, padding),
+                    _conv_reference(stride, padding),
+                    [rng.normal(size=(n, c, h, w)), rng.normal(size=(o, c, k, k + 1 if k < 3 else k))],
+                    seed)
+
+
+def _pool_reference(init, reducer, kernel, stride, padding, scale=1.0):
+    kernel, padding = op._pair(kernel, "k"), op._pair(padding, "p")
+    stride = op._pair(stride, "s") if stride is not None else kernel
+
+    def reference(x):
+        pads = ((0, 0), (0, 0)) + tuple((p, p) for p in padding)
+        return lax.reduce_window(x, init, reducer, (1, 1) + kernel, (1, 1) + stride, pads) * scale
+    return reference
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@examples
+@given(n=st.integers(1, 2), c=st.integers(1, 2), h=st.integers(2, 7), w=st.integers(2, 7),
+       kernel=st.sampled_from([1, 2, 3, (2, 3)]), stride=st.sampled_from([None, 1, 2, (1, 2)]),
+       padding=st.sampled_from([0, 1]), seed=seeds)
+def test_pool2d(kind, n, c, h, w, kernel, stride, padding, seed):
+    kh, kw = op._pair(kernel, "k")
+    assume(kh <= h + 2 * padding and kw <= w + 2 * padding)  # at least one window fits
+    assume(2 * padding <= min(kh, kw))  # no window lies entirely in the padding
+    x = np.random.default_rng(seed).normal(size=(n, c, h, w))
+    if kind == "max":
+        reference = _pool_reference(-jnp.inf, lax.max, kernel, stride, padding)
+        fn = lambda x: op.max_pool2d(x, kernel, stride, padding)  # noqa: E731
+    else:
+        reference = _pool_reference(0.0, lax.add, kernel, stride, padding, 1 / (kh * kw))
+        fn = lambda x: op.avg_pool2d(x, kernel, stride, padding)  # noqa: E731
+    check_gradients(fn, reference, [x], seed)
+
+
+@examples
+@given(shape=array_shapes(min_dims=1, max_dims=3, max_side=5), rate=st.sampled_from([0.0, 0.1, 0.5, 0.9]),
+       seed=seeds)
+def test_dropout(shape, rate, seed):
+    key = jax.random.PRNGKey(seed % 1000)
+
+    def reference(x):
+        keep = jax.random.bernoulli(key, 1 - rate, x.shape)
+        return jnp.where(keep, x / (1 - rate), 0)
+    check_gradients(lambda x: op.dropout(x, key, rate), reference,
+                    [np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+def test_dropout_keeps_about_one_minus_rate_and_depends_on_key():
+    x = jnp.ones((100, 100))
+    a = op.dropout(x, jax.random.PRNGKey(0), 0.3).value
+    b = op.dropout(x, jax.random.PRNGKey(1), 0.3).value
+    assert abs(float((a != 0).mean()) - 0.7) < 0.02
+    np.testing.assert_allclose(a[a != 0], 1 / 0.7, rtol=1e-6)
+    assert (a != b).any()

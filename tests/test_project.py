@@ -1,0 +1,11 @@
+"""The project's front door: README's commands are the ones CI runs."""
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    command = "source setup.sh && pytest"
+    assert f"```bash\n{command}\n```" in (ROOT / "README.md").read_text()
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command in ci_lines

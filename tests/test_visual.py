@@ -1,0 +1,113 @@
+"""plot_cg draws real pictures: PNG by default, SVG on request, clusters per module
+call, shared nodes drawn once, big models collapsed to a readable depth."""
+import re
+
+import jax.numpy as jnp
+import pytest
+
+from zkynet.framework import cg, op
+from zkynet.models.toy import (CompositeModel_NoWeightSharing_DifferentInputs,
+                               CompositeModel_NoWeightSharing_SameInputs,
+                               CompositeModel_WeightSharing_DifferentInputs,
+                               CompositeModel_WeightSharing_SameInputs, SimpleModel)
+from zkynet.visual import plot_cg
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CASES = [  # model, inputs, input nodes, w nodes, out-edges of the shared input
+    (CompositeModel_NoWeightSharing_DifferentInputs, (3, 4), 2, 2, 2),
+    (CompositeModel_WeightSharing_DifferentInputs, (3, 4), 2, 1, 2),
+    (CompositeModel_NoWeightSharing_SameInputs, (3,), 1, 2, 4),
+    (CompositeModel_WeightSharing_SameInputs, (3,), 1, 1, 4),
+]
+
+
+def svg_of(root, tmp_path, **kwargs):
+    path = plot_cg(root, save_path=str(tmp_path / "graph.svg"), **kwargs)
+    return open(path).read()
+
+
+def node_ids_labelled(svg, label):
+    """SVG ids of graph nodes whose first text line is `label`."""
+    found = []
+    for group in re.findall(r'<g id="node\d+" class="node">(.*?)</g>', svg, re.S):
+        title = re.search(r"<title>(.*?)</title>", group).group(1)
+        texts = re.findall(r"<text[^>]*>(.*?)</text>", group)
+        if texts and texts[0] == label:
+            found.append(title)
+    return found
+
+
+def edges_from(svg, node_id):
+    return re.findall(rf"<title>{node_id}&#45;&gt;(\w+)</title>", svg)
+
+
+@pytest.mark.parametrize("model, inputs, n_inputs, n_weights, shared_out_edges", CASES)
+def test_composite_cases_render_to_png_with_shared_nodes_once(tmp_path, model, inputs, n_inputs,
+                                                              n_weights, shared_out_edges):
+    result = model()(*inputs)
+    path = plot_cg(result.root, save_path=str(tmp_path / f"{model.__name__}.png"), title=model.__name__)
+    data = open(path, "rb").read()
+    assert path.endswith(".png") and data.startswith(PNG_MAGIC) and len(data) > 5000
+
+    svg = svg_of(result.root, tmp_path)
+    inputs_drawn = node_ids_labelled(svg, "x1") + node_ids_labelled(svg, "x2")
+    assert len(inputs_drawn) == n_inputs
+    assert len(node_ids_labelled(svg, "w")) == n_weights
+    assert len(edges_from(svg, inputs_drawn[0])) == shared_out_edges
+    clusters = re.findall(r'<g id="clust\d+" class="cluster">.*?<text[^>]*>(.*?)</text>', svg, re.S)
+    assert model.__name__ in clusters and "m1" in clusters
+
+
+def test_default_path_format_and_title(tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = plot_cg(SimpleModel()(3).root, title="my graph: v1", wait=2)  # wait only applies with view
+    assert path == str(tmp_path / "zkynet" / "my_graph_v1.png")
+    assert open(path, "rb").read().startswith(PNG_MAGIC)
+    svg_path = plot_cg(SimpleModel()(3), save_path=str(tmp_path / "g"), format="svg")
+    assert svg_path.endswith("g.svg") and "<svg" in open(svg_path).read()
+
+
+class Block(cg.Module):
+    def __init__(self, width):
+        super().__init__(inputs=(cg.Variable("h"),),
+                         params=(cg.Parameter("W", jnp.eye(width)), cg.Parameter("b", jnp.zeros(width))))
+
+    def call(self, h):
+        return op.relu(h @ self.param("W") + self.param("b")) + h
+
+
+class Deep(cg.Module):
+    def __init__(self, depth=40, width=4):
+        super().__init__(inputs=(cg.Variable("x"),))
+        self.blocks = [Block(width) for _ in range(depth)]
+
+    def call(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return op.sum(x)
+
+
+def test_collapse_to_module_depth(tmp_path):
+    result = Deep()(jnp.ones(4))
+    assert len(result.nodes) > 200
+    collapsed = svg_of(result, tmp_path, depth=1)
+    boxes = re.findall(r"<text[^>]*>(blocks\.\d+)</text>", collapsed)
+    assert len(boxes) == 40 and "Block · 6 nodes" in collapsed
+    assert len(node_ids_labelled(collapsed, "W")) == 0  # hidden inside the boxes
+    full = svg_of(result, tmp_path, depth=None)
+    assert len(node_ids_labelled(full, "W")) == 40
+    auto = svg_of(result, tmp_path)  # "auto": too many nodes, so it collapses
+    assert len(re.findall(r'class="node"', auto)) <= 150
+
+
+def test_collapsed_picture_of_a_big_model_renders(tmp_path):
+    path = plot_cg(Deep(depth=8)(jnp.ones(4)), save_path=str(tmp_path / "deep.png"), depth=1,
+                   title="Deep, collapsed")
+    assert open(path, "rb").read().startswith(PNG_MAGIC)
+
+
+def test_plot_of_free_operators(tmp_path):
+    node = op.exp(op.add(jnp.ones((3, 5)), 2.0))  # no module call: no cluster
+    svg = svg_of(node, tmp_path)
+    assert "float32[3, 5]" in svg and "cluster" not in svg

@@ -1,0 +1,34 @@
+"""The errors zkynet raises, so users can catch exactly what went wrong.
+
+Each also derives from the built-in exception a Python user would expect
+(TypeError for a bad call, ValueError for bad shapes, ...), so generic
+handlers keep working.
+"""
+
+
+class ZkynetError(Exception):
+    """Base class of every error raised by zkynet itself."""
+
+
+class InputCountError(ZkynetError, TypeError):
+    """A module or operator was called with the wrong number of inputs."""
+
+
+class UnknownNameError(ZkynetError, LookupError):
+    """`param(name)` / `input(name)` asked for a name the function does not have."""
+
+
+class ValueTypeError(ZkynetError, TypeError):
+    """A value that is not a number or a numeric array was given."""
+
+
+class ShapeError(ZkynetError, ValueError):
+    """An operator got input shapes it cannot combine."""
+
+
+class GradientError(ZkynetError, ValueError):
+    """`grad()` was asked for something it cannot answer: nothing used, or ambiguous."""
+
+
+class BackwardNotRunError(ZkynetError, RuntimeError):
+    """`grad()` was called before `back()`."""

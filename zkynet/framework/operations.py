@@ -1,0 +1,582 @@
+"""zkynet's operators, imported as ``op``.
+
+Each operator is a small cg.Operator: its forward (`call`) and its
+hand-written backward (`vjp`, the vector-Jacobian product) sit side by side.
+Binary operators broadcast like NumPy; their vjp may return cotangents with
+broadcast dimensions, which the graph sums back to each input's shape.
+JAX is the array library here, never the differentiator.
+
+The lowercase names at the bottom (`op.add`, `op.sum`, `op.conv2d`, ...) are
+what models call.
+"""
+import builtins
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from zkynet.framework.computation_graph import Node, Operator
+
+
+def _axes(axis, ndim):
+    """`axis` (None, int or sequence, negatives allowed) as a sorted tuple of axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(sorted(a + ndim if a < 0 else a for a in axes))
+
+
+def _pair(v, what):
+    if isinstance(v, int):
+        return v, v
+    if len(v) == 2 and all(isinstance(i, int) for i in v):
+        return tuple(v)
+    raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}")
+
+
+class _Fused(Operator):
+    """A built-in operator: eager calls run fused (see cg.Operator), except a vjp
+    that is no more than one array operation."""
+    fuse_call = fuse_vjp = True
+
+
+# ----------------------------------------------------------------------------- elementwise, binary
+
+class _Binary(_Fused):
+    input_names = ("a", "b")
+
+
+class Add(_Binary):
+    """a + b"""
+    fuse_vjp = False
+    def call(self, a, b): return a.value + b.value
+    def vjp(self, g, out, a, b): return g, g
+
+
+class Sub(_Binary):
+    """a - b"""
+    fuse_vjp = False
+    def call(self, a, b): return a.value - b.value
+    def vjp(self, g, out, a, b): return g, -g
+
+
+class Mult(_Binary):
+    """a * b, elementwise"""
+    def call(self, a, b): return a.value * b.value
+    def vjp(self, g, out, a, b): return g * b.value, g * a.value
+
+
+class Div(_Binary):
+    """a / b"""
+    def call(self, a, b): return a.value / b.value
+    def vjp(self, g, out, a, b): return g / b.value, -g * out / b.value
+
+
+class Pow(_Binary):
+    """a ** b; d/db uses log(a), so it is defined for a > 0 (0 where a == 0, like JAX)."""
+    def call(self, a, b): return a.value ** b.value
+
+    def vjp(self, g, out, a, b):
+        x, y = a.value, b.value
+        da = g * jnp.where(y == 0, 0, y * x ** (y - 1)) if a.requires_grad else None
+        db = g * jnp.log(jnp.where(x == 0, 1, x)) * out if b.requires_grad else None
+        return da, db
+
+
+class Maximum(_Binary):
+    """Elementwise max; ties split the gradient evenly (as JAX does)."""
+    def call(self, a, b): return jnp.maximum(a.value, b.value)
+
+    def vjp(self, g, out, a, b):
+        share = jnp.where(a.value > b.value, 1.0, jnp.where(a.value == b.value, 0.5, 0.0))
+        return g * share, g * (1 - share)
+
+
+class Minimum(_Binary):
+    """Elementwise min; ties split the gradient evenly (as JAX does)."""
+    def call(self, a, b): return jnp.minimum(a.value, b.value)
+
+    def vjp(self, g, out, a, b):
+        share = jnp.where(a.value < b.value, 1.0, jnp.where(a.value == b.value, 0.5, 0.0))
+        return g * share, g * (1 - share)
+
+
+class Where(_Fused):
+    """`a` where `condition` holds, else `b` (the condition gets no gradient)."""
+    input_names = ("condition", "a", "b")
+    def call(self, c, a, b): return jnp.where(c.value, a.value, b.value)
+    def vjp(self, g, out, c, a, b): return None, jnp.where(c.value, g, 0), jnp.where(c.value, 0, g)
+
+
+# ----------------------------------------------------------------------------- elementwise, unary
+
+class _Unary(_Fused):
+    input_names = ("x",)
+
+
+class Neg(_Unary):
+    fuse_vjp = False
+    def call(self, x): return -x.value
+    def vjp(self, g, out, x): return (-g,)
+
+
+class Square(_Unary):
+    def call(self, x): return x.value * x.value
+    def vjp(self, g, out, x): return (2 * x.value * g,)
+
+
+class Sqrt(_Unary):
+    def call(self, x): return jnp.sqrt(x.value)
+    def vjp(self, g, out, x): return (g * 0.5 / out,)
+
+
+class Exp(_Unary):
+    def call(self, x): return jnp.exp(x.value)
+    def vjp(self, g, out, x): return (g * out,)
+
+
+class Log(_Unary):
+    def call(self, x): return jnp.log(x.value)
+    def vjp(self, g, out, x): return (g / x.value,)
+
+
+class Abs(_Unary):
+    def call(self, x): return jnp.abs(x.value)
+    def vjp(self, g, out, x): return (g * jnp.sign(x.value),)
+
+
+class Tanh(_Unary):
+    def call(self, x): return jnp.tanh(x.value)
+    def vjp(self, g, out, x): return (g * (1 - out * out),)
+
+
+class Sigmoid(_Unary):
+    def call(self, x): return jax.nn.sigmoid(x.value)
+    def vjp(self, g, out, x): return (g * out * (1 - out),)
+
+
+class Relu(_Unary):
+    def call(self, x): return jnp.maximum(x.value, 0)
+    def vjp(self, g, out, x): return (jnp.where(x.value > 0, g, 0),)
+
+
+class LeakyRelu(_Unary):
+    """x for x >= 0, else negative_slope * x."""
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def call(self, x): return jnp.where(x.value >= 0, x.value, self.negative_slope * x.value)
+    def vjp(self, g, out, x): return (jnp.where(x.value >= 0, g, self.negative_slope * g),)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+class Gelu(_Unary):
+    """x * Phi(x) (exact, as PyTorch's default) or its tanh approximation."""
+    def __init__(self, approximate=False):
+        super().__init__()
+        self.approximate = approximate
+
+    def call(self, x):
+        x = x.value
+        if self.approximate:
+            return 0.5 * x * (1 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1 + jax.scipy.special.erf(x / math.sqrt(2)))
+
+    def vjp(self, g, out, x):
+        x = x.value
+        if self.approximate:
+            t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+            slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+        else:
+            cdf = 0.5 * (1 + jax.scipy.special.erf(x / math.sqrt(2)))
+            slope = cdf + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        return (g * slope,)
+
+
+# ----------------------------------------------------------------------------- reductions
+
+class _Reduction(_Unary):
+    def __init__(self, axis=None, keepdims=False):
+        super().__init__()
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def _unreduce(self, y, x):
+        """`y`, shaped like this reduction's output, made broadcastable against `x`."""
+        return y if self.keepdims else jnp.expand_dims(y, _axes(self.axis, x.ndim))
+
+
+class Sum(_Reduction):
+    def call(self, x): return jnp.sum(x.value, axis=self.axis, keepdims=self.keepdims)
+    def vjp(self, g, out, x): return (jnp.broadcast_to(self._unreduce(g, x), x.shape),)
+
+
+class Mean(_Reduction):
+    def call(self, x): return jnp.mean(x.value, axis=self.axis, keepdims=self.keepdims)
+
+    def vjp(self, g, out, x):
+        count = math.prod(x.shape[a] for a in _axes(self.axis, x.ndim))
+        return (jnp.broadcast_to(self._unreduce(g, x) / count, x.shape),)
+
+
+class Max(_Reduction):
+    """Largest element; ties split the gradient evenly (as JAX does)."""
+    def call(self, x): return jnp.max(x.value, axis=self.axis, keepdims=self.keepdims)
+
+    def vjp(self, g, out, x):
+        hits = x.value == self._unreduce(out, x)
+        share = hits / jnp.sum(hits, axis=_axes(self.axis, x.ndim), keepdims=True)
+        return (share * self._unreduce(g, x),)
+
+
+def _log_normalizer(x, axis):
+    """(shift, x - shift, log(sum(exp(x - shift)))) over `axis`, kept as size-1 dims; the
+    shift is the max, so exp never overflows and huge logits lose no precision."""
+    shift = jnp.max(x, axis=axis, keepdims=True)
+    shift = jnp.where(jnp.isfinite(shift), shift, 0)
+    shifted = x - shift
+    return shift, shifted, jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+
+
+class Logsumexp(_Reduction):
+    def call(self, x):
+        axes = _axes(self.axis, x.ndim)
+        shift, _, log_total = _log_normalizer(x.value, axes)
+        out = shift + log_total
+        return out if self.keepdims else jnp.squeeze(out, axes)
+
+    def vjp(self, g, out, x):
+        return (self._unreduce(g, x) * jnp.exp(x.value - self._unreduce(out, x)),)
+
+
+class LogSoftmax(_Unary):
+    """x - logsumexp(x): log-probabilities along `axis`, never exponentiated first."""
+    def __init__(self, axis=-1):
+        super().__init__()
+        self.axis = axis
+
+    def call(self, x):
+        _, shifted, log_total = _log_normalizer(x.value, _axes(self.axis, x.ndim))
+        return shifted - log_total
+
+    def vjp(self, g, out, x):
+        return (g - jnp.exp(out) * jnp.sum(g, axis=self.axis, keepdims=True),)
+
+
+class Softmax(LogSoftmax):
+    """exp(log_softmax(x)): probabilities along `axis`, computed in log space."""
+    def call(self, x): return jnp.exp(super().call(x))
+
+    def vjp(self, g, out, x):
+        return (out * (g - jnp.sum(g * out, axis=self.axis, keepdims=True)),)
+
+
+# ----------------------------------------------------------------------------- linear algebra
+
+class Matmul(_Binary):
+    """a @ b with NumPy's rules: vectors, matrices and batches of matrices (broadcast)."""
+    def call(self, a, b): return jnp.matmul(a.value, b.value)
+
+    def vjp(self, g, out, a, b):
+        x, y = a.value, b.value
+        if x.ndim == 1 and y.ndim == 1:
+            return g * y, g * x
+        if x.ndim == 1:  # (k,) @ (..., k, n): treat x as (1, k)
+            x, g = x[None, :], jnp.expand_dims(g, -2)
+        if y.ndim == 1:  # (..., m, k) @ (k,): treat y as (k, 1)
+            y, g = y[:, None], jnp.expand_dims(g, -1)
+        da = jnp.matmul(g, jnp.swapaxes(y, -1, -2)) if a.requires_grad else None
+        if not b.requires_grad:
+            db = None
+        elif y.ndim == 2 and x.ndim > 2:  # a batch against one matrix: one big matmul
+            db = jnp.matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+        else:
+            db = jnp.matmul(jnp.swapaxes(x, -1, -2), g)
+        if a.value.ndim == 1 and da is not None:
+            da = jnp.squeeze(da, -2)
+        if b.value.ndim == 1 and db is not None:
+            db = jnp.squeeze(db, -1)
+        return da, db
+
+
+class Dot(Matmul):
+    """Dot product of vectors / matrices (use matmul for batches)."""
+    def call(self, a, b):
+        if not (1 <= a.ndim <= 2 and 1 <= b.ndim <= 2):
+            raise ValueError("dot takes vectors and matrices; use matmul for batched inputs")
+        return jnp.matmul(a.value, b.value)
+
+
+# ----------------------------------------------------------------------------- shapes
+
+class Reshape(_Unary):
+    fuse_vjp = False
+    def __init__(self, shape):
+        super().__init__()
+        self.new_shape = tuple(shape) if not isinstance(shape, int) else (shape,)
+
+    def call(self, x): return jnp.reshape(x.value, self.new_shape)
+    def vjp(self, g, out, x): return (jnp.reshape(g, x.shape),)
+
+
+class Transpose(_Unary):
+    """Permute axes (reverse them by default)."""
+    def __init__(self, axes=None):
+        super().__init__()
+        self.axes = axes
+
+    def call(self, x): return jnp.transpose(x.value, self.axes)
+
+    def vjp(self, g, out, x):
+        if self.axes is None:
+            return (jnp.transpose(g),)
+        return (jnp.transpose(g, np.argsort([a % x.ndim for a in self.axes])),)
+
+
+class BroadcastTo(_Unary):
+    fuse_vjp = False
+    def __init__(self, shape):
+        super().__init__()
+        self.new_shape = tuple(shape)
+
+    def call(self, x): return jnp.broadcast_to(x.value, self.new_shape)
+    def vjp(self, g, out, x): return (g,)  # the graph sums g back to x's shape
+
+
+class Concat(_Fused):
+    """Join inputs along an existing axis."""
+    variadic = True
+
+    def __init__(self, axis=0):
+        super().__init__()
+        self.axis = axis
+
+    def call(self, *xs): return jnp.concatenate([x.value for x in xs], axis=self.axis)
+
+    def vjp(self, g, out, *xs):
+        ends = np.cumsum([x.shape[self.axis] for x in xs])
+        return tuple(jnp.split(g, ends[:-1], axis=self.axis))
+
+
+class Stack(_Fused):
+    """Join inputs along a new axis."""
+    variadic = True
+
+    def __init__(self, axis=0):
+        super().__init__()
+        self.axis = axis
+
+    def call(self, *xs): return jnp.stack([x.value for x in xs], axis=self.axis)
+
+    def vjp(self, g, out, *xs):
+        g = jnp.moveaxis(g, self.axis, 0)
+        return tuple(g[i] for i in range(len(xs)))
+
+
+class Getitem(_Unary):
+    """x[key] for a static key: ints, slices, None, Ellipsis, integer or boolean arrays."""
+    def __init__(self, key):
+        super().__init__()
+        self.key = key
+
+    def call(self, x): return x.value[self.key]
+    def vjp(self, g, out, x): return (jnp.zeros(x.shape, g.dtype).at[self.key].add(g),)
+
+
+class Take(_Fused):
+    """Elements of x at integer `indices` along `axis`: an embedding lookup for axis 0.
+    The indices may be a node (they get no gradient)."""
+    input_names = ("x", "indices")
+
+    def __init__(self, axis=0):
+        super().__init__()
+        self.axis = axis
+
+    def call(self, x, indices): return jnp.take(x.value, indices.value, axis=self.axis)
+
+    def vjp(self, g, out, x, indices):
+        where = (slice(None),) * (self.axis % x.ndim) + (indices.value,)
+        return jnp.zeros(x.shape, g.dtype).at[where].add(g), None
+
+
+# ----------------------------------------------------------------------------- convolution and pooling
+
+_NCHW = ("NCHW", "OIHW", "NCHW")
+
+
+def _padding(padding, size, kernel, stride):
+    """Explicit ((top, bottom), (left, right)) padding from an int, a pair, explicit pairs,
+    'valid' or 'same' (output size = ceil(input / stride), as TensorFlow)."""
+    if isinstance(padding, str):
+        if padding.lower() == "valid":
+            return (0, 0), (0, 0)
+        if padding.lower() != "same":
+            raise ValueError(f"padding must be 'same', 'valid', an int or pairs, got {padding!r}")
+        pads = []
+        for n, k, s in zip(size, kernel, stride):
+            total = builtins.max((-(-n // s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    if isinstance(padding, int):
+        return (padding, padding), (padding, padding)
+    return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+
+
+class Conv2d(_Fused):
+    """2-D cross-correlation of x (N, C, H, W) with kernels w (O, C, kh, kw)."""
+    input_names = ("x", "w")
+
+    def __init__(self, stride=1, padding=0):
+        super().__init__()
+        self.stride = _pair(stride, "stride")
+        self.padding = padding
+
+    def _pads(self, x, w):
+        return _padding(self.padding, x.shape[2:], w.shape[2:], self.stride)
+
+    def call(self, x, w):
+        if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
+            raise ValueError("conv2d needs x (N, C, H, W) and w (O, C, kh, kw) with the same C")
+        return lax.conv_general_dilated(x.value, w.value, self.stride, self._pads(x, w),
+                                        dimension_numbers=_NCHW)
+
+    def vjp(self, g, out, x, w):
+        pads = self._pads(x, w)
+        dx = dw = None
+        if x.requires_grad:  # a transposed convolution: g dilated by the stride, kernel flipped
+            back_pads = [(k - 1 - lo, n - 1 - (m - 1) * s + lo)
+                         for n, m, k, s, (lo, _) in zip(x.shape[2:], g.shape[2:], w.shape[2:],
+                                                        self.stride, pads)]
+            flipped = jnp.swapaxes(jnp.flip(w.value, (2, 3)), 0, 1)
+            dx = lax.conv_general_dilated(g, flipped, (1, 1), back_pads, lhs_dilation=self.stride,
+                                          dimension_numbers=_NCHW)
+        if w.requires_grad:  # correlate x with g (dilated by the stride), batch as the sum axis
+            dw = lax.conv_general_dilated(x.value, g, (1, 1), pads, rhs_dilation=self.stride,
+                                          dimension_numbers=("CNHW", "IOHW", "CNHW"))
+            dw = dw[:, :, :w.shape[2], :w.shape[3]]
+        return dx, dw
+
+
+class _Pool2d(_Unary):
+    """Pooling over kh x kw windows of x (N, C, H, W)."""
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride") if stride is not None else self.kernel
+        self.padding = _pair(padding, "padding")
+
+    def _reduce(self, x, init, reducer):
+        if x.ndim != 4:
+            raise ValueError(f"{self.functional_name} needs x shaped (N, C, H, W)")
+        pads = ((0, 0), (0, 0)) + tuple((p, p) for p in self.padding)
+        return lax.reduce_window(x, init, reducer, (1, 1) + self.kernel, (1, 1) + self.stride, pads)
+
+    def _windows(self, padded, out_hw):
+        """(i, j, the (N, C, Ho, Wo) slice of `padded` at offset (i, j) of every window)."""
+        (sh, sw), (ho, wo) = self.stride, out_hw
+        for i in range(self.kernel[0]):
+            for j in range(self.kernel[1]):
+                yield i, j, padded[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+
+    def _scatter(self, parts, x_shape):
+        """Sum the per-offset (i, j, update) back into x's shape: strided placement via
+        interior padding (no scatter), then drop the pooling padding."""
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        hp, wp = x_shape[2] + 2 * ph, x_shape[3] + 2 * pw
+        total = None
+        for i, j, update in parts:
+            ho, wo = update.shape[2:]
+            config = ((0, 0, 0), (0, 0, 0), (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+                      (j, wp - j - sw * (wo - 1) - 1, sw - 1))
+            placed = lax.pad(update, jnp.zeros((), update.dtype), config)
+            total = placed if total is None else total + placed
+        return total[:, :, ph:ph + x_shape[2], pw:pw + x_shape[3]]
+
+
+class MaxPool2d(_Pool2d):
+    """Max over each window; ties split the gradient evenly."""
+    def call(self, x):
+        return self._reduce(x.value, jnp.array(-jnp.inf, x.dtype), lax.max)
+
+    def vjp(self, g, out, x):
+        ph, pw = self.padding
+        padded = jnp.pad(x.value, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-jnp.inf)
+        hits = [(i, j, window == out) for i, j, window in self._windows(padded, out.shape[2:])]
+        count = hits[0][2].astype(g.dtype)
+        for _, _, hit in hits[1:]:
+            count = count + hit
+        share = g / count
+        return (self._scatter(((i, j, jnp.where(hit, share, 0)) for i, j, hit in hits), x.shape),)
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each window (padding counts as zeros, as PyTorch's default)."""
+    def call(self, x):
+        return self._reduce(x.value, jnp.array(0, x.dtype), lax.add) / math.prod(self.kernel)
+
+    def vjp(self, g, out, x):
+        share = g / math.prod(self.kernel)
+        offsets = ((i, j) for i in range(self.kernel[0]) for j in range(self.kernel[1]))
+        return (self._scatter(((i, j, share) for i, j in offsets), x.shape),)
+
+
+# ----------------------------------------------------------------------------- randomness
+
+class Dropout(_Fused):
+    """Zero each element with probability `rate`, scale the rest by 1/(1 - rate).
+    The mask comes from the PRNG `key` input, so a step is reproducible (and the
+    backward pass recomputes the same mask instead of storing it)."""
+    input_names = ("x", "key")
+
+    def __init__(self, rate):
+        super().__init__()
+        if not 0 <= rate < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def _keep(self, x, key):
+        return jax.random.bernoulli(key.value, 1 - self.rate, x.shape)
+
+    def call(self, x, key): return jnp.where(self._keep(x, key), x.value / (1 - self.rate), 0)
+    def vjp(self, g, out, x, key): return jnp.where(self._keep(x, key), g / (1 - self.rate), 0), None
+
+
+# ----------------------------------------------------------------------------- what models call
+
+add, sub, mult, div, pow = Add(), Sub(), Mult(), Div(), Pow()
+maximum, minimum, where = Maximum(), Minimum(), Where()
+neg, square, sqrt, exp, log, abs = Neg(), Square(), Sqrt(), Exp(), Log(), Abs()
+tanh, sigmoid, relu = Tanh(), Sigmoid(), Relu()
+matmul, dot = Matmul(), Dot()
+
+
+def leaky_relu(x, negative_slope=0.01): return LeakyRelu(negative_slope)(x)
+def gelu(x, approximate=False): return Gelu(approximate)(x)
+def sum(x, axis=None, keepdims=False): return Sum(axis, keepdims)(x)  # noqa: A001
+def mean(x, axis=None, keepdims=False): return Mean(axis, keepdims)(x)
+def max(x, axis=None, keepdims=False): return Max(axis, keepdims)(x)  # noqa: A001
+def logsumexp(x, axis=None, keepdims=False): return Logsumexp(axis, keepdims)(x)
+def softmax(x, axis=-1): return Softmax(axis)(x)
+def log_softmax(x, axis=-1): return LogSoftmax(axis)(x)
+def reshape(x, shape): return Reshape(shape)(x)
+def transpose(x, axes=None): return Transpose(axes)(x)
+def broadcast_to(x, shape): return BroadcastTo(shape)(x)
+def concat(xs, axis=0): return Concat(axis)(*xs)
+def stack(xs, axis=0): return Stack(axis)(*xs)
+def take(x, indices, axis=0): return Take(axis)(x, indices)
+def conv2d(x, w, stride=1, padding=0): return Conv2d(stride, padding)(x, w)
+def max_pool2d(x, kernel_size, stride=None, padding=0): return MaxPool2d(kernel_size, stride, padding)(x)
+def avg_pool2d(x, kernel_size, stride=None, padding=0): return AvgPool2d(kernel_size, stride, padding)(x)
+def dropout(x, key, rate=0.5): return Dropout(rate)(x, key)
+
+
+def getitem(x, key):
+    """x[key]; a node as the key is an integer-array lookup along axis 0 (`take`)."""
+    if isinstance(key, Node):
+        return take(x, key)
+    return Getitem(key)(x)

@@ -1,0 +1,1 @@
+"""Models built only from zkynet modules and operators."""
