@@ -1,12 +1,11 @@
 """A five-minute tour of the zkynet core: `python -m zkynet.demo [output folder]`.
 
 Builds the seed document's SimpleModel, prints values, gradients and a
-Jacobian (checked against JAX), and draws the four composite models' graphs.
+Jacobian (checked against the calculus), and draws the four composite models' graphs.
 """
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -29,9 +28,10 @@ def main(out_dir="outputs/demo"):
     result = m(x)
     result.back()
     jacobian = result.grad(m.input("x"))
-    expected = jax.jacrev(lambda x: (x + 1.0) * x ** 2)(x)
-    print(f"  f([3, 4, 5]) = {np.asarray(result.value)}; df/dx is the 3x3 Jacobian (diagonal "
-          f"{np.diag(jacobian)}), equal to jax.jacrev: {bool(jnp.allclose(jacobian, expected))}")
+    by_hand = jnp.diag(3 * x ** 2 + 2 * x)  # d/dx (x + 1) x^2, elementwise: a diagonal Jacobian
+    print(f"  f([3, 4, 5]) = {np.asarray(result.value)}; df/dx is the 3x3 Jacobian\n"
+          f"{np.asarray(jacobian)}\n  equal to the calculus (3x^2 + 2x on the diagonal): "
+          f"{bool(jnp.allclose(jacobian, by_hand))}")
 
     print(f"\ngraph pictures in {out}/:")
     print("  ", plot_cg(m(3).root, save_path=str(out / "simple_model.png"), title="SimpleModel"))

@@ -1,15 +1,18 @@
-"""python -m experiments.bench {core} [options]"""
+"""python -m experiments.bench {core,train} [options]"""
 import argparse
 
-from experiments.bench import core
+from experiments.bench import core, train
+
+BENCHMARKS = {"core": core, "train": train}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    core.add_arguments(commands.add_parser("core", help=core.__doc__.splitlines()[0]))
+    for name, module in BENCHMARKS.items():
+        module.add_arguments(commands.add_parser(name, help=module.__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
-    {"core": core.run}[args.command](args)
+    BENCHMARKS[args.command].run(args)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ UNARY = {
     "abs": (op.abs, jnp.abs, normal),
     "tanh": (op.tanh, jnp.tanh, normal),
     "sigmoid": (op.sigmoid, jax.nn.sigmoid, normal),
+    "softplus": (op.softplus, jax.nn.softplus, lambda rng, shape: 5 * rng.normal(size=shape)),
     "relu": (op.relu, jax.nn.relu, normal),
     "leaky_relu": (lambda x: op.leaky_relu(x, 0.2), lambda x: jax.nn.leaky_relu(x, 0.2), normal),
     "gelu": (op.gelu, lambda x: jax.nn.gelu(x, approximate=False), normal),

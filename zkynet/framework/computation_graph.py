@@ -467,11 +467,13 @@ class ModuleCall:
 class _GraphBuilder:
     """State of one top-level call: its id, one node per used parameter, input bindings."""
 
-    def __init__(self, param_values):
+    def __init__(self, param_values, rng):
         self.call_id = _next_call_id()
         self.param_values = param_values or {}
         self.param_nodes = {}
         self.bindings = {}  # Variable -> the nodes it was bound to
+        self.rng = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+        self.rng_draws = 0
 
     def param_node(self, param):
         node = self.param_nodes.get(param)
@@ -545,8 +547,10 @@ class Module(Function):
         visit(self, "")
         return found
 
-    def __call__(self, *args, **kwargs):
-        return call_module(self, args, kwargs)
+    def __call__(self, *args, rng=None, **kwargs):
+        """Inputs by position or name; `rng` (PRNG key or seed) switches on randomness
+        such as dropout for this call."""
+        return call_module(self, args, kwargs, rng=rng)
 
     def _bind_arguments(self, args, kwargs):
         expected = self._inputs
@@ -568,20 +572,32 @@ class Module(Function):
         return [values[v] for v in expected]
 
 
-def call_module(module, args, kwargs=None, param_values=None):
+def call_module(module, args, kwargs=None, param_values=None, rng=None):
     """Call `module`. At top level this builds a new graph and returns its ModuleGraph;
     `param_values` ({Parameter: value}) then stands in for parameters' own values
-    (how compiled training feeds traced parameters). Nested calls extend the
-    caller's graph and return the output node(s)."""
+    (how compiled training feeds traced parameters), and `rng` (a PRNG key or an
+    int seed) feeds `rng_key()` (dropout). Nested calls extend the caller's graph
+    and return the output node(s)."""
     values = module._bind_arguments(args, kwargs or {})
     builder = _context.builder
     if builder is not None:
-        if param_values is not None:
-            raise ZkynetError("param_values can only be given to a top-level call")
+        if param_values is not None or rng is not None:
+            raise ZkynetError("param_values and rng can only be given to a top-level call")
         return _run(module, values, builder, _context.scope.enter(module))
-    builder = _GraphBuilder(param_values)
+    builder = _GraphBuilder(param_values, rng)
     scope = ModuleCall(module, module.functional_name, None, builder.call_id)
     return ModuleGraph(module, _run(module, values, builder, scope), builder)
+
+
+def rng_key():
+    """A fresh PRNG key for randomness inside `call()` (dropout), derived from the
+    top-level call's `rng`; None when the call got no `rng`, meaning: run
+    deterministically (evaluation)."""
+    builder = _context.builder
+    if builder is None or builder.rng is None:
+        return None
+    builder.rng_draws += 1
+    return jax.random.fold_in(builder.rng, builder.rng_draws)
 
 
 def _run(module, values, builder, scope):
@@ -706,7 +722,8 @@ class ModuleGraph:
     def back(self, cotangent=None):
         """Backpropagate from the output. With no cotangent, `grad()` then gives the
         gradient (scalar output) or the full Jacobian (tensor output); with a
-        cotangent shaped like the output, the vector-Jacobian product."""
+        cotangent shaped like the output, the vector-Jacobian product (a tuple
+        of them for several outputs, None for an output to leave out)."""
         roots = self.roots
         if cotangent is None:
             if len(roots) != 1:
@@ -723,6 +740,8 @@ class ModuleGraph:
             raise GradientError(f"back() got {len(cotangents)} cotangent(s) for {len(roots)} output(s)")
         seeds = {}
         for root, ct in zip(roots, cotangents):
+            if ct is None:  # no gradient flows from this output
+                continue
             ct = as_value(ct, "cotangent")
             if ct.shape != root.shape:
                 raise ShapeError(f"back(): the cotangent must be shaped like the output "
@@ -743,6 +762,10 @@ class ModuleGraph:
                 g = jnp.zeros(self._jacobian_shape + node.shape, jnp.result_type(node.dtype, float))
             total = g if total is None else total + g
         return total
+
+    def uses(self, param):
+        """Whether this graph used Parameter `param` (else `grad` of it is an error)."""
+        return param in self._builder.param_nodes or param in self._foreign_parameter_nodes()
 
     def _nodes_of(self, x):
         where = f"this graph (call {self.call_id} of {self.module.functional_name})"

@@ -157,6 +157,12 @@ class Sigmoid(_Unary):
     def vjp(self, g, out, x): return (g * out * (1 - out),)
 
 
+class Softplus(_Unary):
+    """log(1 + exp(x)), computed without overflow; its derivative is sigmoid(x)."""
+    def call(self, x): return jnp.maximum(x.value, 0) + jnp.log1p(jnp.exp(-jnp.abs(x.value)))
+    def vjp(self, g, out, x): return (g * jax.nn.sigmoid(x.value),)
+
+
 class Relu(_Unary):
     def call(self, x): return jnp.maximum(x.value, 0)
     def vjp(self, g, out, x): return (jnp.where(x.value > 0, g, 0),)
@@ -551,7 +557,7 @@ class Dropout(_Fused):
 add, sub, mult, div, pow = Add(), Sub(), Mult(), Div(), Pow()
 maximum, minimum, where = Maximum(), Minimum(), Where()
 neg, square, sqrt, exp, log, abs = Neg(), Square(), Sqrt(), Exp(), Log(), Abs()
-tanh, sigmoid, relu = Tanh(), Sigmoid(), Relu()
+tanh, sigmoid, softplus, relu = Tanh(), Sigmoid(), Softplus(), Relu()
 matmul, dot = Matmul(), Dot()
 
 

@@ -1,0 +1,78 @@
+"""Losses: values and gradients (through zkynet's back()) against JAX references,
+and stability for huge logits."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.framework.gradcheck import check_gradients
+from zkynet import losses
+
+rng = np.random.default_rng(0)
+
+
+def reference_softmax_ce(logits, labels):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+
+def reference_bce(logits, targets):
+    return jnp.mean(-targets * jax.nn.log_sigmoid(logits) - (1 - targets) * jax.nn.log_sigmoid(-logits))
+
+
+def test_softmax_cross_entropy_value_and_gradient():
+    labels = jnp.array([0, 3, 1, 3, 2])
+    check_gradients(lambda z: losses.softmax_cross_entropy(z, labels),
+                    lambda z: reference_softmax_ce(z, labels), [rng.normal(size=(5, 4))], seed=1)
+
+
+def test_softmax_cross_entropy_over_sequences():
+    labels = jnp.array([[0, 1, 2], [2, 2, 0]])
+    logits = rng.normal(size=(2, 3, 4))
+    reference = lambda z: -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), labels[..., None], -1))  # noqa: E731
+    check_gradients(lambda z: losses.softmax_cross_entropy(z, labels), reference, [logits], seed=2)
+
+
+def test_binary_cross_entropy_value_and_gradient():
+    targets = jnp.array([0.0, 1.0, 1.0, 0.0, 0.3])
+    check_gradients(lambda z: losses.binary_cross_entropy(z, targets),
+                    lambda z: reference_bce(z, targets), [rng.normal(size=(5,)) * 3], seed=3)
+
+
+def test_mse_value_and_gradient():
+    target = rng.normal(size=(4, 3))
+    check_gradients(lambda p: losses.mse(p, target), lambda p: jnp.mean((p - target) ** 2),
+                    [rng.normal(size=(4, 3))], seed=4)
+
+
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+def test_cross_entropies_are_stable_for_huge_logits(scale):
+    from zkynet.framework import cg
+
+    class Loss(cg.Module):
+        def __init__(self, fn):
+            super().__init__(inputs=(cg.Variable("z"),))
+            self.fn = fn
+
+        def call(self, z):
+            return self.fn(z)
+
+    logits = jnp.array([[scale, 0.0, -scale], [0.0, scale, 1.0]])
+    labels = jnp.array([2, 1])
+    for fn, reference, args in [
+        (lambda z: losses.softmax_cross_entropy(z, labels), reference_softmax_ce, (logits, labels)),
+        (lambda z: losses.binary_cross_entropy(z, jnp.ones_like(z)), reference_bce,
+         (logits, jnp.ones_like(logits))),
+    ]:
+        m = Loss(fn)
+        result = m(logits)
+        result.back()
+        grad = result.grad(m.input("z"))
+        assert np.isfinite(result.value) and np.isfinite(grad).all()
+        np.testing.assert_allclose(result.value, reference(*args), rtol=1e-6)
+        np.testing.assert_allclose(grad, jax.grad(reference)(*args), rtol=1e-6, atol=1e-7)
+
+
+def test_accuracy_helpers():
+    logits = jnp.array([[0.1, 2.0], [3.0, -1.0], [0.0, 1.0]])
+    assert float(losses.accuracy(logits, jnp.array([1, 0, 0]))) == pytest.approx(2 / 3)
+    assert float(losses.binary_accuracy(jnp.array([2.0, -1.0]), jnp.array([1.0, 1.0]))) == 0.5

@@ -1,0 +1,136 @@
+"""Optimizers against the update rules written out in NumPy, schedules, clipping,
+and exact save/restore of optimizer state."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zkynet import checkpoint, optim
+
+STEPS = 5
+
+
+def gradient_sequence(seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"w": rng.normal(size=(3, 2)), "b": rng.normal(size=(2,))} for _ in range(STEPS)]
+
+
+def run(optimizer, grads):
+    with jax.enable_x64(True):
+        params = {"w": jnp.ones((3, 2)), "b": jnp.full((2,), 0.5)}
+        state = optimizer.init(params)
+        for g in grads:
+            params, state = optimizer.update(jax.tree_util.tree_map(jnp.asarray, g), state, params)
+        return jax.tree_util.tree_map(np.asarray, params), state
+
+
+def reference(update, grads, **slots):
+    params = {"w": np.ones((3, 2)), "b": np.full((2,), 0.5)}
+    state = {k: {n: np.zeros_like(p) for n, p in params.items()} for k in slots}
+    for t, g in enumerate(grads, 1):
+        for name in params:
+            params[name] = update(params[name], g[name], t, {k: state[k] for k in state}, name)
+    return params
+
+
+def sgd_momentum(lr, mu, nesterov=False, wd=0.0):
+    def update(p, g, t, state, name):
+        g = g + wd * p
+        v = state["v"][name] = mu * state["v"][name] + g
+        return p - lr * (g + mu * v if nesterov else v)
+    return update
+
+
+def adam(lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, decoupled=False):
+    def update(p, g, t, state, name):
+        if not decoupled:
+            g = g + wd * p
+        m = state["m"][name] = b1 * state["m"][name] + (1 - b1) * g
+        v = state["v"][name] = b2 * state["v"][name] + (1 - b2) * g * g
+        direction = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        return p - lr * (direction + (wd * p if decoupled else 0))
+    return update
+
+
+@pytest.mark.parametrize("optimizer, update, slots", [
+    (optim.SGD(0.1), sgd_momentum(0.1, 0.0), ["v"]),
+    (optim.SGD(0.1, momentum=0.9), sgd_momentum(0.1, 0.9), ["v"]),
+    (optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+     sgd_momentum(0.1, 0.9, nesterov=True, wd=0.01), ["v"]),
+    (optim.Adam(0.01), adam(0.01), ["m", "v"]),
+    (optim.Adam(0.01, weight_decay=0.1), adam(0.01, wd=0.1), ["m", "v"]),
+    (optim.AdamW(0.01, weight_decay=0.1), adam(0.01, wd=0.1, decoupled=True), ["m", "v"]),
+])
+def test_updates_match_the_written_out_rules(optimizer, update, slots):
+    grads = gradient_sequence()
+    got, state = run(optimizer, grads)
+    want = reference(update, grads, **{k: None for k in slots})
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12)
+    assert int(state["step"]) == STEPS
+
+
+def test_schedules():
+    assert float(optim.Constant(0.1)(7)) == pytest.approx(0.1)
+    step = optim.StepDecay(1.0, every=10, gamma=0.5)
+    assert [float(step(s)) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    cosine = optim.Cosine(1.0, total_steps=100, final_lr=0.1)
+    assert float(cosine(0)) == pytest.approx(1.0)
+    assert float(cosine(50)) == pytest.approx(0.55)
+    assert float(cosine(100)) == pytest.approx(0.1) and float(cosine(1000)) == pytest.approx(0.1)
+    warm = optim.Warmup(optim.Cosine(1.0, total_steps=10), steps=4)
+    assert [float(warm(s)) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert float(warm(4)) == pytest.approx(1.0) and float(warm(9)) == pytest.approx(0.5)
+
+
+def test_schedule_drives_the_learning_rate_inside_jit():
+    opt = optim.SGD(optim.StepDecay(1.0, every=1, gamma=0.5))
+    params = {"w": jnp.zeros(())}
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    for _ in range(3):
+        params, state = update({"w": jnp.ones(())}, state, params)
+    assert float(params["w"]) == pytest.approx(-(1 + 0.5 + 0.25))
+
+
+def test_global_norm_clipping():
+    grads = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([[4.0]])}  # global norm 5
+    clipped = optim.clip_by_global_norm(grads, 1.0)
+    assert float(optim.global_norm(clipped)) == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(clipped["a"], [0.6, 0.0], rtol=1e-5)
+    untouched = optim.clip_by_global_norm(grads, 10.0)
+    np.testing.assert_allclose(untouched["b"], [[4.0]])
+    params, _ = optim.SGD(1.0, clip_norm=1.0).update(grads, {"step": jnp.zeros((), jnp.int32)},
+                                                     {"a": jnp.zeros(2), "b": jnp.zeros((1, 1))})
+    assert float(optim.global_norm(params)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_state_saves_and_restores_exactly(tmp_path):
+    opt = optim.Adam(0.01)
+    grads = gradient_sequence(1)
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    state = opt.init(params)
+    for g in grads[:3]:
+        params, state = opt.update(g, state, params)
+    checkpoint.save(tmp_path / "opt.npz", {"params": params, "optimizer": state})
+    restored = checkpoint.load(tmp_path / "opt.npz")
+    resumed_params = jax.tree_util.tree_map(jnp.asarray, restored["params"])
+    resumed_state = jax.tree_util.tree_map(jnp.asarray, restored["optimizer"])
+    for g in grads[3:]:
+        params, state = opt.update(g, state, params)
+        resumed_params, resumed_state = opt.update(g, resumed_state, resumed_params)
+    for name in params:
+        np.testing.assert_array_equal(params[name], resumed_params[name])  # bit for bit
+    assert int(resumed_state["step"]) == len(grads)
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="Nesterov momentum needs momentum"):
+        optim.SGD(0.1, nesterov=True)
+
+
+def test_cosine_matches_formula_midway():
+    s = optim.Cosine(2.0, total_steps=8)
+    assert float(s(2)) == pytest.approx(1 + math.cos(math.pi / 4))

@@ -1,0 +1,51 @@
+"""Saving and loading nested dicts of arrays (parameters, optimizer state) as one
+.npz file: exact to the bit, readable with plain NumPy."""
+import os
+import tempfile
+
+import numpy as np
+
+SEPARATOR = "::"  # parameter names use "/" (layers.0/W), so nesting uses this
+
+
+def flatten(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        if SEPARATOR in str(key):
+            raise ValueError(f"key {key!r} contains {SEPARATOR!r}")
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, path + SEPARATOR))
+        else:
+            flat[path] = np.asarray(value)
+    return flat
+
+
+def unflatten(flat):
+    tree = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(SEPARATOR)
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return tree
+
+
+def save(path, tree):
+    """Write `tree` to `path` atomically: a crash mid-write never leaves a truncated file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            np.savez(f, **flatten(tree))
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def load(path):
+    with np.load(path) as data:
+        return unflatten({key: data[key] for key in data.files})

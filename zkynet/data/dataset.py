@@ -1,0 +1,34 @@
+"""A dataset: train and validation splits of (inputs, targets) arrays."""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Split:
+    inputs: np.ndarray
+    targets: np.ndarray
+
+    def __post_init__(self):
+        if len(self.inputs) != len(self.targets):
+            raise ValueError(f"{len(self.inputs)} inputs but {len(self.targets)} targets")
+
+    def __len__(self):
+        return len(self.inputs)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    validation: Split
+    num_classes: int = 0  # 0: regression or sequence targets
+    info: dict = field(default_factory=dict)  # e.g. a tokenizer's vocabulary
+
+    @property
+    def input_shape(self):
+        return tuple(self.train.inputs.shape[1:])
+
+    def __str__(self):
+        return (f"{self.name}: {len(self.train)} train / {len(self.validation)} validation, "
+                f"inputs {self.input_shape}" + (f", {self.num_classes} classes" if self.num_classes else ""))

@@ -1,0 +1,132 @@
+"""Compiled training and evaluation.
+
+A TrainStep traces the model's forward pass, zkynet's own back(), the loss and
+the optimizer update once under `jax.jit`: each step is then one XLA program
+and no Python runs per step. Gradients come from the graph's hand-written
+rules, never from `jax.grad`. The model's cg.Parameters stay the source of
+truth: a step reads their values and writes the updated ones back, so
+`model.param("W").value` always shows the trained weights.
+
+`TrainStep.pure` / `EvalStep.pure` are the underlying pure functions of
+(parameter values, optimizer state, batch): jit, vmap or shard them as you like.
+"""
+import jax
+import jax.numpy as jnp
+
+from zkynet.framework import cg
+
+
+class Objective(cg.Module):
+    """loss(model(*inputs), targets) as one graph, with the model's output(s) kept as
+    extra outputs for metrics."""
+
+    def __init__(self, model, loss):
+        super().__init__(inputs=[cg.Variable(v.short_name) for v in model.inputs] + [cg.Variable("targets")],
+                         name=f"{model.functional_name}+loss")
+        self.model, self.loss = model, loss
+
+    def call(self, *args):
+        output = self.model(*args[:-1])
+        outputs = output if isinstance(output, tuple) else (output,)
+        return (self.loss(output, args[-1]),) + outputs
+
+
+class _Compiled:
+    """Parameters by name, and the batch/argument plumbing shared by train and eval."""
+
+    def __init__(self, model, loss, metrics):
+        self.model = model
+        self.objective = Objective(model, loss)
+        self.params = model.named_parameters()
+        self.metrics = metrics
+
+    def param_values(self):
+        return {name: p.value for name, p in self.params.items()}
+
+    def _graph(self, params, batch, rng):
+        values = {p: params[name] for name, p in self.params.items()}
+        return cg.call_module(self.objective, batch, param_values=values, rng=rng)
+
+    def _metrics(self, graph, batch):
+        loss, *outputs = graph.roots
+        metrics = {"loss": loss.value}
+        if self.metrics is not None:
+            metrics.update(self.metrics(*[o.value for o in outputs], batch[-1]))
+        return metrics
+
+
+class TrainStep(_Compiled):
+    """One optimizer step on a batch `(*inputs, targets)`: forward, back(), update.
+
+    `metrics(outputs..., targets)` (plain jnp, optional) adds to the returned
+    {"loss": ...}. `seed` drives the per-step PRNG keys (dropout), derived from
+    the step count so that a resumed run draws the same keys. `jit=False` runs
+    the same step eagerly, node by node (for debugging; same numbers).
+    """
+
+    def __init__(self, model, loss, optimizer, metrics=None, seed=0, jit=True, donate=True):
+        super().__init__(model, loss, metrics)
+        self.optimizer = optimizer
+        self.opt_state = optimizer.init(self.param_values())
+        self.rng = jax.random.PRNGKey(seed)
+        self._step = jax.jit(self.pure, donate_argnums=(0, 1) if donate else ()) if jit else self.pure
+
+    def pure(self, params, opt_state, batch, rng):
+        """(params, opt_state, batch, rng) -> (params, opt_state, metrics)."""
+        graph = self._graph(params, batch, jax.random.fold_in(rng, opt_state["step"]))
+        loss = graph.roots[0]
+        graph.back((jnp.ones((), loss.dtype),) + (None,) * (len(graph.roots) - 1))
+        grads = {name: graph.grad(p) if graph.uses(p) else jnp.zeros_like(params[name])
+                 for name, p in self.params.items()}
+        params, opt_state = self.optimizer.update(grads, opt_state, params)
+        return params, opt_state, self._metrics(graph, batch)
+
+    def __call__(self, *batch):
+        params, self.opt_state, metrics = self._step(self.param_values(), self.opt_state, batch, self.rng)
+        for name, value in params.items():
+            self.params[name].value = value
+        return metrics
+
+    @property
+    def step(self):
+        return int(self.opt_state["step"])
+
+    def state_dict(self):
+        """Everything needed to continue training exactly: parameters and optimizer state."""
+        return {"params": self.param_values(), "optimizer": self.opt_state}
+
+    def load_state_dict(self, state):
+        missing = set(self.params) ^ set(state["params"])
+        if missing:
+            raise KeyError(f"checkpoint and model disagree on parameters: {sorted(missing)}")
+        for name, value in state["params"].items():
+            self.params[name].value = jnp.array(value)  # a copy: the step donates its inputs
+        self.opt_state = jax.tree_util.tree_map(jnp.array, state["optimizer"])
+
+
+class EvalStep(_Compiled):
+    """Loss and metrics of the current parameters on a batch, without randomness
+    (dropout off)."""
+
+    def __init__(self, model, loss, metrics=None, jit=True):
+        super().__init__(model, loss, metrics)
+        self._eval = jax.jit(self.pure) if jit else self.pure
+
+    def pure(self, params, batch):
+        return self._metrics(self._graph(params, batch, None), batch)
+
+    def __call__(self, *batch):
+        return self._eval(self.param_values(), batch)
+
+
+def forward(model, jit=True):
+    """A function of the model's inputs returning its output value(s) with the current
+    parameters (compiled once per input shape)."""
+    params = model.named_parameters()
+
+    def pure(values, *inputs):
+        graph = cg.call_module(model, inputs, param_values={p: values[n] for n, p in params.items()})
+        return graph.value
+
+    run = jax.jit(pure) if jit else pure
+    return lambda *inputs: run({name: p.value for name, p in params.items()}, *inputs)

@@ -1,0 +1,61 @@
+"""Generic building blocks: a chain of layers, activations, dropout, flatten."""
+from zkynet.framework import cg, op
+
+ACTIVATIONS = {
+    "relu": op.relu, "tanh": op.tanh, "sigmoid": op.sigmoid, "gelu": op.gelu,
+    "leaky_relu": op.leaky_relu, "identity": lambda x: x,
+}
+
+
+def activation(name):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
+
+
+class Sequential(cg.Module):
+    """Applies `layers` one after another."""
+
+    def __init__(self, layers):
+        super().__init__(inputs=(cg.Variable("x"),))
+        self.layers = list(layers)
+
+    def call(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class Activation(cg.Module):
+    def __init__(self, name):
+        super().__init__(inputs=(cg.Variable("x"),), name=name)
+        self.fn = activation(name)
+
+    def call(self, x):
+        return self.fn(x)
+
+
+class Dropout(cg.Module):
+    """Zeroes each element with probability `rate` when the call was given an `rng`
+    (training); the identity otherwise (evaluation)."""
+
+    def __init__(self, rate):
+        super().__init__(inputs=(cg.Variable("x"),))
+        if not 0 <= rate < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def call(self, x):
+        key = cg.rng_key()
+        return x if key is None or self.rate == 0 else op.dropout(x, key, self.rate)
+
+
+class Flatten(cg.Module):
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...)."""
+
+    def __init__(self):
+        super().__init__(inputs=(cg.Variable("x"),))
+
+    def call(self, x):
+        return op.reshape(x, (x.shape[0], -1))
