@@ -357,9 +357,70 @@ def test_fused_operators_compile_once_per_operator_attributes_and_shape():
     for _ in range(3):
         op.sum(x, axis=1)  # a new Sum operator each call, equal attributes
     assert _fused_call._cache_size() == before + 1
-    op.sum(x, axis=(2,))
-    op.sum(x, axis=[2])  # the same attributes, spelled as a list
+    op.sum(x, axis=2)
+    op.sum(x, axis=2)
     assert _fused_call._cache_size() == before + 2
+
+
+def test_fusion_tells_apart_attributes_that_compare_equal():
+    x = jnp.arange(6.0).reshape(2, 3)
+    assert x[1].shape == (3,)
+    assert op.getitem(x, 1).shape == (3,) and op.getitem(x, True).shape == (1, 2, 3)
+    np.testing.assert_array_equal(op.getitem(x, [1, 0]).value, x[np.array([1, 0])])
+    np.testing.assert_array_equal(op.getitem(x, (1, 0)).value, x[1, 0])
+
+
+def test_changing_an_operator_attribute_takes_effect():
+    act = op.LeakyRelu(0.1)
+    x = jnp.array([-2.0, 1.0])
+    np.testing.assert_allclose(act(x).value, [-0.2, 1.0])
+    act.negative_slope = 0.5
+    np.testing.assert_allclose(act(x).value, [-1.0, 1.0])
+    np.testing.assert_allclose(op.leaky_relu(jnp.array([-1.0, 0.0, 1.0]), 0.1).value, [-0.1, 0.0, 1.0])
+
+
+def test_integer_indexing_in_a_loop_compiles_once():
+    from zkynet.framework.computation_graph import _fused_call
+    x = cg.as_node(jnp.ones((7, 2, 3)))
+    before = _fused_call._cache_size()
+    steps = [x[t] for t in range(7)] + list(x)
+    assert _fused_call._cache_size() == before + 1 and len(steps) == 14
+
+
+def test_a_returned_parameter_uses_the_substituted_value():
+    class Returns(cg.Module):
+        def __init__(self):
+            super().__init__(params=(cg.Parameter("mu", jnp.array([1.0, 2.0])),))
+
+        def call(self):
+            return op.sum(self.param("mu")), self.param("mu")
+
+    m = Returns()
+    result = cg.call_module(m, (), param_values={m.param("mu"): jnp.array([10.0, 20.0])})
+    np.testing.assert_allclose(result.value[1], [10.0, 20.0])
+    assert sum(isinstance(n, cg.ParameterNode) for n in result.nodes) == 1
+
+
+def test_scalar_back_under_jit_leaves_no_tracer_behind():
+    from zkynet.framework.computation_graph import _ONES
+    m = SimpleModel(w0=0.5)
+
+    @jax.jit
+    def value_after_back(x):
+        result = m(x)
+        result.back()
+        return result.grad(m.param("w"))
+
+    with jax.checking_leaks():
+        value_after_back(jnp.float32(2.0))
+    assert not any(isinstance(v, jax.core.Tracer) for v in _ONES.values())
+
+
+def test_chained_graph_gradient_of_the_first_module_input():
+    m1, m2 = SimpleModel(), SimpleModel()
+    second = m2(m1(2.0))
+    second.back()
+    np.testing.assert_allclose(second.grad(m1.input("x")), second.grad(second.nodes[0]))
 
 
 def test_fused_and_traced_paths_agree():

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import (array_shapes, basic_indices, broadcastable_s
 from jax import lax
 
 from tests.framework.gradcheck import check_gradients
-from zkynet.framework import op
+from zkynet.framework import cg, op
 
 # Every new shape costs XLA compilations of each eager primitive (~30 ms each), so
 # shapes stay small: sides up to 3 and 3-4 dims still cover every broadcasting case.
@@ -308,3 +308,47 @@ def test_dropout_keeps_about_one_minus_rate_and_depends_on_key():
     assert abs(float((a != 0).mean()) - 0.7) < 0.02
     np.testing.assert_allclose(a[a != 0], 1 / 0.7, rtol=1e-6)
     assert (a != b).any()
+
+
+@pytest.mark.parametrize("fn, reference", [
+    (op.sum, jnp.sum), (op.mean, jnp.mean), (op.max, jnp.max),
+    (op.logsumexp, jax.scipy.special.logsumexp), (op.softmax, jax.nn.softmax)])
+def test_numpy_integer_axes(fn, reference):
+    check_gradients(lambda x: fn(x, axis=np.int64(1)), lambda x: reference(x, axis=1),
+                    [np.arange(6.0).reshape(2, 3)], seed=0)
+
+
+def test_numpy_integer_stride():
+    image = jnp.ones((1, 1, 5, 5))
+    assert op.conv2d(image, jnp.ones((1, 1, 3, 3)), stride=np.int64(2)).shape == (1, 1, 2, 2)
+
+
+def test_take_without_axis_reads_the_flattened_array():
+    indices = jnp.array([[0, 4], [5, 5]])
+    check_gradients(lambda x: op.take(x, indices, axis=None), lambda x: jnp.take(x, indices),
+                    [np.arange(6.0).reshape(2, 3)], seed=0)
+
+
+def test_integer_max_pool_and_low_precision_max_gradient_dtype():
+    ints = jnp.arange(16, dtype=jnp.int32).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(op.max_pool2d(ints, 2).value, [[[[5, 7], [13, 15]]]])
+    for dtype in (jnp.bfloat16, jnp.float16):
+        class Max(cg.Module):
+            def __init__(self):
+                super().__init__(inputs=(cg.Variable("x"),))
+
+            def call(self, x):
+                return op.max(x)
+
+        m = Max()
+        result = m(jnp.array([1.0, 3.0, 2.0], dtype))
+        result.back()
+        assert result.grad(m.input("x")).dtype == dtype
+
+
+def test_gelu_accepts_pytorch_spellings():
+    x = jnp.array([1.0])
+    np.testing.assert_allclose(op.gelu(x, approximate="none").value, jax.nn.gelu(x, approximate=False))
+    np.testing.assert_allclose(op.gelu(x, approximate="tanh").value, jax.nn.gelu(x, approximate=True))
+    with pytest.raises(ValueError, match="approximate must be"):
+        op.gelu(x, approximate="fast")

@@ -309,6 +309,9 @@ class Operator(Function):
     Cotangents may keep broadcast dimensions; the graph sums them back to
     each input's shape.
 
+    Operators are templates: set attributes, never mutate them in place (the
+    compiled computation is keyed on their values).
+
     Built-in operators set `fuse_call` / `fuse_vjp`: on concrete arrays, their
     `call` / `vjp` then runs as one cached XLA computation (per operator,
     attributes and shapes) instead of one eager dispatch per array operation,
@@ -320,9 +323,17 @@ class Operator(Function):
     fuse_call = fuse_vjp = False
 
     def __init__(self, inputs=None, name=None):
-        if inputs is None:
-            inputs = [Variable(n) for n in self.input_names]
-        super().__init__(inputs=inputs, name=name)
+        if inputs is not None:
+            super().__init__(inputs=inputs, name=name)
+            return
+        cls = type(self)  # built-ins are created per call: share one set of input slots per class
+        if "_class_inputs" not in cls.__dict__:
+            cls._class_inputs = self._checked([Variable(n) for n in cls.input_names], Variable, "inputs")
+        self._inputs, self._params, self._name = cls._class_inputs, (), name
+
+    def __setattr__(self, name, value):
+        self.__dict__.pop("_fusion_key", None)  # attributes changed: recompute the key
+        super().__setattr__(name, value)
 
     @property
     def functional_name(self):
@@ -382,7 +393,8 @@ class Operator(Function):
 
 class _FusionKey:
     """An operator as a jit static argument: equal to another when type and public
-    attributes are, so `op.sum(x, axis=1)` reuses one compiled computation per shape."""
+    attributes are (types included: 1, True and 1.0 differ, so do lists and tuples),
+    so `op.sum(x, axis=1)` reuses one compiled computation per shape."""
     __slots__ = ("op", "key", "hash")
 
     def __init__(self, op, key):
@@ -405,12 +417,13 @@ class _FusionKey:
 
 
 def _frozen(value):
+    """A hashable, type-tagged stand-in for an attribute value; TypeError if there is none."""
     if isinstance(value, slice):
-        return ("slice", value.start, value.stop, value.step)
+        return (slice, _frozen(value.start), _frozen(value.stop), _frozen(value.step))
     if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
+        return (type(value),) + tuple(_frozen(v) for v in value)
     hash(value)  # TypeError for arrays and other unhashables
-    return value
+    return (type(value), value)
 
 
 class _Leaf(_ValueView):
@@ -586,7 +599,7 @@ def call_module(module, args, kwargs=None, param_values=None, rng=None):
         return _run(module, values, builder, _context.scope.enter(module))
     builder = _GraphBuilder(param_values, rng)
     scope = ModuleCall(module, module.functional_name, None, builder.call_id)
-    return ModuleGraph(module, _run(module, values, builder, scope), builder)
+    return ModuleGraph(module, _run(module, values, builder, scope, as_root=True), builder)
 
 
 def rng_key():
@@ -600,12 +613,16 @@ def rng_key():
     return jax.random.fold_in(builder.rng, builder.rng_draws)
 
 
-def _run(module, values, builder, scope):
+def _run(module, values, builder, scope, as_root=False):
     saved = _context.builder, _context.scope
     _context.builder, _context.scope = builder, scope
     try:
         nodes = [builder.bind(v, value, module) for v, value in zip(module.inputs, values)]
-        return module.call(*nodes)
+        output = module.call(*nodes)
+        if as_root:  # a graph's outputs are nodes of this graph (a returned Parameter included)
+            output = (tuple(as_node(o) for o in output) if isinstance(output, (tuple, list))
+                      else as_node(output))
+        return output
     finally:
         _context.builder, _context.scope = saved
 
@@ -663,10 +680,13 @@ _ONES = {}
 
 
 def _one(dtype):
-    """A cached scalar 1 of `dtype` (arrays are immutable, so sharing is safe)."""
+    """A scalar 1 of `dtype`, cached when concrete (arrays are immutable, so sharing is
+    safe; a traced one must not outlive its trace)."""
     one = _ONES.get(dtype)
     if one is None:
-        one = _ONES[dtype] = jnp.ones((), dtype)
+        one = jnp.ones((), dtype)
+        if not isinstance(one, jax.core.Tracer):
+            _ONES[dtype] = one
     return one
 
 
@@ -692,10 +712,7 @@ class ModuleGraph:
     def __init__(self, module, output, builder):
         self.module = module
         self.call_id = builder.call_id
-        if isinstance(output, (tuple, list)):
-            self.root = tuple(as_node(o) for o in output)
-        else:
-            self.root = as_node(output)
+        self.root = output
         self._builder = builder
         self._order = None
         self._foreign = None
@@ -751,7 +768,11 @@ class ModuleGraph:
 
     def grad(self, x):
         """d output / d x after `back()`, for a Parameter, an input Variable or a node.
-        A parameter that reaches the output through several graphs (a graph fed to
+
+        An input Variable stands for the node it was bound to, so the gradient is
+        the total derivative through every use of that node (a nested module's
+        input bound to an outer input gives the outer input's gradient). A
+        parameter that reaches the output through several graphs (a graph fed to
         another module's call) gets the sum over its nodes."""
         if self._grads is None:
             raise BackwardNotRunError("call back() on this graph before asking for grad()")
@@ -765,7 +786,7 @@ class ModuleGraph:
 
     def uses(self, param):
         """Whether this graph used Parameter `param` (else `grad` of it is an error)."""
-        return param in self._builder.param_nodes or param in self._foreign_parameter_nodes()
+        return param in self._builder.param_nodes or param in self._foreign_leaves()
 
     def _nodes_of(self, x):
         where = f"this graph (call {self.call_id} of {self.module.functional_name})"
@@ -775,12 +796,12 @@ class ModuleGraph:
             return [x]
         if isinstance(x, Parameter):
             own = self._builder.param_nodes.get(x)
-            nodes = ([own] if own is not None else []) + self._foreign_parameter_nodes().get(x, [])
+            nodes = ([own] if own is not None else []) + self._foreign_leaves().get(x, [])
             if not nodes:
                 raise GradientError(f"parameter {x.short_name!r} was not used by {where}")
             return nodes
         if isinstance(x, Variable):
-            nodes = self._builder.bindings.get(x)
+            nodes = self._builder.bindings.get(x) or self._foreign_leaves().get(x)
             if not nodes:
                 raise GradientError(f"input {x.short_name!r} was not used by {where}")
             if len(nodes) > 1:
@@ -791,12 +812,13 @@ class ModuleGraph:
         raise ValueTypeError(f"grad() takes a Parameter, an input Variable or a node, got "
                              f"{type(x).__name__}")
 
-    def _foreign_parameter_nodes(self):
-        """{Parameter: its nodes from other graphs that feed this one}, computed once."""
+    def _foreign_leaves(self):
+        """{Parameter or Variable: its nodes from other graphs that feed this one (a graph
+        given as another module's input)}, computed once."""
         if self._foreign is None:
             self._foreign = {}
             for node in self.nodes:
-                if isinstance(node, ParameterNode) and node.call_id != self.call_id:
+                if isinstance(node, (ParameterNode, InputNode)) and node.call_id != self.call_id:
                     self._foreign.setdefault(node.ref, []).append(node)
         return self._foreign
 

@@ -10,7 +10,9 @@ The lowercase names at the bottom (`op.add`, `op.sum`, `op.conv2d`, ...) are
 what models call.
 """
 import builtins
+import functools
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -24,16 +26,21 @@ def _axes(axis, ndim):
     """`axis` (None, int or sequence, negatives allowed) as a sorted tuple of axes."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(sorted(a + ndim if a < 0 else a for a in axes))
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    return tuple(sorted(int(a) + ndim if a < 0 else int(a) for a in axes))
 
 
 def _pair(v, what):
-    if isinstance(v, int):
-        return v, v
-    if len(v) == 2 and all(isinstance(i, int) for i in v):
-        return tuple(v)
+    if isinstance(v, numbers.Integral):
+        return int(v), int(v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, numbers.Integral) for i in v):
+        return int(v[0]), int(v[1])
     raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}")
+
+
+def _lowest(dtype):
+    """The identity of max for `dtype`: -inf, or the smallest integer."""
+    return -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
 
 
 class _Fused(Operator):
@@ -182,10 +189,13 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 
 class Gelu(_Unary):
-    """x * Phi(x) (exact, as PyTorch's default) or its tanh approximation."""
+    """x * Phi(x) (exact, as PyTorch's default) or its tanh approximation
+    (`approximate=True`, or PyTorch's spelling "tanh"; "none" means exact)."""
     def __init__(self, approximate=False):
         super().__init__()
-        self.approximate = approximate
+        if approximate not in (True, False, "tanh", "none"):
+            raise ValueError(f"gelu approximate must be True/False, 'tanh' or 'none', got {approximate!r}")
+        self.approximate = approximate in (True, "tanh")
 
     def call(self, x):
         x = x.value
@@ -235,7 +245,7 @@ class Max(_Reduction):
     def call(self, x): return jnp.max(x.value, axis=self.axis, keepdims=self.keepdims)
 
     def vjp(self, g, out, x):
-        hits = x.value == self._unreduce(out, x)
+        hits = (x.value == self._unreduce(out, x)).astype(g.dtype)
         share = hits / jnp.sum(hits, axis=_axes(self.axis, x.ndim), keepdims=True)
         return (share * self._unreduce(g, x),)
 
@@ -384,19 +394,65 @@ class Stack(_Fused):
         return tuple(g[i] for i in range(len(xs)))
 
 
-class Getitem(_Unary):
-    """x[key] for a static key: ints, slices, None, Ellipsis, integer or boolean arrays."""
-    def __init__(self, key):
-        super().__init__()
-        self.key = key
+class _Position:
+    """Where an integer stood in an index key (its value is passed as an input)."""
+    def __repr__(self):
+        return "<int>"
 
-    def call(self, x): return x.value[self.key]
-    def vjp(self, g, out, x): return (jnp.zeros(x.shape, g.dtype).at[self.key].add(g),)
+
+_POSITION = _Position()
+
+
+class Getitem(_Fused):
+    """x[key] for a key of ints, slices, None, Ellipsis, integer or boolean arrays.
+    `op.getitem` moves the plain integers of the key into the `positions` input
+    instead of compiling them in, so x[0], x[1], ... (a loop over time steps)
+    share one computation; `key` keeps a placeholder where each one stood."""
+    input_names = ("x", "positions")
+
+    def __init__(self, key, single):
+        super().__init__()
+        self.key, self.single = key, single
+
+    def _key(self, positions):
+        values = iter(positions[i] for i in range(positions.shape[0]))
+        key = tuple(next(values) if k is _POSITION else k for k in self.key)
+        return key[0] if self.single else key
+
+    def call(self, x, positions): return x.value[self._key(positions.value)]
+
+    def vjp(self, g, out, x, positions):
+        return jnp.zeros(x.shape, g.dtype).at[self._key(positions.value)].add(g), None
+
+
+class _Position:
+    """Where an integer stood in an index key."""
+    def __repr__(self):
+        return "<int>"
+
+
+_POSITION = _Position()
+
+
+def _split_key(key):
+    """(the key with placeholders for its plain ints, those ints, whether it was one item)."""
+    parts = tuple(np.asarray(k) if isinstance(k, list) else k  # NumPy's x[[1, 0]]
+                  for k in (key if isinstance(key, tuple) else (key,)))
+    is_int = [isinstance(k, numbers.Integral) and not isinstance(k, (bool, np.bool_)) for k in parts]
+    template = tuple(_POSITION if i else k for k, i in zip(parts, is_int))
+    positions = _positions(tuple(int(k) for k, i in zip(parts, is_int) if i))
+    return template, positions, not isinstance(key, tuple)
+
+
+@functools.lru_cache(maxsize=4096)
+def _positions(ints):
+    """The integers of an index key as a device array, made once per distinct key."""
+    return jnp.asarray(np.array(ints, np.int32).reshape(len(ints)))
 
 
 class Take(_Fused):
-    """Elements of x at integer `indices` along `axis`: an embedding lookup for axis 0.
-    The indices may be a node (they get no gradient)."""
+    """Elements of x at integer `indices` along `axis` (None: of x flattened): an
+    embedding lookup for axis 0. The indices may be a node (they get no gradient)."""
     input_names = ("x", "indices")
 
     def __init__(self, axis=0):
@@ -406,7 +462,9 @@ class Take(_Fused):
     def call(self, x, indices): return jnp.take(x.value, indices.value, axis=self.axis)
 
     def vjp(self, g, out, x, indices):
-        where = (slice(None),) * (self.axis % x.ndim) + (indices.value,)
+        if self.axis is None:
+            return jnp.zeros(x.value.size, g.dtype).at[indices.value].add(g).reshape(x.shape), None
+        where = (slice(None),) * (int(self.axis) % x.ndim) + (indices.value,)
         return jnp.zeros(x.shape, g.dtype).at[where].add(g), None
 
 
@@ -507,11 +565,11 @@ class _Pool2d(_Unary):
 class MaxPool2d(_Pool2d):
     """Max over each window; ties split the gradient evenly."""
     def call(self, x):
-        return self._reduce(x.value, jnp.array(-jnp.inf, x.dtype), lax.max)
+        return self._reduce(x.value, jnp.array(_lowest(x.dtype), x.dtype), lax.max)
 
     def vjp(self, g, out, x):
         ph, pw = self.padding
-        padded = jnp.pad(x.value, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-jnp.inf)
+        padded = jnp.pad(x.value, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=_lowest(x.dtype))
         hits = [(i, j, window == out) for i, j, window in self._windows(padded, out.shape[2:])]
         count = hits[0][2].astype(g.dtype)
         for _, _, hit in hits[1:]:
@@ -585,4 +643,5 @@ def getitem(x, key):
     """x[key]; a node as the key is an integer-array lookup along axis 0 (`take`)."""
     if isinstance(key, Node):
         return take(x, key)
-    return Getitem(key)(x)
+    template, positions, single = _split_key(key)
+    return Getitem(template, single)(x, positions)
