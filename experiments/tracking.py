@@ -9,17 +9,21 @@ override it.
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 
+from zkynet import checkpoint
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
-FLUSH_SECONDS = 1.0
+FLUSH_SECONDS = 5.0  # one database transaction per 5 s of training at most
 
 for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -59,6 +63,7 @@ class Tracker:
             run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
+        self.artifact_uri = run.info.artifact_uri
         self._queue = queue.Queue()
         self._error = None
         self._writer = threading.Thread(target=self._write_metrics, name="mlflow-metrics", daemon=True)
@@ -87,6 +92,17 @@ class Tracker:
 
     def log_artifact(self, path, artifact_path=None):
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_checkpoint(self, state, artifact_path):
+        """Store a checkpoint as an artifact, atomically where the artifact store is a
+        local folder (a crash mid-write never leaves a truncated file to resume from)."""
+        if self.artifact_uri.startswith("file://"):
+            checkpoint.save(Path(urlparse(self.artifact_uri).path) / artifact_path, state)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / Path(artifact_path).name
+            checkpoint.save(local, state)
+            self.log_artifact(local, str(Path(artifact_path).parent))
 
     def set_tags(self, tags):
         for key, value in tags.items():

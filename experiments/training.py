@@ -13,6 +13,9 @@ from zkynet.framework.compile import EvalStep, TrainStep
 class Callback:
     """Hooks the loop calls; override what you need."""
 
+    def on_epoch_start(self, trainer, epoch):
+        pass
+
     def on_step(self, trainer, metrics):
         pass
 
@@ -51,6 +54,8 @@ class Trainer:
         start_epoch, start_batch = divmod(self.step, self.steps_per_epoch)
         for epoch in range(start_epoch, self.epochs):
             steps, examples, started = [], 0, time.perf_counter()
+            for callback in self.callbacks:
+                callback.on_epoch_start(self, epoch)
             for batch in self.batches.epoch(epoch, start=start_batch if epoch == start_epoch else 0):
                 metrics = self.train_step(*batch)  # device arrays: no wait for the step to finish
                 for callback in self.callbacks:

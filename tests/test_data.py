@@ -43,7 +43,7 @@ def test_bad_settings():
 
 
 def test_digits_is_real_and_split_is_fixed():
-    flat, images = load_digits(), load_digits(flat=False)
+    flat, images = load_digits(), load_digits("image")
     assert (len(flat.train), len(flat.validation)) == (1438, 359)
     assert flat.input_shape == (64,) and images.input_shape == (1, 8, 8)
     assert flat.num_classes == 10 and set(np.unique(flat.train.targets)) == set(range(10))

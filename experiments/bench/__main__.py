@@ -1,9 +1,9 @@
-"""python -m experiments.bench {core,train} [options]"""
+"""python -m experiments.bench {core,train,tracking} [options]"""
 import argparse
 
-from experiments.bench import core, train
+from experiments.bench import core, tracking, train
 
-BENCHMARKS = {"core": core, "train": train}
+BENCHMARKS = {"core": core, "train": train, "tracking": tracking}
 
 
 def main(argv=None):

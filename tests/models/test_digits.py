@@ -26,5 +26,5 @@ def test_mlp_reaches_97_percent_on_digits():
 
 @pytest.mark.slow
 def test_cnn_reaches_98_percent_on_digits():
-    history = train(LeNet((1, 8, 8), channels=(16, 32), hidden=(64,), key=0), load_digits(flat=False), 3e-3)
+    history = train(LeNet((1, 8, 8), channels=(16, 32), hidden=(64,), key=0), load_digits("image"), 3e-3)
     assert history[-1]["val_accuracy"] >= 0.98

@@ -3,6 +3,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SPLIT_SEED = 0  # fixed, so every run and every user sees the same split
+
+
+def split_rows(count, validation_fraction=0.2):
+    """(train rows, validation rows): a fixed random split of range(count)."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(count)
+    cut = count - int(round(validation_fraction * count))
+    return order[:cut], order[cut:]
+
 
 @dataclass(frozen=True)
 class Split:

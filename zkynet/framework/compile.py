@@ -68,6 +68,7 @@ class TrainStep(_Compiled):
         super().__init__(model, loss, metrics)
         self.optimizer = optimizer
         self.opt_state = optimizer.init(self.param_values())
+        self.step = 0  # mirrors opt_state["step"] on the host: reading that would wait for the device
         self.rng = jax.random.PRNGKey(seed)
         self._step = jax.jit(self.pure, donate_argnums=(0, 1) if donate else ()) if jit else self.pure
 
@@ -85,11 +86,8 @@ class TrainStep(_Compiled):
         params, self.opt_state, metrics = self._step(self.param_values(), self.opt_state, batch, self.rng)
         for name, value in params.items():
             self.params[name].value = value
+        self.step += 1
         return metrics
-
-    @property
-    def step(self):
-        return int(self.opt_state["step"])
 
     def state_dict(self):
         """Everything needed to continue training exactly: parameters and optimizer state."""
@@ -102,6 +100,7 @@ class TrainStep(_Compiled):
         for name, value in state["params"].items():
             self.params[name].value = jnp.array(value)  # a copy: the step donates its inputs
         self.opt_state = jax.tree_util.tree_map(jnp.array, state["optimizer"])
+        self.step = int(self.opt_state["step"])
 
 
 class EvalStep(_Compiled):

@@ -1,0 +1,133 @@
+"""`python -m experiments.run` end to end, checked through MLflow's own client."""
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zkynet import checkpoint
+
+PNG = b"\x89PNG\r\n\x1a\n"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "user_project"
+
+
+def run_id_of(result):
+    return re.search(r"MLflow run (\w+)", result.stderr).group(1)
+
+
+@pytest.mark.slow
+def test_default_run_trains_and_logs_everything(cli, tmp_path):
+    result = cli("model=mlp", "trainer.epochs=3")
+    assert result.returncode == 0, result.stderr
+    assert "epoch 3/3: train_acc" in result.stderr and "run FINISHED" in result.stderr
+    assert "mlflow ui --backend-store-uri " + cli.store in result.stderr
+    run = cli.client.get_run(run_id_of(result))
+    assert run.info.status == "FINISHED" and run.info.run_name == "mlp-digits"
+    assert run.data.params["model/widths"] == "[64, 256, 256, 10]"
+    assert run.data.params["optimizer/_target_"] == "zkynet.optim.Adam"
+    assert run.data.metrics["val_accuracy"] > 0.85 and run.data.metrics["epoch"] == 3
+    assert {"train_loss", "val_loss", "samples_per_second", "batch_loss"} <= set(run.data.metrics)
+    assert len(cli.client.get_metric_history(run.info.run_id, "val_loss")) == 3
+    assert len(cli.client.get_metric_history(run.info.run_id, "batch_loss")) == 66 // 10
+    files = cli.artifacts(run.info.run_id)
+    assert {"graph.png", "curves.png", "config/config.yaml", "checkpoints/last.npz"} <= set(files)
+    local = Path(cli.client.download_artifacts(run.info.run_id, "graph.png", str(tmp_path)))
+    assert local.read_bytes().startswith(PNG) and files["graph.png"] > 5000
+    assert run.data.tags["model"] == "MLP" and run.data.tags["dataset"] == "digits"
+
+
+@pytest.mark.slow
+def test_overrides_from_the_command_line(cli):
+    result = cli("model=cnn", "optimizer.lr=3e-3", "trainer.epochs=2", "trainer.batch_size=32", "run_name=mine")
+    assert result.returncode == 0, result.stderr
+    run = cli.client.get_run(run_id_of(result))
+    assert run.data.params["optimizer/lr"] == "0.003" and run.data.params["trainer/batch_size"] == "32"
+    assert run.data.params["model/_target_"] == "zkynet.models.cnn.LeNet" and run.info.run_name == "mine"
+    assert len(cli.client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lrr=1", "Key 'lrr' is not in struct"),
+    ("model=resnet", "Could not find 'model/resnet'"),
+    ("trainer.epochs=many", "Value 'many' of type 'str' could not be converted to Integer"),
+    ("trainer.precision=float16", "Invalid value 'float16', expected one of [float32, float64, bfloat16]"),
+])
+def test_typos_get_hydras_error_not_our_traceback(cli, override, message):
+    result = cli(override, "trainer.epochs=1")
+    assert result.returncode != 0 and message in result.stderr
+    assert "experiments/run.py" not in result.stderr and cli.runs() == []
+
+
+def test_missing_dataset_names_the_download_script(cli, tmp_path):
+    result = cli("dataset=mnist", f"dataset.loader.root={tmp_path / 'nothing'}")
+    assert result.returncode == 2
+    assert "./download_datasets.sh mnist" in result.stderr and str(tmp_path / "nothing" / "mnist") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_diverging_run_ends_failed_with_the_error_logged(cli):
+    result = cli("optimizer=sgd", "optimizer.lr=1e8", "trainer.lr_schedule=constant", "trainer.epochs=3",
+                 "trainer.log_every_n_steps=1")
+    assert result.returncode != 0 and "run FAILED" in result.stderr and "NonFiniteLossError" in result.stderr
+    run = cli.runs()[0]
+    assert run.info.status == "FAILED" and "the loss became" in run.data.tags["error"]
+    assert "error.txt" in cli.artifacts(run.info.run_id)
+
+
+@pytest.mark.slow
+def test_user_architecture_outside_zkynet_is_one_class_and_one_yaml(cli):
+    env = {**os.environ, "PYTHONPATH": str(FIXTURES)}
+    result = cli(f"hydra.searchpath=[file://{FIXTURES / 'conf'}]", "model=tiny", "trainer.epochs=5",
+                 "optimizer.lr=1e-2", env=env)
+    assert result.returncode == 0, result.stderr
+    run = cli.client.get_run(run_id_of(result))
+    assert run.data.tags["model"] == "TinyNet" and run.data.params["model/hidden"] == "32"
+    assert run.data.metrics["val_accuracy"] > 0.5
+
+
+RESUMABLE = ("trainer.epochs=30", "trainer.batch_size=16", "model.dropout=0.2", "trainer.progress=false",
+             "trainer.checkpoint_min_seconds=0")
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_parameters(cli, tmp_path):
+    reference = cli(*RESUMABLE)
+    assert reference.returncode == 0, reference.stderr
+
+    process = cli.start(*RESUMABLE)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it once a checkpoint is stored, mid-run
+        running = [r for r in cli.runs() if r.info.status == "RUNNING"]
+        if running and "checkpoints/last.npz" in cli.artifacts(running[0].info.run_id):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    killed = cli.client.get_run(running[0].info.run_id)
+    assert killed.info.status == "KILLED" and "resume with trainer.resume=" in stderr
+    assert killed.data.metrics["epoch"] < 30
+
+    resumed = cli(f"trainer.resume={killed.info.run_id}", "trainer.progress=false")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming run {killed.info.run_id} at step" in resumed.stdout
+    finished = cli.client.get_run(killed.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.metrics["epoch"] == 30
+
+    def final_params(run_id):
+        path = cli.client.download_artifacts(run_id, "checkpoints/last.npz", str(tmp_path / run_id))
+        return checkpoint.load(path)["params"]
+
+    expected, got = final_params(run_id_of(reference)), final_params(killed.info.run_id)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_resume_of_an_unknown_run_is_a_clear_error(cli):
+    result = cli("trainer.resume=0123456789abcdef")
+    assert result.returncode == 2 and "no such MLflow run" in result.stderr

@@ -1,0 +1,72 @@
+"""Tracking pieces in-process: store location, params, async metrics, checkpoints, NaN guard."""
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from experiments import tracking
+from experiments.callbacks import Checkpointer, NanGuard, NonFiniteLossError
+from experiments.tracking import Tracker, flatten
+from experiments.training import Callback, Trainer
+from zkynet import checkpoint, losses, optim
+from zkynet.data import load_digits
+from zkynet.models.fcn import MLP
+
+
+def test_default_store_is_under_the_project_root_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.default_tracking_uri() == f"sqlite:///{tracking.PROJECT_ROOT / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://localhost:5000")
+    assert tracking.default_tracking_uri() == "http://localhost:5000"
+
+
+def test_flatten_config():
+    assert flatten({"model": {"widths": [1, 2], "act": "relu"}, "seed": 0, "empty": {}}) == {
+        "model/widths": "[1, 2]", "model/act": "relu", "seed": "0", "empty": "{}"}
+
+
+def test_params_in_batches_metrics_async_and_status(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(store, "unit", run_name="r")
+    tracker.log_params({f"p{i}": str(i) for i in range(250)})  # more than one batch of 100
+    for step in range(30):
+        tracker.log_metrics({"loss": np.float32(1.0 / (step + 1))}, step)
+    tracker.close("FINISHED")
+    client = MlflowClient(store)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and len(run.data.params) == 250
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == list(range(30))
+    location = client.get_experiment_by_name("unit").artifact_location
+    assert location == (tmp_path / "mlartifacts").as_uri()  # artifacts beside the database, not in the cwd
+
+
+def test_checkpoint_artifact_is_written_in_place(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "unit")
+    tracker.log_checkpoint({"params": {"w": np.arange(3.0)}}, "checkpoints/last.npz")
+    tracker.close()
+    path = MlflowClient(tracker.uri).download_artifacts(tracker.run_id, "checkpoints/last.npz", str(tmp_path))
+    np.testing.assert_array_equal(checkpoint.load(path)["params"]["w"], np.arange(3.0))
+
+
+class Poison(Callback):
+    """Turns the weights into NaN when epoch `at` starts: training gone bad mid-run."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == self.at:
+            for p in trainer.model.named_parameters().values():
+                p.value = p.value * np.nan
+
+
+def test_nan_stops_training_and_the_last_good_checkpoint_stays(tmp_path):
+    path = tmp_path / "last.npz"
+    checkpointer = Checkpointer(path, every=1, seed=0)
+    trainer = Trainer(MLP([64, 16, 10]), losses.softmax_cross_entropy, optim.Adam(1e-3), load_digits(), epochs=5,
+                      batch_size=64, callbacks=[Poison(at=2), NanGuard(every=5), checkpointer])
+    with pytest.raises(NonFiniteLossError, match="the loss became nan"):
+        trainer.fit()
+    checkpointer.wait()
+    saved = checkpoint.load(path)
+    assert int(saved["meta"]["epoch"]) == 2 and int(saved["meta"]["step"]) == 2 * trainer.steps_per_epoch
+    assert all(np.isfinite(v).all() for v in saved["params"].values())
