@@ -152,15 +152,17 @@ def measure(name, model_fn, apply, torch_fn, input_shape, batch, classes, steps,
         return value
 
     torch_run = torch_fn()
-    times = {"zkynet": float("inf"), "jax": float("inf"), "torch": float("inf")}
+    contenders = {"zkynet": lambda: ours(x, y)["loss"], "jax": reference_run, "torch": torch_run}
+    contenders = {name: fn for name, fn in contenders.items() if fn is not None}
+    if steps is None:  # rounds of about 50 ms each
+        steps = max(3, int(0.05 / best_step_seconds(reference_run, 3, 1)))
+    times = {name: float("inf") for name in contenders}
     for _ in range(rounds):  # interleaved, so a slow patch of the machine hits every contender
-        times["zkynet"] = min(times["zkynet"], best_step_seconds(lambda: ours(x, y)["loss"], steps, 1))
-        times["jax"] = min(times["jax"], best_step_seconds(reference_run, steps, 1))
-        if torch_run is not None:
-            times["torch"] = min(times["torch"], best_step_seconds(torch_run, steps, 1))
+        for name, fn in contenders.items():
+            times[name] = min(times[name], best_step_seconds(fn, steps, 1))
     return dict(model=name, batch=batch, input_shape=list(input_shape),
                 zkynet_step_ms=times["zkynet"] * 1e3, jax_step_ms=times["jax"] * 1e3,
-                torch_step_ms=times["torch"] * 1e3 if torch_run is not None else None,
+                torch_step_ms=times["torch"] * 1e3 if "torch" in times else None,
                 step_ratio=times["zkynet"] / times["jax"],
                 zkynet_compile_s=ours_compile, jax_compile_s=reference_compile,
                 compile_ratio=ours_compile / reference_compile)
@@ -180,8 +182,8 @@ def cases(scale):
 def add_arguments(parser):
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
     parser.add_argument("--batch-scale", type=int, default=1, help="multiply every batch size (GPUs: 8-32)")
-    parser.add_argument("--steps", type=int, default=20, help="steps per timing round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None, help="steps per timing round (default: ~50 ms)")
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", default="outputs/bench/train.json")
 
 

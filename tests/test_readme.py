@@ -1,0 +1,22 @@
+"""README's Python examples run as written, in order, in one namespace."""
+import re
+from pathlib import Path
+
+import numpy as np
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["result"].value == 36 and namespace["result"].grad(namespace["m"].param("w")) == 9
+    assert float(namespace["metrics"]["loss"]) < 0.1  # the training example trained
+    trained = namespace["model"].named_parameters()["layers.0/W"].value
+    assert np.isfinite(trained).all()
+    x = namespace["jnp"].ones(3)
+    assert namespace["RowNorm"]()(namespace["Multiply"]()(x, x)).shape == ()
