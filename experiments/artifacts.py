@@ -1,10 +1,15 @@
-"""Pictures a run leaves behind: its computational graph and its learning curves."""
+"""What a run leaves behind besides metrics: its computational graph, learning
+curves, and a look at what the model produces (generated text, sampled or
+reconstructed images)."""
+import jax
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 
-from zkynet.framework.compile import Objective  # noqa: E402
+from zkynet.framework.compile import Objective, forward  # noqa: E402
+from zkynet.models.transformer import generate  # noqa: E402
 from zkynet.visual import plot_cg  # noqa: E402
 
 
@@ -33,3 +38,34 @@ def curves_image(history, path, title):
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def text_sample(model, tokenizer, prompt_ids, path, steps=300, temperature=0.8, seed=0):
+    """The model continuing a validation prompt, sampled at `temperature`."""
+    tokens = generate(model, np.asarray(prompt_ids)[None, :], steps, temperature, jax.random.PRNGKey(seed))
+    prompt = tokenizer.decode(prompt_ids)
+    path.write_text(f"--- prompt ---\n{prompt}\n--- sampled continuation (temperature {temperature}) ---\n"
+                    f"{tokenizer.decode(np.asarray(tokens)[0, len(prompt_ids):])}\n")
+    return path
+
+
+def image_grid(rows, image_shape, path, title, row_titles=None):
+    """Rows of images (each row: (count, features)) as one picture."""
+    figure, axes = plt.subplots(len(rows), len(rows[0]), figsize=(len(rows[0]) * 0.8, len(rows) * 0.9),
+                                squeeze=False)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            axes[r][c].imshow(np.asarray(image).reshape(image_shape[-2:]), cmap="gray_r", vmin=0, vmax=1)
+            axes[r][c].axis("off")
+        if row_titles:
+            axes[r][0].set_title(row_titles[r], fontsize=8, loc="left")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def reconstructions(model, inputs, image_shape, path, title, count=10):
+    """Inputs (top) and the model's reconstructions (bottom)."""
+    rebuilt = forward(model)(inputs[:count])
+    return image_grid([inputs[:count], rebuilt], image_shape, path, title, ["inputs", "reconstructions"])

@@ -10,12 +10,17 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from zkynet import losses, optim
-from zkynet.data import DatasetNotFoundError
+from zkynet.data import DatasetNotFoundError, Split
+from zkynet.models.autoencoder import vae_loss
 
-TASKS = {  # dataset.task -> (loss on graph nodes, metrics on arrays)
+TASKS = {  # task -> (loss on graph nodes, metrics on arrays)
     "classification": (losses.softmax_cross_entropy, losses.classification_metrics),
     "regression": (losses.mse, None),
+    "language_model": (losses.softmax_cross_entropy, losses.classification_metrics),  # per token
+    "reconstruction": (losses.mse, None),  # targets are the inputs
+    "vae": (vae_loss, None),  # the negative ELBO; targets are the inputs
 }
+SELF_SUPERVISED = ("reconstruction", "vae")
 PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 
 
@@ -35,7 +40,10 @@ def dataset(cfg):
             raise e.__cause__ from None
         raise
     dtype = precision(cfg)
-    return dataclasses.replace(data, train=_cast(data.train, dtype), validation=_cast(data.validation, dtype))
+    splits = {"train": _cast(data.train, dtype), "validation": _cast(data.validation, dtype)}
+    if task_name(cfg) in SELF_SUPERVISED:
+        splits = {name: Split(split.inputs, split.inputs) for name, split in splits.items()}
+    return dataclasses.replace(data, **splits)
 
 
 def _cast(split, dtype):
@@ -46,7 +54,8 @@ def _cast(split, dtype):
 
 def model(cfg):
     spec = OmegaConf.to_container(cfg.model, resolve=True)
-    spec.pop("input_layout", None)
+    for key in ("input_layout", "task"):  # about how the run feeds the model, not its constructor
+        spec.pop(key, None)
     built = instantiate(spec)
     dtype = precision(cfg)
     for p in built.named_parameters().values():
@@ -67,11 +76,17 @@ def optimizer(cfg, total_steps):
     return instantiate(cfg.optimizer, lr=schedule)
 
 
+def task_name(cfg):
+    """The model's task if its config names one (an autoencoder reconstructs any
+    dataset), else the dataset's."""
+    return cfg.model.get("task") or cfg.dataset.task
+
+
 def task(cfg):
-    try:
-        return TASKS[cfg.dataset.task]
-    except KeyError:
-        raise ConfigError(f"dataset.task must be one of {', '.join(TASKS)}, got {cfg.dataset.task!r}") from None
+    name = task_name(cfg)
+    if name not in TASKS:
+        raise ConfigError(f"the task must be one of {', '.join(TASKS)}, got {name!r}")
+    return TASKS[name]
 
 
 def precision(cfg):

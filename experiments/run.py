@@ -74,7 +74,12 @@ def run(cfg, parent_run_id=None, tags=None):
             history = trainer.fit()
         status = "FINISHED"
         if tracker is not None and history:
-            tracker.log_artifact(artifacts.curves_image(history, output_dir / "curves.png", _title(cfg)))
+            try:
+                _log_results(tracker, cfg, model, dataset, history, output_dir)
+            except Exception as e:  # the training itself succeeded: say so, and keep it
+                print(f"warning: could not log the result pictures/samples: {type(e).__name__}: {e}",
+                      file=sys.stderr)
+                tracker.set_tags({"artifact_error": f"{type(e).__name__}: {e}"})
     except KeyboardInterrupt:
         status = "KILLED"
     except Exception as e:
@@ -130,6 +135,28 @@ def _log_setup(tracker, cfg, model, loss, dataset, output_dir):
         sample = (dataset.train.inputs, dataset.train.targets)
         tracker.log_artifact(artifacts.graph_image(model, loss, sample, output_dir / "graph.png", _title(cfg),
                                                    cfg.tracking.graph_depth))
+
+
+def _log_results(tracker, cfg, model, dataset, history, output_dir):
+    """Learning curves, and a look at what the model makes of data it has not trained on."""
+    title, task = _title(cfg), build.task_name(cfg)
+    tracker.log_artifact(artifacts.curves_image(history, output_dir / "curves.png", title))
+    tokenizer = dataset.info.get("tokenizer")
+    if tokenizer is not None:  # saved with the model: ids mean nothing without it
+        (output_dir / "tokenizer.json").write_text(tokenizer.to_json())
+        tracker.log_artifact(output_dir / "tokenizer.json")
+        if task == "language_model":
+            prompt = dataset.validation.inputs[0][:64]
+            tracker.log_artifact(artifacts.text_sample(model, tokenizer, prompt, output_dir / "samples.txt",
+                                                       seed=cfg.seed))
+    shape = cfg.dataset.get("image_shape")
+    if task == "vae" and shape:
+        samples = model.sample(20, cfg.seed)
+        tracker.log_artifact(artifacts.image_grid([samples[:10], samples[10:]], shape, output_dir / "samples.png",
+                                                  f"{title}: decoded from z ~ N(0, I)"))
+    elif task == "reconstruction" and shape:
+        tracker.log_artifact(artifacts.reconstructions(model, dataset.validation.inputs, shape,
+                                                       output_dir / "reconstructions.png", title))
 
 
 def _log_error(tracker, output_dir):

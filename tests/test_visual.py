@@ -98,7 +98,7 @@ def test_collapse_to_module_depth(tmp_path):
     full = svg_of(result, tmp_path, depth=None)
     assert len(node_ids_labelled(full, "W")) == 40
     auto = svg_of(result, tmp_path)  # "auto": too many nodes, so it collapses
-    assert len(re.findall(r'class="node"', auto)) <= 150
+    assert len(re.findall(r'class="node"', auto)) <= 60
 
 
 def test_collapsed_picture_of_a_big_model_renders(tmp_path):
@@ -111,3 +111,16 @@ def test_plot_of_free_operators(tmp_path):
     node = op.exp(op.add(jnp.ones((3, 5)), 2.0))  # no module call: no cluster
     svg = svg_of(node, tmp_path)
     assert "float32[3, 5]" in svg and "cluster" not in svg
+
+
+def test_a_transformer_collapses_to_its_blocks(tmp_path):
+    from zkynet.models.transformer import TransformerLM
+    model = TransformerLM(16, dim=16, heads=2, layers=3, mlp=32, max_length=8)
+    graph = model(jnp.ones((2, 8), jnp.int32))
+    assert len(graph.nodes) > 150
+    svg = svg_of(graph, tmp_path, depth=1)
+    boxes = set(re.findall(r"<text[^>]*>(embed|blocks\.\d|norm|head)</text>", svg))
+    assert boxes == {"embed", "blocks.0", "blocks.1", "blocks.2", "norm", "head"}
+    assert len(re.findall(r'class="node"', svg)) < 20
+    path = plot_cg(graph, save_path=str(tmp_path / "transformer.png"), depth=1, title="TransformerLM")
+    assert open(path, "rb").read().startswith(PNG_MAGIC)

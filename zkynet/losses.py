@@ -20,17 +20,22 @@ def binary_cross_entropy(logits, targets):
     return op.mean(op.softplus(logits) - logits * targets)
 
 
+IGNORE = -1  # a label that counts for nothing (prompt positions of a sequence task)
+
+
 def softmax_cross_entropy(logits, labels, axis=-1):
-    """Mean negative log-likelihood of integer `labels` under softmax(`logits`)."""
+    """Mean negative log-likelihood of integer `labels` under softmax(`logits`), over
+    the labels that are not IGNORE."""
     labels = cg.as_node(labels).value  # data, not differentiated
-    log_probs = op.log_softmax(logits, axis=axis)
-    one_hot = jax.nn.one_hot(labels, logits.shape[axis], dtype=logits.dtype, axis=axis)
-    return -op.sum(log_probs * one_hot) / labels.size
+    valid = labels != IGNORE
+    one_hot = jax.nn.one_hot(labels, logits.shape[axis], dtype=logits.dtype, axis=axis)  # IGNORE: all zeros
+    return -op.sum(op.log_softmax(logits, axis=axis) * one_hot) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def accuracy(logits, labels, axis=-1):
-    """Fraction of rows whose largest logit is at the label."""
-    return jnp.mean(jnp.argmax(logits, axis=axis) == labels)
+    """Fraction of (non-IGNORE) labels at which the largest logit sits."""
+    valid = labels != IGNORE
+    return jnp.sum((jnp.argmax(logits, axis=axis) == labels) & valid) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def binary_accuracy(logits, targets):

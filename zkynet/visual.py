@@ -23,7 +23,7 @@ _STYLES = {
     cg.OperatorNode: dict(shape="ellipse", style="filled", fillcolor="#ffffff"),
 }
 _MODULE_BOX = dict(shape="box3d", style="filled", fillcolor="#e1d5e7")
-_AUTO_MAX_SHAPES = 150  # depth="auto" collapses module calls until at most this many shapes remain
+_AUTO_MAX_SHAPES = 60  # depth="auto" collapses module calls until at most this many shapes remain
 
 
 def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, depth="auto",
@@ -39,12 +39,12 @@ def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, d
     format: image format when save_path has no extension (default "png").
     depth: draw module calls nested deeper than this as single boxes (0 = the
         top-level module is one box); None = every node; "auto" = the most detail
-        that keeps the picture under ~150 shapes.
+        that keeps the picture under ~60 shapes.
     """
     roots = root.roots if isinstance(root, cg.ModuleGraph) else (
         tuple(root) if isinstance(root, (tuple, list)) else (root,))
     roots = tuple(cg.as_node(r) for r in roots)
-    nodes = cg.topological_order(roots)
+    nodes = [n for n in cg.topological_order(roots) if not _empty_constant(n)]
     if depth == "auto":
         depth = _auto_depth(nodes)
     save_path, format = _output(save_path, format, title, roots)
@@ -77,6 +77,12 @@ def _output(save_path, format, title, roots):
         format = extension
     os.makedirs(os.path.dirname(os.path.abspath(save_path)), exist_ok=True)
     return save_path, format or "png"
+
+
+def _empty_constant(node):
+    """Size-0 constants (getitem's list of integer positions when there are none) say
+    nothing worth drawing."""
+    return isinstance(node, cg.ConstantNode) and node.value.size == 0
 
 
 def _ancestors(scope):
@@ -149,6 +155,8 @@ def _draw(graph, nodes, roots, depth):
     edges = set()
     for node in nodes:
         for inp in node.inputs:
+            if inp not in shapes:
+                continue
             edge = (ident(shapes[inp]), ident(shapes[node]))
             if edge[0] != edge[1] and edge not in edges:
                 edges.add(edge)

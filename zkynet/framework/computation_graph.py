@@ -61,7 +61,12 @@ class Template:
 
 
 class Variable(Template):
-    """An input slot of a Module or Operator; a call fills it with a value or a node."""
+    """An input slot of a Module or Operator; a call fills it with a value or a node.
+    An `optional` slot may be left out (or given None): call() then receives None."""
+
+    def __init__(self, name, optional=False):
+        super().__init__(name)
+        self.optional = optional
 
 
 class _ValueView:
@@ -578,6 +583,9 @@ class Module(Function):
             if variable in values:
                 raise InputCountError(f"{self.functional_name} got input {key!r} twice")
             values[variable] = value
+        for v in expected:
+            if v.optional:
+                values.setdefault(v, None)
         missing = [v.short_name for v in expected if v not in values]
         if missing:
             raise InputCountError(f"{self.functional_name} takes {len(expected)} input(s) ({names}); "
@@ -602,6 +610,26 @@ def call_module(module, args, kwargs=None, param_values=None, rng=None):
     return ModuleGraph(module, _run(module, values, builder, scope, as_root=True), builder)
 
 
+def build_graph(module, args, param_values=None):
+    """A new graph of `module` on `args` (a ModuleGraph), independent of any graph being
+    built around it: how an operator runs a whole module inside itself (scan)."""
+    saved = _context.builder, _context.scope
+    _context.builder = _context.scope = None
+    try:
+        return call_module(module, args, param_values=param_values)
+    finally:
+        _context.builder, _context.scope = saved
+
+
+def _flat(outputs):
+    """Nested tuples of outputs, flattened: ((a, (b, c)) -> (a, b, c))."""
+    for item in outputs:
+        if isinstance(item, (tuple, list)):
+            yield from _flat(item)
+        else:
+            yield item
+
+
 def rng_key():
     """A fresh PRNG key for randomness inside `call()` (dropout), derived from the
     top-level call's `rng`; None when the call got no `rng`, meaning: run
@@ -617,10 +645,11 @@ def _run(module, values, builder, scope, as_root=False):
     saved = _context.builder, _context.scope
     _context.builder, _context.scope = builder, scope
     try:
-        nodes = [builder.bind(v, value, module) for v, value in zip(module.inputs, values)]
+        nodes = [None if value is None and v.optional else builder.bind(v, value, module)
+                 for v, value in zip(module.inputs, values)]
         output = module.call(*nodes)
         if as_root:  # a graph's outputs are nodes of this graph (a returned Parameter included)
-            output = (tuple(as_node(o) for o in output) if isinstance(output, (tuple, list))
+            output = (tuple(as_node(o) for o in _flat(output)) if isinstance(output, (tuple, list))
                       else as_node(output))
         return output
     finally:

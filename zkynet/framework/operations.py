@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from zkynet.framework import computation_graph as cg
 from zkynet.framework.computation_graph import Node, Operator
 
 
@@ -292,6 +293,23 @@ class Softmax(LogSoftmax):
         return (out * (g - jnp.sum(g * out, axis=self.axis, keepdims=True)),)
 
 
+class LayerNorm(_Unary):
+    """(x - mean) / sqrt(var + eps) over the last axis (the affine part is the module's)."""
+    def __init__(self, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def call(self, x):
+        centered = x.value - jnp.mean(x.value, axis=-1, keepdims=True)
+        return centered * lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + self.eps)
+
+    def vjp(self, g, out, x):
+        centered = x.value - jnp.mean(x.value, axis=-1, keepdims=True)
+        inv_std = lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + self.eps)
+        mean_g = jnp.mean(g, axis=-1, keepdims=True)
+        return (inv_std * (g - mean_g - out * jnp.mean(g * out, axis=-1, keepdims=True)),)
+
+
 # ----------------------------------------------------------------------------- linear algebra
 
 class Matmul(_Binary):
@@ -446,8 +464,10 @@ def _split_key(key):
 
 @functools.lru_cache(maxsize=4096)
 def _positions(ints):
-    """The integers of an index key as a device array, made once per distinct key."""
-    return jnp.asarray(np.array(ints, np.int32).reshape(len(ints)))
+    """The integers of an index key as a device array, made once per distinct key
+    (concrete even when first asked for inside a jit trace, so it may be cached)."""
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(np.array(ints, np.int32).reshape(len(ints)))
 
 
 class Take(_Fused):
@@ -610,6 +630,67 @@ class Dropout(_Fused):
     def vjp(self, g, out, x, key): return jnp.where(self._keep(x, key), g / (1 - self.rate), 0), None
 
 
+# ----------------------------------------------------------------------------- loops
+
+class Scan(Operator):
+    """Run the module `cell` along the leading axis of the `xs` inputs (lax.scan): step t
+    computes cell(*xs[t], *carry) -> the new carry (a node or a tuple of nodes, each
+    (..., width)). The output stacks every step's new carry, concatenated along the
+    last axis: (T, ..., total width).
+
+    One node stands for the whole loop, so the compiled program (and its compile
+    time) does not grow with T. The backward pass is a reverse scan that rebuilds
+    each step's graph from the saved carries and applies zkynet's own back() to it:
+    backpropagation through time, with the cell's forward recomputed per step.
+    Inputs: *xs, *initial carry, *the cell's parameters (so their gradients flow).
+    """
+    variadic = True
+
+    def __init__(self, cell, n_xs, n_carry):
+        super().__init__()
+        self.cell, self.n_xs, self.n_carry = cell, n_xs, n_carry
+        self.cell_params = tuple(cell.named_parameters().values())
+
+    @property
+    def functional_name(self):
+        return f"scan({self.cell.functional_name})"
+
+    def _parts(self, values):
+        return (values[:self.n_xs], values[self.n_xs:self.n_xs + self.n_carry],
+                values[self.n_xs + self.n_carry:])
+
+    def _step(self, xs_t, carry, params):
+        return cg.build_graph(self.cell, (*xs_t, *carry), param_values=dict(zip(self.cell_params, params)))
+
+    def call(self, *nodes):
+        xs, carry, params = self._parts([n.value for n in nodes])
+
+        def step(carry, xs_t):
+            new = tuple(root.value for root in self._step(xs_t, carry, params).roots)
+            return new, jnp.concatenate(new, axis=-1)
+        return lax.scan(step, tuple(carry), tuple(xs))[1]
+
+    def vjp(self, g, out, *nodes):
+        xs, carry, params = self._parts([n.value for n in nodes])
+        bounds = np.cumsum([c.shape[-1] for c in carry])[:-1]
+        split = lambda a: jnp.split(a, bounds, axis=-1)  # noqa: E731
+        entering = [jnp.concatenate([c[None], s[:-1]]) for c, s in zip(carry, split(out))]
+
+        def back_step(totals, step_values):
+            d_carry, d_params = totals
+            xs_t, carry_t, g_t = step_values
+            graph = self._step(xs_t, carry_t, params)
+            graph.back(tuple(a + b for a, b in zip(split(g_t), d_carry)))
+            d_inputs = [graph.grad(v) for v in self.cell.inputs]
+            d_params = tuple(total + graph.grad(p) if graph.uses(p) else total
+                             for total, p in zip(d_params, self.cell_params))
+            return (tuple(d_inputs[self.n_xs:]), d_params), tuple(d_inputs[:self.n_xs])
+
+        zeros = (tuple(jnp.zeros_like(c) for c in carry), tuple(jnp.zeros_like(p) for p in params))
+        (d_carry, d_params), d_xs = lax.scan(back_step, zeros, (tuple(xs), tuple(entering), g), reverse=True)
+        return (*d_xs, *d_carry, *d_params)
+
+
 # ----------------------------------------------------------------------------- what models call
 
 add, sub, mult, div, pow = Add(), Sub(), Mult(), Div(), Pow()
@@ -637,6 +718,14 @@ def conv2d(x, w, stride=1, padding=0): return Conv2d(stride, padding)(x, w)
 def max_pool2d(x, kernel_size, stride=None, padding=0): return MaxPool2d(kernel_size, stride, padding)(x)
 def avg_pool2d(x, kernel_size, stride=None, padding=0): return AvgPool2d(kernel_size, stride, padding)(x)
 def dropout(x, key, rate=0.5): return Dropout(rate)(x, key)
+def layer_norm(x, eps=1e-5): return LayerNorm(eps)(x)
+
+
+def scan(cell, carry, xs):
+    """cell(*xs[t], *carry) along axis 0 of each of `xs`; see Scan. `carry` and `xs`
+    are sequences of nodes or arrays."""
+    carry, xs = tuple(carry), tuple(xs)
+    return Scan(cell, len(xs), len(carry))(*xs, *carry, *cell.named_parameters().values())
 
 
 def getitem(x, key):

@@ -1,4 +1,8 @@
-"""Generic building blocks: a chain of layers, activations, dropout, flatten."""
+"""Generic building blocks: a chain of layers, activations, dropout, flatten,
+token embeddings, layer normalization."""
+import jax.numpy as jnp
+
+from zkynet import init
 from zkynet.framework import cg, op
 
 ACTIVATIONS = {
@@ -59,3 +63,26 @@ class Flatten(cg.Module):
 
     def call(self, x):
         return op.reshape(x, (x.shape[0], -1))
+
+
+class Embedding(cg.Module):
+    """Token ids (any shape) -> vectors: rows of a (vocabulary, dim) table."""
+
+    def __init__(self, vocabulary, dim, key=0):
+        super().__init__(inputs=(cg.Variable("tokens"),),
+                         params=(cg.Parameter("E", init.normal(key, (vocabulary, dim), stddev=dim ** -0.5)),))
+
+    def call(self, tokens):
+        return op.take(self.param("E"), tokens, axis=0)
+
+
+class LayerNorm(cg.Module):
+    """Normalize the last axis to zero mean and unit variance, then scale and shift."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__(inputs=(cg.Variable("x"),),
+                         params=(cg.Parameter("scale", jnp.ones(dim)), cg.Parameter("shift", jnp.zeros(dim))))
+        self.eps = eps
+
+    def call(self, x):
+        return op.layer_norm(x, self.eps) * self.param("scale") + self.param("shift")
