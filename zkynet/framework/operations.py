@@ -639,9 +639,11 @@ class Scan(Operator):
     last axis: (T, ..., total width).
 
     One node stands for the whole loop, so the compiled program (and its compile
-    time) does not grow with T. The backward pass is a reverse scan that rebuilds
-    each step's graph from the saved carries and applies zkynet's own back() to it:
-    backpropagation through time, with the cell's forward recomputed per step.
+    time) does not grow with T. The forward scan also keeps the value of every
+    operator node of every step (the activations); the backward pass is a reverse
+    scan that rebuilds each step's graph, puts those saved values back into its
+    nodes and applies zkynet's own back(): backpropagation through time, where
+    the rebuilt forward computations are dead code that XLA drops.
     Inputs: *xs, *initial carry, *the cell's parameters (so their gradients flow).
     """
     variadic = True
@@ -650,6 +652,7 @@ class Scan(Operator):
         super().__init__()
         self.cell, self.n_xs, self.n_carry = cell, n_xs, n_carry
         self.cell_params = tuple(cell.named_parameters().values())
+        self._activations = None
 
     @property
     def functional_name(self):
@@ -660,15 +663,18 @@ class Scan(Operator):
                 values[self.n_xs + self.n_carry:])
 
     def _step(self, xs_t, carry, params):
-        return cg.build_graph(self.cell, (*xs_t, *carry), param_values=dict(zip(self.cell_params, params)))
+        graph = cg.build_graph(self.cell, (*xs_t, *carry), param_values=dict(zip(self.cell_params, params)))
+        return graph, [n for n in graph.nodes if isinstance(n, cg.OperatorNode)]
 
     def call(self, *nodes):
         xs, carry, params = self._parts([n.value for n in nodes])
 
         def step(carry, xs_t):
-            new = tuple(root.value for root in self._step(xs_t, carry, params).roots)
-            return new, jnp.concatenate(new, axis=-1)
-        return lax.scan(step, tuple(carry), tuple(xs))[1]
+            graph, computed = self._step(xs_t, carry, params)
+            new = tuple(root.value for root in graph.roots)
+            return new, (jnp.concatenate(new, axis=-1), tuple(n.value for n in computed))
+        ys, self._activations = lax.scan(step, tuple(carry), tuple(xs))[1]
+        return ys
 
     def vjp(self, g, out, *nodes):
         xs, carry, params = self._parts([n.value for n in nodes])
@@ -678,8 +684,10 @@ class Scan(Operator):
 
         def back_step(totals, step_values):
             d_carry, d_params = totals
-            xs_t, carry_t, g_t = step_values
-            graph = self._step(xs_t, carry_t, params)
+            xs_t, carry_t, activations_t, g_t = step_values
+            graph, computed = self._step(xs_t, carry_t, params)
+            for node, value in zip(computed, activations_t):
+                node.value = value  # the forward's own values: no recomputation survives
             graph.back(tuple(a + b for a, b in zip(split(g_t), d_carry)))
             d_inputs = [graph.grad(v) for v in self.cell.inputs]
             d_params = tuple(total + graph.grad(p) if graph.uses(p) else total
@@ -687,7 +695,8 @@ class Scan(Operator):
             return (tuple(d_inputs[self.n_xs:]), d_params), tuple(d_inputs[:self.n_xs])
 
         zeros = (tuple(jnp.zeros_like(c) for c in carry), tuple(jnp.zeros_like(p) for p in params))
-        (d_carry, d_params), d_xs = lax.scan(back_step, zeros, (tuple(xs), tuple(entering), g), reverse=True)
+        per_step = (tuple(xs), tuple(entering), self._activations, g)
+        (d_carry, d_params), d_xs = lax.scan(back_step, zeros, per_step, reverse=True)
         return (*d_xs, *d_carry, *d_params)
 
 
