@@ -31,9 +31,11 @@ _zkynet_setup() {
     want="$(cat "$root/pyproject.toml" "$root/setup.sh" | cksum)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         echo "setup.sh: installing zkynet and its dependencies into $venv (a few minutes the first time)"
-        "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip &&
-            "$venv/bin/python" -m pip install --disable-pip-version-check -q -e "$root" ||
-            { _zkynet_fail "pip install failed (see above); fix the cause and run setup.sh again"; return 1; }
+        log="$venv/pip-install.log"
+        { "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+            "$venv/bin/python" -m pip install --disable-pip-version-check -e "$root"; } > "$log" 2>&1 ||
+            { tail -n 25 "$log" >&2
+              _zkynet_fail "pip install failed (the end of its output is above; all of it: $log)"; return 1; }
         echo "$want" > "$stamp"
     fi
 

@@ -3,6 +3,7 @@ curves, and a look at what the model produces (generated text, sampled or
 reconstructed images)."""
 import jax
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 
 matplotlib.use("Agg")  # headless
@@ -30,6 +31,7 @@ def curves_image(history, path, title):
         for split in ("train", "val"):
             axis.plot(epochs, [record[f"{split}_{name}"] for record in history], marker=".", label=split)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axis.set_title(name)
         axis.grid(alpha=0.3)
         axis.legend()

@@ -67,6 +67,8 @@ def model(cfg):
 def optimizer(cfg, total_steps):
     """The optimizer with its learning rate following trainer.lr_schedule."""
     lr, warmup = cfg.optimizer.lr, cfg.trainer.warmup_steps
+    if not lr > 0:
+        raise ConfigError(f"optimizer.lr must be positive, got {lr}")
     if _name(cfg.trainer.lr_schedule) == "cosine":
         schedule = optim.Cosine(lr, max(total_steps - warmup, 1))
     else:

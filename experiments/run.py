@@ -28,12 +28,14 @@ from zkynet import checkpoint
 from zkynet.data import DatasetNotFoundError
 
 CONFIG_ARTIFACT = "config/config.yaml"
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own progress is enough
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" is not news
 
 
 def run(cfg, parent_run_id=None, tags=None):
     """Train as `cfg` says; returns the last epoch's `cfg.objective` metric."""
     started = time.perf_counter()
+    schema.check_keys(cfg)
     uri = cfg.tracking.uri or default_tracking_uri()
     resume = cfg.trainer.resume
     if resume:
@@ -63,8 +65,12 @@ def run(cfg, parent_run_id=None, tags=None):
                       callbacks=callbacks)
     if resume:
         trainer.train_step.load_state_dict(restored)
-        print(f"resuming run {resume} at step {trainer.step} "
-              f"(epoch {trainer.step // trainer.steps_per_epoch + 1} of {cfg.trainer.epochs})")
+        done = trainer.step // trainer.steps_per_epoch
+        if done >= cfg.trainer.epochs:
+            print(f"run {resume} already trained {done} epochs: nothing to do (pass a larger "
+                  f"trainer.epochs to train on)")
+        else:
+            print(f"resuming run {resume} at step {trainer.step} (epoch {done + 1} of {cfg.trainer.epochs})")
     elif tracker is not None:
         _log_setup(tracker, cfg, model, loss, dataset, output_dir)
 
@@ -100,9 +106,20 @@ def run(cfg, parent_run_id=None, tags=None):
     return trainer.history[-1][cfg.objective] if trainer.history else float("nan")
 
 
+RESUME_OVERRIDES = ("trainer.resume", "trainer.epochs", "trainer.progress", "trainer.log_every_n_steps",
+                    "trainer.checkpoint_every_n_epochs", "trainer.checkpoint_min_seconds", "tracking.uri")
+
+
 def _resume_from(uri, run_id, cfg):
-    """The config the run was started with (so the same model and data come back) and its
-    last checkpoint."""
+    """The config the run was started with (so the same model and data come back), with
+    the few settings that may change on resuming (more epochs, logging), and its last
+    checkpoint."""
+    changes = _command_line_settings()
+    refused = [key for key in changes if key not in RESUME_OVERRIDES]
+    if refused:
+        raise build.ConfigError(f"trainer.resume continues run {run_id} with its own configuration; on the "
+                                f"command line only {', '.join(RESUME_OVERRIDES[1:])} may change, not: "
+                                f"{', '.join(refused)}")
     client = MlflowClient(uri)
     try:
         client.get_run(run_id)
@@ -117,10 +134,19 @@ def _resume_from(uri, run_id, cfg):
                                     "every trainer.checkpoint_every_n_epochs epochs)") from e
         stored = OmegaConf.load(config_file)
         state = checkpoint.load(checkpoint_file)
-    stored.trainer.resume = run_id
-    stored.tracking.uri = cfg.tracking.uri
-    stored.trainer.progress = cfg.trainer.progress
+    for key in {"trainer.resume", *changes}:
+        OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
     return stored, state
+
+
+def _command_line_settings():
+    """The keys the command line set (["trainer.epochs", "optimizer", ...]); none when
+    run() is called without Hydra."""
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:
+        return []
+    return [o.split("=", 1)[0].lstrip("+~") for o in overrides]
 
 
 def _log_setup(tracker, cfg, model, loss, dataset, output_dir):

@@ -1,6 +1,7 @@
 """Typed schemas for config groups, so Hydra itself rejects a wrong type or value
 (`trainer.epochs=many`, `trainer.precision=float16`) before any training code runs."""
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Optional
 
@@ -47,3 +48,23 @@ def register():
     store = ConfigStore.instance()
     store.store(group="trainer", name="schema", node=Trainer)
     store.store(group="tracking", name="schema", node=Tracking)
+
+
+TOP_LEVEL = {"model", "dataset", "optimizer", "trainer", "tracking", "seed", "run_name", "objective"}
+
+
+def check_keys(cfg):
+    """Refuse settings nobody reads (`+trainer.epoch=3` next to trainer.epochs), naming
+    the closest real one: Hydra lets `+` add any key, and a typo must not train
+    silently with the default."""
+    from experiments.build import ConfigError
+
+    groups = {"": TOP_LEVEL, "trainer.": {f.name for f in fields(Trainer)},
+              "tracking.": {f.name for f in fields(Tracking)}}
+    for prefix, known in groups.items():
+        node = cfg.get(prefix.rstrip(".")) if prefix else cfg
+        for key in node.keys():
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+                raise ConfigError(f"unknown setting {prefix}{key}{hint}")

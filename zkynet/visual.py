@@ -23,7 +23,7 @@ _STYLES = {
     cg.OperatorNode: dict(shape="ellipse", style="filled", fillcolor="#ffffff"),
 }
 _MODULE_BOX = dict(shape="box3d", style="filled", fillcolor="#e1d5e7")
-_AUTO_MAX_SHAPES = 60  # depth="auto" collapses module calls until at most this many shapes remain
+_AUTO_MAX_SHAPES = 40  # depth="auto" collapses module calls until at most this many shapes remain
 
 
 def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, depth="auto",
@@ -39,7 +39,7 @@ def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, d
     format: image format when save_path has no extension (default "png").
     depth: draw module calls nested deeper than this as single boxes (0 = the
         top-level module is one box); None = every node; "auto" = the most detail
-        that keeps the picture under ~60 shapes.
+        that keeps the picture under ~40 shapes.
     """
     roots = root.roots if isinstance(root, cg.ModuleGraph) else (
         tuple(root) if isinstance(root, (tuple, list)) else (root,))

@@ -131,3 +131,21 @@ def test_a_killed_run_resumes_to_the_same_parameters(cli, tmp_path):
 def test_resume_of_an_unknown_run_is_a_clear_error(cli):
     result = cli("trainer.resume=0123456789abcdef")
     assert result.returncode == 2 and "no such MLflow run" in result.stderr
+
+
+def test_a_misspelt_added_key_is_refused_with_a_suggestion(cli):
+    result = cli("+trainer.epoch=3")
+    assert result.returncode == 2 and "unknown setting trainer.epoch; did you mean trainer.epochs?" in result.stderr
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_runs_configuration(cli):
+    first = cli("trainer.epochs=2", "trainer.progress=false")
+    run_id = run_id_of(first)
+    refused = cli(f"trainer.resume={run_id}", "optimizer=sgd")
+    assert refused.returncode == 2 and "not: optimizer" in refused.stderr
+    idle = cli(f"trainer.resume={run_id}", "trainer.progress=false")
+    assert idle.returncode == 0 and "already trained 2 epochs: nothing to do" in idle.stdout
+    longer = cli(f"trainer.resume={run_id}", "trainer.epochs=3", "trainer.progress=false")
+    assert longer.returncode == 0 and "at step 44 (epoch 3 of 3)" in longer.stdout
+    assert cli.client.get_run(run_id).data.metrics["epoch"] == 3
