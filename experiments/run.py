@@ -8,6 +8,7 @@ the run's tracking (experiments.tracking, experiments.callbacks).
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from experiments import artifacts, build, schema
 from experiments.callbacks import CHECKPOINT_ARTIFACT, Checkpointer, MetricsLogger, NanGuard, ProgressBar
+from experiments.sweep import sweep_run
 from experiments.tracking import Tracker, default_tracking_uri, flatten
 from experiments.training import Trainer
 from zkynet import checkpoint
@@ -32,56 +35,34 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our ow
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" is not news
 
 
-def run(cfg, parent_run_id=None, tags=None):
+def run(cfg):
     """Train as `cfg` says; returns the last epoch's `cfg.objective` metric."""
     started = time.perf_counter()
     schema.check_keys(cfg)
     uri = cfg.tracking.uri or default_tracking_uri()
-    resume = cfg.trainer.resume
-    if resume:
-        cfg, restored = _resume_from(uri, resume, cfg)
+    sweep, job = _sweep_membership(cfg, uri)
+    cfg, resume, restored = _continuation(cfg, uri, sweep, job)
     output_dir = _output_dir()
-
-    dataset = build.dataset(cfg)
-    model = build.model(cfg)
-    loss, metrics = build.task(cfg)
-    steps_per_epoch = max(1, len(dataset.train) // cfg.trainer.batch_size)
-    optimizer = build.optimizer(cfg, cfg.trainer.epochs * steps_per_epoch)
-
     tracker = None
     if cfg.tracking.enabled:
-        tracker = Tracker(uri, cfg.tracking.experiment, run_name=cfg.run_name or _run_name(cfg),
-                          run_id=resume, parent_run_id=parent_run_id, tags=tags)
-    callbacks = [NanGuard(cfg.trainer.log_every_n_steps)]
-    if cfg.trainer.progress:
-        callbacks.append(ProgressBar())
-    if tracker is not None:
-        callbacks.append(MetricsLogger(tracker, cfg.trainer.log_every_n_steps))
+        tags = None if sweep is None else {"sweep_job": str(job), "overrides": " ".join(_command_line_overrides())}
+        tracker = Tracker(uri, cfg.tracking.experiment, run_name=cfg.run_name or _run_name(cfg), run_id=resume,
+                          parent_run_id=sweep, tags=tags)
+        tracker.set_tags({"host": socket.gethostname(), "pid": os.getpid()})
+        if not cfg.trainer.resume:
+            _log_config(tracker, cfg, output_dir)
     checkpointer = Checkpointer(output_dir / "checkpoints" / "last.npz", cfg.trainer.checkpoint_every_n_epochs,
                                 cfg.seed, tracker, cfg.trainer.checkpoint_min_seconds)
-    callbacks.append(checkpointer)
-    trainer = Trainer(model, loss, optimizer, dataset, cfg.trainer.epochs, cfg.trainer.batch_size, metrics,
-                      seed=cfg.seed, eval_batch_size=cfg.trainer.eval_batch_size, jit=cfg.trainer.jit,
-                      callbacks=callbacks)
-    if resume:
-        trainer.train_step.load_state_dict(restored)
-        done = trainer.step // trainer.steps_per_epoch
-        if done >= cfg.trainer.epochs:
-            print(f"run {resume} already trained {done} epochs: nothing to do (pass a larger "
-                  f"trainer.epochs to train on)")
-        else:
-            print(f"resuming run {resume} at step {trainer.step} (epoch {done + 1} of {cfg.trainer.epochs})")
-    elif tracker is not None:
-        _log_setup(tracker, cfg, model, loss, dataset, output_dir)
 
-    status, error = "FAILED", None
+    status, error, trainer = "FAILED", None, None
     try:
         with _sigterm_as_interrupt():
+            trainer = _trainer(cfg, tracker, checkpointer, restored, resume, output_dir)
             history = trainer.fit()
         status = "FINISHED"
         if tracker is not None and history:
             try:
-                _log_results(tracker, cfg, model, dataset, history, output_dir)
+                _log_results(tracker, cfg, trainer.model, trainer.dataset, history, output_dir)
             except Exception as e:  # the training itself succeeded: say so, and keep it
                 print(f"warning: could not log the result pictures/samples: {type(e).__name__}: {e}",
                       file=sys.stderr)
@@ -98,16 +79,97 @@ def run(cfg, parent_run_id=None, tags=None):
         finally:
             if tracker is not None:
                 tracker.close(status)
-    _summary(cfg, status, trainer, tracker, uri, output_dir, checkpointer, error, time.perf_counter() - started)
+    history = trainer.history if trainer is not None else []
+    _summary(cfg, status, history, tracker, uri, output_dir, checkpointer, error, time.perf_counter() - started)
     if status == "KILLED":
         raise SystemExit(130)
     if error is not None:
         raise error
-    return trainer.history[-1][cfg.objective] if trainer.history else float("nan")
+    return history[-1][cfg.objective] if history else float("nan")
+
+
+def _trainer(cfg, tracker, checkpointer, restored, resume, output_dir):
+    """The dataset, model, optimizer and loop `cfg` describes, at `restored`'s state."""
+    dataset = build.dataset(cfg)
+    model = build.model(cfg)
+    loss, metrics = build.task(cfg)
+    steps_per_epoch = max(1, len(dataset.train) // cfg.trainer.batch_size)
+    optimizer = build.optimizer(cfg, cfg.trainer.epochs * steps_per_epoch)
+    callbacks = [NanGuard(cfg.trainer.log_every_n_steps)]
+    if cfg.trainer.progress:
+        callbacks.append(ProgressBar())
+    if tracker is not None:
+        callbacks.append(MetricsLogger(tracker, cfg.trainer.log_every_n_steps))
+    callbacks.append(checkpointer)
+    trainer = Trainer(model, loss, optimizer, dataset, cfg.trainer.epochs, cfg.trainer.batch_size, metrics,
+                      seed=cfg.seed, eval_batch_size=cfg.trainer.eval_batch_size, jit=cfg.trainer.jit,
+                      callbacks=callbacks)
+    if restored is not None:
+        trainer.train_step.load_state_dict(restored)
+        done = trainer.step // trainer.steps_per_epoch
+        if done >= cfg.trainer.epochs:
+            print(f"run {resume} already trained {done} epochs: nothing to do (pass a larger "
+                  f"trainer.epochs to train on)")
+        else:
+            print(f"resuming run {resume} at step {trainer.step} (epoch {done + 1} of {cfg.trainer.epochs})")
+    if tracker is not None and not cfg.trainer.resume:
+        _log_setup(tracker, cfg, model, loss, dataset, output_dir)
+    return trainer
+
+
+def _sweep_membership(cfg, uri):
+    """(the sweep's MLflow run id, this job's number) for a job of a tracked -m sweep,
+    else (None, None). The sweep's run is the one tagged with the sweep's folder."""
+    try:
+        hydra_config = HydraConfig.get()
+    except ValueError:
+        return None, None
+    if hydra_config.mode != RunMode.MULTIRUN or not cfg.tracking.enabled:
+        return None, None
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    found = experiment and sweep_run(client, experiment.experiment_id, str(hydra_config.sweep.dir))
+    return (found.info.run_id, hydra_config.job.num) if found else (None, None)
 
 
 RESUME_OVERRIDES = ("trainer.resume", "trainer.epochs", "trainer.progress", "trainer.log_every_n_steps",
                     "trainer.checkpoint_every_n_epochs", "trainer.checkpoint_min_seconds", "tracking.uri")
+
+
+def _continuation(cfg, uri, sweep, job):
+    """(config, MLflow run to continue or None, training state to start from or None):
+    `trainer.resume=<run id>` continues that run with its own configuration; a sweep
+    job that Ray runs again (its worker died) continues its first attempt's run."""
+    if cfg.trainer.resume:
+        stored, state = _resume_from(uri, cfg.trainer.resume, cfg)
+        return stored, cfg.trainer.resume, state
+    earlier = _earlier_attempt(uri, sweep, job)
+    if earlier is None:
+        return cfg, None, None
+    client = MlflowClient(uri)
+    attempts = int(client.get_run(earlier).data.tags.get("attempts", "1")) + 1
+    client.set_tag(earlier, "attempts", str(attempts))
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            state = checkpoint.load(client.download_artifacts(earlier, CHECKPOINT_ARTIFACT, folder))
+        except Exception:  # it died before its first checkpoint: start over, in the same run
+            state = None
+    print(f"sweep job {job}: attempt {attempts}, continuing run {earlier}"
+          + (f" from step {int(state['meta']['step'])}" if state else " from the start"))
+    return cfg, earlier, state
+
+
+def _earlier_attempt(uri, sweep, job):
+    """The run of an earlier, unfinished attempt at sweep job `job`, if any."""
+    if sweep is None:
+        return None
+    client = MlflowClient(uri)
+    parent = client.get_run(sweep)
+    earlier = client.search_runs(
+        [parent.info.experiment_id], max_results=1,
+        filter_string=f"tags.mlflow.parentRunId = '{sweep}' and tags.sweep_job = '{job}' and "
+                      f"attributes.status != 'FINISHED'")
+    return earlier[0].info.run_id if earlier else None
 
 
 def _resume_from(uri, run_id, cfg):
@@ -139,22 +201,28 @@ def _resume_from(uri, run_id, cfg):
     return stored, state
 
 
-def _command_line_settings():
-    """The keys the command line set (["trainer.epochs", "optimizer", ...]); none when
-    run() is called without Hydra."""
+def _command_line_overrides():
+    """This job's overrides (["trainer.epochs=3", "model=cnn", ...]); none without Hydra."""
     try:
-        overrides = HydraConfig.get().overrides.task
+        return list(HydraConfig.get().overrides.task)
     except ValueError:
         return []
-    return [o.split("=", 1)[0].lstrip("+~") for o in overrides]
 
 
-def _log_setup(tracker, cfg, model, loss, dataset, output_dir):
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    tracker.log_params(flatten(resolved))
+def _command_line_settings():
+    """The keys the command line set (["trainer.epochs", "model", ...])."""
+    return [o.split("=", 1)[0].lstrip("+~") for o in _command_line_overrides()]
+
+
+def _log_config(tracker, cfg, output_dir):
+    """The resolved config, as params and as YAML: there even if the run fails to start."""
+    tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
     config_file = output_dir / "config.yaml"
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker.log_artifact(config_file, "config")
+
+
+def _log_setup(tracker, cfg, model, loss, dataset, output_dir):
     tracker.set_tags({"model": type(model).__name__, "dataset": dataset.name,
                       "parameters": sum(p.value.size for p in model.named_parameters().values())})
     if cfg.tracking.log_graph:
@@ -230,8 +298,8 @@ def _title(cfg):
     return f"{cfg.run_name or _run_name(cfg)}"
 
 
-def _summary(cfg, status, trainer, tracker, uri, output_dir, checkpointer, error, seconds):
-    last = trainer.history[-1] if trainer.history else {}
+def _summary(cfg, status, history, tracker, uri, output_dir, checkpointer, error, seconds):
+    last = history[-1] if history else {}
     shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("val_"))
     print(f"\nrun {status} after {seconds:.1f}s" + (f" (epoch {last['epoch']}/{cfg.trainer.epochs}): {shown}"
                                                       if last else ""), file=sys.stderr)
@@ -258,8 +326,14 @@ def main(cfg):
     try:
         return run(cfg)
     except (build.ConfigError, DatasetNotFoundError) as e:  # the user's to fix: no traceback
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return float("nan")  # recorded as a FAILED child run; the sweep goes on and fails at the end
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return float("nan")
+        raise
 
 
 if __name__ == "__main__":

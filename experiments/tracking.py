@@ -45,6 +45,21 @@ def flatten(config, prefix=""):
     return flat
 
 
+def experiment_id(client, uri, name):
+    """The id of experiment `name`, created if new (with artifacts beside an SQLite store,
+    not in the working directory)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by a concurrent job
+        return client.get_experiment_by_name(name).experiment_id
+
+
 class Tracker:
     """An MLflow run: created (or resumed, with `run_id`) on construction, ended by
     `close(status)`. `parent_run_id` makes it a child run (sweeps)."""
@@ -70,16 +85,7 @@ class Tracker:
         self._writer.start()
 
     def experiment_id(self, name):
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = None
-        if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
-            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except Exception:  # created meanwhile by a concurrent job
-            return self.client.get_experiment_by_name(name).experiment_id
+        return experiment_id(self.client, self.uri, name)
 
     def log_params(self, params):
         items = [Param(k, v[:6000]) for k, v in params.items()]

@@ -17,11 +17,16 @@ class Cli:
         self.count = 0
 
     def args(self, *overrides):
+        """The command line; `-m` among the overrides makes it a sweep."""
         self.count += 1
-        return [sys.executable, "-m", "experiments.run", f"tracking.uri={self.store}",
-                f"hydra.run.dir={self.folder / 'outputs' / str(self.count)}", *overrides]
+        output = self.folder / "outputs" / str(self.count)
+        if "-m" in overrides:
+            return [sys.executable, "-m", "experiments.run", "-m", f"tracking.uri={self.store}",
+                    f"hydra.sweep.dir={output}", *(o for o in overrides if o != "-m")]
+        return [sys.executable, "-m", "experiments.run", f"tracking.uri={self.store}", f"hydra.run.dir={output}",
+                *overrides]
 
-    def __call__(self, *overrides, env=None, timeout=600):
+    def __call__(self, *overrides, env=None, timeout=900):
         return subprocess.run(self.args(*overrides), cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=timeout)
 
