@@ -109,3 +109,18 @@ def test_a_job_whose_worker_dies_is_retried_and_resumes(cli):
     assert finished.info.status == "FINISHED" and finished.data.tags["attempts"] == "2"
     assert finished.data.metrics["epoch"] == 25 and int(finished.data.tags["pid"]) != int(victim.data.tags["pid"])
     assert f"attempt 2, continuing run {victim.info.run_id} from step" in stdout  # from its checkpoint
+
+
+@pytest.mark.slow
+def test_bayesian_search_with_the_optuna_sweeper_on_ray(cli):
+    result = sweep(cli, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                   "optimizer.lr=tag(log, interval(1e-4, 1e-2))", "trainer.epochs=1")
+    assert result.returncode == 0, result.stderr
+    assert "Best parameters: {'optimizer.lr':" in result.stdout + result.stderr
+    (parent,) = [r for r in cli.runs() if "sweep" in r.data.tags]
+    children = children_of(cli, parent)
+    rates = {float(r.data.params["optimizer/lr"]) for r in children}
+    assert len(children) == 4 and len(rates) == 4 and all(1e-4 <= lr <= 1e-2 for lr in rates)
+    assert all(r.info.status == "FINISHED" for r in children) and parent.info.status == "FINISHED"
+    best = min(children, key=lambda r: r.data.metrics["val_loss"])
+    assert parent.data.tags["best_run"] == best.info.run_id
