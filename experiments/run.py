@@ -103,7 +103,7 @@ def _trainer(cfg, tracker, checkpointer, restored, resume, output_dir):
     callbacks.append(checkpointer)
     trainer = Trainer(model, loss, optimizer, dataset, cfg.trainer.epochs, cfg.trainer.batch_size, metrics,
                       seed=cfg.seed, eval_batch_size=cfg.trainer.eval_batch_size, jit=cfg.trainer.jit,
-                      callbacks=callbacks)
+                      callbacks=callbacks, devices=cfg.trainer.devices)
     if restored is not None:
         trainer.train_step.load_state_dict(restored)
         done = trainer.step // trainer.steps_per_epoch

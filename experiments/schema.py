@@ -31,6 +31,7 @@ class Trainer:
     checkpoint_min_seconds: float = 30.0
     precision: Precision = Precision.float32
     jit: bool = True
+    devices: int = 1
     progress: bool = True
     resume: Optional[str] = None
 

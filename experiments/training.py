@@ -8,6 +8,7 @@ import numpy as np
 
 from zkynet.data import Batches
 from zkynet.framework.compile import EvalStep, TrainStep
+from zkynet.framework.parallel import DataParallel
 
 
 class Callback:
@@ -32,12 +33,16 @@ class Trainer:
     """
 
     def __init__(self, model, loss, optimizer, dataset, epochs, batch_size, metrics=None, seed=0,
-                 eval_batch_size=None, drop_last=True, jit=True, callbacks=()):
+                 eval_batch_size=None, drop_last=True, jit=True, callbacks=(), devices=1):
         self.model, self.dataset, self.epochs = model, dataset, epochs
-        self.train_step = TrainStep(model, loss, optimizer, metrics, seed=seed, jit=jit)
+        parallel = DataParallel(devices) if devices != 1 else None
+        if parallel is not None and batch_size % parallel.size:
+            raise ValueError(f"batch_size {batch_size} does not split over {parallel.size} devices")
+        place = parallel.batch if parallel is not None else None
+        self.train_step = TrainStep(model, loss, optimizer, metrics, seed=seed, jit=jit, parallel=parallel)
         self.eval_step = EvalStep(model, loss, metrics, jit=jit)
-        self.batches = Batches(dataset.train, batch_size, shuffle=True, seed=seed, drop_last=drop_last)
-        self.eval_batches = Batches(dataset.validation, eval_batch_size or batch_size, shuffle=False)
+        self.batches = Batches(dataset.train, batch_size, shuffle=True, seed=seed, drop_last=drop_last, place=place)
+        self.eval_batches = Batches(dataset.validation, eval_batch_size or batch_size, shuffle=False, place=place)
         self.callbacks = list(callbacks)
         self.history = []
 

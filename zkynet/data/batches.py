@@ -1,6 +1,6 @@
 """Mini-batches of arrays: reshuffled each epoch from a seed (so any epoch's order
 can be replayed, e.g. to resume), optionally dropping a short last batch, and
-copied to the device a few batches ahead of use."""
+copied to the device(s) a few batches ahead of use (`place` decides where)."""
 import collections
 
 import jax
@@ -8,7 +8,7 @@ import numpy as np
 
 
 class Batches:
-    def __init__(self, split, batch_size, shuffle=True, seed=0, drop_last=False, prefetch=2):
+    def __init__(self, split, batch_size, shuffle=True, seed=0, drop_last=False, prefetch=2, place=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.arrays = (split.inputs, split.targets) if hasattr(split, "inputs") else tuple(split)
@@ -19,6 +19,7 @@ class Batches:
             raise ValueError(f"only {self.size} examples: no full batch of {batch_size}")
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.prefetch = drop_last, prefetch
+        self.place = place or (lambda arrays: tuple(jax.device_put(a) for a in arrays))  # e.g. DataParallel.batch
 
     def __len__(self):
         """Batches per epoch."""
@@ -38,7 +39,7 @@ class Batches:
         pending = collections.deque()
         for index in range(start, len(self)):
             rows = order[index * self.batch_size:(index + 1) * self.batch_size]
-            pending.append(tuple(jax.device_put(a[rows]) for a in self.arrays))  # async copy
+            pending.append(self.place([a[rows] for a in self.arrays]))  # an asynchronous copy
             if len(pending) > self.prefetch:
                 yield pending.popleft()
         yield from pending

@@ -61,12 +61,18 @@ class TrainStep(_Compiled):
     `metrics(outputs..., targets)` (plain jnp, optional) adds to the returned
     {"loss": ...}. `seed` drives the per-step PRNG keys (dropout), derived from
     the step count so that a resumed run draws the same keys. `jit=False` runs
-    the same step eagerly, node by node (for debugging; same numbers).
+    the same step eagerly, node by node (for debugging; same numbers). With
+    `parallel` (a parallel.DataParallel), give it batches placed by
+    `parallel.batch`: each device computes its part, gradients are all-reduced.
     """
 
-    def __init__(self, model, loss, optimizer, metrics=None, seed=0, jit=True, donate=True):
+    def __init__(self, model, loss, optimizer, metrics=None, seed=0, jit=True, donate=True, parallel=None):
         super().__init__(model, loss, metrics)
         self.optimizer = optimizer
+        self.parallel = parallel  # a DataParallel: parameters replicated, batches split over devices
+        if parallel is not None:
+            for p in self.params.values():
+                p.value = parallel.replicate(p.value)
         self.opt_state = optimizer.init(self.param_values())
         self.step = 0  # mirrors opt_state["step"] on the host: reading that would wait for the device
         self.rng = jax.random.PRNGKey(seed)
@@ -97,9 +103,10 @@ class TrainStep(_Compiled):
         missing = set(self.params) ^ set(state["params"])
         if missing:
             raise KeyError(f"checkpoint and model disagree on parameters: {sorted(missing)}")
+        place = self.parallel.replicate if self.parallel is not None else jnp.array  # a copy: steps donate
         for name, value in state["params"].items():
-            self.params[name].value = jnp.array(value)  # a copy: the step donates its inputs
-        self.opt_state = jax.tree_util.tree_map(jnp.array, state["optimizer"])
+            self.params[name].value = place(jnp.array(value))
+        self.opt_state = jax.tree_util.tree_map(lambda v: place(jnp.array(v)), state["optimizer"])
         self.step = int(self.opt_state["step"])
 
 
