@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from experiments import artifacts, build, schema
 from experiments.callbacks import CHECKPOINT_ARTIFACT, Checkpointer, MetricsLogger, NanGuard, ProgressBar
-from experiments.sweep import sweep_run
+from experiments.sweep import pin_to_assigned_cpus, sweep_run
 from experiments.tracking import Tracker, default_tracking_uri, flatten
 from experiments.training import Trainer
 from zkynet import checkpoint
@@ -41,6 +41,8 @@ def run(cfg):
     schema.check_keys(cfg)
     uri = cfg.tracking.uri or default_tracking_uri()
     sweep, job = _sweep_membership(cfg, uri)
+    if job is not None:
+        pin_to_assigned_cpus(job)
     cfg, resume, restored = _continuation(cfg, uri, sweep, job)
     output_dir = _output_dir()
     tracker = None

@@ -15,6 +15,8 @@ When all jobs are done it ranks them by the config's `objective`, prints the tab
 logs it to the sweep's run, and ends it FAILED (and the process with exit code 1)
 if any job failed.
 """
+import math
+import os
 import sys
 
 import ray
@@ -41,6 +43,23 @@ def job_resources(remote, cluster_gpus):
                                **runtime_env.get("env_vars", {})}  # the user's own settings win
     remote["runtime_env"] = runtime_env
     return remote
+
+
+def pin_to_assigned_cpus(job):
+    """Inside a Ray task: keep this process (and so JAX's thread pool) on as many cores
+    as the task asked Ray for, `job`-numbered jobs taking consecutive cores. JAX sizes
+    its threads by the cores it may run on; left alone, every job of a sweep spreads
+    over all cores and concurrent jobs thrash. Returns the cores, or None outside Ray."""
+    if not ray.is_initialized():
+        return None
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    available = sorted(os.sched_getaffinity(0))
+    if not cpus or cpus >= len(available):
+        return None
+    count = math.ceil(cpus)
+    cores = {available[(job * count + i) % len(available)] for i in range(count)}
+    os.sched_setaffinity(0, cores)
+    return cores
 
 
 def sweep_run(client, experiment, sweep_dir):

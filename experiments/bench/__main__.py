@@ -1,9 +1,9 @@
-"""python -m experiments.bench {core,train,tracking} [options]"""
+"""python -m experiments.bench {core,train,tracking,sweep} [options]"""
 import argparse
 
-from experiments.bench import core, tracking, train
+from experiments.bench import core, sweep, tracking, train
 
-BENCHMARKS = {"core": core, "train": train, "tracking": tracking}
+BENCHMARKS = {"core": core, "train": train, "tracking": tracking, "sweep": sweep}
 
 
 def main(argv=None):
