@@ -3,7 +3,8 @@
 # or  bash setup.sh       (sets up only; then `source .venv/bin/activate`)
 #
 # First run: creates .venv next to this file, installs zkynet (editable) and its
-# dependencies, and the Graphviz `dot` program if it is missing and we may (root).
+# dependencies, the Graphviz `dot` program if it is missing and we may (root), and
+# Chromium for the browser test of the MLflow UI (root; ZKYNET_NO_BROWSER=1 skips it).
 # Later runs only activate, unless pyproject.toml changed. Set ZKYNET_PYTHON to
 # choose the interpreter (default: python3). Every failure says what to do.
 
@@ -54,6 +55,13 @@ _zkynet_setup() {
 then run setup.sh again."
             return 1
         fi
+    fi
+
+    if ! command -v chromium >/dev/null 2>&1 && [ -z "${ZKYNET_NO_BROWSER:-}" ] &&
+            [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup.sh: installing Chromium with apt-get (the tests open the MLflow UI in it; ZKYNET_NO_BROWSER=1 skips this)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ||
+            echo "setup.sh: warning: could not install chromium; the MLflow UI test will be skipped" >&2
     fi
 
     echo "setup.sh: ready ($("$venv/bin/python" -V), zkynet in $venv)"
