@@ -12,12 +12,12 @@ import json
 import os
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench.timing import best_seconds_per_call
 from zkynet.framework import cg, op
 
 TARGET = 4.0
@@ -59,21 +59,6 @@ class Fan(cg.Module):
 
     def call(self):
         return tuple(self.fn(*group) for group in self.groups)
-
-
-def best_seconds_per_call(fn, repeats, inner):
-    """Best over `repeats` of the mean time of `inner` back-to-back calls: the least
-    disturbed sample, as timeit recommends on a shared machine."""
-    for _ in range(2):
-        jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            out = fn()
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - start) / inner)
-    return best
 
 
 def measure(name, fn, reference, shapes, nodes, repeats):

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench.timing import best_seconds_per_call
 from zkynet import losses, optim
 from zkynet.framework.compile import TrainStep
 from zkynet.models.autoencoder import DenseAutoencoder
@@ -254,17 +255,6 @@ LOSSES = {"cross_entropy": (losses.softmax_cross_entropy, cross_entropy), "mse":
 
 # ----------------------------------------------------------------------------- timing
 
-def best_step_seconds(run, steps, rounds):
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(steps):
-            out = run()
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - start) / steps)
-    return best
-
-
 def measure(name, case, scale, steps, rounds):
     batch = case.batch * scale
     x, y = (jnp.asarray(a) for a in case.data(np.random.default_rng(0), batch))
@@ -296,11 +286,11 @@ def measure(name, case, scale, steps, rounds):
                   "torch": torch_step(case.torch, batch) if case.torch and scale == 1 else None}
     contenders = {n: fn for n, fn in contenders.items() if fn is not None}
     if steps is None:  # rounds of about 50 ms each
-        steps = max(3, int(0.05 / best_step_seconds(reference_run, 3, 1)))
+        steps = max(3, int(0.05 / best_seconds_per_call(reference_run, 1, 3, warmup=0)))
     times = {n: float("inf") for n in contenders}
     for _ in range(rounds):  # interleaved, so a slow patch of the machine hits every contender
         for n, fn in contenders.items():
-            times[n] = min(times[n], best_step_seconds(fn, steps, 1))
+            times[n] = min(times[n], best_seconds_per_call(fn, 1, steps, warmup=0))
     return dict(model=name, batch=batch, zkynet_step_ms=times["zkynet"] * 1e3, jax_step_ms=times["jax"] * 1e3,
                 torch_step_ms=times["torch"] * 1e3 if "torch" in times else None,
                 step_ratio=times["zkynet"] / times["jax"], zkynet_compile_s=ours_compile,
