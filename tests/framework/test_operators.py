@@ -352,3 +352,31 @@ def test_gelu_accepts_pytorch_spellings():
     np.testing.assert_allclose(op.gelu(x, approximate="tanh").value, jax.nn.gelu(x, approximate=True))
     with pytest.raises(ValueError, match="approximate must be"):
         op.gelu(x, approximate="fast")
+
+
+FLAGGED = [  # (operator, inputs): each with vjp_uses_inputs and/or vjp_uses_out turned off
+    (op.add, 2), (op.sub, 2), (op.mult, 2), (op.maximum, 2), (op.neg, 1), (op.square, 1), (op.sqrt, 1),
+    (op.exp, 1), (op.log, 1), (op.abs, 1), (op.tanh, 1), (op.sigmoid, 1), (op.softplus, 1), (op.relu, 1),
+    (op.Gelu(), 1), (op.Sum(axis=1), 1), (op.Mean(axis=0), 1), (op.Softmax(), 1), (op.LogSoftmax(), 1),
+    (op.matmul, 2), (op.Reshape((9,)), 1), (op.Transpose(), 1), (op.BroadcastTo((2, 3, 3)), 1),
+    (op.Concat(0), 2), (op.Stack(1), 2)]
+
+
+@pytest.mark.parametrize("operator, arity", FLAGGED, ids=[o.functional_name for o, _ in FLAGGED])
+def test_vjp_reads_no_more_than_it_declares(operator, arity):
+    """What an operator says its vjp does not read (scan then skips keeping it) must
+    not change its vjp."""
+    from zkynet.framework import cg
+    rng = np.random.default_rng(0)
+    def leaf(value):  # an input that wants its gradient
+        return cg.InputNode(jnp.asarray(value), cg.Variable("x"))
+
+    nodes = [leaf(rng.uniform(0.5, 2.0, size=(3, 3))) for _ in range(arity)]
+    out = operator.call(*nodes)
+    g = jnp.asarray(rng.normal(size=out.shape))
+    expected = operator.vjp(g, out, *nodes)
+    garbage = [leaf(jnp.full(n.shape, 7.0)) for n in nodes] if not operator.vjp_uses_inputs else nodes
+    got = operator.vjp(g, jnp.full(out.shape, 7.0) if not operator.vjp_uses_out else out, *garbage)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b)
+    assert not (operator.vjp_uses_inputs and operator.vjp_uses_out)

@@ -326,6 +326,9 @@ class Operator(Function):
     input_names = ()  # built-in operators name their inputs here instead of in __init__
     variadic = False  # True: takes any number of inputs (concat, stack)
     fuse_call = fuse_vjp = False
+    # Whether vjp reads the inputs' values / the output's value (shapes aside): what a
+    # loop (op.scan) must keep from its forward pass. True is always safe.
+    vjp_uses_inputs = vjp_uses_out = True
 
     def __init__(self, inputs=None, name=None):
         if inputs is not None:

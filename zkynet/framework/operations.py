@@ -58,6 +58,8 @@ class _Binary(_Fused):
 
 class Add(_Binary):
     """a + b"""
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     fuse_vjp = False
     def call(self, a, b): return a.value + b.value
     def vjp(self, g, out, a, b): return g, g
@@ -65,6 +67,8 @@ class Add(_Binary):
 
 class Sub(_Binary):
     """a - b"""
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     fuse_vjp = False
     def call(self, a, b): return a.value - b.value
     def vjp(self, g, out, a, b): return g, -g
@@ -72,6 +76,7 @@ class Sub(_Binary):
 
 class Mult(_Binary):
     """a * b, elementwise"""
+    vjp_uses_out = False
     def call(self, a, b): return a.value * b.value
     def vjp(self, g, out, a, b): return g * b.value, g * a.value
 
@@ -95,6 +100,7 @@ class Pow(_Binary):
 
 class Maximum(_Binary):
     """Elementwise max; ties split the gradient evenly (as JAX does)."""
+    vjp_uses_out = False
     def call(self, a, b): return jnp.maximum(a.value, b.value)
 
     def vjp(self, g, out, a, b):
@@ -104,6 +110,7 @@ class Maximum(_Binary):
 
 class Minimum(_Binary):
     """Elementwise min; ties split the gradient evenly (as JAX does)."""
+    vjp_uses_out = False
     def call(self, a, b): return jnp.minimum(a.value, b.value)
 
     def vjp(self, g, out, a, b):
@@ -113,6 +120,7 @@ class Minimum(_Binary):
 
 class Where(_Fused):
     """`a` where `condition` holds, else `b` (the condition gets no gradient)."""
+    vjp_uses_out = False
     input_names = ("condition", "a", "b")
     def call(self, c, a, b): return jnp.where(c.value, a.value, b.value)
     def vjp(self, g, out, c, a, b): return None, jnp.where(c.value, g, 0), jnp.where(c.value, 0, g)
@@ -125,59 +133,71 @@ class _Unary(_Fused):
 
 
 class Neg(_Unary):
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     fuse_vjp = False
     def call(self, x): return -x.value
     def vjp(self, g, out, x): return (-g,)
 
 
 class Square(_Unary):
+    vjp_uses_out = False
     def call(self, x): return x.value * x.value
     def vjp(self, g, out, x): return (2 * x.value * g,)
 
 
 class Sqrt(_Unary):
+    vjp_uses_inputs = False
     def call(self, x): return jnp.sqrt(x.value)
     def vjp(self, g, out, x): return (g * 0.5 / out,)
 
 
 class Exp(_Unary):
+    vjp_uses_inputs = False
     def call(self, x): return jnp.exp(x.value)
     def vjp(self, g, out, x): return (g * out,)
 
 
 class Log(_Unary):
+    vjp_uses_out = False
     def call(self, x): return jnp.log(x.value)
     def vjp(self, g, out, x): return (g / x.value,)
 
 
 class Abs(_Unary):
+    vjp_uses_out = False
     def call(self, x): return jnp.abs(x.value)
     def vjp(self, g, out, x): return (g * jnp.sign(x.value),)
 
 
 class Tanh(_Unary):
+    vjp_uses_inputs = False
     def call(self, x): return jnp.tanh(x.value)
     def vjp(self, g, out, x): return (g * (1 - out * out),)
 
 
 class Sigmoid(_Unary):
+    vjp_uses_inputs = False
     def call(self, x): return jax.nn.sigmoid(x.value)
     def vjp(self, g, out, x): return (g * out * (1 - out),)
 
 
 class Softplus(_Unary):
     """log(1 + exp(x)), computed without overflow; its derivative is sigmoid(x)."""
+    vjp_uses_out = False
     def call(self, x): return jnp.maximum(x.value, 0) + jnp.log1p(jnp.exp(-jnp.abs(x.value)))
     def vjp(self, g, out, x): return (g * jax.nn.sigmoid(x.value),)
 
 
 class Relu(_Unary):
+    vjp_uses_out = False
     def call(self, x): return jnp.maximum(x.value, 0)
     def vjp(self, g, out, x): return (jnp.where(x.value > 0, g, 0),)
 
 
 class LeakyRelu(_Unary):
     """x for x >= 0, else negative_slope * x."""
+    vjp_uses_out = False
     def __init__(self, negative_slope=0.01):
         super().__init__()
         self.negative_slope = negative_slope
@@ -192,6 +212,7 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 class Gelu(_Unary):
     """x * Phi(x) (exact, as PyTorch's default) or its tanh approximation
     (`approximate=True`, or PyTorch's spelling "tanh"; "none" means exact)."""
+    vjp_uses_out = False
     def __init__(self, approximate=False):
         super().__init__()
         if approximate not in (True, False, "tanh", "none"):
@@ -229,11 +250,15 @@ class _Reduction(_Unary):
 
 
 class Sum(_Reduction):
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     def call(self, x): return jnp.sum(x.value, axis=self.axis, keepdims=self.keepdims)
     def vjp(self, g, out, x): return (jnp.broadcast_to(self._unreduce(g, x), x.shape),)
 
 
 class Mean(_Reduction):
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     def call(self, x): return jnp.mean(x.value, axis=self.axis, keepdims=self.keepdims)
 
     def vjp(self, g, out, x):
@@ -273,6 +298,7 @@ class Logsumexp(_Reduction):
 
 class LogSoftmax(_Unary):
     """x - logsumexp(x): log-probabilities along `axis`, never exponentiated first."""
+    vjp_uses_inputs = False
     def __init__(self, axis=-1):
         super().__init__()
         self.axis = axis
@@ -287,6 +313,7 @@ class LogSoftmax(_Unary):
 
 class Softmax(LogSoftmax):
     """exp(log_softmax(x)): probabilities along `axis`, computed in log space."""
+    vjp_uses_inputs = False
     def call(self, x): return jnp.exp(super().call(x))
 
     def vjp(self, g, out, x):
@@ -314,6 +341,7 @@ class LayerNorm(_Unary):
 
 class Matmul(_Binary):
     """a @ b with NumPy's rules: vectors, matrices and batches of matrices (broadcast)."""
+    vjp_uses_out = False
     def call(self, a, b): return jnp.matmul(a.value, b.value)
 
     def vjp(self, g, out, a, b):
@@ -349,6 +377,8 @@ class Dot(Matmul):
 # ----------------------------------------------------------------------------- shapes
 
 class Reshape(_Unary):
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     fuse_vjp = False
     def __init__(self, shape):
         super().__init__()
@@ -360,6 +390,8 @@ class Reshape(_Unary):
 
 class Transpose(_Unary):
     """Permute axes (reverse them by default)."""
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     def __init__(self, axes=None):
         super().__init__()
         self.axes = axes
@@ -373,6 +405,8 @@ class Transpose(_Unary):
 
 
 class BroadcastTo(_Unary):
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     fuse_vjp = False
     def __init__(self, shape):
         super().__init__()
@@ -384,6 +418,8 @@ class BroadcastTo(_Unary):
 
 class Concat(_Fused):
     """Join inputs along an existing axis."""
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     variadic = True
 
     def __init__(self, axis=0):
@@ -399,6 +435,8 @@ class Concat(_Fused):
 
 class Stack(_Fused):
     """Join inputs along a new axis."""
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     variadic = True
 
     def __init__(self, axis=0):
@@ -426,6 +464,8 @@ class Getitem(_Fused):
     `op.getitem` moves the plain integers of the key into the `positions` input
     instead of compiling them in, so x[0], x[1], ... (a loop over time steps)
     share one computation; `key` keeps a placeholder where each one stood."""
+    vjp_uses_inputs = False  # only `positions`, a constant that is rebuilt with the graph
+    vjp_uses_out = False
     input_names = ("x", "positions")
 
     def __init__(self, key, single):
@@ -473,6 +513,7 @@ def _positions(ints):
 class Take(_Fused):
     """Elements of x at integer `indices` along `axis` (None: of x flattened): an
     embedding lookup for axis 0. The indices may be a node (they get no gradient)."""
+    vjp_uses_out = False
     input_names = ("x", "indices")
 
     def __init__(self, axis=0):
@@ -513,6 +554,7 @@ def _padding(padding, size, kernel, stride):
 
 class Conv2d(_Fused):
     """2-D cross-correlation of x (N, C, H, W) with kernels w (O, C, kh, kw)."""
+    vjp_uses_out = False
     input_names = ("x", "w")
 
     def __init__(self, stride=1, padding=0):
@@ -600,6 +642,8 @@ class MaxPool2d(_Pool2d):
 
 class AvgPool2d(_Pool2d):
     """Mean over each window (padding counts as zeros, as PyTorch's default)."""
+    vjp_uses_inputs = False
+    vjp_uses_out = False
     def call(self, x):
         return self._reduce(x.value, jnp.array(0, x.dtype), lax.add) / math.prod(self.kernel)
 
@@ -615,6 +659,7 @@ class Dropout(_Fused):
     """Zero each element with probability `rate`, scale the rest by 1/(1 - rate).
     The mask comes from the PRNG `key` input, so a step is reproducible (and the
     backward pass recomputes the same mask instead of storing it)."""
+    vjp_uses_out = False
     input_names = ("x", "key")
 
     def __init__(self, rate):
@@ -639,11 +684,12 @@ class Scan(Operator):
     last axis: (T, ..., total width).
 
     One node stands for the whole loop, so the compiled program (and its compile
-    time) does not grow with T. The forward scan also keeps the value of every
-    operator node of every step (the activations); the backward pass is a reverse
-    scan that rebuilds each step's graph, puts those saved values back into its
-    nodes and applies zkynet's own back(): backpropagation through time, where
-    the rebuilt forward computations are dead code that XLA drops.
+    time) does not grow with T. The forward scan also keeps, for every step, the
+    values that backward rules read (the activations: see Operator.vjp_uses_*);
+    the backward pass is a reverse scan that rebuilds each step's graph, puts
+    those saved values back into its nodes and applies zkynet's own back():
+    backpropagation through time, where the rebuilt forward computations are dead
+    code that XLA drops.
     Inputs: *xs, *initial carry, *the cell's parameters (so their gradients flow).
     """
     variadic = True
@@ -663,8 +709,17 @@ class Scan(Operator):
                 values[self.n_xs + self.n_carry:])
 
     def _step(self, xs_t, carry, params):
+        """The graph of one step, and its operator nodes whose values some backward rule
+        reads (what the forward pass keeps; the rest is recomputed only if needed)."""
         graph = cg.build_graph(self.cell, (*xs_t, *carry), param_values=dict(zip(self.cell_params, params)))
-        return graph, [n for n in graph.nodes if isinstance(n, cg.OperatorNode)]
+        read = set()
+        for node in graph.nodes:
+            if isinstance(node, cg.OperatorNode):
+                if node.ref.vjp_uses_out:
+                    read.add(node)
+                if node.ref.vjp_uses_inputs:
+                    read.update(node.inputs)
+        return graph, [n for n in graph.nodes if isinstance(n, cg.OperatorNode) and n in read]
 
     def call(self, *nodes):
         xs, carry, params = self._parts([n.value for n in nodes])
