@@ -44,6 +44,7 @@ def run(cfg):
     if job is not None:
         pin_to_assigned_cpus(job)
     cfg, resume, restored = _continuation(cfg, uri, sweep, job)
+    schema.check_references(cfg)
     output_dir = _output_dir()
     tracker = None
     if cfg.tracking.enabled:

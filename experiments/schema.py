@@ -6,6 +6,8 @@ from enum import Enum
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 
 class Precision(Enum):
@@ -69,3 +71,19 @@ def check_keys(cfg):
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {prefix}{close[0]}?" if close else ""
                 raise ConfigError(f"unknown setting {prefix}{key}{hint}")
+
+
+def check_references(cfg):
+    """Refuse a configuration whose ${...} references point nowhere, before a run
+    starts: that is a model and a dataset that do not fit together
+    (model=transformer_classifier wants token ids, dataset=digits has none)."""
+    from experiments.build import ConfigError
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as e:
+        choices = "" if cfg.get("model") is None or cfg.get("dataset") is None else (
+            f": model {cfg.model.get('_target_', '?').rsplit('.', 1)[-1]} does not fit dataset "
+            f"{cfg.dataset.get('name', '?')}; pick a dataset that provides it, or a preset "
+            "from conf/experiment/ (+experiment=...)")
+        raise ConfigError(f"{e.full_key}: {e.msg.splitlines()[0]}{choices}") from None

@@ -138,6 +138,14 @@ def test_a_misspelt_added_key_is_refused_with_a_suggestion(cli):
     assert result.returncode == 2 and "unknown setting trainer.epoch; did you mean trainer.epochs?" in result.stderr
 
 
+def test_a_model_that_does_not_fit_the_dataset_is_refused_before_a_run_starts(cli):
+    result = cli("model=transformer_classifier")  # token ids wanted; digits are pixels
+    assert result.returncode == 2
+    assert ("model.vocabulary: Interpolation key 'dataset.vocabulary_size' not found: model TransformerClassifier "
+            "does not fit dataset digits") in result.stderr
+    assert "Traceback" not in result.stderr and cli.runs() == []
+
+
 @pytest.mark.slow
 def test_resume_keeps_the_runs_configuration(cli):
     first = cli("trainer.epochs=2", "trainer.progress=false")
