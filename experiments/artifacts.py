@@ -31,7 +31,8 @@ def curves_image(history, path, title):
         for split in ("train", "val"):
             axis.plot(epochs, [record[f"{split}_{name}"] for record in history], marker=".", label=split)
         axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+        axis.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)  # one epoch: one tick at it, not 0.945..1.05
         axis.set_title(name)
         axis.grid(alpha=0.3)
         axis.legend()
