@@ -41,11 +41,13 @@ def reference(cell, params, x, mask):
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("unroll", [False, True])
-def test_values_and_gradients_match_jax(cell, unroll):
+@pytest.mark.parametrize("padded", [True, False])
+def test_values_and_gradients_match_jax(cell, unroll, padded):
     layer = Recurrent(cell, 5, 4, unroll=unroll, key=1)
     x = jnp.asarray(rng.normal(size=(3, 7, 5)), jnp.float32)
-    mask = jnp.asarray(np.arange(7)[None, :] < np.array([[7], [4], [1]]))
-    result = layer(x, mask)
+    lengths = np.array([[7], [4], [1]]) if padded else np.array([[7]])
+    mask = jnp.asarray(np.arange(7)[None, :] < lengths)
+    result = layer(x, mask) if padded else layer(x)  # no mask: the cell runs unmasked
     outputs, *final = result.roots
     cotangents = (2 * outputs.value,) + tuple(jnp.ones_like(s.value) for s in final)
     result.back(cotangents)  # = gradient of sum(outputs^2) + sum(final states)

@@ -483,15 +483,6 @@ class Getitem(_Fused):
         return jnp.zeros(x.shape, g.dtype).at[self._key(positions.value)].add(g), None
 
 
-class _Position:
-    """Where an integer stood in an index key."""
-    def __repr__(self):
-        return "<int>"
-
-
-_POSITION = _Position()
-
-
 def _split_key(key):
     """(the key with placeholders for its plain ints, those ints, whether it was one item)."""
     parts = tuple(np.asarray(k) if isinstance(k, list) else k  # NumPy's x[[1, 0]]

@@ -111,15 +111,16 @@ class Recurrent(cg.Module):
         batch, steps = x.shape[:2]
         projected = self.project(x)
         state = [jnp.zeros((batch, self.hidden), projected.dtype) for _ in self.cell.inputs[1:]]
-        if mask is None:
-            mask = jnp.ones((batch, steps), bool)
+        step, sequences = (self.cell, [projected]) if mask is None else (self.masked, [projected, mask])
         if self.unroll:
             outputs = []
             for t in range(steps):
-                state = list(self.masked(projected[:, t], mask[:, t], *state))
+                new = step(*[s[:, t] for s in sequences], *state)
+                state = list(new) if isinstance(new, tuple) else [new]
                 outputs.append(state[0])
             return op.stack(outputs, axis=1), tuple(state)
-        stacked = op.scan(self.masked, state, [op.transpose(projected, (1, 0, 2)), op.transpose(mask)])
+        time_major = [op.transpose(s, (1, 0, *range(2, s.ndim))) for s in sequences]
+        stacked = op.scan(step, state, time_major)
         widths = [self.hidden * i for i in range(len(state) + 1)]
         final = tuple(stacked[-1, :, a:b] for a, b in zip(widths[:-1], widths[1:]))
         return op.transpose(stacked[:, :, :self.hidden], (1, 0, 2)), final
