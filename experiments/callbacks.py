@@ -129,7 +129,7 @@ class Checkpointer(Callback):
         try:
             checkpoint.save(self.path, state)
             if self.tracker is not None:
-                self.tracker.log_checkpoint(state, CHECKPOINT_ARTIFACT)
+                self.tracker.log_checkpoint(self.path, CHECKPOINT_ARTIFACT)
             self.saved_step = int(state["meta"]["step"])
         except Exception as e:  # raised by wait(), in the training thread
             self._error = e

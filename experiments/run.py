@@ -49,7 +49,7 @@ def run(cfg):
     tracker = None
     if cfg.tracking.enabled:
         tags = None if sweep is None else {"sweep_job": str(job), "overrides": " ".join(_command_line_overrides())}
-        tracker = Tracker(uri, cfg.tracking.experiment, run_name=cfg.run_name or _run_name(cfg), run_id=resume,
+        tracker = Tracker(uri, cfg.tracking.experiment, run_name=_run_name(cfg), run_id=resume,
                           parent_run_id=sweep, tags=tags)
         tracker.set_tags({"host": socket.gethostname(), "pid": os.getpid()})
         if not cfg.trainer.resume:
@@ -230,13 +230,13 @@ def _log_setup(tracker, cfg, model, loss, dataset, output_dir):
                       "parameters": sum(p.value.size for p in model.named_parameters().values())})
     if cfg.tracking.log_graph:
         sample = (dataset.train.inputs, dataset.train.targets)
-        tracker.log_artifact(artifacts.graph_image(model, loss, sample, output_dir / "graph.png", _title(cfg),
+        tracker.log_artifact(artifacts.graph_image(model, loss, sample, output_dir / "graph.png", _run_name(cfg),
                                                    cfg.tracking.graph_depth))
 
 
 def _log_results(tracker, cfg, model, dataset, history, output_dir):
     """Learning curves, and a look at what the model makes of data it has not trained on."""
-    title, task = _title(cfg), build.task_name(cfg)
+    title, task = _run_name(cfg), build.task_name(cfg)
     tracker.log_artifact(artifacts.curves_image(history, output_dir / "curves.png", title))
     tokenizer = dataset.info.get("tokenizer")
     if tokenizer is not None:  # saved with the model: ids mean nothing without it
@@ -290,15 +290,14 @@ def _output_dir():
 
 
 def _run_name(cfg):
+    """`run_name`, or model-dataset as chosen on the command line."""
+    if cfg.run_name:
+        return cfg.run_name
     try:
         choices = HydraConfig.get().runtime.choices
         return f"{choices['model']}-{choices['dataset']}"
     except ValueError:
         return f"{cfg.model._target_.rsplit('.', 1)[-1].lower()}-{cfg.dataset.name}"
-
-
-def _title(cfg):
-    return f"{cfg.run_name or _run_name(cfg)}"
 
 
 def _summary(cfg, status, history, tracker, uri, output_dir, checkpointer, error, seconds):

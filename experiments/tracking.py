@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from zkynet import checkpoint
 
@@ -75,7 +75,8 @@ class Tracker:
             tags = dict(tags or {})
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
-            run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
+            run = self.client.create_run(experiment_id(self.client, self.uri, experiment), run_name=run_name,
+                                         tags=tags)
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
         self.artifact_uri = run.info.artifact_uri
@@ -83,9 +84,6 @@ class Tracker:
         self._error = None
         self._writer = threading.Thread(target=self._write_metrics, name="mlflow-metrics", daemon=True)
         self._writer.start()
-
-    def experiment_id(self, name):
-        return experiment_id(self.client, self.uri, name)
 
     def log_params(self, params):
         items = [Param(k, v[:6000]) for k, v in params.items()]
@@ -99,26 +97,19 @@ class Tracker:
     def log_artifact(self, path, artifact_path=None):
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_checkpoint(self, state, artifact_path):
-        """Store a checkpoint as an artifact, atomically where the artifact store is a
-        local folder (a crash mid-write never leaves a truncated file to resume from)."""
+    def log_checkpoint(self, path, artifact_path):
+        """Store the checkpoint file at `path` as an artifact, atomically where the artifact
+        store is a local folder (a crash mid-write never leaves a truncated file to resume from)."""
         if self.artifact_uri.startswith("file://"):
-            checkpoint.save(Path(urlparse(self.artifact_uri).path) / artifact_path, state)
+            checkpoint.copy(path, Path(urlparse(self.artifact_uri).path) / artifact_path)
             return
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder:  # uploaded under artifact_path's own name
             local = Path(folder) / Path(artifact_path).name
-            checkpoint.save(local, state)
+            checkpoint.copy(path, local)
             self.log_artifact(local, str(Path(artifact_path).parent))
 
     def set_tags(self, tags):
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
-
-    def flush(self):
-        """Wait until every queued metric is written."""
-        self._queue.join()
-        if self._error is not None:
-            raise RuntimeError(f"MLflow metric logging failed: {self._error}") from self._error
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def close(self, status="FINISHED"):
         try:
@@ -144,10 +135,8 @@ class Tracker:
                 try:
                     for start in range(0, len(pending), 1000):
                         self.client.log_batch(self.run_id, metrics=pending[start:start + 1000])
-                except Exception as e:  # surfaced by flush()/close(), never lost silently
+                except Exception as e:  # surfaced by close(), never lost silently
                     self._error = e
                 pending, last_flush = [], time.monotonic()
-            if item != ():
-                self._queue.task_done()
             if done:
                 return

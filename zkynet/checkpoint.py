@@ -1,6 +1,7 @@
 """Saving and loading nested dicts of arrays (parameters, optimizer state) as one
 .npz file: exact to the bit, readable with plain NumPy."""
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -34,12 +35,23 @@ def unflatten(flat):
 
 def save(path, tree):
     """Write `tree` to `path` atomically: a crash mid-write never leaves a truncated file."""
+    _write_atomically(path, lambda f: np.savez(f, **flatten(tree)))
+
+
+def copy(source, destination):
+    """Copy a checkpoint file, atomically like `save`."""
+    with open(source, "rb") as original:
+        _write_atomically(destination, lambda f: shutil.copyfileobj(original, f))
+
+
+def _write_atomically(path, write):
+    """`write(file)` into a temporary file beside `path`, then rename it over `path`."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
     try:
         with os.fdopen(handle, "wb") as f:
-            np.savez(f, **flatten(tree))
+            write(f)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

@@ -15,9 +15,14 @@ def mse(prediction, target):
 
 
 def binary_cross_entropy(logits, targets):
-    """Mean of -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))] = softplus(z) - z y,
+    """Mean over all elements of `binary_cross_entropy_terms`."""
+    return op.mean(binary_cross_entropy_terms(logits, targets))
+
+
+def binary_cross_entropy_terms(logits, targets):
+    """Elementwise -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))] = softplus(z) - z y,
     with softplus computed without overflow."""
-    return op.mean(op.softplus(logits) - logits * targets)
+    return op.softplus(logits) - logits * targets
 
 
 IGNORE = -1  # a label that counts for nothing (prompt positions of a sequence task)

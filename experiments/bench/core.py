@@ -8,7 +8,6 @@ call of the same operation on the same shapes, timed in the same run. The
 backward rules must dispatch their own array calls (mult needs two), so a ratio
 near 1 + (calls in the rule) is the floor; the target is <= 4.
 """
-import json
 import os
 import platform
 import statistics
@@ -17,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench import write_result
 from experiments.bench.timing import best_seconds_per_call
 from zkynet.framework import cg, op
 
@@ -115,8 +115,5 @@ def run(args):
     ratios = [r["ratio"] for r in rows]
     print(f"geometric mean ratio {statistics.geometric_mean(ratios):.2f}, worst {max(ratios):.2f} "
           f"({max(rows, key=lambda r: r['ratio'])['op']})")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(dict(benchmark="core", jax=jax.__version__, machine=platform.machine(),
-                       cpus=os.cpu_count(), nodes=args.nodes, target=TARGET, rows=rows), f, indent=1)
-    print(f"wrote {args.json}")
+    write_result(args.json, dict(benchmark="core", jax=jax.__version__, machine=platform.machine(),
+                                 cpus=os.cpu_count(), nodes=args.nodes, target=TARGET, rows=rows))

@@ -3,13 +3,14 @@ launcher, which runs them one after another in one process, on this machine, in
 one run. A one-job sweep with each launcher gives Ray's own overhead (starting
 Ray, a worker process, its imports). Target: Ray / basic <= 0.6 for 8 jobs.
 """
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from experiments.bench import write_result
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = 0.6
@@ -48,9 +49,6 @@ def run(args):
         print(f"{launcher:<10}{times[launcher, 1]:>9.1f}s{times[launcher, args.jobs]:>9.1f}s")
     print(f"Ray / basic for {args.jobs} jobs: {ratio:.2f} (target <= {TARGET}); what Ray adds to one job: "
           f"{overhead:+.1f}s (starting Ray, a worker process and its imports)")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(dict(benchmark="sweep", jobs=args.jobs, overrides=args.overrides, cpus=os.cpu_count(),
-                       seconds={f"{k[0]}-{k[1]}": v for k, v in times.items()}, ratio=ratio,
-                       ray_overhead_one_job_s=overhead), f, indent=1)
-    print(f"wrote {args.json}")
+    write_result(args.json, dict(benchmark="sweep", jobs=args.jobs, overrides=args.overrides, cpus=os.cpu_count(),
+                                 seconds={f"{k[0]}-{k[1]}": v for k, v in times.items()}, ratio=ratio,
+                                 ray_overhead_one_job_s=overhead))

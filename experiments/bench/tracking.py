@@ -5,12 +5,12 @@ steps and per epoch), the NaN guard and checkpoints (every epoch, at most every
 the first epoch, which compiles, is left out) are compared within one run,
 alternating bare and watched trainings. Target: <= 3% slower.
 """
-import json
 import os
 import statistics
 import tempfile
 import time
 
+from experiments.bench import write_result
 from experiments.callbacks import Checkpointer, MetricsLogger, NanGuard, ProgressBar
 from experiments.tracking import Tracker
 from experiments.training import Callback, Trainer
@@ -79,8 +79,5 @@ def run(args):
     for row in rows:
         print(f"{row['model']:<5} bare {row['bare_epoch_s'] * 1e3:7.2f} ms   watched {row['watched_epoch_s'] * 1e3:7.2f} ms"
               f"   overhead {row['overhead']:+.1%} ({(row['watched_epoch_s'] - row['bare_epoch_s']) * 1e3:+.2f} ms)")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(dict(benchmark="tracking", epochs=args.epochs, rounds=args.rounds, log_every=args.log_every,
-                       rows=rows), f, indent=1)
-    print(f"wrote {args.json}")
+    write_result(args.json, dict(benchmark="tracking", epochs=args.epochs, rounds=args.rounds, log_every=args.log_every,
+                                 rows=rows))

@@ -10,7 +10,6 @@ call (trace + compile + one step). Targets: zkynet/jax step <= 1.05,
 compile <= 2x. `lstm-unrolled` is the LSTM with its loop unrolled in the graph
 instead of scanned: compare its compile time with `lstm`'s.
 """
-import json
 import math
 import os
 import platform
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench import write_result
 from experiments.bench.timing import best_seconds_per_call
 from zkynet import losses, optim
 from zkynet.framework.compile import TrainStep
@@ -321,8 +321,5 @@ def run(args):
         print(f"{name:<14}{row['batch']:>6}{row['zkynet_step_ms']:>8.2f}ms{row['jax_step_ms']:>8.2f}ms"
               f"{torch_ms:>10}{row['step_ratio']:>8.2f}{row['zkynet_compile_s']:>11.2f}s"
               f"{row['jax_compile_s']:>7.2f}s{row['compile_ratio']:>7.2f}", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(dict(benchmark="train", jax=jax.__version__, device=str(device), machine=platform.machine(),
-                       cpus=os.cpu_count(), rows=rows), f, indent=1)
-    print(f"wrote {args.json}")
+    write_result(args.json, dict(benchmark="train", jax=jax.__version__, device=str(device), machine=platform.machine(),
+                                 cpus=os.cpu_count(), rows=rows))

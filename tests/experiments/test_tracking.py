@@ -41,7 +41,8 @@ def test_params_in_batches_metrics_async_and_status(tmp_path):
 
 def test_checkpoint_artifact_is_written_in_place(tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "unit")
-    tracker.log_checkpoint({"params": {"w": np.arange(3.0)}}, "checkpoints/last.npz")
+    checkpoint.save(tmp_path / "last.npz", {"params": {"w": np.arange(3.0)}})
+    tracker.log_checkpoint(tmp_path / "last.npz", "checkpoints/last.npz")
     tracker.close()
     path = MlflowClient(tracker.uri).download_artifacts(tracker.run_id, "checkpoints/last.npz", str(tmp_path))
     np.testing.assert_array_equal(checkpoint.load(path)["params"]["w"], np.arange(3.0))

@@ -45,9 +45,10 @@ def _read_csv(path):
     return pd.read_csv(path)
 
 
-def _images(frame, layout, side=28):
+def _images(frame, layout):
+    """28x28 grey images from a Kaggle MNIST-style CSV (label column first)."""
     pixels = frame.drop(columns=frame.columns[0]).to_numpy(np.float32) / 255.0
-    return pixels if layout == "flat" else pixels.reshape(-1, 1, side, side)
+    return pixels if layout == "flat" else pixels.reshape(-1, 1, 28, 28)
 
 
 def _pixel_csvs(name, train_file, test_file, root, layout):

@@ -20,6 +20,7 @@ import numpy as np
 
 from zkynet.framework.errors import (BackwardNotRunError, GradientError, InputCountError,
                                      ShapeError, UnknownNameError, ValueTypeError, ZkynetError)
+from zkynet.init import key_of
 
 _next_node_id = itertools.count(1).__next__
 _next_call_id = itertools.count(1).__next__
@@ -493,7 +494,7 @@ class _GraphBuilder:
         self.param_values = param_values or {}
         self.param_nodes = {}
         self.bindings = {}  # Variable -> the nodes it was bound to
-        self.rng = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+        self.rng = key_of(rng)
         self.rng_draws = 0
 
     def param_node(self, param):

@@ -780,7 +780,8 @@ def scan(cell, carry, xs):
     """cell(*xs[t], *carry) along axis 0 of each of `xs`; see Scan. `carry` and `xs`
     are sequences of nodes or arrays."""
     carry, xs = tuple(carry), tuple(xs)
-    return Scan(cell, len(xs), len(carry))(*xs, *carry, *cell.named_parameters().values())
+    loop = Scan(cell, len(xs), len(carry))
+    return loop(*xs, *carry, *loop.cell_params)
 
 
 def getitem(x, key):

@@ -4,7 +4,7 @@ distribution, sampled with the reparameterization trick from explicit PRNG keys.
 import jax
 import jax.numpy as jnp
 
-from zkynet import init
+from zkynet import init, losses
 from zkynet.framework import cg, op
 from zkynet.models.cnn import Conv2d, MaxPool2d
 from zkynet.models.fcn import MLP, Linear
@@ -102,6 +102,6 @@ def vae_loss(outputs, x):
     """The negative evidence lower bound per example (nats): Bernoulli reconstruction
     cross-entropy plus KL(q(z|x) || N(0, I)), averaged over the batch."""
     logits, mean, logvar = outputs
-    reconstruction = op.sum(op.softplus(logits) - logits * x)
+    reconstruction = op.sum(losses.binary_cross_entropy_terms(logits, x))
     kl = 0.5 * op.sum(op.exp(logvar) + mean * mean - 1 - logvar)
     return (reconstruction + kl) / x.shape[0]
