@@ -2,9 +2,10 @@
 #     source setup.sh     (sets up and activates the project's virtualenv in this shell)
 # or  bash setup.sh       (sets up only; then `source .venv/bin/activate`)
 #
-# First run: creates .venv next to this file, installs zkynet (editable) and its
-# dependencies, the Graphviz `dot` program if it is missing and we may (root), and
-# Chromium for the browser test of the MLflow UI (root; ZKYNET_NO_BROWSER=1 skips it).
+# First run: creates .venv next to this file, installs zkynet (editable) with the
+# runner's and the tests' extras (`.[experiments,test]`; the library alone needs only
+# jax, numpy and graphviz), the Graphviz `dot` program if it is missing and we may
+# (root), and Chromium for the browser test of the MLflow UI (root; ZKYNET_NO_BROWSER=1 skips it).
 # Later runs only activate, unless pyproject.toml changed. Set ZKYNET_PYTHON to
 # choose the interpreter (default: python3). Every failure says what to do.
 
@@ -34,7 +35,7 @@ _zkynet_setup() {
         echo "setup.sh: installing zkynet and its dependencies into $venv (a few minutes the first time)"
         log="$venv/pip-install.log"
         { "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
-            "$venv/bin/python" -m pip install --disable-pip-version-check -e "$root"; } > "$log" 2>&1 ||
+            "$venv/bin/python" -m pip install --disable-pip-version-check -e "$root[experiments,test]"; } > "$log" 2>&1 ||
             { tail -n 25 "$log" >&2
               _zkynet_fail "pip install failed (the end of its output is above; all of it: $log)"; return 1; }
         echo "$want" > "$stamp"

@@ -1,6 +1,7 @@
 """What a run leaves behind besides metrics: its computational graph, learning
 curves, and a look at what the model produces (generated text, sampled or
-reconstructed images)."""
+reconstructed images). A Task names the looks worth drawing (`Task.artifacts`);
+SAMPLES maps each name to what draws it."""
 import jax
 import matplotlib
 import matplotlib.ticker
@@ -9,6 +10,7 @@ import numpy as np
 matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 
+from experiments.schema import ConfigError  # noqa: E402
 from zkynet.framework.compile import Objective, forward  # noqa: E402
 from zkynet.models.transformer import generate  # noqa: E402
 from zkynet.visual import plot_cg  # noqa: E402
@@ -72,3 +74,38 @@ def reconstructions(model, inputs, image_shape, path, title, count=10):
     """Inputs (top) and the model's reconstructions (bottom)."""
     rebuilt = forward(model)(inputs[:count])
     return image_grid([inputs[:count], rebuilt], image_shape, path, title, ["inputs", "reconstructions"])
+
+
+def _text_sample(model, dataset, folder, title, seed, image_shape):
+    tokenizer = dataset.info["tokenizer"]
+    return text_sample(model, tokenizer, dataset.validation.inputs[0][:64], folder / "samples.txt", seed=seed)
+
+
+def _decoded_samples(model, dataset, folder, title, seed, image_shape):
+    samples = model.sample(20, seed)
+    return image_grid([samples[:10], samples[10:]], image_shape, folder / "samples.png",
+                      f"{title}: decoded from z ~ N(0, I)")
+
+
+def _reconstructions(model, dataset, folder, title, seed, image_shape):
+    return reconstructions(model, dataset.validation.inputs, image_shape, folder / "reconstructions.png", title)
+
+
+# name -> (draw(model, dataset, folder, title, seed, image_shape) -> path, what it needs)
+SAMPLES = {"text_sample": (_text_sample, "tokenizer"), "decoded_samples": (_decoded_samples, "image_shape"),
+           "reconstructions": (_reconstructions, "image_shape")}
+
+
+def check(names):
+    """Refuse, before a run starts, a task asking for looks nobody draws."""
+    unknown = [name for name in names if name not in SAMPLES]
+    if unknown:
+        raise ConfigError(f"task.artifacts: unknown {', '.join(unknown)}; known: {', '.join(SAMPLES)}")
+
+
+def samples(names, model, dataset, folder, title, seed, image_shape):
+    """The files of the looks `names` asks for, skipping those the data cannot give
+    (no tokenizer, no image shape)."""
+    available = {"tokenizer": "tokenizer" in dataset.info, "image_shape": bool(image_shape)}
+    return [SAMPLES[name][0](model, dataset, folder, title, seed, image_shape)
+            for name in names if available[SAMPLES[name][1]]]

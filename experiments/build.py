@@ -1,6 +1,6 @@
-"""Config -> objects: the dataset, model, optimizer and task a run trains with.
-Anything with a `_target_` is built by Hydra, so a user's own model is one class
-plus one yaml file."""
+"""Config -> objects: the task, dataset, model, optimizer and callbacks a run
+trains with. Anything with a `_target_` is built by Hydra, so a user's own
+model, task or callback is one class plus one yaml file."""
 import dataclasses
 
 import jax
@@ -9,52 +9,44 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from zkynet import losses, optim
-from zkynet.data import DatasetNotFoundError, Split
-from zkynet.models.autoencoder import vae_loss
+from experiments.schema import ConfigError
+from zkynet import optim
+from zkynet.data import DatasetNotFoundError
+from zkynet.tasks import Task
 
-TASKS = {  # task -> (loss on graph nodes, metrics on arrays)
-    "classification": (losses.softmax_cross_entropy, losses.classification_metrics),
-    "regression": (losses.mse, None),
-    "language_model": (losses.softmax_cross_entropy, losses.classification_metrics),  # per token
-    "reconstruction": (losses.mse, None),  # targets are the inputs
-    "vae": (vae_loss, None),  # the negative ELBO; targets are the inputs
-}
-SELF_SUPERVISED = ("reconstruction", "vae")
 PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
+NOT_CONSTRUCTOR_ARGUMENTS = ("input_layout",)  # how the run feeds the model, read here
 
 
-class ConfigError(ValueError):
-    """A setting has a value the run cannot use; the message names it."""
+def task(cfg) -> Task:
+    built = _instantiate(cfg.task, "task")
+    if not isinstance(built, Task):
+        raise ConfigError(f"task: {cfg.task._target_} made a {type(built).__name__}, not a zkynet.tasks.Task")
+    return built
 
 
-def input_layout(cfg):
-    return cfg.model.get("input_layout", "flat")
-
-
-def dataset(cfg):
+def dataset(cfg, task):
+    """The dataset as `task` trains on it, floating arrays in the run's precision."""
     try:
-        data = instantiate(cfg.dataset.loader, layout=input_layout(cfg))
+        data = instantiate(cfg.dataset.loader, layout=cfg.model.get("input_layout", "flat"))
     except InstantiationException as e:  # a missing download deserves its own plain message
         if isinstance(e.__cause__, DatasetNotFoundError):
             raise e.__cause__ from None
         raise
     dtype = precision(cfg)
-    splits = {"train": _cast(data.train, dtype), "validation": _cast(data.validation, dtype)}
-    if task_name(cfg) in SELF_SUPERVISED:
-        splits = {name: Split(split.inputs, split.inputs) for name, split in splits.items()}
-    return dataclasses.replace(data, **splits)
+    data = dataclasses.replace(data, train=_cast(data.train, dtype), validation=_cast(data.validation, dtype))
+    return task.data(data)
 
 
 def _cast(split, dtype):
-    """Floating arrays of a split in the run's precision (integer labels and tokens stay)."""
+    """Floating arrays of a split in `dtype` (integer labels and tokens stay)."""
     as_dtype = lambda a: a.astype(dtype) if a.dtype.kind == "f" else a  # noqa: E731
     return dataclasses.replace(split, inputs=as_dtype(split.inputs), targets=as_dtype(split.targets))
 
 
 def model(cfg):
     spec = OmegaConf.to_container(cfg.model, resolve=True)
-    for key in ("input_layout", "task"):  # about how the run feeds the model, not its constructor
+    for key in NOT_CONSTRUCTOR_ARGUMENTS:
         spec.pop(key, None)
     built = instantiate(spec)
     dtype = precision(cfg)
@@ -67,8 +59,6 @@ def model(cfg):
 def optimizer(cfg, total_steps):
     """The optimizer with its learning rate following trainer.lr_schedule."""
     lr, warmup = cfg.optimizer.lr, cfg.trainer.warmup_steps
-    if not lr > 0:
-        raise ConfigError(f"optimizer.lr must be positive, got {lr}")
     if _name(cfg.trainer.lr_schedule) == "cosine":
         schedule = optim.Cosine(lr, max(total_steps - warmup, 1))
     else:
@@ -78,17 +68,9 @@ def optimizer(cfg, total_steps):
     return instantiate(cfg.optimizer, lr=schedule)
 
 
-def task_name(cfg):
-    """The model's task if its config names one (an autoencoder reconstructs any
-    dataset), else the dataset's."""
-    return cfg.model.get("task") or cfg.dataset.task
-
-
-def task(cfg):
-    name = task_name(cfg)
-    if name not in TASKS:
-        raise ConfigError(f"the task must be one of {', '.join(TASKS)}, got {name!r}")
-    return TASKS[name]
+def callbacks(cfg):
+    """conf/callbacks/, in the order written (a null entry is left out)."""
+    return [_instantiate(spec, f"callbacks.{name}") for name, spec in cfg.callbacks.items() if spec is not None]
 
 
 def precision(cfg):
@@ -96,6 +78,13 @@ def precision(cfg):
     if name == "float64":
         jax.config.update("jax_enable_x64", True)
     return PRECISIONS[name]
+
+
+def _instantiate(spec, where):
+    try:
+        return instantiate(spec)
+    except InstantiationException as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def _name(choice):

@@ -1,6 +1,12 @@
-"""Typed schemas for config groups, so Hydra itself rejects a wrong type or value
-(`trainer.epochs=many`, `trainer.precision=float16`) before any training code runs."""
+"""What a run's configuration may say, checked before any run starts.
+
+Typed schemas for config groups, so Hydra itself rejects a wrong type or value
+(`trainer.epochs=many`, `trainer.precision=float16`); then the checks Hydra
+cannot make: settings nobody reads, values out of range, references that point
+nowhere. Every refusal is a ConfigError naming the setting and what to do.
+"""
 import difflib
+import math
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Optional
@@ -8,6 +14,10 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
+
+
+class ConfigError(ValueError):
+    """A setting has a value the run cannot use; the message names it."""
 
 
 class Precision(Enum):
@@ -53,32 +63,51 @@ def register():
     store.store(group="tracking", name="schema", node=Tracking)
 
 
-TOP_LEVEL = {"model", "dataset", "optimizer", "trainer", "tracking", "seed", "run_name", "objective"}
+TOP_LEVEL = {"task", "model", "dataset", "optimizer", "trainer", "callbacks", "tracking", "seed", "run_name",
+             "output_dir", "launch"}
+LAUNCH = {"overrides", "sweep_run_id", "trial"}  # filled by the entry point or a sweep engine
+AT_LEAST = {"trainer.epochs": 1, "trainer.batch_size": 1, "trainer.eval_batch_size": 1, "trainer.warmup_steps": 0,
+            "trainer.log_every_n_steps": 1, "trainer.checkpoint_every_n_epochs": 1,
+            "trainer.checkpoint_min_seconds": 0, "trainer.devices": 0}
+
+
+def check(cfg):
+    """Every check below, in the order a user would want to hear about them."""
+    check_keys(cfg)
+    check_values(cfg)
+    check_references(cfg)
 
 
 def check_keys(cfg):
     """Refuse settings nobody reads (`+trainer.epoch=3` next to trainer.epochs), naming
     the closest real one: Hydra lets `+` add any key, and a typo must not train
     silently with the default."""
-    from experiments.build import ConfigError
-
     groups = {"": TOP_LEVEL, "trainer.": {f.name for f in fields(Trainer)},
-              "tracking.": {f.name for f in fields(Tracking)}}
+              "tracking.": {f.name for f in fields(Tracking)}, "launch.": LAUNCH}
     for prefix, known in groups.items():
         node = cfg.get(prefix.rstrip(".")) if prefix else cfg
-        for key in node.keys():
+        for key in (node.keys() if node is not None else ()):
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {prefix}{close[0]}?" if close else ""
                 raise ConfigError(f"unknown setting {prefix}{key}{hint}")
 
 
+def check_values(cfg):
+    """Numbers a run cannot train with (`trainer.batch_size=0`, `optimizer.lr=abc`)."""
+    for key, least in AT_LEAST.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < least:
+            raise ConfigError(f"{key} must be at least {least}, got {value}")
+    lr = OmegaConf.select(cfg, "optimizer.lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"optimizer.lr must be a positive number, got {lr!r}")
+
+
 def check_references(cfg):
     """Refuse a configuration whose ${...} references point nowhere, before a run
     starts: that is a model and a dataset that do not fit together
     (model=transformer_classifier wants token ids, dataset=digits has none)."""
-    from experiments.build import ConfigError
-
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as e:

@@ -11,7 +11,8 @@ In the driver, before any job starts, it
     silent fallback to the CPU), cpu otherwise;
   * creates the sweep's MLflow run, tagged with the sweep folder, which each job
     finds (experiments.run) and attaches its own run to as a child.
-When all jobs are done it ranks them by the config's `objective`, prints the table,
+When all jobs are done it ranks them by the task's objective (in the task's `mode`:
+min or max), prints the table,
 logs it to the sweep's run, and ends it FAILED (and the process with exit code 1)
 if any job failed.
 """
@@ -22,13 +23,11 @@ import sys
 import ray
 from hydra.experimental.callback import Callback
 from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
-from mlflow import MlflowClient
 from mlflow.entities import Metric
 from omegaconf import OmegaConf, open_dict
 
-from experiments.tracking import default_tracking_uri, experiment_id
-
-SWEEP_TAG = "sweep"
+from experiments import lineage
+from experiments.tracking import connect, default_tracking_uri, experiment_id
 
 
 def job_resources(remote, cluster_gpus):
@@ -62,17 +61,6 @@ def pin_to_assigned_cpus(job):
     return cores
 
 
-def sweep_run(client, experiment, sweep_dir):
-    """The MLflow run of the sweep writing to `sweep_dir`, or None."""
-    found = client.search_runs([experiment], max_results=1, order_by=["attributes.start_time DESC"],
-                               filter_string=f"tags.{SWEEP_TAG} = '{sweep_dir}'")
-    return found[0] if found else None
-
-
-def higher_is_better(metric):
-    return "accuracy" in metric
-
-
 class SweepTracker(Callback):
     def on_multirun_start(self, config, **kwargs):
         launcher = config.hydra.launcher
@@ -91,27 +79,28 @@ class SweepTracker(Callback):
                   f"num_gpus={launcher.ray.remote.num_gpus}", file=sys.stderr)
         if config.tracking.enabled:
             uri = config.tracking.uri or default_tracking_uri()
-            client = MlflowClient(uri)
+            client = connect(uri)
             run = client.create_run(experiment_id(client, uri, config.tracking.experiment),
                                     run_name=f"sweep {config.hydra.sweep.dir}",
-                                    tags={SWEEP_TAG: str(config.hydra.sweep.dir),
-                                          "overrides": " ".join(config.hydra.overrides.task)})
+                                    tags={lineage.SWEEP: str(config.hydra.sweep.dir),
+                                          lineage.OVERRIDES: " ".join(config.hydra.overrides.task)})
             print(f"sweep: MLflow run {run.info.run_id}, one child run per job", file=sys.stderr)
 
     def on_multirun_end(self, config, **kwargs):
         if not config.tracking.enabled:
             return
-        client = MlflowClient(config.tracking.uri or default_tracking_uri())
+        client = connect(config.tracking.uri or default_tracking_uri())
         experiment = client.get_experiment_by_name(config.tracking.experiment).experiment_id
-        parent = sweep_run(client, experiment, str(config.hydra.sweep.dir))
-        children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-        metric = config.objective
-        table, best = rank(children, metric)
-        print(f"\nsweep {parent.info.run_id}: {len(children)} jobs ranked by {metric}\n{table}\n", file=sys.stderr)
-        client.log_text(parent.info.run_id, table + "\n", "sweep.md")
+        parent = lineage.sweep_run(client, experiment, str(config.hydra.sweep.dir))
+        children = lineage.trials(client, parent)
+        metric, mode = config.task.objective, config.task.mode
+        table, best = rank(children, metric, mode)
+        print(f"\nsweep {parent.info.run_id}: {len(children)} jobs ranked by {metric} ({mode})\n{table}\n",
+              file=sys.stderr)
+        client.log_text(parent.info.run_id, table + "\n", lineage.SWEEP_TABLE)
         if best is not None:
             client.log_batch(parent.info.run_id, metrics=[Metric(f"best_{metric}", best.data.metrics[metric], 0, 0)])
-            client.set_tag(parent.info.run_id, "best_run", best.info.run_id)
+            client.set_tag(parent.info.run_id, lineage.BEST_RUN, best.info.run_id)
         failed = [r for r in children if r.info.status != "FINISHED"]
         client.set_terminated(parent.info.run_id, "FAILED" if failed or not children else "FINISHED")
         if failed or not children:
@@ -119,18 +108,19 @@ class SweepTracker(Callback):
             raise SystemExit(1)
 
 
-def rank(runs, metric):
-    """(a markdown table of `runs` best first by `metric`, the best finished run or None).
-    Overrides shared by every job are shown once, above the table."""
-    sign = -1 if higher_is_better(metric) else 1
+def rank(runs, metric, mode):
+    """(a markdown table of `runs` best first by `metric`, lowest first for mode "min",
+    highest for "max"; the best finished run or None). Overrides shared by every job
+    are shown once, above the table."""
+    sign = {"min": 1, "max": -1}[mode]
     ranked = sorted(runs, key=lambda r: (metric not in r.data.metrics, sign * r.data.metrics.get(metric, 0.0)))
-    overrides = [r.data.tags.get("overrides", "").split() for r in ranked]
+    overrides = [r.data.tags.get(lineage.OVERRIDES, "").split() for r in ranked]
     common = set.intersection(*map(set, overrides)) if overrides else set()
     lines = [f"all jobs: {' '.join(o for o in overrides[0] if o in common) or '-'}" if overrides else "", "",
              f"| rank | job | status | {metric} | overrides | run id |", "| --- | --- | --- | --- | --- | --- |"]
     for position, (run, own) in enumerate(zip(ranked, overrides), 1):
         value = run.data.metrics.get(metric)
-        lines.append(f"| {position} | {run.data.tags.get('sweep_job', '?')} | {run.info.status} | "
+        lines.append(f"| {position} | {run.data.tags.get(lineage.SWEEP_JOB, '?')} | {run.info.status} | "
                      f"{'' if value is None else f'{value:.4g}'} | {' '.join(o for o in own if o not in common)} | "
                      f"{run.info.run_id} |")
     scored = [r for r in ranked if metric in r.data.metrics and r.info.status == "FINISHED"]

@@ -1,32 +1,50 @@
-"""MLflow tracking: one training job is one MLflow run.
+"""MLflow tracking: one training run is one MLflow run.
 
 Metrics are queued and written by a background thread in batches, so logging
-never waits on the database (or on the device: values are converted to floats
-in that thread). The default store is an SQLite file under the project root,
-whatever Hydra's working directory: `MLFLOW_TRACKING_URI` or `tracking.uri=`
-override it.
+never waits on the database (or on the device: values become floats in that
+thread). `flush()` writes everything queued so far and raises if the store
+refused it: a run's metrics reach the store before a checkpoint that covers
+them, and a store that cannot be written fails the run loudly. The default
+store is an SQLite file under the project root, whatever the working
+directory: `MLFLOW_TRACKING_URI` or `tracking.uri=` override it.
 """
+import fcntl
 import logging
 import os
 import queue
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from zkynet import checkpoint
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # MLflow's default retries for ~4 minutes
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own progress is enough
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+
+from experiments import lineage  # noqa: E402
+from zkynet import checkpoint  # noqa: E402
+from zkynet.training import Callback  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
 FLUSH_SECONDS = 5.0  # one database transaction per 5 s of training at most
+PROBE_SECONDS = 5.0
 
 for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be reached or written; the message names it."""
 
 
 def default_tracking_uri():
@@ -45,6 +63,42 @@ def flatten(config, prefix=""):
     return flat
 
 
+def connect(uri):
+    """An MlflowClient on `uri`, checked to answer: a tracking server within seconds,
+    an SQLite file created (or migrated) by one process at a time."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+                                "(mlflow server ...) or choose another tracking.uri") from None
+    client = MlflowClient(uri)
+    with _store_lock(uri):
+        try:
+            client.search_experiments(max_results=1)  # creates and migrates a new SQLite store
+        except Exception as e:
+            raise TrackingError(f"cannot use the MLflow store {uri}: {type(e).__name__}: {e}") from e
+    return client
+
+
+@contextmanager
+def _store_lock(uri):
+    """An exclusive lock beside an SQLite store: MLflow's schema migration of a new file
+    fails when two processes run it at once."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def experiment_id(client, uri, name):
     """The id of experiment `name`, created if new (with artifacts beside an SQLite store,
     not in the working directory)."""
@@ -54,32 +108,37 @@ def experiment_id(client, uri, name):
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # created meanwhile by a concurrent job
-        return client.get_experiment_by_name(name).experiment_id
+    with _store_lock(uri):
+        experiment = client.get_experiment_by_name(name)  # created meanwhile by a concurrent run?
+        return experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=location)
 
 
 class Tracker:
-    """An MLflow run: created (or resumed, with `run_id`) on construction, ended by
-    `close(status)`. `parent_run_id` makes it a child run (sweeps)."""
+    """An MLflow run: created on construction (or, with `run_id`, continued: metric
+    steps it already holds are not logged again), ended by `close(status)`.
+    `parent_run_id` makes it a child run (a sweep's trial). The run is tagged with
+    this process's host and pid, and a heartbeat every minute."""
 
     def __init__(self, uri=None, experiment="zkynet", run_name=None, run_id=None, parent_run_id=None,
-                 tags=None):
+                 tags=None, client=None):
         self.uri = uri or default_tracking_uri()
-        self.client = MlflowClient(self.uri)
+        self.client = client or connect(self.uri)
+        self._logged_through = {}
         if run_id is not None:
             run = self.client.get_run(run_id)
+            self.previous_status = run.info.status
+            self._logged_through = {key: max(m.step for m in self.client.get_metric_history(run_id, key))
+                                    for key in run.data.metrics}
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
-            tags = dict(tags or {})
-            if parent_run_id:
-                tags["mlflow.parentRunId"] = parent_run_id
+            tags = {**(tags or {}), **({lineage.PARENT: parent_run_id} if parent_run_id else {})}
             run = self.client.create_run(experiment_id(self.client, self.uri, experiment), run_name=run_name,
                                          tags=tags)
+            self.previous_status = None
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
         self.artifact_uri = run.info.artifact_uri
+        self.set_tags(lineage.owner_tags())
         self._queue = queue.Queue()
         self._error = None
         self._writer = threading.Thread(target=self._write_metrics, name="mlflow-metrics", daemon=True)
@@ -94,12 +153,25 @@ class Tracker:
         """Queue metrics (numbers or device arrays) at `step`; returns at once."""
         self._queue.put((step, int(time.time() * 1000), metrics))
 
+    def flush(self):
+        """Write every metric queued so far; raises TrackingError if the store refused."""
+        done = threading.Event()
+        self._queue.put(done)
+        while not done.wait(1.0):
+            if not self._writer.is_alive():
+                break
+        if self._error is not None:
+            raise TrackingError(f"could not write metrics to the MLflow store {self.uri}: "
+                                f"{type(self._error).__name__}: {self._error}") from self._error
+
     def log_artifact(self, path, artifact_path=None):
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_checkpoint(self, path, artifact_path):
-        """Store the checkpoint file at `path` as an artifact, atomically where the artifact
-        store is a local folder (a crash mid-write never leaves a truncated file to resume from)."""
+    def log_checkpoint(self, path, artifact_path=lineage.CHECKPOINT):
+        """Store the checkpoint file at `path`, after the metrics it covers. Atomically
+        where the artifact store is a local folder (a crash mid-write never leaves a
+        truncated file to resume from)."""
+        self.flush()
         if self.artifact_uri.startswith("file://"):
             checkpoint.copy(path, Path(urlparse(self.artifact_uri).path) / artifact_path)
             return
@@ -112,31 +184,70 @@ class Tracker:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def close(self, status="FINISHED"):
+        """Write what is queued and end the run with `status` (FAILED instead if the
+        metrics could not be written: then TrackingError is raised)."""
+        error = None
         try:
-            self._queue.put(None)
-            self._writer.join()
-        finally:
-            self.client.set_terminated(self.run_id, status)
-        if self._error is not None:
-            raise RuntimeError(f"MLflow metric logging failed: {self._error}") from self._error
+            self.flush()
+        except TrackingError as e:
+            status, error = "FAILED", e
+        self._queue.put(None)
+        self._writer.join()
+        self.client.set_terminated(self.run_id, status)
+        if error is not None:
+            raise error
+
+    def restore_status(self):
+        """End a continued run with the status it had before (a resume that failed
+        before training anything changes nothing)."""
+        self._queue.put(None)
+        self._writer.join()
+        self.client.update_run(self.run_id, status=self.previous_status)
 
     def _write_metrics(self):
-        pending, last_flush = [], time.monotonic()
+        pending, last_flush, last_beat = [], time.monotonic(), time.monotonic()
         while True:
             try:
                 item = self._queue.get(timeout=FLUSH_SECONDS)
             except queue.Empty:
                 item = ()
-            done = item is None
-            if item:
+            if isinstance(item, tuple) and item:
                 step, timestamp, metrics = item
-                pending += [Metric(k, float(np.asarray(v)), timestamp, step) for k, v in metrics.items()]
-            if pending and (done or time.monotonic() - last_flush >= FLUSH_SECONDS or len(pending) >= 900):
+                pending += [Metric(k, float(np.asarray(v)), timestamp, step) for k, v in metrics.items()
+                            if step > self._logged_through.get(k, -1)]
+            now = time.monotonic()
+            if pending and (not isinstance(item, tuple) or now - last_flush >= FLUSH_SECONDS or len(pending) >= 900):
                 try:
                     for start in range(0, len(pending), 1000):
                         self.client.log_batch(self.run_id, metrics=pending[start:start + 1000])
-                except Exception as e:  # surfaced by close(), never lost silently
+                except Exception as e:  # raised by flush() and close(): never lost silently
                     self._error = e
-                pending, last_flush = [], time.monotonic()
-            if done:
+                pending, last_flush = [], now
+            if now - last_beat >= lineage.HEARTBEAT_SECONDS:
+                last_beat = now
+                try:
+                    self.set_tags({lineage.HEARTBEAT: f"{time.time():.0f}"})
+                except Exception as e:
+                    self._error = self._error or e
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is None:
                 return
+
+
+class MetricsLogger(Callback):
+    """Sends a training run to its Tracker: per-batch metrics every `every` steps, every
+    epoch's record, and each checkpoint (after the metrics it covers)."""
+
+    def __init__(self, tracker, every):
+        self.tracker, self.every = tracker, max(1, every)
+
+    def on_step(self, trainer, metrics):
+        if trainer.step % self.every == 0:
+            self.tracker.log_metrics({f"batch_{k}": v for k, v in metrics.items()}, trainer.step)
+
+    def on_epoch_end(self, trainer, epoch, record):
+        self.tracker.log_metrics(record, trainer.step)
+
+    def on_checkpoint(self, trainer, path, meta):
+        self.tracker.log_checkpoint(path)

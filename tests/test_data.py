@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from zkynet.data import Batches, Split, load_digits
+from zkynet.data.dataset import split_rows
 
 
 def split(n=10):
@@ -50,3 +51,15 @@ def test_digits_is_real_and_split_is_fixed():
     assert 0.0 <= flat.train.inputs.min() and flat.train.inputs.max() <= 1.0
     np.testing.assert_array_equal(flat.validation.targets, load_digits().validation.targets)
     np.testing.assert_array_equal(images.train.inputs.reshape(-1, 64), flat.train.inputs)
+
+
+def test_shipped_digits_are_scikit_learns_digits():
+    from sklearn.datasets import load_digits as sklearn_digits  # the test extra has it; zkynet does not need it
+
+    reference = sklearn_digits()
+    shipped = load_digits()
+    inputs = np.concatenate([shipped.train.inputs, shipped.validation.inputs])
+    labels = np.concatenate([shipped.train.targets, shipped.validation.targets])
+    order = np.concatenate(split_rows(len(reference.target)))
+    np.testing.assert_array_equal(inputs, (reference.data[order] / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(labels, reference.target[order])

@@ -23,3 +23,11 @@ def test_notebook_runs(path, tmp_path):
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+def test_library_notebooks_import_only_the_library():
+    """Only the sweeps notebook drives the runner; the others teach zkynet itself."""
+    for path in NOTEBOOKS:
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        uses_runner = "import experiments" in code or "from experiments" in code
+        assert uses_runner == (path.stem == "08_sweeps"), path.name

@@ -18,5 +18,6 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert float(namespace["metrics"]["loss"]) < 0.1  # the training example trained
     trained = namespace["model"].named_parameters()["layers.0/W"].value
     assert np.isfinite(trained).all()
+    assert namespace["history"][-1]["val_accuracy"] > 0.8 and (tmp_path / "out" / "last.npz").stat().st_size > 0
     x = namespace["jnp"].ones(3)
     assert namespace["RowNorm"]()(namespace["Multiply"]()(x, x)).shape == ()

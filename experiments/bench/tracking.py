@@ -1,5 +1,5 @@
 """The cost of watching a run: the default digits MLP trained bare vs with what
-`experiments.run` adds by default: the progress bar, MLflow metrics (every n
+`experiments.run` adds by default: the progress report, MLflow metrics (every n
 steps and per epoch), the NaN guard and checkpoints (every epoch, at most every
 30 s, and at the end). Epoch wall times (training, validation and callbacks;
 the first epoch, which compiles, is left out) are compared within one run,
@@ -11,13 +11,12 @@ import tempfile
 import time
 
 from experiments.bench import write_result
-from experiments.callbacks import Checkpointer, MetricsLogger, NanGuard, ProgressBar
-from experiments.tracking import Tracker
-from experiments.training import Callback, Trainer
+from experiments.tracking import MetricsLogger, Tracker
 from zkynet import losses, optim
 from zkynet.data import load_digits
 from zkynet.models.cnn import LeNet
 from zkynet.models.fcn import MLP
+from zkynet.training import Callback, Checkpointer, NanGuard, ProgressReport, Trainer
 
 MODELS = {  # name -> (model, input layout): the default runs of `model=mlp` and `model=cnn`
     "mlp": (lambda: MLP([64, 256, 256, 10], key=0), "flat"),
@@ -44,13 +43,13 @@ def train(model, dataset, epochs, folder, watched, log_every):
     tracker = None
     if watched:
         tracker = Tracker(f"sqlite:///{folder}/mlflow.db", "bench-tracking")
-        callbacks = [NanGuard(log_every), ProgressBar(), MetricsLogger(tracker, log_every),
-                     Checkpointer(os.path.join(folder, "last.npz"), 1, 0, tracker, min_seconds=30), clock]
+        checkpointer = Checkpointer(os.path.join(folder, "last.npz"), every_n_epochs=1, min_seconds=30)
+        callbacks = [MetricsLogger(tracker, log_every), ProgressReport(), NanGuard(log_every), checkpointer, clock]
     trainer = Trainer(model(), losses.softmax_cross_entropy, optim.Adam(1e-3), dataset, epochs, 64,
                       losses.classification_metrics, callbacks=callbacks)
     trainer.fit()
     if tracker is not None:
-        callbacks[3].wait()
+        checkpointer.wait()
         tracker.close()
     return clock.seconds()
 

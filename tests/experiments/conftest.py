@@ -51,3 +51,42 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path):
     return Cli(tmp_path)
+
+
+class Runner:
+    """`experiments.runner.run` in this process, on configs composed as the command
+    line composes them (Hydra's compose API), against a throwaway MLflow store."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.store = f"sqlite:///{folder / 'mlflow.db'}"
+        self.client = MlflowClient(self.store)
+        self.count = 0
+
+    def config(self, *overrides):
+        from hydra import compose, initialize_config_dir
+        from omegaconf import open_dict
+
+        from experiments import schema
+
+        schema.register()
+        self.count += 1
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[f"tracking.uri={self.store}", "trainer.progress=false", *overrides])
+        with open_dict(cfg):  # what the entry point adds from Hydra's runtime
+            cfg.output_dir = str(self.folder / "outputs" / str(self.count))
+            cfg.launch.overrides = list(overrides)
+        return cfg
+
+    def __call__(self, *overrides):
+        from experiments.runner import run
+
+        return run(self.config(*overrides))
+
+    runs = Cli.runs
+    artifacts = Cli.artifacts
+
+
+@pytest.fixture
+def runner(tmp_path):
+    return Runner(tmp_path)

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.schema import ConfigError
 from zkynet import checkpoint
+from zkynet.training import NonFiniteLossError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "user_project"
@@ -39,14 +41,23 @@ def test_default_run_trains_and_logs_everything(cli, tmp_path):
     assert run.data.tags["model"] == "MLP" and run.data.tags["dataset"] == "digits"
 
 
-@pytest.mark.slow
-def test_overrides_from_the_command_line(cli):
-    result = cli("model=cnn", "optimizer.lr=3e-3", "trainer.epochs=2", "trainer.batch_size=32", "run_name=mine")
-    assert result.returncode == 0, result.stderr
-    run = cli.client.get_run(run_id_of(result))
+def test_overrides_reach_the_run(runner):
+    value = runner("model=cnn", "optimizer.lr=3e-3", "trainer.epochs=2", "trainer.batch_size=32", "run_name=mine")
+    (run,) = runner.runs()
     assert run.data.params["optimizer/lr"] == "0.003" and run.data.params["trainer/batch_size"] == "32"
     assert run.data.params["model/_target_"] == "zkynet.models.cnn.LeNet" and run.info.run_name == "mine"
-    assert len(cli.client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
+    assert len(runner.client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
+    assert value == run.data.metrics["val_loss"]  # run() returns the task's objective
+    assert run.data.tags["overrides"] == "model=cnn optimizer.lr=3e-3 trainer.epochs=2 trainer.batch_size=32 run_name=mine"
+
+
+def test_the_objective_and_its_direction_come_from_the_task(runner):
+    value = runner("trainer.epochs=1", "task.objective=val_accuracy", "task.mode=max")
+    assert value == runner.runs()[0].data.metrics["val_accuracy"]
+    with pytest.raises(ConfigError, match="task.objective=val_acc is not a metric of this run; it has: train_accuracy, train_loss"):
+        runner("trainer.epochs=1", "task.objective=val_acc")
+    failed = runner.runs()[-1]
+    assert failed.info.status == "FAILED" and "task.objective=val_acc" in failed.data.tags["error"]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -68,14 +79,13 @@ def test_missing_dataset_names_the_download_script(cli, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_a_diverging_run_ends_failed_with_the_error_logged(cli):
-    result = cli("optimizer=sgd", "optimizer.lr=1e8", "trainer.lr_schedule=constant", "trainer.epochs=3",
-                 "trainer.log_every_n_steps=1")
-    assert result.returncode != 0 and "run FAILED" in result.stderr and "NonFiniteLossError" in result.stderr
-    run = cli.runs()[0]
+def test_a_diverging_run_ends_failed_with_the_error_logged(runner):
+    with pytest.raises(NonFiniteLossError):
+        runner("optimizer=sgd", "optimizer.lr=1e8", "trainer.lr_schedule=constant", "trainer.epochs=3",
+               "trainer.log_every_n_steps=1")
+    run = runner.runs()[0]
     assert run.info.status == "FAILED" and "the loss became" in run.data.tags["error"]
-    assert "error.txt" in cli.artifacts(run.info.run_id)
+    assert "error.txt" in runner.artifacts(run.info.run_id)
 
 
 @pytest.mark.slow
@@ -128,14 +138,27 @@ def test_a_killed_run_resumes_to_the_same_parameters(cli, tmp_path):
         np.testing.assert_array_equal(got[name], expected[name])
 
 
-def test_resume_of_an_unknown_run_is_a_clear_error(cli):
-    result = cli("trainer.resume=0123456789abcdef")
-    assert result.returncode == 2 and "no such MLflow run" in result.stderr
+def test_resume_of_an_unknown_run_is_a_clear_error(runner):
+    with pytest.raises(ConfigError, match="no such MLflow run"):
+        runner("trainer.resume=0123456789abcdef")
 
 
-def test_a_misspelt_added_key_is_refused_with_a_suggestion(cli):
-    result = cli("+trainer.epoch=3")
-    assert result.returncode == 2 and "unknown setting trainer.epoch; did you mean trainer.epochs?" in result.stderr
+def test_a_misspelt_added_key_is_refused_with_a_suggestion(runner):
+    with pytest.raises(ConfigError, match="unknown setting trainer.epoch; did you mean trainer.epochs?"):
+        runner("+trainer.epoch=3")
+    assert runner.runs() == []
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.epochs=0", "trainer.epochs must be at least 1, got 0"),
+    ("trainer.batch_size=0", "trainer.batch_size must be at least 1, got 0"),
+    ("optimizer.lr=abc", "optimizer.lr must be a positive number, got 'abc'"),
+    ("optimizer.lr=-1", "optimizer.lr must be a positive number, got -1"),
+])
+def test_values_a_run_cannot_train_with_are_refused_before_it_starts(runner, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        runner(override)
+    assert runner.runs() == []
 
 
 def test_a_model_that_does_not_fit_the_dataset_is_refused_before_a_run_starts(cli):
@@ -146,14 +169,16 @@ def test_a_model_that_does_not_fit_the_dataset_is_refused_before_a_run_starts(cl
     assert "Traceback" not in result.stderr and cli.runs() == []
 
 
-@pytest.mark.slow
-def test_resume_keeps_the_runs_configuration(cli):
-    first = cli("trainer.epochs=2", "trainer.progress=false")
-    run_id = run_id_of(first)
-    refused = cli(f"trainer.resume={run_id}", "optimizer=sgd")
-    assert refused.returncode == 2 and "not: optimizer" in refused.stderr
-    idle = cli(f"trainer.resume={run_id}", "trainer.progress=false")
-    assert idle.returncode == 0 and "already trained 2 epochs: nothing to do" in idle.stdout
-    longer = cli(f"trainer.resume={run_id}", "trainer.epochs=3", "trainer.progress=false")
-    assert longer.returncode == 0 and "at step 44 (epoch 3 of 3)" in longer.stdout
-    assert cli.client.get_run(run_id).data.metrics["epoch"] == 3
+def test_resume_keeps_the_runs_configuration(runner, capsys):
+    runner("trainer.epochs=2")
+    run_id = runner.runs()[0].info.run_id
+    with pytest.raises(ConfigError, match="not: optimizer"):
+        runner(f"trainer.resume={run_id}", "optimizer=sgd")
+    runner(f"trainer.resume={run_id}")
+    assert "already trained 2 epochs: nothing to do" in capsys.readouterr().out
+    assert runner.client.get_run(run_id).info.status == "FINISHED"  # a resume with nothing to do changes nothing
+    runner(f"trainer.resume={run_id}", "trainer.epochs=3")
+    assert "at step 44 (epoch 3 of 3)" in capsys.readouterr().out
+    resumed = runner.client.get_run(run_id)
+    assert resumed.data.metrics["epoch"] == 3 and resumed.data.tags["attempts"] == "3"
+    assert [m.step for m in runner.client.get_metric_history(run_id, "val_loss")] == [22, 44, 66]  # no step twice

@@ -33,10 +33,11 @@ def test_ranking_puts_the_best_first_and_failures_last():
     runs = [FakeRun(0, "FINISHED", {"val_loss": 0.5, "val_accuracy": 0.8}, "lr=1 epochs=2"),
             FakeRun(1, "FAILED", {}, "lr=9 epochs=2"),
             FakeRun(2, "FINISHED", {"val_loss": 0.2, "val_accuracy": 0.7}, "lr=2 epochs=2")]
-    table, best = rank(runs, "val_loss")
+    table, best = rank(runs, "val_loss", "min")
     assert best.info.run_id == "run2" and table.splitlines()[0] == "all jobs: epochs=2"
     assert [line.split("|")[2].strip() for line in table.splitlines()[4:]] == ["2", "0", "1"]
-    assert rank(runs, "val_accuracy")[1].info.run_id == "run0"  # accuracies: highest first
+    assert rank(runs, "val_accuracy", "max")[1].info.run_id == "run0"  # the task says which way is better
+    assert rank(runs, "val_accuracy", "min")[1].info.run_id == "run2"  # never guessed from the metric's name
 
 
 def sweep(cli, *overrides, env=None):
@@ -57,7 +58,7 @@ def test_a_sweep_on_local_ray_with_a_failing_job(cli):
     assert parent.info.status == "FAILED" and len(children) == 3
     by_lr = {r.data.params.get("optimizer/lr"): r for r in children}
     assert by_lr["0.001"].info.status == by_lr["0.003"].info.status == "FINISHED"
-    assert by_lr["-1"].info.status == "FAILED" and "optimizer.lr must be positive" in by_lr["-1"].data.tags["error"]
+    assert by_lr["-1"].info.status == "FAILED" and "optimizer.lr must be a positive number, got -1" in by_lr["-1"].data.tags["error"]
     assert by_lr["0.003"].data.metrics["val_accuracy"] > 0.5
     assert {r.data.tags["sweep_job"] for r in children} == {"0", "1", "2"}
     table = cli.client.download_artifacts(parent.info.run_id, "sweep.md", str(cli.folder))

@@ -1,11 +1,11 @@
 """The MLP and the CNN really learn: real digits, seeded, CPU budget of seconds."""
 import pytest
 
-from experiments.training import Trainer
 from zkynet import losses, optim
 from zkynet.data import load_digits
 from zkynet.models.cnn import LeNet
 from zkynet.models.fcn import MLP
+from zkynet.training import Trainer
 
 EPOCHS, BATCH = 20, 64
 

@@ -5,7 +5,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from experiments.training import Trainer
 from zkynet import losses, optim
 from zkynet.data import Split, load_digits
 from zkynet.data.sequences import decode, load_addition, load_copy
@@ -14,6 +13,7 @@ from zkynet.framework.compile import forward
 from zkynet.models.autoencoder import ConvAutoencoder, DenseAutoencoder, VAE, vae_loss
 from zkynet.models.rnn import RecurrentLM
 from zkynet.models.transformer import TransformerLM, generate
+from zkynet.training import Trainer
 
 
 def fit(model, dataset, loss, lr, epochs, batch, metrics=None, warmup=0):

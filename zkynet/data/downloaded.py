@@ -41,7 +41,11 @@ def _root(root):
 
 
 def _read_csv(path):
-    import pandas as pd
+    try:
+        import pandas as pd  # only these loaders need it: not a dependency of the library
+    except ImportError:
+        raise ImportError(f"reading {path} needs pandas: pip install pandas "
+                          "(or zkynet[experiments], which has it)") from None
     return pd.read_csv(path)
 
 

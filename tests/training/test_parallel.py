@@ -9,7 +9,7 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
-    from experiments.training import Trainer
+    from zkynet.training import Trainer
     from zkynet import losses, optim
     from zkynet.data import load_digits
     from zkynet.framework.parallel import DataParallel

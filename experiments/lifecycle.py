@@ -1,0 +1,166 @@
+"""A run's lifecycle: how it ends, whatever happens.
+
+`with Run(...) as run:` owns the run's status, its signals, its errors and its
+summary. Inside the block, SIGTERM (`kill`) interrupts like Ctrl-C; the MLflow
+run is started with `run.track(...)` while signals wait, so no interruption can
+fall between creating the MLflow run and owning it. Leaving the block ends the
+run FINISHED, KILLED (an interrupt) or FAILED (an exception, with the traceback
+logged), after the last checkpoint is written, and prints the summary; the
+exception, if any, goes on to the caller.
+"""
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+from experiments import lineage
+from experiments.tracking import Tracker, TrackingError
+
+
+class Run:
+    def __init__(self, cfg, uri):
+        self.cfg, self.uri = cfg, uri
+        self.tracker = None
+        self.trainer = None  # set once built: its history and step go into the summary
+        self.checkpointer = None
+        self.continued = False  # an existing MLflow run goes on
+        self.start_step = 0
+        self.status, self.error = "RUNNING", None
+        self._started = time.perf_counter()
+        self._signals = _Signals()
+
+    def __enter__(self):
+        self._signals.install()
+        return self
+
+    def track(self, **tracker_arguments):
+        """Start (or, with run_id, continue) the MLflow run; no signal can interrupt this."""
+        with self._signals.deferred():
+            self.tracker = Tracker(self.uri, **tracker_arguments)
+            self.continued = tracker_arguments.get("run_id") is not None
+        return self.tracker
+
+    def __exit__(self, kind, error, trace):
+        with self._signals.deferred():  # a second Ctrl-C must not leave the run half-ended
+            try:
+                self.status = ("FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt)
+                               else "FAILED")
+                if self.status == "FAILED":
+                    self.error = error
+                    self._log_error(error)
+                self._finish_checkpoint()
+                self._end_tracking()
+            finally:
+                self._signals.restore()
+                self._summary()
+        if self.error is not None and self.error is not error:
+            raise self.error  # ending the run failed where training had not
+        return False
+
+    @property
+    def trained(self):
+        """Whether this process trained any step."""
+        return self.trainer is not None and self.trainer.step > self.start_step
+
+    def _finish_checkpoint(self):
+        if self.checkpointer is None:
+            return
+        try:
+            self.checkpointer.wait()  # a checkpoint being written is finished, whatever happened
+        except Exception as e:
+            self._fail(e)
+
+    def _end_tracking(self):
+        if self.tracker is None:
+            return
+        try:
+            if self.continued and not self.trained and self.status != "FINISHED":
+                self.tracker.restore_status()  # a resume that failed to start changes nothing
+            else:
+                self.tracker.close(self.status)
+        except TrackingError as e:
+            self._fail(e)
+
+    def _fail(self, error):
+        self.status = "FAILED"
+        self.error = self.error or error
+
+    def _log_error(self, error):
+        """The traceback as error.txt and the last line as a tag, where the store still answers."""
+        text = "".join(traceback.format_exception(error))
+        try:
+            path = Path(self.cfg.output_dir) / "error.txt"
+            path.write_text(text)
+            if self.tracker is not None:
+                self.tracker.log_artifact(path)
+                self.tracker.set_tags({lineage.ERROR: text.strip().splitlines()[-1][:5000]})
+        except Exception as e:  # the store itself may be what failed
+            print(f"warning: could not log the error to MLflow: {type(e).__name__}: {e}", file=sys.stderr)
+
+    def _summary(self):
+        cfg, tracker = self.cfg, self.tracker
+        history = self.trainer.history if self.trainer is not None else []
+        last = history[-1] if history else {}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("val_"))
+        seconds = time.perf_counter() - self._started
+        lines = [f"\nrun {self.status} after {seconds:.1f}s"
+                 + (f" (epoch {last['epoch']}/{cfg.trainer.epochs}): {shown}" if last else "")]
+        if self.error is not None:
+            lines.append(f"  error: {type(self.error).__name__}: {self.error}")
+        saved = self.checkpointer.saved_step if self.checkpointer is not None else None
+        if saved is not None or self.status != "FINISHED":
+            resumable = tracker is not None and self.status != "FINISHED" and saved is not None
+            lines.append(f"  last checkpoint: {f'step {saved}' if saved is not None else 'none yet'}"
+                         + (f" -> resume with trainer.resume={tracker.run_id}" if resumable else ""))
+        if tracker is not None:
+            lines += [f"  MLflow run {tracker.run_id} in experiment '{cfg.tracking.experiment}'",
+                      f"  look at it: mlflow ui --backend-store-uri {self.uri}",
+                      f"              then open http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/"
+                      f"{tracker.run_id}"]
+        lines.append(f"  files: {_shown_path(cfg.output_dir)}")
+        print("\n".join(lines), file=sys.stderr)
+
+
+def _shown_path(path):
+    """`path` relative to the working directory when it lies inside it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+class _Signals:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, except inside `deferred()`, where the
+    first one waits until the block is over. Only the main thread can own signals;
+    elsewhere (a worker thread of a sweep engine) this does nothing."""
+
+    def __init__(self):
+        self.previous, self.depth, self.pending = None, 0, None
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self):
+        for number, handler in (self.previous or {}).items():
+            signal.signal(number, handler)
+        self.previous = None
+
+    def _handle(self, number, frame):
+        if self.depth:
+            self.pending = self.pending or number
+            return
+        raise KeyboardInterrupt(signal.Signals(number).name)
+
+    @contextmanager
+    def deferred(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending is not None and self.previous is not None:
+            number, self.pending = self.pending, None
+            raise KeyboardInterrupt(signal.Signals(number).name)

@@ -1,0 +1,84 @@
+"""Every name this project writes into MLflow, and every lookup that reads them
+back: run tags, artifact paths, a sweep's run and its trials, earlier attempts
+of a trial, what a run needs to be resumed, and whether a RUNNING run is alive."""
+import os
+import socket
+import tempfile
+import time
+
+from omegaconf import OmegaConf
+
+from zkynet import checkpoint
+
+# tags of a training run
+HOST, PID, HEARTBEAT = "host", "pid", "heartbeat"  # who runs it, and when it last said so (unix seconds)
+ERROR, ARTIFACT_ERROR = "error", "artifact_error"  # the last line of a failure; a picture that could not be drawn
+MODEL, DATASET, PARAMETERS = "model", "dataset", "parameters"
+OVERRIDES = "overrides"  # the command-line overrides that made its config
+ATTEMPTS = "attempts"  # how many processes have trained it (a retried sweep trial: 2, ...)
+PARENT = "mlflow.parentRunId"
+# tags of a sweep's run and its trials
+SWEEP = "sweep"  # on the sweep's run: its output folder
+SWEEP_JOB = "sweep_job"  # on a trial's run: its number in the sweep
+BEST_RUN = "best_run"
+
+# artifacts
+CONFIG = "config/config.yaml"
+CHECKPOINT = "checkpoints/last.npz"
+GRAPH, CURVES, ERROR_FILE, SWEEP_TABLE = "graph.png", "curves.png", "error.txt", "sweep.md"
+
+HEARTBEAT_SECONDS = 60.0  # a RUNNING run silent for several of these is presumed dead
+
+
+def owner_tags():
+    return {HOST: socket.gethostname(), PID: str(os.getpid()), HEARTBEAT: f"{time.time():.0f}"}
+
+
+def is_alive(run):
+    """Whether the process training a RUNNING `run` may still be alive: its pid exists on
+    this host, or (another host) its heartbeat is recent."""
+    if run.info.status != "RUNNING":
+        return False
+    tags = run.data.tags
+    if tags.get(HOST) == socket.gethostname() and tags.get(PID, "").isdigit():
+        try:
+            os.kill(int(tags[PID]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    beat = float(tags.get(HEARTBEAT) or 0)
+    return time.time() - beat < 3 * HEARTBEAT_SECONDS
+
+
+def stored_config_and_checkpoint(client, run_id):
+    """(the resolved config run `run_id` started with, its last checkpoint or None)."""
+    with tempfile.TemporaryDirectory() as folder:
+        config = OmegaConf.load(client.download_artifacts(run_id, CONFIG, folder))
+        try:
+            path = client.download_artifacts(run_id, CHECKPOINT, folder)
+        except Exception:  # it stopped before its first checkpoint
+            return config, None
+        return config, checkpoint.load(path)
+
+
+def sweep_run(client, experiment_id, sweep_dir):
+    """The MLflow run of the sweep writing to `sweep_dir`, or None."""
+    found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                               filter_string=f"tags.{SWEEP} = '{sweep_dir}'")
+    return found[0] if found else None
+
+
+def trials(client, sweep):
+    """The child runs of sweep run `sweep`."""
+    return client.search_runs([sweep.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{sweep.info.run_id}'")
+
+
+def earlier_attempt(client, sweep_run_id, job):
+    """The run of an earlier, unfinished attempt at trial `job` of a sweep, or None."""
+    parent = client.get_run(sweep_run_id)
+    found = client.search_runs([parent.info.experiment_id], max_results=1,
+                               filter_string=f"tags.mlflow.parentRunId = '{sweep_run_id}' and "
+                                             f"tags.{SWEEP_JOB} = '{job}' and attributes.status != 'FINISHED'")
+    return found[0] if found else None

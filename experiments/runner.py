@@ -1,0 +1,176 @@
+"""One training run from its configuration: `run(cfg)`.
+
+Callable in-process (tests, a sweep engine) as well as from the command line:
+everything it needs is in `cfg`; the entry point (experiments/run.py) only
+fills in what Hydra knows (output folder, run name, overrides, sweep). The
+order matters: every check that can refuse the configuration runs before an
+MLflow run exists, and from the moment one exists a Run (experiments.lifecycle)
+owns it, so it always ends FINISHED, KILLED or FAILED.
+"""
+import copy
+import datetime
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf, open_dict
+
+from experiments import artifacts, build, lineage, resume, schema
+from experiments.lifecycle import Run
+from experiments.schema import ConfigError
+from experiments.tracking import PROJECT_ROOT, MetricsLogger, Tracker, connect, default_tracking_uri, flatten
+from zkynet.training import Callback, Checkpointer, Trainer
+
+NOT_PARAMS = ("launch", "output_dir")  # how the run was started, not what it trains
+
+
+def run(cfg):
+    """Train as `cfg` says, tracked in MLflow unless tracking.enabled is false; returns
+    the last epoch's value of the task's objective (NaN if no epoch ran)."""
+    cfg = _settled(cfg)
+    uri = cfg.tracking.uri or default_tracking_uri()
+    client = connect(uri) if cfg.tracking.enabled else None
+    try:
+        task, continued = _checked(cfg, client)
+    except ConfigError as e:
+        if client is not None and cfg.launch.sweep_run_id is not None:
+            _record_refused_trial(client, cfg, e)  # a sweep's trial is never lost, even one refused
+        raise
+    cfg = continued.cfg
+
+    with Run(cfg, uri) as current:
+        tracker = None
+        if client is not None:
+            tags = {lineage.OVERRIDES: " ".join(cfg.launch.overrides)}
+            if cfg.launch.trial is not None:
+                tags[lineage.SWEEP_JOB] = str(cfg.launch.trial)
+            tracker = current.track(experiment=cfg.tracking.experiment, run_name=cfg.run_name,
+                                    run_id=continued.run_id, parent_run_id=cfg.launch.sweep_run_id, tags=tags,
+                                    client=client)
+            if continued.run_id is None:
+                _log_config(tracker, cfg)
+            else:
+                tracker.set_tags({lineage.ATTEMPTS: continued.attempt})
+        dataset = build.dataset(cfg, task)
+        model = build.model(cfg)
+        optimizer = build.optimizer(cfg, cfg.trainer.epochs * max(1, len(dataset.train) // cfg.trainer.batch_size))
+        callbacks = build.callbacks(cfg)
+        callbacks.insert(0, ObjectiveCheck(task.objective))
+        if tracker is not None:  # first: the metrics of an epoch are queued before a checkpoint covers them
+            callbacks.insert(0, MetricsLogger(tracker, cfg.trainer.log_every_n_steps))
+        trainer = current.trainer = Trainer(model, task.loss, optimizer, dataset, cfg.trainer.epochs,
+                                            cfg.trainer.batch_size, task.metrics, seed=cfg.seed,
+                                            eval_batch_size=cfg.trainer.eval_batch_size, jit=cfg.trainer.jit,
+                                            callbacks=callbacks, devices=cfg.trainer.devices)
+        current.checkpointer = next((c for c in callbacks if isinstance(c, Checkpointer)), None)
+        if continued.state is not None:
+            trainer.load_state_dict(continued.state)
+            current.start_step = trainer.step
+            _say_where_it_continues(continued, trainer, cfg)
+        if tracker is not None and continued.run_id is None:
+            _log_setup(tracker, cfg, model, task, dataset)
+        history = trainer.fit()
+        if tracker is not None and history:
+            _log_results(tracker, cfg, model, task, dataset, history)
+    return history[-1][task.objective] if history else float("nan")
+
+
+def _checked(cfg, client):
+    """(the task, what this run continues): every refusal before any MLflow run exists."""
+    schema.check(cfg)
+    task = build.task(cfg)
+    artifacts.check(task.artifacts)
+    if client is None and cfg.trainer.resume:
+        raise ConfigError("trainer.resume continues an MLflow run: it needs tracking.enabled=true")
+    continued = resume.continuation(cfg, client) if client is not None else resume.Continuation(cfg)
+    schema.check_references(continued.cfg)
+    return task, continued
+
+
+def _record_refused_trial(client, cfg, error):
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_name=cfg.run_name,
+                      parent_run_id=cfg.launch.sweep_run_id, client=client,
+                      tags={lineage.OVERRIDES: " ".join(cfg.launch.overrides), lineage.SWEEP_JOB: str(cfg.launch.trial),
+                            lineage.ERROR: f"ConfigError: {error}"})
+    try:
+        tracker.log_params(_params(cfg, resolve=True))
+    except Exception:  # the refusal may be a reference that points nowhere
+        tracker.log_params(_params(cfg, resolve=False))
+    tracker.close("FAILED")
+
+
+def _settled(cfg):
+    """A copy of `cfg` with an output folder and a run name."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        if not cfg.get("output_dir"):
+            stamp = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+            cfg.output_dir = str(PROJECT_ROOT / "outputs" / stamp)
+        if not cfg.get("run_name"):
+            cfg.run_name = f"{cfg.model._target_.rsplit('.', 1)[-1].lower()}-{cfg.dataset.name}"
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def _say_where_it_continues(continued, trainer, cfg):
+    done = trainer.epoch
+    if continued.attempt > 1 and cfg.launch.trial is not None and not cfg.trainer.resume:
+        print(f"sweep job {cfg.launch.trial}: attempt {continued.attempt}, continuing run {continued.run_id} "
+              f"from step {trainer.step}")
+    elif done >= cfg.trainer.epochs:
+        print(f"run {continued.run_id} already trained {done} epochs: nothing to do (pass a larger "
+              f"trainer.epochs to train on)")
+    else:
+        print(f"resuming run {continued.run_id} at step {trainer.step} (epoch {done + 1} of {cfg.trainer.epochs})")
+
+
+class ObjectiveCheck(Callback):
+    """Fails the run after its first epoch if the task's objective is not one of its
+    metrics: a sweep ranking by a missing one would rank nothing, silently."""
+
+    def __init__(self, objective):
+        self.objective = objective
+
+    def on_epoch_end(self, trainer, epoch, record):
+        if self.objective not in record:
+            known = ", ".join(k for k in record if k != "epoch")
+            raise ConfigError(f"task.objective={self.objective} is not a metric of this run; it has: {known}")
+
+
+def _log_config(tracker, cfg):
+    """The resolved config, as params and as YAML: there even if the run fails to start."""
+    tracker.log_params(_params(cfg))
+    config_file = Path(cfg.output_dir) / "config.yaml"
+    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tracker.log_artifact(config_file, lineage.CONFIG.rsplit("/", 1)[0])
+
+
+def _params(cfg, resolve=True):
+    settings = OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True)
+    return flatten({k: v for k, v in settings.items() if k not in NOT_PARAMS})
+
+
+def _log_setup(tracker, cfg, model, task, dataset):
+    tracker.set_tags({lineage.MODEL: type(model).__name__, lineage.DATASET: dataset.name,
+                      lineage.PARAMETERS: sum(p.value.size for p in model.named_parameters().values())})
+    if cfg.tracking.log_graph:
+        sample = (dataset.train.inputs, dataset.train.targets)
+        tracker.log_artifact(artifacts.graph_image(model, task.loss, sample, Path(cfg.output_dir) / lineage.GRAPH,
+                                                   cfg.run_name, cfg.tracking.graph_depth))
+
+
+def _log_results(tracker, cfg, model, task, dataset, history):
+    """Learning curves, the tokenizer, and the looks at the model the task asks for. The
+    training itself succeeded: a picture that cannot be drawn is a warning, not a failure."""
+    folder = Path(cfg.output_dir)
+    try:
+        tracker.log_artifact(artifacts.curves_image(history, folder / lineage.CURVES, cfg.run_name))
+        tokenizer = dataset.info.get("tokenizer")
+        if tokenizer is not None:  # saved with the model: ids mean nothing without it
+            (folder / "tokenizer.json").write_text(tokenizer.to_json())
+            tracker.log_artifact(folder / "tokenizer.json")
+        for path in artifacts.samples(task.artifacts, model, dataset, folder, cfg.run_name, cfg.seed,
+                                      cfg.dataset.get("image_shape")):
+            tracker.log_artifact(path)
+    except Exception as e:
+        print(f"warning: could not log the result pictures/samples: {type(e).__name__}: {e}", file=sys.stderr)
+        tracker.set_tags({lineage.ARTIFACT_ERROR: f"{type(e).__name__}: {e}"})

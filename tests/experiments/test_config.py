@@ -1,0 +1,51 @@
+"""Every configuration users are pointed at composes and builds, in-process with
+Hydra's compose API (as lightning-hydra-template's config tests do)."""
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import build, schema
+from zkynet.framework.compile import Objective
+from zkynet.tasks import Task
+
+ROOT = Path(__file__).parents[2]
+PRESETS = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def built(cfg):
+    """(task, dataset, model, the loss on two training examples)."""
+    schema.check(cfg)
+    task = build.task(cfg)
+    dataset = build.dataset(cfg, task)
+    model = build.model(cfg)
+    graph = Objective(model, task.loss)(dataset.train.inputs[:2], dataset.train.targets[:2])
+    return task, dataset, model, graph.roots[0].value
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_builds(runner, preset):
+    cfg = runner.config(f"+experiment={preset}", "dataset.loader.max_chars=20000" if "text" in preset else "seed=0")
+    task, dataset, model, loss = built(cfg)
+    assert isinstance(task, Task) and task.name == cfg.task.name and len(dataset.train) > 0
+    assert loss.shape == () and np.isfinite(float(loss))
+    assert model.named_parameters() and all(jnp.isfinite(p.value).all() for p in model.named_parameters().values())
+    assert [type(c).__name__ for c in build.callbacks(cfg)] == ["ProgressReport", "NanGuard", "Checkpointer"]
+
+
+@pytest.mark.parametrize("overrides, task", [
+    ((), "classification"),
+    (("dataset=copy", "model=lstm"), "language_model"),
+    (("model=autoencoder",), "reconstruction"),  # the model's task wins over the dataset's
+    (("model=vae",), "vae"),
+    (("dataset=copy", "model=lstm", "task=classification"), "classification"),  # the command line wins
+])
+def test_the_task_comes_from_the_dataset_the_model_or_the_command_line(runner, overrides, task):
+    assert runner.config(*overrides).task.name == task
+
+
+def test_a_self_supervised_task_trains_on_its_inputs(runner):
+    task, dataset, _, _ = built(runner.config("model=autoencoder"))
+    np.testing.assert_array_equal(dataset.train.targets, dataset.train.inputs)
+    assert task.targets_are_inputs and task.artifacts == ("reconstructions",)

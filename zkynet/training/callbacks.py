@@ -1,0 +1,141 @@
+"""The standard callbacks: a progress report, a guard against NaN/inf losses, and
+checkpoints."""
+import math
+import shutil
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+
+from zkynet import checkpoint
+from zkynet.training.trainer import Callback
+
+
+class ProgressReport(Callback):
+    """One plain line per epoch (train and validation metrics, throughput), and with
+    `bar`, a live progress line between them when the stream is a terminal (a log
+    file gets only the epoch lines). `prefix` starts every line (a sweep's trial)."""
+
+    def __init__(self, bar=True, prefix="", refresh_seconds=0.5, stream=None):
+        self.stream = stream or sys.stderr
+        self.bar = bar and self.stream.isatty()
+        self.prefix, self.refresh_seconds = prefix, refresh_seconds
+        self._shown = False
+
+    def on_epoch_start(self, trainer, epoch):
+        self.started = self.last = time.perf_counter()
+        self.steps = 0
+
+    def on_step(self, trainer, metrics):
+        self.steps += 1
+        now = time.perf_counter()
+        if self.bar and now - self.last >= self.refresh_seconds:  # reading a loss waits for its step
+            self.last = now
+            done = trainer.step % trainer.steps_per_epoch or trainer.steps_per_epoch
+            throughput = self.steps * trainer.batches.batch_size / max(now - self.started, 1e-9)
+            width = shutil.get_terminal_size().columns - 1
+            text = (f"{self.prefix}epoch {trainer.epoch + 1}/{trainer.epochs} {done}/{trainer.steps_per_epoch} "
+                    f"{_shown(metrics)} {throughput:.0f} samples/s")
+            self.stream.write("\r" + text[:width].ljust(width))
+            self.stream.flush()
+            self._shown = True
+
+    def on_epoch_end(self, trainer, epoch, record):
+        if self._shown:
+            self.stream.write("\r" + " " * (shutil.get_terminal_size().columns - 1) + "\r")
+            self._shown = False
+        metrics = {k: v for k, v in record.items() if k.startswith(("train_", "val_"))}
+        self.stream.write(f"{self.prefix}epoch {epoch + 1}/{trainer.epochs}: {_shown(metrics)} "
+                          f"({record['samples_per_second']:.0f} samples/s)\n")
+        self.stream.flush()
+
+
+def _shown(metrics):
+    return " ".join(f"{k.replace('accuracy', 'acc')} {float(np.asarray(v)):.4g}" for k, v in metrics.items())
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class NanGuard(Callback):
+    """Stops training (with NonFiniteLossError) when the loss turns NaN or infinite.
+    Every `every` steps it checks the loss sampled `every` steps earlier (long
+    finished, so the check never stalls the device), and it checks every epoch's
+    means before any later callback (a checkpoint) sees the epoch."""
+
+    def __init__(self, every=10):
+        self.every = max(1, every)
+        self.sampled = None
+
+    def on_step(self, trainer, metrics):
+        if trainer.step % self.every == 0:
+            if self.sampled is not None:
+                self._check(float(np.asarray(self.sampled[1])), self.sampled[0])
+            self.sampled = (trainer.step, metrics["loss"])
+
+    def on_epoch_end(self, trainer, epoch, record):
+        self._check(record.get("train_loss", 0.0), trainer.step)
+        self._check(record.get("val_loss", 0.0), trainer.step)
+
+    @staticmethod
+    def _check(loss, step):
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"the loss became {loss} at step {step}; the last good checkpoint "
+                                     "is kept (try a lower learning rate or gradient clipping)")
+
+
+class Checkpointer(Callback):
+    """Saves the trainer's state (parameters, optimizer state, step, epoch, seed) to
+    `path`: every `every_n_epochs` epochs but at most once per `min_seconds` (fast
+    epochs would otherwise spend their time writing files), and always after the
+    end of training (written before fit() returns). Put it after the callbacks whose
+    epoch-end work it should cover.
+
+    The state is copied to host memory at the epoch's end and written, atomically,
+    by a background thread while training goes on; then every callback's
+    `on_checkpoint` runs in that thread. `wait()` returns once the last one is
+    complete, and raises if writing it failed."""
+
+    def __init__(self, path, every_n_epochs=1, min_seconds=0.0):
+        self.path, self.every, self.min_seconds = path, max(1, every_n_epochs), min_seconds
+        self.last_time = time.monotonic()
+        self.saved_step = None  # the step of the last checkpoint completed
+        self._writer, self._error, self._started_step = None, None, None
+
+    def on_epoch_end(self, trainer, epoch, record):
+        if (epoch + 1) % self.every == 0 and time.monotonic() - self.last_time >= self.min_seconds:
+            self.save(trainer)
+
+    def on_fit_end(self, trainer):
+        """The last state is on disk when fit() returns."""
+        if trainer.history and self._started_step != trainer.step:  # trained since the last save
+            self.save(trainer)
+        self.wait()
+
+    def save(self, trainer):
+        """Write the trainer's current state now (in the background)."""
+        self.last_time, self._started_step = time.monotonic(), trainer.step
+        state = jax.tree_util.tree_map(np.asarray, trainer.state_dict())
+        self.wait()  # one at a time, in order
+        self._writer = threading.Thread(target=self._write, args=(trainer, state), name="checkpoint")
+        self._writer.start()
+
+    def _write(self, trainer, state):
+        try:
+            checkpoint.save(self.path, state)
+            for callback in trainer.callbacks:
+                callback.on_checkpoint(trainer, self.path, state["meta"])
+            self.saved_step = int(state["meta"]["step"])
+        except BaseException as e:  # raised by wait(), in the training thread
+            self._error = e
+
+    def wait(self):
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"saving the checkpoint {self.path} failed: {error}") from error

@@ -1,0 +1,144 @@
+"""The training loop: epochs of compiled steps over shuffled batches, validation
+after each epoch, and hooks (callbacks) for whoever watches: a progress report,
+a NaN guard, checkpoints, an experiment tracker, a sweep scheduler."""
+import time
+
+import jax
+import numpy as np
+
+from zkynet.data import Batches
+from zkynet.framework.compile import EvalStep, TrainStep
+from zkynet.framework.parallel import DataParallel
+
+
+class Callback:
+    """Hooks the loop calls, in the order the callbacks were given; override what you
+    need. Setting `trainer.should_stop = True` ends training after the current epoch
+    (early stopping); raising from a hook ends it at once."""
+
+    def on_fit_start(self, trainer):
+        pass
+
+    def on_epoch_start(self, trainer, epoch):
+        pass
+
+    def on_step(self, trainer, metrics):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, record):
+        pass
+
+    def on_checkpoint(self, trainer, path, meta):
+        """A checkpoint covering `meta["step"]` is complete at `path`. Called from the
+        checkpoint writer's thread."""
+
+    def on_fit_end(self, trainer):
+        pass
+
+
+class Trainer:
+    """Trains `model` on `dataset` with `loss` and `optimizer`.
+
+    The data order of every epoch is a function of `seed` alone, and the step
+    count lives in the optimizer state, so a trainer restored with
+    `load_state_dict` continues exactly where the saved one stopped.
+    """
+
+    def __init__(self, model, loss, optimizer, dataset, epochs, batch_size, metrics=None, seed=0,
+                 eval_batch_size=None, drop_last=True, jit=True, callbacks=(), devices=1):
+        if epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        _check_finite(dataset)
+        self.model, self.dataset, self.epochs, self.seed = model, dataset, epochs, seed
+        parallel = DataParallel(devices) if devices != 1 else None
+        if parallel is not None and batch_size % parallel.size:
+            raise ValueError(f"batch_size {batch_size} does not split over {parallel.size} devices")
+        place = parallel.batch if parallel is not None else None
+        self.train_step = TrainStep(model, loss, optimizer, metrics, seed=seed, jit=jit, parallel=parallel)
+        self.eval_step = EvalStep(model, loss, metrics, jit=jit)
+        self.batches = Batches(dataset.train, batch_size, shuffle=True, seed=seed, drop_last=drop_last, place=place)
+        self.eval_batches = Batches(dataset.validation, eval_batch_size or batch_size, shuffle=False, place=place)
+        self.callbacks = list(callbacks)
+        self.history = []
+        self.should_stop = False
+
+    @property
+    def steps_per_epoch(self):
+        return len(self.batches)
+
+    @property
+    def step(self):
+        return self.train_step.step
+
+    @property
+    def epoch(self):
+        """Epochs completed."""
+        return self.step // self.steps_per_epoch
+
+    def fit(self):
+        """Run the remaining epochs (all of them, for a new trainer); returns the
+        per-epoch history of this call."""
+        start_epoch, start_batch = divmod(self.step, self.steps_per_epoch)
+        self._notify("on_fit_start")
+        for epoch in range(start_epoch, self.epochs):
+            self._notify("on_epoch_start", epoch)
+            record = self._train_epoch(epoch, start_batch if epoch == start_epoch else 0)
+            self.history.append(record)
+            self._notify("on_epoch_end", epoch, record)
+            if self.should_stop:
+                break
+        self._notify("on_fit_end")
+        return self.history
+
+    def _train_epoch(self, epoch, start_batch):
+        steps, examples, started = [], 0, time.perf_counter()
+        for batch in self.batches.epoch(epoch, start=start_batch):
+            metrics = self.train_step(*batch)  # device arrays: no wait for the step to finish
+            self._notify("on_step", metrics)
+            steps.append(metrics)
+            examples += len(batch[0])
+        means = jax.tree_util.tree_map(lambda *values: float(np.mean(values)), *steps) if steps else {}
+        seconds = time.perf_counter() - started
+        return {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()},
+                **{f"val_{k}": v for k, v in self.evaluate().items()},
+                "samples_per_second": examples / seconds}
+
+    def _notify(self, hook, *args):
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def evaluate(self, batches=None):
+        """Metrics on the validation split (or `batches`), averaged over examples."""
+        totals, seen = {}, 0
+        for batch in (batches or self.eval_batches).epoch():
+            size = len(batch[0])
+            for name, value in self.eval_step(*batch).items():
+                totals[name] = totals.get(name, 0.0) + value * size
+            seen += size
+        return {name: float(np.asarray(total)) / seen for name, total in totals.items()}
+
+    def state_dict(self):
+        """Everything needed to continue exactly: parameters, optimizer state (with the
+        step count), and where the loop stands."""
+        return {**self.train_step.state_dict(),
+                "meta": {"step": self.step, "epoch": self.epoch, "seed": self.seed}}
+
+    def load_state_dict(self, state):
+        seed = int(state.get("meta", {}).get("seed", self.seed))
+        if seed != self.seed:
+            raise ValueError(f"this state was trained with seed {seed}, this trainer has seed {self.seed}: "
+                             "the data order would differ")
+        self.train_step.load_state_dict(state)
+
+
+def _check_finite(dataset):
+    """NaN or inf in the data would surface later as a diverging loss, blamed on the
+    learning rate: refuse it here, naming where it is."""
+    for split_name in ("train", "validation"):
+        split = getattr(dataset, split_name)
+        for part in ("inputs", "targets"):
+            array = np.asarray(getattr(split, part))
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                rows = np.unique(np.nonzero(~np.isfinite(array))[0])
+                raise ValueError(f"dataset {getattr(dataset, 'name', '')!r}: {split_name} {part} contain NaN or "
+                                 f"inf in {len(rows)} example(s) (first: row {rows[0]}); clean the data first")
