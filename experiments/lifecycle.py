@@ -3,7 +3,8 @@
 `with Run(...) as run:` owns the run's status, its signals, its errors and its
 summary. Inside the block, SIGTERM (`kill`) interrupts like Ctrl-C; the MLflow
 run is started with `run.track(...)` while signals wait, so no interruption can
-fall between creating the MLflow run and owning it. Leaving the block ends the
+fall between creating the MLflow run and owning it, and during `run.training()`
+an interruption waits for the end of the current step. Leaving the block ends the
 run FINISHED, KILLED (an interrupt) or FAILED (an exception, with the traceback
 logged), after the last checkpoint is written, and prints the summary; the
 exception, if any, goes on to the caller.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from experiments import lineage
 from experiments.tracking import Tracker, TrackingError
+from zkynet.training import Callback
 
 
 class Run:
@@ -37,6 +39,17 @@ class Run:
         self._signals.install()
         return self
 
+    @contextmanager
+    def training(self):
+        """Signals wait for the end of the current step; add `signal_check` to the
+        trainer's callbacks (first)."""
+        with self._signals.deferred():
+            yield
+
+    @property
+    def signal_check(self):
+        return _SignalCheck(self._signals)
+
     def track(self, **tracker_arguments):
         """Start (or, with run_id, continue) the MLflow run; no signal can interrupt this."""
         with self._signals.deferred():
@@ -45,10 +58,10 @@ class Run:
         return self.tracker
 
     def __exit__(self, kind, error, trace):
-        with self._signals.deferred():  # a second Ctrl-C must not leave the run half-ended
+        with self._signals.deferred(hold_all=True):  # a second Ctrl-C must not leave the run half-ended
             try:
-                self.status = ("FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt)
-                               else "FAILED")
+                interrupted = kind is not None and _interrupted(error)
+                self.status = "FINISHED" if kind is None else "KILLED" if interrupted else "FAILED"
                 if self.status == "FAILED":
                     self.error = error
                     self._log_error(error)
@@ -59,6 +72,8 @@ class Run:
                 self._summary()
         if self.error is not None and self.error is not error:
             raise self.error  # ending the run failed where training had not
+        if interrupted and not isinstance(error, KeyboardInterrupt):
+            raise KeyboardInterrupt(str(error)) from error
         return False
 
     @property
@@ -90,16 +105,19 @@ class Run:
         self.error = self.error or error
 
     def _log_error(self, error):
-        """The traceback as error.txt and the last line as a tag, where the store still answers."""
+        """The error's last line as a tag and its traceback as error.txt, each where the
+        store still takes it (the store itself may be what failed)."""
         text = "".join(traceback.format_exception(error))
-        try:
-            path = Path(self.cfg.output_dir) / "error.txt"
-            path.write_text(text)
-            if self.tracker is not None:
-                self.tracker.log_artifact(path)
-                self.tracker.set_tags({lineage.ERROR: text.strip().splitlines()[-1][:5000]})
-        except Exception as e:  # the store itself may be what failed
-            print(f"warning: could not log the error to MLflow: {type(e).__name__}: {e}", file=sys.stderr)
+        path = Path(self.cfg.output_dir) / "error.txt"
+        path.write_text(text)
+        if self.tracker is None:
+            return
+        for log in (lambda: self.tracker.set_tags({lineage.ERROR: text.strip().splitlines()[-1][:5000]}),
+                    lambda: self.tracker.log_artifact(path)):
+            try:
+                log()
+            except Exception as e:
+                print(f"warning: could not log the error to MLflow: {type(e).__name__}: {e}", file=sys.stderr)
 
     def _summary(self):
         cfg, tracker = self.cfg, self.tracker
@@ -125,6 +143,16 @@ class Run:
         print("\n".join(lines), file=sys.stderr)
 
 
+def _interrupted(error):
+    """Whether `error` is, or was caused by, an interrupt (C code such as NumPy's may
+    turn a KeyboardInterrupt raised inside it into another exception)."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _shown_path(path):
     """`path` relative to the working directory when it lies inside it."""
     relative = os.path.relpath(path)
@@ -132,12 +160,16 @@ def _shown_path(path):
 
 
 class _Signals:
-    """SIGINT and SIGTERM raise KeyboardInterrupt, except inside `deferred()`, where the
-    first one waits until the block is over. Only the main thread can own signals;
+    """SIGINT and SIGTERM raise KeyboardInterrupt at once, except inside `deferred()`:
+    there the signal is held until `check()` or the end of the block raises it, at
+    a point where raising is safe (an exception raised inside NumPy's or JAX's C
+    code can come out as some other error). While one is held, a second signal
+    raises at once (a way out of a step that hangs), except inside
+    `deferred(hold_all=True)` (ending a run). Only the main thread can own signals;
     elsewhere (a worker thread of a sweep engine) this does nothing."""
 
     def __init__(self):
-        self.previous, self.depth, self.pending = None, 0, None
+        self.previous, self.depth, self.hold_all, self.pending = None, 0, 0, None
 
     def install(self):
         if threading.current_thread() is threading.main_thread():
@@ -149,18 +181,41 @@ class _Signals:
         self.previous = None
 
     def _handle(self, number, frame):
-        if self.depth:
+        if self.hold_all or (self.depth and self.pending is None):
             self.pending = self.pending or number
             return
         raise KeyboardInterrupt(signal.Signals(number).name)
 
+    def check(self):
+        """Raise the held signal, if any."""
+        if self.pending is not None and self.previous is not None:
+            number, self.pending = self.pending, None
+            raise KeyboardInterrupt(signal.Signals(number).name)
+
     @contextmanager
-    def deferred(self):
+    def deferred(self, hold_all=False):
         self.depth += 1
+        self.hold_all += hold_all
         try:
             yield
         finally:
             self.depth -= 1
-        if not self.depth and self.pending is not None and self.previous is not None:
-            number, self.pending = self.pending, None
-            raise KeyboardInterrupt(signal.Signals(number).name)
+            self.hold_all -= hold_all
+        if not self.depth:
+            self.check()
+
+
+class _SignalCheck(Callback):
+    """Raises a held signal between steps: where training stops cleanly."""
+
+    def __init__(self, signals):
+        self.signals = signals
+
+    def on_epoch_start(self, trainer, epoch):
+        self.signals.check()
+
+    def on_step(self, trainer, metrics):
+        self.signals.check()
+
+    def on_epoch_end(self, trainer, epoch, record):
+        self.signals.check()

@@ -10,9 +10,10 @@ from omegaconf import OmegaConf
 from experiments import lineage
 from experiments.schema import ConfigError
 
-# what may change on the command line when resuming: more epochs, how it logs, where
+# what may change on the command line when resuming: more epochs, how it logs and is watched, where
 RESUME_OVERRIDES = ("trainer.resume", "trainer.epochs", "trainer.progress", "trainer.log_every_n_steps",
-                    "trainer.checkpoint_every_n_epochs", "trainer.checkpoint_min_seconds", "tracking.uri")
+                    "trainer.checkpoint_every_n_epochs", "trainer.checkpoint_min_seconds", "tracking.uri",
+                    "callbacks")
 # what always comes from this invocation, not from the stored config
 THIS_INVOCATION = ("output_dir", "launch", "trainer.resume")
 
@@ -40,7 +41,7 @@ def _resumed(cfg, client, run_id):
     """The run's own config (so the same model and data come back) with the few
     settings that may change, and its last checkpoint."""
     changed = [o.split("=", 1)[0].lstrip("+~") for o in cfg.launch.overrides]
-    refused = [key for key in changed if key not in RESUME_OVERRIDES]
+    refused = [key for key in changed if not any(key == k or key.startswith(f"{k}.") for k in RESUME_OVERRIDES)]
     if refused:
         raise ConfigError(f"trainer.resume continues run {run_id} with its own configuration; on the "
                           f"command line only {', '.join(RESUME_OVERRIDES[1:])} may change, not: "
@@ -58,7 +59,7 @@ def _resumed(cfg, client, run_id):
         raise ConfigError(f"run {run_id} has no checkpoint to resume from (it saves one every "
                           "trainer.checkpoint_every_n_epochs epochs)")
     for key in {*THIS_INVOCATION, *changed}:
-        OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
+        OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)  # None: a removed callback
     return Continuation(stored, run_id, state, _attempts(run) + 1)
 
 

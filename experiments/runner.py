@@ -55,6 +55,7 @@ def run(cfg):
         optimizer = build.optimizer(cfg, cfg.trainer.epochs * max(1, len(dataset.train) // cfg.trainer.batch_size))
         callbacks = build.callbacks(cfg)
         callbacks.insert(0, ObjectiveCheck(task.objective))
+        callbacks.insert(0, current.signal_check)
         if tracker is not None:  # first: the metrics of an epoch are queued before a checkpoint covers them
             callbacks.insert(0, MetricsLogger(tracker, cfg.trainer.log_every_n_steps))
         trainer = current.trainer = Trainer(model, task.loss, optimizer, dataset, cfg.trainer.epochs,
@@ -68,7 +69,8 @@ def run(cfg):
             _say_where_it_continues(continued, trainer, cfg)
         if tracker is not None and continued.run_id is None:
             _log_setup(tracker, cfg, model, task, dataset)
-        history = trainer.fit()
+        with current.training():
+            history = trainer.fit()
         if tracker is not None and history:
             _log_results(tracker, cfg, model, task, dataset, history)
     return history[-1][task.objective] if history else float("nan")

@@ -40,7 +40,7 @@ class Task:
         return dataclasses.replace(dataset, **{name: Split(split.inputs, split.inputs) for name, split in
                                                (("train", dataset.train), ("validation", dataset.validation))})
 
-    def improved(self, new, best):
+    def improved(self, new: float, best: Optional[float]) -> bool:
         """Whether objective value `new` is better than `best` (None: nothing yet)."""
         return best is None or (new < best if self.mode == "min" else new > best)
 
@@ -55,7 +55,7 @@ TASKS = {
 }
 
 
-def get(name, objective="val_loss", mode="min"):
+def get(name: str, objective: str = "val_loss", mode: str = "min") -> Task:
     """The task called `name`, judged by `objective` in direction `mode`."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")

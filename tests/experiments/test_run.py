@@ -104,27 +104,19 @@ RESUMABLE = ("trainer.epochs=30", "trainer.batch_size=16", "model.dropout=0.2", 
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_parameters(cli, tmp_path):
+def test_a_killed_run_resumes_to_the_same_parameters_and_metrics(cli, tmp_path):
     reference = cli(*RESUMABLE)
     assert reference.returncode == 0, reference.stderr
 
-    process = cli.start(*RESUMABLE)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill it once a checkpoint is stored, mid-run
-        running = [r for r in cli.runs() if r.info.status == "RUNNING"]
-        if running and "checkpoints/last.npz" in cli.artifacts(running[0].info.run_id):
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    killed = cli.client.get_run(running[0].info.run_id)
-    assert killed.info.status == "KILLED" and "resume with trainer.resume=" in stderr
-    assert killed.data.metrics["epoch"] < 30
+    interrupted = cli(*RESUMABLE, "+callbacks.interrupt._target_=tests.fixtures.interrupt.InterruptAfterCheckpoint",
+                      "+callbacks.interrupt.after=8")  # Ctrl-C once epoch 8 is checkpointed
+    assert interrupted.returncode == 130, interrupted.stderr
+    (killed,) = [r for r in cli.runs() if r.info.status == "KILLED"]
+    assert "resume with trainer.resume=" in interrupted.stderr and killed.data.metrics["epoch"] == 8
 
     resumed = cli(f"trainer.resume={killed.info.run_id}", "trainer.progress=false")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming run {killed.info.run_id} at step" in resumed.stdout
+    assert f"resuming run {killed.info.run_id} at step {8 * 89} (epoch 9 of 30)" in resumed.stdout
     finished = cli.client.get_run(killed.info.run_id)
     assert finished.info.status == "FINISHED" and finished.data.metrics["epoch"] == 30
 
@@ -136,6 +128,10 @@ def test_a_killed_run_resumes_to_the_same_parameters(cli, tmp_path):
     assert expected.keys() == got.keys()
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
+    for metric in ("val_loss", "train_loss", "batch_loss"):  # every step once, with the same numbers
+        history = [(m.step, m.value) for m in cli.client.get_metric_history(killed.info.run_id, metric)]
+        uninterrupted = [(m.step, m.value) for m in cli.client.get_metric_history(run_id_of(reference), metric)]
+        assert sorted(history) == sorted(uninterrupted), metric
 
 
 def test_resume_of_an_unknown_run_is_a_clear_error(runner):

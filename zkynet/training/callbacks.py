@@ -1,5 +1,7 @@
 """The standard callbacks: a progress report, a guard against NaN/inf losses, and
 checkpoints."""
+from __future__ import annotations
+
 import math
 import shutil
 import sys
@@ -18,7 +20,7 @@ class ProgressReport(Callback):
     `bar`, a live progress line between them when the stream is a terminal (a log
     file gets only the epoch lines). `prefix` starts every line (a sweep's trial)."""
 
-    def __init__(self, bar=True, prefix="", refresh_seconds=0.5, stream=None):
+    def __init__(self, bar: bool = True, prefix: str = "", refresh_seconds: float = 0.5, stream=None):
         self.stream = stream or sys.stderr
         self.bar = bar and self.stream.isatty()
         self.prefix, self.refresh_seconds = prefix, refresh_seconds
@@ -66,7 +68,7 @@ class NanGuard(Callback):
     finished, so the check never stalls the device), and it checks every epoch's
     means before any later callback (a checkpoint) sees the epoch."""
 
-    def __init__(self, every=10):
+    def __init__(self, every: int = 10):
         self.every = max(1, every)
         self.sampled = None
 
@@ -99,7 +101,7 @@ class Checkpointer(Callback):
     `on_checkpoint` runs in that thread. `wait()` returns once the last one is
     complete, and raises if writing it failed."""
 
-    def __init__(self, path, every_n_epochs=1, min_seconds=0.0):
+    def __init__(self, path, every_n_epochs: int = 1, min_seconds: float = 0.0):
         self.path, self.every, self.min_seconds = path, max(1, every_n_epochs), min_seconds
         self.last_time = time.monotonic()
         self.saved_step = None  # the step of the last checkpoint completed
@@ -115,7 +117,7 @@ class Checkpointer(Callback):
             self.save(trainer)
         self.wait()
 
-    def save(self, trainer):
+    def save(self, trainer) -> None:
         """Write the trainer's current state now (in the background)."""
         self.last_time, self._started_step = time.monotonic(), trainer.step
         state = jax.tree_util.tree_map(np.asarray, trainer.state_dict())
@@ -132,7 +134,7 @@ class Checkpointer(Callback):
         except BaseException as e:  # raised by wait(), in the training thread
             self._error = e
 
-    def wait(self):
+    def wait(self) -> None:
         if self._writer is not None:
             self._writer.join()
             self._writer = None

@@ -1,14 +1,20 @@
 """The training loop: epochs of compiled steps over shuffled batches, validation
 after each epoch, and hooks (callbacks) for whoever watches: a progress report,
 a NaN guard, checkpoints, an experiment tracker, a sweep scheduler."""
+from __future__ import annotations
+
 import time
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 
-from zkynet.data import Batches
+from zkynet.data import Batches, Dataset
 from zkynet.framework.compile import EvalStep, TrainStep
 from zkynet.framework.parallel import DataParallel
+from zkynet.optim import Optimizer
+
+Record = dict  # one epoch's record: {"epoch": n, "train_loss": ..., "val_accuracy": ..., ...}
 
 
 class Callback:
@@ -16,23 +22,23 @@ class Callback:
     need. Setting `trainer.should_stop = True` ends training after the current epoch
     (early stopping); raising from a hook ends it at once."""
 
-    def on_fit_start(self, trainer):
+    def on_fit_start(self, trainer: Trainer) -> None:
         pass
 
-    def on_epoch_start(self, trainer, epoch):
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         pass
 
-    def on_step(self, trainer, metrics):
+    def on_step(self, trainer: Trainer, metrics: dict) -> None:
         pass
 
-    def on_epoch_end(self, trainer, epoch, record):
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: Record) -> None:
         pass
 
-    def on_checkpoint(self, trainer, path, meta):
+    def on_checkpoint(self, trainer: Trainer, path: Any, meta: dict) -> None:
         """A checkpoint covering `meta["step"]` is complete at `path`. Called from the
         checkpoint writer's thread."""
 
-    def on_fit_end(self, trainer):
+    def on_fit_end(self, trainer: Trainer) -> None:
         pass
 
 
@@ -44,8 +50,9 @@ class Trainer:
     `load_state_dict` continues exactly where the saved one stopped.
     """
 
-    def __init__(self, model, loss, optimizer, dataset, epochs, batch_size, metrics=None, seed=0,
-                 eval_batch_size=None, drop_last=True, jit=True, callbacks=(), devices=1):
+    def __init__(self, model, loss: Callable, optimizer: Optimizer, dataset: Dataset, epochs: int, batch_size: int,
+                 metrics: Optional[Callable] = None, seed: int = 0, eval_batch_size: Optional[int] = None,
+                 drop_last: bool = True, jit: bool = True, callbacks: Sequence[Callback] = (), devices: int = 1):
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
         _check_finite(dataset)
@@ -63,19 +70,19 @@ class Trainer:
         self.should_stop = False
 
     @property
-    def steps_per_epoch(self):
+    def steps_per_epoch(self) -> int:
         return len(self.batches)
 
     @property
-    def step(self):
+    def step(self) -> int:
         return self.train_step.step
 
     @property
-    def epoch(self):
+    def epoch(self) -> int:
         """Epochs completed."""
         return self.step // self.steps_per_epoch
 
-    def fit(self):
+    def fit(self) -> list[Record]:
         """Run the remaining epochs (all of them, for a new trainer); returns the
         per-epoch history of this call."""
         start_epoch, start_batch = divmod(self.step, self.steps_per_epoch)
@@ -107,7 +114,7 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
-    def evaluate(self, batches=None):
+    def evaluate(self, batches: Optional[Batches] = None) -> dict[str, float]:
         """Metrics on the validation split (or `batches`), averaged over examples."""
         totals, seen = {}, 0
         for batch in (batches or self.eval_batches).epoch():
@@ -117,13 +124,13 @@ class Trainer:
             seen += size
         return {name: float(np.asarray(total)) / seen for name, total in totals.items()}
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """Everything needed to continue exactly: parameters, optimizer state (with the
         step count), and where the loop stands."""
         return {**self.train_step.state_dict(),
                 "meta": {"step": self.step, "epoch": self.epoch, "seed": self.seed}}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         seed = int(state.get("meta", {}).get("seed", self.seed))
         if seed != self.seed:
             raise ValueError(f"this state was trained with seed {seed}, this trainer has seed {self.seed}: "
