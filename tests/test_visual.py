@@ -124,3 +124,10 @@ def test_a_transformer_collapses_to_its_blocks(tmp_path):
     assert len(re.findall(r'class="node"', svg)) < 20
     path = plot_cg(graph, save_path=str(tmp_path / "transformer.png"), depth=1, title="TransformerLM")
     assert open(path, "rb").read().startswith(PNG_MAGIC)
+
+
+def test_list_layers_are_boxed_by_their_names(tmp_path):
+    from zkynet.models.fcn import MLP
+    svg = svg_of(MLP([4, 8, 8, 2], key=0)(jnp.ones((1, 4))), tmp_path, depth=None)
+    clusters = re.findall(r'<g id="clust\d+" class="cluster">.*?<text[^>]*>(.*?)</text>', svg, re.S)
+    assert sorted(clusters) == ["MLP", "layers.0", "layers.1", "layers.2", "relu", "relu#2"]

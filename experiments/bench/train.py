@@ -62,7 +62,7 @@ def mean_squared_error(prediction, target):
 
 
 def _layers(params, prefix):
-    """["layers.0", "layers.2", ...]: the numbered modules under `prefix`, in order."""
+    """["layers.0", "layers.1", ...]: the numbered modules under `prefix`, in order."""
     indices = {int(n[len(prefix):].split("/")[0]) for n in params if n.startswith(prefix)}
     return [f"{prefix}{i}" for i in sorted(indices)]
 

@@ -31,7 +31,7 @@ def test_compiled_and_eager_training_give_the_same_losses():
 
 def jax_mlp(params, x):
     h = jax.nn.relu(x @ params["layers.0/W"] + params["layers.0/b"])
-    return h @ params["layers.2/W"] + params["layers.2/b"]
+    return h @ params["layers.1/W"] + params["layers.1/b"]
 
 
 def test_gradients_equal_jax_grad_of_the_same_model():

@@ -12,6 +12,7 @@ from jax import lax
 
 from tests.framework.gradcheck import check_gradients
 from zkynet.framework import cg, op
+from zkynet.framework.ops.convolution import _padding, _pair
 
 # Every new shape costs XLA compilations of each eager primitive (~30 ms each), so
 # shapes stay small: sides up to 3 and 3-4 dims still cover every broadcasting case.
@@ -241,8 +242,8 @@ def test_take(shape, index_shape, data, seed):
 
 def _conv_reference(stride, padding):
     def reference(x, w):
-        pads = op._padding(padding, x.shape[2:], w.shape[2:], op._pair(stride, "stride"))
-        return lax.conv_general_dilated(x, w, op._pair(stride, "stride"), pads,
+        pads = _padding(padding, x.shape[2:], w.shape[2:], _pair(stride, "stride"))
+        return lax.conv_general_dilated(x, w, _pair(stride, "stride"), pads,
                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
     return reference
 
@@ -260,8 +261,8 @@ def test_conv2d(n, c, o, h, w, k, stride, padding, seed):
 
 
 def _pool_reference(init, reducer, kernel, stride, padding, scale=1.0):
-    kernel, padding = op._pair(kernel, "k"), op._pair(padding, "p")
-    stride = op._pair(stride, "s") if stride is not None else kernel
+    kernel, padding = _pair(kernel, "k"), _pair(padding, "p")
+    stride = _pair(stride, "s") if stride is not None else kernel
 
     def reference(x):
         pads = ((0, 0), (0, 0)) + tuple((p, p) for p in padding)
@@ -275,7 +276,7 @@ def _pool_reference(init, reducer, kernel, stride, padding, scale=1.0):
        kernel=st.sampled_from([1, 2, 3, (2, 3)]), stride=st.sampled_from([None, 1, 2, (1, 2)]),
        padding=st.sampled_from([0, 1]), seed=seeds)
 def test_pool2d(kind, n, c, h, w, kernel, stride, padding, seed):
-    kh, kw = op._pair(kernel, "k")
+    kh, kw = _pair(kernel, "k")
     assume(kh <= h + 2 * padding and kw <= w + 2 * padding)  # at least one window fits
     assume(2 * padding <= min(kh, kw))  # no window lies entirely in the padding
     x = np.random.default_rng(seed).normal(size=(n, c, h, w))

@@ -32,3 +32,16 @@ class GradientError(ZkynetError, ValueError):
 
 class BackwardNotRunError(ZkynetError, RuntimeError):
     """`grad()` was called before `back()`."""
+
+
+class UnregisteredParameterError(ZkynetError, LookupError):
+    """A call used a parameter that its module does not list in `named_parameters()`:
+    training would never update it and checkpoints would leave it out."""
+
+
+class NameCollisionError(ZkynetError, ValueError):
+    """Two attributes of a module give its submodules the same name (``_m1`` and ``m1``)."""
+
+
+class StateDictError(ZkynetError, ValueError):
+    """`load_state_dict` got names, shapes or dtypes that do not match the module's parameters."""

@@ -1,0 +1,159 @@
+"""The state of a graph while a top-level module call builds it.
+
+A top-level call creates one GraphBuilder (its call id, one node per parameter
+used, the nodes each input was bound to, the PRNG key) and a ModuleCall scope;
+calls nested inside open child scopes in the same builder, so one top-level call
+gives one flat graph. `graph.context` says which builder and scope are active.
+"""
+import itertools
+from typing import Any, Iterable, Iterator, Mapping, Union
+
+import jax
+
+from zkynet.framework.errors import UnregisteredParameterError, ValueTypeError
+from zkynet.framework.graph import (ArrayLike, ConstantNode, InputNode, Node, ParameterNode, as_value,
+                                    context)
+from zkynet.framework.module_graph import ModuleGraph
+from zkynet.framework.templates import Constant, Parameter, Variable
+from zkynet.init import key_of
+
+NodeLike = Union[Node, Parameter, Constant, ModuleGraph, ArrayLike]  # what an operator accepts
+
+_next_call_id = itertools.count(1).__next__
+
+
+def as_node(x: NodeLike) -> Node:
+    """The node for anything an operator accepts: a node, a parameter, a constant or a value."""
+    if isinstance(x, Node):
+        return x
+    if isinstance(x, Parameter):
+        builder = context.builder
+        return builder.param_node(x) if builder is not None else ParameterNode(x.value, x)
+    if isinstance(x, ModuleGraph):
+        if isinstance(x.root, tuple):
+            raise ValueTypeError(f"this graph has {len(x.root)} outputs; pass one of graph.root")
+        return x.root
+    if isinstance(x, Constant):
+        return ConstantNode(x.value, x)
+    if isinstance(x, Variable):
+        raise ValueTypeError(f"{x!r} is an input slot, not a value: inside call(), use the "
+                             "node call() received for it")
+    return ConstantNode(as_value(x))
+
+
+class ModuleCall:
+    """One call of a module while a graph is built; nodes it creates point to it."""
+    __slots__ = ("module", "name", "parent", "call_id", "depth", "_calls_by_name", "_child_names")
+
+    def __init__(self, module: Any, name: str, parent: "ModuleCall | None", call_id: int):
+        self.module = module
+        self.name = name
+        self.parent = parent
+        self.call_id = call_id
+        self.depth: int = parent.depth + 1 if parent is not None else 0
+        self._calls_by_name: dict[str, int] = {}
+        self._child_names: dict[int, str] | None = None  # id(submodule) -> its name, looked up once
+
+    @property
+    def path(self) -> str:
+        return f"{self.parent.path}/{self.name}" if self.parent is not None else self.name
+
+    def enter(self, module: Any) -> "ModuleCall":
+        """The scope of `module` called from this call: named as the caller's child (see
+        Module.children), else by its functional name, with ``#2``, ``#3`` ... for
+        repeated calls (shared weights, time steps, parameterless layers of a list)."""
+        if self._child_names is None:
+            self._child_names = {}
+            for child_name, child in self.module.children.items():
+                self._child_names.setdefault(id(child), child_name)  # the first name of a shared one
+        name = self._child_names.get(id(module)) or module.functional_name
+        count = self._calls_by_name[name] = self._calls_by_name.get(name, 0) + 1
+        return ModuleCall(module, name if count == 1 else f"{name}#{count}", self, self.call_id)
+
+    def __repr__(self) -> str:
+        return f"<ModuleCall {self.path} (call {self.call_id})>"
+
+
+class GraphBuilder:
+    """State of one top-level call: its id, one node per used parameter, input bindings."""
+
+    def __init__(self, param_values: Mapping[Parameter, jax.Array] | None, rng: Any):
+        self.call_id = _next_call_id()
+        self.param_values = param_values or {}
+        self.param_nodes: dict[Parameter, ParameterNode] = {}
+        self.bindings: dict[Variable, list[Node]] = {}  # Variable -> the nodes it was bound to
+        self.rng = key_of(rng)
+        self.rng_draws = 0
+
+    def param_node(self, param: Parameter) -> ParameterNode:
+        node = self.param_nodes.get(param)
+        if node is None:
+            node = self.param_nodes[param] = ParameterNode(self.param_values.get(param, param.value),
+                                                           param)
+        return node
+
+    def bind(self, variable: Variable, value: Any, module: Any) -> Node:
+        if isinstance(value, (Node, Parameter, ModuleGraph, Constant)):
+            node = as_node(value)
+        else:
+            node = InputNode(as_value(value, f"input '{variable.short_name}' of "
+                                             f"{module.functional_name}"), variable)
+        nodes = self.bindings.setdefault(variable, [])
+        if node not in nodes:
+            nodes.append(node)
+        return node
+
+    def check_ownership(self, module: Any, arguments: Iterable[Any]) -> None:
+        """Every parameter the graph used is one of `module.named_parameters()` or an
+        argument of the call; any other would silently never be trained or saved.
+        This runs once per top-level call (under jit: once per trace, not per step)."""
+        owned = set(module.named_parameters().values())
+        owned.update(a for a in arguments if isinstance(a, Parameter))
+        stray = [node for param, node in self.param_nodes.items() if param not in owned]
+        if stray:
+            top = module.functional_name
+            used = "; ".join(f"parameter {n.ref.short_name!r} used at {n.path}" for n in stray)
+            raise UnregisteredParameterError(
+                f"{top} used parameters that are not in its named_parameters(), so training would "
+                f"never update them and state_dict() would leave them out: {used}. Declare each in "
+                f"its module's params=(...) and make that module reachable from {top} through "
+                "attributes: self.name = module, or a list, tuple or dict of modules (a set or "
+                "another object hides it). A parameter meant as an input is passed as an argument.")
+
+
+def run(module: Any, values: list[Any], builder: GraphBuilder, scope: ModuleCall,
+        as_root: bool = False) -> Any:
+    """`module.call()` on `values` with `builder` and `scope` active; as the root of a graph,
+    its outputs made nodes of this graph (a returned Parameter included)."""
+    saved = context.builder, context.scope
+    context.builder, context.scope = builder, scope
+    try:
+        nodes = [None if value is None and v.optional else builder.bind(v, value, module)
+                 for v, value in zip(module.inputs, values)]
+        output = module.call(*nodes)
+        if as_root:
+            output = (tuple(as_node(o) for o in _flat(output)) if isinstance(output, (tuple, list))
+                      else as_node(output))
+        return output
+    finally:
+        context.builder, context.scope = saved
+
+
+def _flat(outputs: Iterable[Any]) -> Iterator[Any]:
+    """Nested tuples of outputs, flattened: ((a, (b, c)) -> (a, b, c))."""
+    for item in outputs:
+        if isinstance(item, (tuple, list)):
+            yield from _flat(item)
+        else:
+            yield item
+
+
+def rng_key() -> jax.Array | None:
+    """A fresh PRNG key for randomness inside `call()` (dropout), derived from the
+    top-level call's `rng`; None when the call got no `rng`, meaning: run
+    deterministically (evaluation)."""
+    builder = context.builder
+    if builder is None or builder.rng is None:
+        return None
+    builder.rng_draws += 1
+    return jax.random.fold_in(builder.rng, builder.rng_draws)

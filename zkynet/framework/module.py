@@ -1,0 +1,190 @@
+"""Modules: functions composed of operators, holding parameters and submodules.
+
+Calling a module runs its `call()` inside a graph builder (builder.py): at top
+level the call returns a ModuleGraph, nested inside another module's `call()` it
+extends that graph. Submodules are found in the module's attributes whenever they
+are needed, so every parameter a call uses is one the module can name, save and
+load, or the call says so.
+"""
+import warnings
+from typing import Any, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from zkynet.framework.builder import GraphBuilder, ModuleCall, run
+from zkynet.framework.errors import InputCountError, NameCollisionError, StateDictError, ZkynetError
+from zkynet.framework.graph import ArrayLike, as_value, context
+from zkynet.framework.module_graph import ModuleGraph
+from zkynet.framework.templates import Function, Parameter
+
+
+class Module(Function):
+    """A model: declare `inputs` and `params`, define `call()` with operators.
+
+    Calling a module builds a graph: at top level it returns a ModuleGraph;
+    inside another module's `call()` it extends the caller's graph and returns
+    its output node(s).
+
+    Submodules are found wherever they sit in the attributes: directly, in lists
+    and tuples (nested too) and in dicts, looked up when asked (a list appended to
+    after assignment counts). Their names give the module calls in graphs
+    (``node.path``) and the keys of `named_parameters()` / `state_dict()`:
+      * an attribute names its module(s) without a leading underscore
+        (``self._m1`` -> ``m1``); two attributes that collide so are an error;
+      * a dict value is named by its key (``heads.a``);
+      * a list or tuple element by its index among the elements that own
+        parameters (``layers.0``, ``layers.1``, ...), so parameterless layers
+        (activations, dropout) do not shift the names of the layers after them.
+        They get no name of their own: in graphs they appear under their
+        functional name, with ``#2``, ``#3`` ... when repeated.
+    A module kept anywhere else (a set, another object) is not found, and a call
+    that uses its parameters raises UnregisteredParameterError.
+    """
+
+    def __call__(self, *args: Any, rng: int | jax.Array | None = None, **kwargs: Any) -> Any:
+        """Inputs by position or name; `rng` (PRNG key or seed) switches on randomness
+        such as dropout for this call. Returns a ModuleGraph at top level, the output
+        node(s) of `call()` inside another module's call."""
+        return call_module(self, args, kwargs, rng=rng)
+
+    @property
+    def children(self) -> dict[str, "Module"]:
+        """Submodules by name, read from the attributes now (see the class docstring)."""
+        found: dict[str, Module] = {}
+        holder: dict[str, str] = {}  # name -> the attribute that gave it
+        for attribute, value in vars(self).items():
+            name = attribute.lstrip("_") or attribute
+            modules = list(_modules_in(value, name))
+            if not modules:
+                continue
+            if name in holder:
+                raise NameCollisionError(
+                    f"{self.functional_name}: attributes {holder[name]!r} and {attribute!r} both hold "
+                    f"modules named {name!r} (a leading underscore is dropped); rename one of them")
+            holder[name] = attribute
+            found.update(modules)
+        return found
+
+    def named_parameters(self) -> dict[str, Parameter]:
+        """Every parameter of this module and its submodules, by path (``m1/w``); a
+        shared parameter or submodule is listed once, under the first path that reaches it."""
+        found: dict[str, Parameter] = {}
+        seen: set[object] = set()  # the modules and parameters already visited
+
+        def visit(module: Module, prefix: str) -> None:
+            seen.add(module)
+            for p in module.params:
+                if p not in seen:
+                    seen.add(p)
+                    found[prefix + p.short_name] = p
+            for name, child in module.children.items():
+                if child not in seen:
+                    visit(child, f"{prefix}{name}/")
+        visit(self, "")
+        return found
+
+    def state_dict(self) -> dict[str, jax.Array]:
+        """{path: a copy of the value} for every parameter (copies: compiled steps donate
+        the buffers of the values they are given)."""
+        return {name: jnp.array(p.value) for name, p in self.named_parameters().items()}
+
+    def load_state_dict(self, state: Mapping[str, ArrayLike]) -> None:
+        """Set every parameter from `state` ({path: value}, as `state_dict` gives), copied.
+        Nothing changes unless every name, shape and dtype matches."""
+        params = self.named_parameters()
+        where = f"{self.functional_name}.load_state_dict"
+        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise StateDictError(f"{where}: the state lacks {missing or 'nothing'} and has unexpected "
+                                 f"{unexpected or 'nothing'}")
+        values = {}
+        for name, p in params.items():
+            value = jnp.array(as_value(state[name], f"{where}: {name!r}"))  # a copy
+            if value.shape != p.value.shape:
+                raise StateDictError(f"{where}: parameter {name!r} is shaped {tuple(p.value.shape)}, "
+                                     f"the state's value {tuple(value.shape)}")
+            if value.dtype != p.value.dtype:
+                raise StateDictError(f"{where}: parameter {name!r} is {p.value.dtype}, "
+                                     f"the state's value {value.dtype}")
+            values[name] = value
+        for name, value in values.items():
+            params[name].value = value
+
+    def _bind_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+        expected = self._inputs
+        names = ", ".join(v.short_name for v in expected) or "no inputs"
+        if len(args) > len(expected):
+            warnings.warn(f"{self.functional_name} takes {len(expected)} input(s) ({names}) but was "
+                          f"called with {len(args)}; ignoring the extra value(s)", stacklevel=4)
+            args = args[:len(expected)]
+        values = dict(zip(expected, args))
+        for key, value in kwargs.items():
+            variable = self.input(key)
+            if variable in values:
+                raise InputCountError(f"{self.functional_name} got input {key!r} twice")
+            values[variable] = value
+        for v in expected:
+            if v.optional:
+                values.setdefault(v, None)
+        missing = [v.short_name for v in expected if v not in values]
+        if missing:
+            raise InputCountError(f"{self.functional_name} takes {len(expected)} input(s) ({names}); "
+                                  f"missing: {', '.join(missing)}")
+        return [values[v] for v in expected]
+
+
+def _modules_in(value: object, name: str) -> Iterator[tuple[str, Module]]:
+    """(name, module) for each module `value` holds, named as the Module docstring says."""
+    if isinstance(value, Module):
+        yield name, value
+    elif isinstance(value, (list, tuple)):
+        index = 0
+        for item in value:
+            if _owns_parameters(item):
+                yield from _modules_in(item, f"{name}.{index}")
+                index += 1
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _modules_in(item, f"{name}.{key}")
+
+
+def _owns_parameters(value: object) -> bool:
+    """Whether a module in `value` (a module or a container of them) has parameters,
+    directly or in its submodules."""
+    return any(module.params or _owns_parameters(list(module.children.values()))
+               for _, module in _modules_in(value, ""))
+
+
+def call_module(module: Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
+                param_values: Mapping[Parameter, jax.Array] | None = None,
+                rng: int | jax.Array | None = None) -> Any:
+    """Call `module`. At top level this builds a new graph and returns its ModuleGraph;
+    `param_values` ({Parameter: value}) then stands in for parameters' own values
+    (how compiled training feeds traced parameters), and `rng` (a PRNG key or an
+    int seed) feeds `rng_key()` (dropout). Nested calls extend the caller's graph
+    and return the output node(s)."""
+    values = module._bind_arguments(args, kwargs or {})
+    builder = context.builder
+    if builder is not None:
+        if param_values is not None or rng is not None:
+            raise ZkynetError("param_values and rng can only be given to a top-level call")
+        return run(module, values, builder, context.scope.enter(module))
+    builder = GraphBuilder(param_values, rng)
+    output = run(module, values, builder, ModuleCall(module, module.functional_name, None, builder.call_id),
+                 as_root=True)
+    builder.check_ownership(module, values)
+    return ModuleGraph(module, output, builder)
+
+
+def build_graph(module: Module, args: Sequence[Any],
+                param_values: Mapping[Parameter, jax.Array] | None = None) -> ModuleGraph:
+    """A new graph of `module` on `args` (a ModuleGraph), independent of any graph being
+    built around it: how an operator runs a whole module inside itself (scan)."""
+    saved = context.builder, context.scope
+    context.builder = context.scope = None
+    try:
+        graph: ModuleGraph = call_module(module, args, param_values=param_values)
+        return graph
+    finally:
+        context.builder, context.scope = saved

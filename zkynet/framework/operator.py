@@ -1,0 +1,191 @@
+"""The Operator base class: a function whose derivative is written by hand, and the
+fusion that runs a built-in operator's eager forward or backward as one cached
+XLA computation."""
+import functools
+from typing import Any, Iterable, cast
+
+import jax
+
+from zkynet.framework.builder import NodeLike, as_node
+from zkynet.framework.errors import InputCountError, ShapeError, ZkynetError
+from zkynet.framework.graph import Node, OperatorNode, ValueView, as_value, context
+from zkynet.framework.templates import Function, Variable, snake_case
+
+Cotangents = tuple[Any, ...]  # one per input: an array, or None for an input without a gradient
+
+
+class Operator(Function):
+    """A function whose derivative is written by hand.
+
+    Forward: override `call(self, *inputs)` (inputs are nodes: use `.value`) to
+    return the output value (or a node, for an operator composed of others).
+    An operator whose backward rule needs more from its forward pass than the
+    inputs and the output (a loop's activations) overrides `forward` instead.
+
+    Backward: `vjp(self, g, out, *inputs)` is the derivative hook: the
+    vector-Jacobian product, one cotangent per input (None for one that gets no
+    gradient), given the output's cotangent `g` and its value `out`. Cotangents
+    may keep broadcast dimensions; the graph sums them back to each input's shape.
+    Elementwise operators may write `_gradfn(self, inpt)` instead (the seed
+    document's style): a function of the same inputs giving d(output)/d(inpt)
+    elementwise, which the default `vjp` multiplies by `g`.
+
+    Operators are templates: set attributes, never mutate them in place (the
+    compiled computation is keyed on their values), and never store what one
+    application computed on the operator: that belongs to its node (`forward`).
+
+    Built-in operators set `fuse_call` / `fuse_vjp`: on concrete arrays, their
+    `call` / `vjp` then runs as one cached XLA computation (per operator,
+    attributes and shapes) instead of one eager dispatch per array operation,
+    which keeps eager graphs close to plain jnp speed. Under jit or vmap they run
+    as written, inside the caller's trace. Fusion is for operators that save nothing.
+    """
+    input_names: tuple[str, ...] = ()  # built-in operators name their inputs here instead of in __init__
+    variadic = False  # True: takes any number of inputs (concat, stack)
+    fuse_call = fuse_vjp = False
+    # Whether vjp reads the inputs' values / the output's value (shapes aside): what a
+    # loop (op.scan) must keep from its forward pass. True is always safe.
+    vjp_uses_inputs = vjp_uses_out = True
+    _class_inputs: tuple[Variable, ...]
+
+    def __init__(self, inputs: Iterable[Variable] | None = None, name: str | None = None):
+        if inputs is not None:
+            super().__init__(inputs=inputs, name=name)
+            return
+        cls = type(self)  # built-ins are created per call: share one set of input slots per class
+        if "_class_inputs" not in cls.__dict__:
+            cls._class_inputs = self._checked([Variable(n) for n in cls.input_names], Variable, "inputs")
+        self._inputs, self._params, self._name = cls._class_inputs, (), name
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__.pop("_fusion_key", None)  # attributes changed: recompute the key
+        super().__setattr__(name, value)
+
+    @property
+    def functional_name(self) -> str:
+        return self._name or snake_case(type(self).__name__)
+
+    def __call__(self, *args: NodeLike) -> Node:
+        if not self.variadic and len(args) != len(self._inputs):
+            names = ", ".join(v.short_name for v in self._inputs)
+            raise InputCountError(f"{self.functional_name} takes {len(self._inputs)} input(s) "
+                                  f"({names}), got {len(args)}")
+        nodes = tuple([as_node(a) for a in args])
+        try:
+            fusion = self._fusion(nodes) if self.fuse_call else None
+            if fusion:
+                value, saved = _fused_call(fusion, *[n.value for n in nodes]), None
+            else:
+                value, saved = self.forward(*nodes)
+        except ZkynetError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ShapeError(f"{self._where()}: cannot apply to inputs "
+                             f"{' and '.join(_describe(n) for n in nodes)}: {e}") from e
+        if isinstance(value, Node):  # composed of other operators: their nodes carry the graph
+            return value
+        if not isinstance(value, jax.Array):
+            value = as_value(value, f"output of {self.functional_name}")
+        return OperatorNode(self, nodes, value, saved)
+
+    def forward(self, *inputs: Node) -> tuple[Any, Any]:
+        """(output value, saved): `saved` is kept on the output node (never on the operator)
+        and handed to `vjp` as the keyword `saved` when it is not None. By default:
+        (call(*inputs), None)."""
+        return self.call(*inputs), None
+
+    def vjp(self, g: jax.Array, out: jax.Array, *inputs: Node, saved: Any = None) -> Cotangents:
+        """The input cotangents for output cotangent `g`; by default from `_gradfn`.
+        `saved` is what `forward` kept, given only to operators whose forward keeps something."""
+        return tuple(g * self._gradfn(variable)(*inputs) for variable in self._inputs)
+
+    def _gradfn(self, inpt: Variable) -> Any:
+        raise NotImplementedError(f"operator {self.functional_name} defines neither _gradfn "
+                                  "(elementwise partials) nor vjp (vector-Jacobian product)")
+
+    def pullback(self, g: jax.Array, node: OperatorNode) -> Cotangents:
+        """The input cotangents of `node` (an application of this operator) for its
+        output cotangent `g`: `vjp`, fused when possible."""
+        if node.saved is not None:
+            return self.vjp(g, node.value, *node.inputs, saved=node.saved)
+        inputs = node.inputs
+        fusion = self._fusion(inputs) if self.fuse_vjp and not isinstance(g, jax.core.Tracer) else None
+        if fusion:
+            needs = tuple([i.requires_grad for i in inputs])
+            return _fused_vjp(fusion, needs, g, node.value, *[i.value for i in inputs])
+        return self.vjp(g, node.value, *inputs)
+
+    def _fusion(self, nodes: tuple[Node, ...]) -> "_FusionKey | None":
+        """This operator as a jit static argument, or None where it runs unfused:
+        unhashable attributes (an array index) or traced inputs."""
+        fusion = self.__dict__.get("_fusion_key", False)
+        if fusion is False:
+            fusion = self.__dict__["_fusion_key"] = _FusionKey.of(self)
+        if fusion is not None:
+            for node in nodes:
+                if isinstance(node.value, jax.core.Tracer):
+                    return None
+        return fusion
+
+    def _where(self) -> str:
+        scope = context.scope
+        return f"{scope.path}/{self.functional_name}" if scope is not None else self.functional_name
+
+
+class _FusionKey:
+    """An operator as a jit static argument: equal to another when type and public
+    attributes are (types included: 1, True and 1.0 differ, so do lists and tuples),
+    so `op.sum(x, axis=1)` reuses one compiled computation per shape."""
+    __slots__ = ("op", "key", "hash")
+
+    def __init__(self, op: Operator, key: tuple[Any, ...]):
+        self.op, self.key, self.hash = op, key, hash(key)
+
+    @classmethod
+    def of(cls, op: Operator) -> "_FusionKey | None":
+        try:
+            attributes = tuple((k, _frozen(v)) for k, v in sorted(vars(op).items())
+                               if not k.startswith("_"))
+            return cls(op, (type(op), attributes))
+        except TypeError:  # unhashable attribute, e.g. an array used as an index
+            return None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _FusionKey) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return self.hash
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable, type-tagged stand-in for an attribute value; TypeError if there is none."""
+    if isinstance(value, slice):
+        return (slice, _frozen(value.start), _frozen(value.stop), _frozen(value.step))
+    if isinstance(value, (list, tuple)):
+        return (type(value),) + tuple(_frozen(v) for v in value)
+    hash(value)  # TypeError for arrays and other unhashables
+    return (type(value), value)
+
+
+class _Leaf(ValueView):
+    """An input as a fused operator's call/vjp sees it: a traced value, and whether
+    it needs a gradient (all that call and vjp may read of a Node)."""
+    __slots__ = ("value", "requires_grad")
+
+    def __init__(self, value: jax.Array, requires_grad: bool = False):
+        self.value, self.requires_grad = value, requires_grad
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _fused_call(fusion: _FusionKey, *values: jax.Array) -> Any:
+    return fusion.op.call(*[_Leaf(v) for v in values])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _fused_vjp(fusion: _FusionKey, needs: tuple[bool, ...], g: jax.Array, out: jax.Array,
+               *values: jax.Array) -> Cotangents:
+    return fusion.op.vjp(g, out, *cast(list[Node], [_Leaf(v, need) for v, need in zip(values, needs)]))
+
+
+def _describe(node: Node) -> str:
+    return f"{node.dtype}{list(node.shape)}"

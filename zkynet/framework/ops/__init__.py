@@ -1,0 +1,22 @@
+"""zkynet's built-in operators, by family. Each is a small Operator whose forward
+(`call`) and hand-written backward (`vjp`, the vector-Jacobian product) sit side
+by side; JAX is the array library here, never the differentiator. The lowercase
+names (`add`, `sum`, `conv2d`, ...) are what models call; `op` re-exports them."""
+from zkynet.framework.graph import define_syntax
+from zkynet.framework.ops import (convolution, elementwise, indexing, linalg, loops, randomness, reductions,
+                                  shapes)
+from zkynet.framework.ops.convolution import *  # noqa: F401,F403
+from zkynet.framework.ops.elementwise import *  # noqa: F401,F403
+from zkynet.framework.ops.indexing import *  # noqa: F401,F403
+from zkynet.framework.ops.linalg import *  # noqa: F401,F403
+from zkynet.framework.ops.loops import *  # noqa: F401,F403
+from zkynet.framework.ops.randomness import *  # noqa: F401,F403
+from zkynet.framework.ops.reductions import *  # noqa: F401,F403
+from zkynet.framework.ops.shapes import *  # noqa: F401,F403
+
+FAMILIES = (elementwise, reductions, linalg, shapes, indexing, convolution, randomness, loops)
+__all__ = [name for family in FAMILIES for name in family.__all__]
+
+define_syntax(add=elementwise.add, sub=elementwise.sub, mult=elementwise.mult, div=elementwise.div,
+              pow=elementwise.pow, neg=elementwise.neg, matmul=linalg.matmul,
+              getitem=indexing.getitem, transpose=shapes.transpose)

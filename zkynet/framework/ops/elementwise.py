@@ -1,0 +1,205 @@
+"""Elementwise operators. Binary ones broadcast like NumPy; their vjp may return
+cotangents with broadcast dimensions, which the graph sums back to each input's shape."""
+import math
+
+import jax
+import jax.numpy as jnp
+
+from zkynet.framework.builder import NodeLike
+from zkynet.framework.graph import Node
+from zkynet.framework.ops.base import Binary, Fused, Unary
+
+__all__ = ["Add", "Sub", "Mult", "Div", "Pow", "Maximum", "Minimum", "Where", "Neg", "Square", "Sqrt",
+           "Exp", "Log", "Abs", "Tanh", "Sigmoid", "Softplus", "Relu", "LeakyRelu", "Gelu",
+           "add", "sub", "mult", "div", "pow", "maximum", "minimum", "where", "neg", "square", "sqrt",
+           "exp", "log", "abs", "tanh", "sigmoid", "softplus", "relu", "leaky_relu", "gelu"]
+
+
+# ----------------------------------------------------------------------------- binary
+
+class Add(Binary):
+    """a + b"""
+    vjp_uses_inputs = False
+    vjp_uses_out = False
+    fuse_vjp = False
+    def call(self, a, b): return a.value + b.value
+    def vjp(self, g, out, a, b): return g, g
+
+
+class Sub(Binary):
+    """a - b"""
+    vjp_uses_inputs = False
+    vjp_uses_out = False
+    fuse_vjp = False
+    def call(self, a, b): return a.value - b.value
+    def vjp(self, g, out, a, b): return g, -g
+
+
+class Mult(Binary):
+    """a * b, elementwise"""
+    vjp_uses_out = False
+    def call(self, a, b): return a.value * b.value
+    def vjp(self, g, out, a, b): return g * b.value, g * a.value
+
+
+class Div(Binary):
+    """a / b"""
+    def call(self, a, b): return a.value / b.value
+    def vjp(self, g, out, a, b): return g / b.value, -g * out / b.value
+
+
+class Pow(Binary):
+    """a ** b; d/db uses log(a), so it is defined for a > 0 (0 where a == 0, like JAX)."""
+    def call(self, a, b): return a.value ** b.value
+
+    def vjp(self, g, out, a, b):
+        x, y = a.value, b.value
+        da = g * jnp.where(y == 0, 0, y * x ** (y - 1)) if a.requires_grad else None
+        db = g * jnp.log(jnp.where(x == 0, 1, x)) * out if b.requires_grad else None
+        return da, db
+
+
+class Maximum(Binary):
+    """Elementwise max; ties split the gradient evenly (as JAX does)."""
+    vjp_uses_out = False
+    def call(self, a, b): return jnp.maximum(a.value, b.value)
+
+    def vjp(self, g, out, a, b):
+        share = jnp.where(a.value > b.value, 1.0, jnp.where(a.value == b.value, 0.5, 0.0))
+        return g * share, g * (1 - share)
+
+
+class Minimum(Binary):
+    """Elementwise min; ties split the gradient evenly (as JAX does)."""
+    vjp_uses_out = False
+    def call(self, a, b): return jnp.minimum(a.value, b.value)
+
+    def vjp(self, g, out, a, b):
+        share = jnp.where(a.value < b.value, 1.0, jnp.where(a.value == b.value, 0.5, 0.0))
+        return g * share, g * (1 - share)
+
+
+class Where(Fused):
+    """`a` where `condition` holds, else `b` (the condition gets no gradient)."""
+    vjp_uses_out = False
+    input_names = ("condition", "a", "b")
+    def call(self, c, a, b): return jnp.where(c.value, a.value, b.value)
+    def vjp(self, g, out, c, a, b): return None, jnp.where(c.value, g, 0), jnp.where(c.value, 0, g)
+
+
+# ----------------------------------------------------------------------------- unary
+
+class Neg(Unary):
+    vjp_uses_inputs = False
+    vjp_uses_out = False
+    fuse_vjp = False
+    def call(self, x): return -x.value
+    def vjp(self, g, out, x): return (-g,)
+
+
+class Square(Unary):
+    vjp_uses_out = False
+    def call(self, x): return x.value * x.value
+    def vjp(self, g, out, x): return (2 * x.value * g,)
+
+
+class Sqrt(Unary):
+    vjp_uses_inputs = False
+    def call(self, x): return jnp.sqrt(x.value)
+    def vjp(self, g, out, x): return (g * 0.5 / out,)
+
+
+class Exp(Unary):
+    vjp_uses_inputs = False
+    def call(self, x): return jnp.exp(x.value)
+    def vjp(self, g, out, x): return (g * out,)
+
+
+class Log(Unary):
+    vjp_uses_out = False
+    def call(self, x): return jnp.log(x.value)
+    def vjp(self, g, out, x): return (g / x.value,)
+
+
+class Abs(Unary):
+    vjp_uses_out = False
+    def call(self, x): return jnp.abs(x.value)
+    def vjp(self, g, out, x): return (g * jnp.sign(x.value),)
+
+
+class Tanh(Unary):
+    vjp_uses_inputs = False
+    def call(self, x): return jnp.tanh(x.value)
+    def vjp(self, g, out, x): return (g * (1 - out * out),)
+
+
+class Sigmoid(Unary):
+    vjp_uses_inputs = False
+    def call(self, x): return jax.nn.sigmoid(x.value)
+    def vjp(self, g, out, x): return (g * out * (1 - out),)
+
+
+class Softplus(Unary):
+    """log(1 + exp(x)), computed without overflow; its derivative is sigmoid(x)."""
+    vjp_uses_out = False
+    def call(self, x): return jnp.maximum(x.value, 0) + jnp.log1p(jnp.exp(-jnp.abs(x.value)))
+    def vjp(self, g, out, x): return (g * jax.nn.sigmoid(x.value),)
+
+
+class Relu(Unary):
+    vjp_uses_out = False
+    def call(self, x): return jnp.maximum(x.value, 0)
+    def vjp(self, g, out, x): return (jnp.where(x.value > 0, g, 0),)
+
+
+class LeakyRelu(Unary):
+    """x for x >= 0, else negative_slope * x."""
+    vjp_uses_out = False
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def call(self, x): return jnp.where(x.value >= 0, x.value, self.negative_slope * x.value)
+    def vjp(self, g, out, x): return (jnp.where(x.value >= 0, g, self.negative_slope * g),)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+class Gelu(Unary):
+    """x * Phi(x) (exact, as PyTorch's default) or its tanh approximation
+    (`approximate=True`, or PyTorch's spelling "tanh"; "none" means exact)."""
+    vjp_uses_out = False
+    def __init__(self, approximate=False):
+        super().__init__()
+        if approximate not in (True, False, "tanh", "none"):
+            raise ValueError(f"gelu approximate must be True/False, 'tanh' or 'none', got {approximate!r}")
+        self.approximate = approximate in (True, "tanh")
+
+    def call(self, x):
+        x = x.value
+        if self.approximate:
+            return 0.5 * x * (1 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1 + jax.scipy.special.erf(x / math.sqrt(2)))
+
+    def vjp(self, g, out, x):
+        x = x.value
+        if self.approximate:
+            t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+            slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+        else:
+            cdf = 0.5 * (1 + jax.scipy.special.erf(x / math.sqrt(2)))
+            slope = cdf + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        return (g * slope,)
+
+
+# ----------------------------------------------------------------------------- what models call
+
+add, sub, mult, div, pow = Add(), Sub(), Mult(), Div(), Pow()
+maximum, minimum, where = Maximum(), Minimum(), Where()
+neg, square, sqrt, exp, log, abs = Neg(), Square(), Sqrt(), Exp(), Log(), Abs()
+tanh, sigmoid, softplus, relu = Tanh(), Sigmoid(), Softplus(), Relu()
+
+
+def leaky_relu(x: NodeLike, negative_slope: float = 0.01) -> Node: return LeakyRelu(negative_slope)(x)
+def gelu(x: NodeLike, approximate: bool | str = False) -> Node: return Gelu(approximate)(x)

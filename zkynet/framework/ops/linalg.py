@@ -1,0 +1,44 @@
+"""Linear algebra: matmul with NumPy's rules (vectors, matrices, broadcast batches), dot."""
+import jax.numpy as jnp
+
+from zkynet.framework.ops.base import Binary
+
+__all__ = ["Matmul", "Dot", "matmul", "dot"]
+
+
+class Matmul(Binary):
+    """a @ b with NumPy's rules: vectors, matrices and batches of matrices (broadcast)."""
+    vjp_uses_out = False
+    def call(self, a, b): return jnp.matmul(a.value, b.value)
+
+    def vjp(self, g, out, a, b):
+        x, y = a.value, b.value
+        if x.ndim == 1 and y.ndim == 1:
+            return g * y, g * x
+        if x.ndim == 1:  # (k,) @ (..., k, n): treat x as (1, k)
+            x, g = x[None, :], jnp.expand_dims(g, -2)
+        if y.ndim == 1:  # (..., m, k) @ (k,): treat y as (k, 1)
+            y, g = y[:, None], jnp.expand_dims(g, -1)
+        da = jnp.matmul(g, jnp.swapaxes(y, -1, -2)) if a.requires_grad else None
+        if not b.requires_grad:
+            db = None
+        elif y.ndim == 2 and x.ndim > 2:  # a batch against one matrix: one big matmul
+            db = jnp.matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+        else:
+            db = jnp.matmul(jnp.swapaxes(x, -1, -2), g)
+        if a.value.ndim == 1 and da is not None:
+            da = jnp.squeeze(da, -2)
+        if b.value.ndim == 1 and db is not None:
+            db = jnp.squeeze(db, -1)
+        return da, db
+
+
+class Dot(Matmul):
+    """Dot product of vectors / matrices (use matmul for batches)."""
+    def call(self, a, b):
+        if not (1 <= a.ndim <= 2 and 1 <= b.ndim <= 2):
+            raise ValueError("dot takes vectors and matrices; use matmul for batched inputs")
+        return jnp.matmul(a.value, b.value)
+
+
+matmul, dot = Matmul(), Dot()

@@ -1,0 +1,98 @@
+"""Loops: a module run along a sequence as one node (op.scan)."""
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from zkynet.framework.builder import NodeLike
+from zkynet.framework.graph import Node, OperatorNode
+from zkynet.framework.module import Module, build_graph
+from zkynet.framework.operator import Operator
+
+__all__ = ["Scan", "scan"]
+
+
+class Scan(Operator):
+    """Run the module `cell` along the leading axis of the `xs` inputs (lax.scan): step t
+    computes cell(*xs[t], *carry) -> the new carry (a node or a tuple of nodes, each
+    (..., width)). The output stacks every step's new carry, concatenated along the
+    last axis: (T, ..., total width).
+
+    One node stands for the whole loop, so the compiled program (and its compile
+    time) does not grow with T. The forward scan also keeps, for every step, the
+    values that backward rules read (the activations: see Operator.vjp_uses_*), as
+    the node's `saved` (see Operator.forward); the backward pass is a reverse scan
+    that rebuilds each step's graph, puts those saved values back into its nodes and
+    applies zkynet's own back(): backpropagation through time, where the rebuilt
+    forward computations are dead code that XLA drops.
+    Inputs: *xs, *initial carry, *the cell's parameters (so their gradients flow).
+    """
+    variadic = True
+
+    def __init__(self, cell, n_xs, n_carry):
+        super().__init__()
+        self.cell, self.n_xs, self.n_carry = cell, n_xs, n_carry
+        self.cell_params = tuple(cell.named_parameters().values())
+
+    @property
+    def functional_name(self):
+        return f"scan({self.cell.functional_name})"
+
+    def _parts(self, values):
+        return (values[:self.n_xs], values[self.n_xs:self.n_xs + self.n_carry],
+                values[self.n_xs + self.n_carry:])
+
+    def _step(self, xs_t, carry, params):
+        """The graph of one step, and its operator nodes whose values some backward rule
+        reads (what the forward pass keeps; the rest is recomputed only if needed)."""
+        graph = build_graph(self.cell, (*xs_t, *carry), param_values=dict(zip(self.cell_params, params)))
+        read = set()
+        for node in graph.nodes:
+            if isinstance(node, OperatorNode):
+                if node.ref.vjp_uses_out:
+                    read.add(node)
+                if node.ref.vjp_uses_inputs:
+                    read.update(node.inputs)
+        return graph, [n for n in graph.nodes if isinstance(n, OperatorNode) and n in read]
+
+    def forward(self, *nodes):
+        xs, carry, params = self._parts([n.value for n in nodes])
+
+        def step(carry, xs_t):
+            graph, computed = self._step(xs_t, carry, params)
+            new = tuple(root.value for root in graph.roots)
+            return new, (jnp.concatenate(new, axis=-1), tuple(n.value for n in computed))
+        ys, activations = lax.scan(step, tuple(carry), tuple(xs))[1]
+        return ys, activations
+
+    def vjp(self, g, out, *nodes, saved=None):
+        xs, carry, params = self._parts([n.value for n in nodes])
+        bounds = np.cumsum([c.shape[-1] for c in carry])[:-1]
+        split = lambda a: jnp.split(a, bounds, axis=-1)  # noqa: E731
+        entering = [jnp.concatenate([c[None], s[:-1]]) for c, s in zip(carry, split(out))]
+
+        def back_step(totals, step_values):
+            d_carry, d_params = totals
+            xs_t, carry_t, activations_t, g_t = step_values
+            graph, computed = self._step(xs_t, carry_t, params)
+            for node, value in zip(computed, activations_t):
+                node.value = value  # the forward's own values: no recomputation survives
+            graph.back(tuple(a + b for a, b in zip(split(g_t), d_carry)))
+            d_inputs = [graph.grad(v) for v in self.cell.inputs]
+            d_params = tuple(total + graph.grad(p) if graph.uses(p) else total
+                             for total, p in zip(d_params, self.cell_params))
+            return (tuple(d_inputs[self.n_xs:]), d_params), tuple(d_inputs[:self.n_xs])
+
+        zeros = (tuple(jnp.zeros_like(c) for c in carry), tuple(jnp.zeros_like(p) for p in params))
+        per_step = (tuple(xs), tuple(entering), saved, g)
+        (d_carry, d_params), d_xs = lax.scan(back_step, zeros, per_step, reverse=True)
+        return (*d_xs, *d_carry, *d_params)
+
+
+def scan(cell: Module, carry: Sequence[NodeLike], xs: Sequence[NodeLike]) -> Node:
+    """cell(*xs[t], *carry) along axis 0 of each of `xs`; see Scan. `carry` and `xs`
+    are sequences of nodes or arrays."""
+    carry, xs = tuple(carry), tuple(xs)
+    loop = Scan(cell, len(xs), len(carry))
+    return loop(*xs, *carry, *loop.cell_params)

@@ -1,0 +1,32 @@
+"""Randomness from explicit PRNG keys: dropout."""
+import jax
+import jax.numpy as jnp
+
+from zkynet.framework.builder import NodeLike
+from zkynet.framework.graph import Node
+from zkynet.framework.ops.base import Fused
+
+__all__ = ["Dropout", "dropout"]
+
+
+class Dropout(Fused):
+    """Zero each element with probability `rate`, scale the rest by 1/(1 - rate).
+    The mask comes from the PRNG `key` input, so a step is reproducible (and the
+    backward pass recomputes the same mask instead of storing it)."""
+    vjp_uses_out = False
+    input_names = ("x", "key")
+
+    def __init__(self, rate):
+        super().__init__()
+        if not 0 <= rate < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def _keep(self, x, key):
+        return jax.random.bernoulli(key.value, 1 - self.rate, x.shape)
+
+    def call(self, x, key): return jnp.where(self._keep(x, key), x.value / (1 - self.rate), 0)
+    def vjp(self, g, out, x, key): return jnp.where(self._keep(x, key), g / (1 - self.rate), 0), None
+
+
+def dropout(x: NodeLike, key: NodeLike, rate: float = 0.5) -> Node: return Dropout(rate)(x, key)

@@ -1,0 +1,147 @@
+"""Reductions over axes (sum, mean, max, logsumexp), and the normalizations built on
+them: softmax and log-softmax (computed in log space), layer normalization."""
+import math
+import numbers
+from typing import Sequence
+
+import jax.numpy as jnp
+from jax import lax
+
+from zkynet.framework.builder import NodeLike
+from zkynet.framework.graph import Node
+from zkynet.framework.ops.base import Unary
+
+__all__ = ["Sum", "Mean", "Max", "Logsumexp", "LogSoftmax", "Softmax", "LayerNorm",
+           "sum", "mean", "max", "logsumexp", "softmax", "log_softmax", "layer_norm"]
+
+Axis = int | Sequence[int] | None
+
+
+def _axes(axis, ndim):
+    """`axis` (None, int or sequence, negatives allowed) as a sorted tuple of axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    return tuple(sorted(int(a) + ndim if a < 0 else int(a) for a in axes))
+
+
+class _Reduction(Unary):
+    def __init__(self, axis=None, keepdims=False):
+        super().__init__()
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def _unreduce(self, y, x):
+        """`y`, shaped like this reduction's output, made broadcastable against `x`."""
+        return y if self.keepdims else jnp.expand_dims(y, _axes(self.axis, x.ndim))
+
+
+class Sum(_Reduction):
+    vjp_uses_inputs = False
+    vjp_uses_out = False
+    def call(self, x): return jnp.sum(x.value, axis=self.axis, keepdims=self.keepdims)
+    def vjp(self, g, out, x): return (jnp.broadcast_to(self._unreduce(g, x), x.shape),)
+
+
+class Mean(_Reduction):
+    vjp_uses_inputs = False
+    vjp_uses_out = False
+    def call(self, x): return jnp.mean(x.value, axis=self.axis, keepdims=self.keepdims)
+
+    def vjp(self, g, out, x):
+        count = math.prod(x.shape[a] for a in _axes(self.axis, x.ndim))
+        return (jnp.broadcast_to(self._unreduce(g, x) / count, x.shape),)
+
+
+class Max(_Reduction):
+    """Largest element; ties split the gradient evenly (as JAX does)."""
+    def call(self, x): return jnp.max(x.value, axis=self.axis, keepdims=self.keepdims)
+
+    def vjp(self, g, out, x):
+        hits = (x.value == self._unreduce(out, x)).astype(g.dtype)
+        share = hits / jnp.sum(hits, axis=_axes(self.axis, x.ndim), keepdims=True)
+        return (share * self._unreduce(g, x),)
+
+
+def _log_normalizer(x, axis):
+    """(shift, x - shift, log(sum(exp(x - shift)))) over `axis`, kept as size-1 dims; the
+    shift is the max, so exp never overflows and huge logits lose no precision."""
+    shift = jnp.max(x, axis=axis, keepdims=True)
+    shift = jnp.where(jnp.isfinite(shift), shift, 0)
+    shifted = x - shift
+    return shift, shifted, jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+
+
+class Logsumexp(_Reduction):
+    def call(self, x):
+        axes = _axes(self.axis, x.ndim)
+        shift, _, log_total = _log_normalizer(x.value, axes)
+        out = shift + log_total
+        return out if self.keepdims else jnp.squeeze(out, axes)
+
+    def vjp(self, g, out, x):
+        return (self._unreduce(g, x) * jnp.exp(x.value - self._unreduce(out, x)),)
+
+
+class LogSoftmax(Unary):
+    """x - logsumexp(x): log-probabilities along `axis`, never exponentiated first."""
+    vjp_uses_inputs = False
+    def __init__(self, axis=-1):
+        super().__init__()
+        self.axis = axis
+
+    def call(self, x):
+        _, shifted, log_total = _log_normalizer(x.value, _axes(self.axis, x.ndim))
+        return shifted - log_total
+
+    def vjp(self, g, out, x):
+        return (g - jnp.exp(out) * jnp.sum(g, axis=self.axis, keepdims=True),)
+
+
+class Softmax(LogSoftmax):
+    """exp(log_softmax(x)): probabilities along `axis`, computed in log space."""
+    vjp_uses_inputs = False
+    def call(self, x): return jnp.exp(super().call(x))
+
+    def vjp(self, g, out, x):
+        return (out * (g - jnp.sum(g * out, axis=self.axis, keepdims=True)),)
+
+
+class LayerNorm(Unary):
+    """(x - mean) / sqrt(var + eps) over the last axis (the affine part is the module's)."""
+    def __init__(self, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def call(self, x):
+        centered = x.value - jnp.mean(x.value, axis=-1, keepdims=True)
+        return centered * lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + self.eps)
+
+    def vjp(self, g, out, x):
+        centered = x.value - jnp.mean(x.value, axis=-1, keepdims=True)
+        inv_std = lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + self.eps)
+        mean_g = jnp.mean(g, axis=-1, keepdims=True)
+        return (inv_std * (g - mean_g - out * jnp.mean(g * out, axis=-1, keepdims=True)),)
+
+
+# ----------------------------------------------------------------------------- what models call
+
+def sum(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
+    return Sum(axis, keepdims)(x)
+
+
+def mean(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
+    return Mean(axis, keepdims)(x)
+
+
+def max(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
+    return Max(axis, keepdims)(x)
+
+
+def logsumexp(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
+    return Logsumexp(axis, keepdims)(x)
+
+
+def softmax(x: NodeLike, axis: int = -1) -> Node: return Softmax(axis)(x)
+def log_softmax(x: NodeLike, axis: int = -1) -> Node: return LogSoftmax(axis)(x)
+def layer_norm(x: NodeLike, eps: float = 1e-5) -> Node: return LayerNorm(eps)(x)
