@@ -20,6 +20,7 @@ PARENT = "mlflow.parentRunId"
 # tags of a sweep's run and its trials
 SWEEP = "sweep"  # on the sweep's run: its output folder
 SWEEP_JOB = "sweep_job"  # on a trial's run: its number in the sweep
+STOPPED_EARLY, STOPPED_AT_EPOCH = "stopped_early", "stopped_at_epoch"  # a trial the scheduler stopped
 BEST_RUN = "best_run"
 
 # artifacts

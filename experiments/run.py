@@ -8,7 +8,9 @@ overrides, the sweep a -m job belongs to) to the config and hands it to
 """
 import logging
 import sys
+from pathlib import Path
 
+import hydra_plugins
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -17,19 +19,21 @@ from omegaconf import open_dict
 from experiments import lineage, schema
 from experiments.runner import run
 from experiments.schema import ConfigError
-from experiments.sweep import pin_to_assigned_cpus
 from experiments.tracking import connect, default_tracking_uri
 from zkynet.data import DatasetNotFoundError
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" is not news
 schema.register()
+# Hydra looks for sweepers in the hydra_plugins namespace only: ours (the Tune sweeper) joins it from here
+hydra_plugins.__path__.append(str(Path(__file__).parent / "plugins" / "hydra_plugins"))
 
 __all__ = ["main", "run"]
 
 
 def with_launch(cfg, hydra_config):
     """`cfg` with Hydra's output folder, a model-dataset run name, the overrides, and
-    for a job of a tracked -m sweep, the sweep's MLflow run and the job's number."""
+    for a job of a tracked sweep by Hydra's basic sweeper, the sweep's MLflow run and
+    the job's number."""
     with open_dict(cfg):
         cfg.output_dir = cfg.output_dir or hydra_config.runtime.output_dir
         choices = hydra_config.runtime.choices
@@ -49,10 +53,7 @@ def main(cfg):
     hydra_config = HydraConfig.get()
     sweeping = hydra_config.mode == RunMode.MULTIRUN
     try:
-        cfg = with_launch(cfg, hydra_config)
-        if sweeping:
-            pin_to_assigned_cpus(hydra_config.job.num)
-        return run(cfg)
+        return run(with_launch(cfg, hydra_config))
     except (ConfigError, DatasetNotFoundError) as e:  # the user's to fix: no traceback
         if sweeping:
             return float("nan")  # recorded as a FAILED child run; the sweep goes on and fails at the end

@@ -23,9 +23,10 @@ from zkynet.training import Callback, Checkpointer, Trainer
 NOT_PARAMS = ("launch", "output_dir")  # how the run was started, not what it trains
 
 
-def run(cfg):
+def run(cfg, callbacks=()):
     """Train as `cfg` says, tracked in MLflow unless tracking.enabled is false; returns
-    the last epoch's value of the task's objective (NaN if no epoch ran)."""
+    the last epoch's value of the task's objective (NaN if no epoch ran). `callbacks`
+    (a sweep engine's) watch the training after the configured ones."""
     cfg = _settled(cfg)
     uri = cfg.tracking.uri or default_tracking_uri()
     client = connect(uri) if cfg.tracking.enabled else None
@@ -53,7 +54,7 @@ def run(cfg):
         dataset = build.dataset(cfg, task)
         model = build.model(cfg)
         optimizer = build.optimizer(cfg, cfg.trainer.epochs * max(1, len(dataset.train) // cfg.trainer.batch_size))
-        callbacks = build.callbacks(cfg)
+        callbacks = build.callbacks(cfg) + list(callbacks)
         callbacks.insert(0, ObjectiveCheck(task.objective))
         callbacks.insert(0, current.signal_check)
         if tracker is not None:  # first: the metrics of an epoch are queued before a checkpoint covers them

@@ -30,9 +30,9 @@ class Cli:
         return subprocess.run(self.args(*overrides), cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=timeout)
 
-    def start(self, *overrides):
-        return subprocess.Popen(self.args(*overrides), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+    def start(self, *overrides, env=None):
+        return subprocess.Popen(self.args(*overrides), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
     def runs(self, experiment="zkynet"):
         found = self.client.get_experiment_by_name(experiment)

@@ -108,7 +108,7 @@ def test_a_killed_run_resumes_to_the_same_parameters_and_metrics(cli, tmp_path):
     reference = cli(*RESUMABLE)
     assert reference.returncode == 0, reference.stderr
 
-    interrupted = cli(*RESUMABLE, "+callbacks.interrupt._target_=tests.fixtures.interrupt.InterruptAfterCheckpoint",
+    interrupted = cli(*RESUMABLE, "+callbacks.interrupt._target_=tests.fixtures.callbacks.InterruptAfterCheckpoint",
                       "+callbacks.interrupt.after=8")  # Ctrl-C once epoch 8 is checkpointed
     assert interrupted.returncode == 130, interrupted.stderr
     (killed,) = [r for r in cli.runs() if r.info.status == "KILLED"]

@@ -1,26 +1,52 @@
-"""-m sweeps on Ray, end to end, checked through MLflow's client."""
+"""-m sweeps on Ray Tune (a real local Ray), end to end, checked through MLflow's client."""
 import os
-import signal
+import re
 import socket
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+from ray import tune
 
-from experiments.sweep import job_resources, rank
+from experiments import search_space
+from experiments.search_space import SearchSpaceError
+from experiments.sweep import rank
+from zkynet import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = "tests.fixtures.callbacks"
+QUIET = ("trainer.progress=false", "trainer.checkpoint_min_seconds=0")
 
 
-def test_job_resources():
-    cpu = job_resources({"num_cpus": 1, "num_gpus": "auto"}, cluster_gpus=0)
-    assert cpu["num_gpus"] == 0 and cpu["runtime_env"]["env_vars"]["JAX_PLATFORMS"] == "cpu"
-    gpu = job_resources({"num_gpus": "auto", "runtime_env": {"env_vars": {"XLA_PYTHON_CLIENT_MEM_FRACTION": ".2"}}},
-                        cluster_gpus=4)
-    assert gpu["num_gpus"] == 1 and gpu["runtime_env"]["env_vars"] == {
-        "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "JAX_PLATFORMS": "cuda", "XLA_PYTHON_CLIENT_MEM_FRACTION": ".2"}
-    assert job_resources({"num_gpus": 0.25}, cluster_gpus=1)["num_gpus"] == 0.25
+def test_hydra_sweep_syntax_becomes_a_tune_search_space():
+    space = search_space.parse(["model=mlp,cnn", "seed=range(0,3)", "+x=choice(a,b)", "trainer.epochs=2",
+                                "optimizer.lr=tag(log, interval(1e-4, 1e-2))", "model.dropout=interval(0, 0.5)",
+                                "model.hidden=tag(int, interval(8, 64))"])
+    assert space.fixed == ["trainer.epochs=2"]
+    assert space.choices == {"model": ["mlp", "cnn"], "seed": [0, 1, 2], "+x": ["a", "b"]}
+    grid = space.tune_space("grid")
+    assert grid["model"] == tune.grid_search(["mlp", "cnn"]) and grid["seed"] == tune.grid_search([0, 1, 2])
+    assert isinstance(space.tune_space("random")["model"], tune.search.sample.Categorical)
+    lr, dropout, hidden = grid["optimizer.lr"], grid["model.dropout"], grid["model.hidden"]
+    assert isinstance(lr.get_sampler(), tune.search.sample.Float._LogUniform) and (lr.lower, lr.upper) == (1e-4, 1e-2)
+    assert isinstance(dropout.get_sampler(), tune.search.sample.Float._Uniform)
+    assert isinstance(hidden, tune.search.sample.Integer) and (hidden.lower, hidden.upper) == (8, 65)  # 64 included
+    values = {"model": "cnn", "seed": 2, "+x": "a", "optimizer.lr": 0.001, "model.dropout": 0.25, "model.hidden": 9}
+    assert space.overrides(values) == ["trainer.epochs=2", "model=cnn", "seed=2", "+x=a", "optimizer.lr=0.001",
+                                       "model.dropout=0.25", "model.hidden=9"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lr=tag(log, interval(0, 1))", "a log interval needs a positive low end"),
+    ("optimizer.lr=interval(1, 0.1)", "an interval needs low < high"),
+    ("optimizer.lr=tag(loq, interval(1e-4, 1e-2))", "unknown tag loq"),
+    ("seed=tag(log, choice(1, 2))", "tags apply to interval(...) only"),
+])
+def test_a_search_space_tune_cannot_search_is_refused_naming_the_override(override, message):
+    with pytest.raises(SearchSpaceError, match=re.escape(message)):
+        search_space.parse([override])
 
 
 class FakeRun:
@@ -41,29 +67,131 @@ def test_ranking_puts_the_best_first_and_failures_last():
 
 
 def sweep(cli, *overrides, env=None):
-    return cli("-m", "trainer.progress=false", *overrides, env=env)
+    return cli("-m", *QUIET, *overrides, env=env)
 
 
-def children_of(cli, parent):
-    return [r for r in cli.runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+def sweep_runs(cli):
+    """(the sweep's run, its trials' runs by trial number)."""
+    (parent,) = [r for r in cli.runs() if "sweep" in r.data.tags]
+    children = [r for r in cli.runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, {int(r.data.tags["sweep_job"]): r for r in children}
+
+
+def test_a_command_line_tune_cannot_search_stops_before_any_run(cli):
+    result = sweep(cli, "optimizer.lr=tag(log, interval(0, 1))")
+    assert result.returncode == 2 and "a log interval needs a positive low end" in result.stderr
+    assert "Traceback" not in result.stderr and cli.runs() == []
 
 
 @pytest.mark.slow
-def test_a_sweep_on_local_ray_with_a_failing_job(cli):
-    result = sweep(cli, "trainer.epochs=2", "optimizer.lr=1e-3,3e-3,-1")
-    assert result.returncode == 1, result.stderr  # one job failed: the sweep says so
-    assert "sweep: 1 of 3 jobs did not finish" in result.stderr
-    (parent,) = [r for r in cli.runs() if "sweep" in r.data.tags]
-    children = children_of(cli, parent)
-    assert parent.info.status == "FAILED" and len(children) == 3
-    by_lr = {r.data.params.get("optimizer/lr"): r for r in children}
-    assert by_lr["0.001"].info.status == by_lr["0.003"].info.status == "FINISHED"
-    assert by_lr["-1"].info.status == "FAILED" and "optimizer.lr must be a positive number, got -1" in by_lr["-1"].data.tags["error"]
-    assert by_lr["0.003"].data.metrics["val_accuracy"] > 0.5
-    assert {r.data.tags["sweep_job"] for r in children} == {"0", "1", "2"}
-    table = cli.client.download_artifacts(parent.info.run_id, "sweep.md", str(cli.folder))
-    assert "| 1 | 1 | FINISHED |" in open(table).read()  # lr=3e-3 ranks first by val_loss
-    assert parent.data.tags["best_run"] == by_lr["0.003"].info.run_id
+def test_trials_refill_the_machine_and_a_failing_trial_fails_the_sweep(cli, tmp_path):
+    """Four trials, two at a time: trial 2 starts as soon as trial 0 ends, while trial 1
+    still trains (it waits for trial 2 to start: no batch barrier, or no meeting);
+    trial 3's config is refused: a FAILED child, exit code 1."""
+    result = sweep(cli, "hydra.sweeper.ray.num_cpus=2", "trainer.epochs=2,10,3,0",
+                   f"+callbacks.meet._target_={FIXTURES}.Rendezvous", f"+callbacks.meet.path={tmp_path / 'arrived'}",
+                   "+callbacks.meet.waiter_epochs=10", "+callbacks.meet.arriver_epochs=3",
+                   env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 1, result.stderr
+    parent, trials = sweep_runs(cli)
+    assert parent.info.status == "FAILED" and sorted(trials) == [0, 1, 2, 3]
+    assert [trials[i].info.status for i in range(4)] == ["FINISHED", "FINISHED", "FINISHED", "FAILED"]
+    assert "trainer.epochs must be at least 1, got 0" in trials[3].data.tags["error"]
+    assert trials[0].info.end_time <= trials[2].info.start_time < trials[1].info.end_time
+    long = trials[1]
+    assert long.data.metrics["epoch"] == 10 and len(cli.client.get_metric_history(long.info.run_id, "val_loss")) == 10
+    assert long.data.params["trainer/epochs"] == "10" and "compile_seconds" in long.data.metrics
+    assert "[trial 1] epoch 10/10:" in result.stderr and "[trial 3] FAILED: ConfigError: trainer.epochs" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == "sweep: 1 of 4 trials failed"  # the summary comes last
+    assert parent.data.tags["best_run"] in {trials[i].info.run_id for i in range(3)}
+
+
+@pytest.mark.slow
+def test_asha_stops_a_bad_trial_early(cli):
+    """One trial at a time, the good one first: at the first rung the bad trial meets
+    the good one's result and is stopped; its run ends FINISHED, tagged."""
+    result = sweep(cli, "hydra.sweeper.scheduler=asha", "hydra.sweeper.max_concurrent=1",
+                   "hydra.sweeper.asha.reduction_factor=2", "trainer.epochs=4", "optimizer.lr=3e-3,1e-6")
+    assert result.returncode == 0, result.stderr
+    parent, trials = sweep_runs(cli)
+    good, bad = trials[0], trials[1]
+    assert parent.info.status == "FINISHED" and good.info.status == bad.info.status == "FINISHED"
+    assert good.info.end_time <= bad.info.start_time  # one at a time
+    assert good.data.metrics["epoch"] == 4 and "stopped_early" not in good.data.tags
+    assert bad.data.tags["stopped_early"] == "true" and bad.data.tags["stopped_at_epoch"] == "1"
+    assert bad.data.metrics["epoch"] == 1 and len(cli.client.get_metric_history(bad.info.run_id, "val_loss")) == 1
+    assert "[trial 1] trained 1 of 4 epochs, stopped early by the scheduler" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_dies_continues_its_run_exactly(cli, runner, tmp_path):
+    marker = tmp_path / "died"
+    settings = ("trainer.epochs=6", "trainer.batch_size=32", "model.dropout=0.2", "seed=3")
+    result = sweep(cli, *settings, f"+callbacks.die._target_={FIXTURES}.DieOnce", "+callbacks.die.after=3",
+                   f"+callbacks.die.marker={marker}", "optimizer.lr=3e-3", env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 0, result.stderr
+    assert marker.exists()  # the worker did die, once
+    parent, trials = sweep_runs(cli)
+    (trial,) = trials.values()
+    assert parent.info.status == "FINISHED" and trial.info.status == "FINISHED" and trial.data.tags["attempts"] == "2"
+
+    runner(*settings, "optimizer.lr=3e-3")  # the same configuration, never interrupted, in this process
+    (reference,) = [r for r in runner.runs() if not {"sweep", "sweep_job"} & set(r.data.tags)]
+    for metric in ("val_loss", "train_loss", "batch_loss"):
+        got = sorted((m.step, m.value) for m in cli.client.get_metric_history(trial.info.run_id, metric))
+        want = sorted((m.step, m.value) for m in runner.client.get_metric_history(reference.info.run_id, metric))
+        assert got == want, metric
+
+    def params(client, run_id):
+        return checkpoint.load(client.download_artifacts(run_id, "checkpoints/last.npz", str(tmp_path / run_id)))
+
+    got, want = params(cli.client, trial.info.run_id)["params"], params(runner.client, reference.info.run_id)["params"]
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_leaves_nothing_running_and_resumes(cli, tmp_path):
+    """SIGTERM to the driver while trial 1 trains (after its epoch-2 checkpoint): the
+    sweep and trial 1 end KILLED, trial 2 never starts, the exact command to resume
+    is printed; resuming finishes the sweep without training trial 0 again."""
+    pid_file, marker = tmp_path / "driver.pid", tmp_path / "signalled"
+    process = cli.start("-m", *QUIET, "hydra.sweeper.max_concurrent=1", "trainer.epochs=1,3,2",
+                        f"+callbacks.stop._target_={FIXTURES}.SignalDriverOnce", "+callbacks.stop.after=2",
+                        f"+callbacks.stop.pid_file={pid_file}", f"+callbacks.stop.marker={marker}",
+                        env={**os.environ, "PYTHONPATH": ROOT})
+    pid_file.write_text(str(process.pid))
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 130, stderr
+    parent, trials = sweep_runs(cli)
+    assert parent.info.status == "KILLED" and all(r.info.status != "RUNNING" for r in cli.runs())
+    assert trials[0].info.status == "FINISHED" and trials[1].info.status == "KILLED" and 2 not in trials
+    finished_once = trials[0].info.end_time
+    command = re.search(r"resume it with:\n  (.*)", stderr).group(1)
+    assert "hydra.sweeper.resume=true" in command and f"hydra.sweep.dir={cli.folder}" in command
+
+    resumed = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "PYTHONPATH": ROOT})
+    assert resumed.returncode == 0, resumed.stderr
+    parent, trials = sweep_runs(cli)
+    assert parent.info.status == "FINISHED" and [trials[i].info.status for i in range(3)] == ["FINISHED"] * 3
+    assert trials[0].info.end_time == finished_once  # not trained again
+    assert trials[1].data.metrics["epoch"] == 3 and trials[1].data.tags["attempts"] == "2"
+    steps = [m.step for m in cli.client.get_metric_history(trials[1].info.run_id, "val_loss")]
+    assert sorted(steps) == sorted(set(steps)) and len(steps) == 3  # every epoch once
+
+
+@pytest.mark.slow
+def test_bayesian_search_with_optuna_through_tune(cli):
+    result = sweep(cli, "hydra.sweeper.search=optuna", "hydra.sweeper.num_samples=4",
+                   "optimizer.lr=tag(log, interval(1e-4, 1e-2))", "trainer.epochs=1")
+    assert result.returncode == 0, result.stderr
+    parent, trials = sweep_runs(cli)
+    rates = {float(r.data.params["optimizer/lr"]) for r in trials.values()}
+    assert len(trials) == 4 and len(rates) == 4 and all(1e-4 <= lr <= 1e-2 for lr in rates)
+    assert all(r.info.status == "FINISHED" for r in trials.values()) and parent.info.status == "FINISHED"
+    best = min(trials.values(), key=lambda r: r.data.metrics["val_loss"])
+    assert parent.data.tags["best_run"] == best.info.run_id
 
 
 def free_port():
@@ -80,48 +208,20 @@ def test_a_sweep_on_an_existing_ray_cluster(cli):
                           capture_output=True, text=True)
     assert head.returncode == 0, head.stderr
     try:  # `ray start` turns on token authentication: the driver must send the token too
-        result = sweep(cli, "trainer.epochs=1", "seed=0,1", f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+        result = sweep(cli, "trainer.epochs=1", "seed=0,1", f"hydra.sweeper.ray.address=127.0.0.1:{port}",
                        env={**os.environ, "RAY_AUTH_MODE": "token"})
         assert result.returncode == 0, result.stderr
-        assert "Connected to Ray cluster" in result.stderr
-        (parent,) = [r for r in cli.runs() if "sweep" in r.data.tags]
+        parent, trials = sweep_runs(cli)
         assert parent.info.status == "FINISHED"
-        assert sorted(r.info.status for r in children_of(cli, parent)) == ["FINISHED", "FINISHED"]
+        assert sorted(r.info.status for r in trials.values()) == ["FINISHED", "FINISHED"]
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True)
 
 
 @pytest.mark.slow
-def test_a_job_whose_worker_dies_is_retried_and_resumes(cli):
-    process = cli.start("-m", "trainer.progress=false", "trainer.epochs=25", "trainer.batch_size=16",
-                        "trainer.checkpoint_min_seconds=0", "seed=0")
-    deadline, victim = time.time() + 300, None
-    while time.time() < deadline and victim is None:
-        for run in cli.runs():
-            started = run.info.status == "RUNNING" and "sweep_job" in run.data.tags
-            if started and "checkpoints/last.npz" in cli.artifacts(run.info.run_id):
-                victim = run
-        time.sleep(0.1)
-    assert victim is not None, "no job reached its first checkpoint"
-    os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)  # the worker process dies mid-job
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr
-    finished = cli.client.get_run(victim.info.run_id)
-    assert finished.info.status == "FINISHED" and finished.data.tags["attempts"] == "2"
-    assert finished.data.metrics["epoch"] == 25 and int(finished.data.tags["pid"]) != int(victim.data.tags["pid"])
-    assert f"attempt 2, continuing run {victim.info.run_id} from step" in stdout  # from its checkpoint
-
-
-@pytest.mark.slow
-def test_bayesian_search_with_the_optuna_sweeper_on_ray(cli):
-    result = sweep(cli, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
-                   "optimizer.lr=tag(log, interval(1e-4, 1e-2))", "trainer.epochs=1")
+def test_the_basic_sweeper_runs_jobs_one_after_another_tracked_the_same_way(cli):
+    result = sweep(cli, "hydra/sweeper=basic", "hydra/launcher=basic", "trainer.epochs=1", "seed=0,1")
     assert result.returncode == 0, result.stderr
-    assert "Best parameters: {'optimizer.lr':" in result.stdout + result.stderr
-    (parent,) = [r for r in cli.runs() if "sweep" in r.data.tags]
-    children = children_of(cli, parent)
-    rates = {float(r.data.params["optimizer/lr"]) for r in children}
-    assert len(children) == 4 and len(rates) == 4 and all(1e-4 <= lr <= 1e-2 for lr in rates)
-    assert all(r.info.status == "FINISHED" for r in children) and parent.info.status == "FINISHED"
-    best = min(children, key=lambda r: r.data.metrics["val_loss"])
-    assert parent.data.tags["best_run"] == best.info.run_id
+    parent, trials = sweep_runs(cli)
+    assert parent.info.status == "FINISHED" and sorted(trials) == [0, 1]
+    assert trials[0].info.end_time <= trials[1].info.start_time and parent.data.tags["best_run"]

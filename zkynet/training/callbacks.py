@@ -48,10 +48,15 @@ class ProgressReport(Callback):
         if self._shown:
             self.stream.write("\r" + " " * (shutil.get_terminal_size().columns - 1) + "\r")
             self._shown = False
-        metrics = {k: v for k, v in record.items() if k.startswith(("train_", "val_"))}
-        self.stream.write(f"{self.prefix}epoch {epoch + 1}/{trainer.epochs}: {_shown(metrics)} "
-                          f"({record['samples_per_second']:.0f} samples/s)\n")
+        self.stream.write(f"{self.prefix}{epoch_line(record, trainer.epochs)}\n")
         self.stream.flush()
+
+
+def epoch_line(record, epochs):
+    """`epoch 3/20: train_acc 0.91 train_loss 0.3 val_acc 0.9 val_loss 0.33 (61234 samples/s)`"""
+    metrics = {k: v for k, v in record.items() if k.startswith(("train_", "val_"))}
+    return (f"epoch {record['epoch']}/{epochs}: {_shown(metrics)} "
+            f"({record.get('samples_per_second', 0):.0f} samples/s)")
 
 
 def _shown(metrics):

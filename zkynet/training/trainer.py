@@ -43,7 +43,9 @@ class Callback:
 
 
 class Trainer:
-    """Trains `model` on `dataset` with `loss` and `optimizer`.
+    """Trains `model` on `dataset` with `loss` and `optimizer`. Each epoch's record has
+    its train_* and val_* metrics, samples_per_second, and compile_seconds (JAX's
+    compile time so far in this fit).
 
     The data order of every epoch is a function of `seed` alone, and the step
     count lives in the optimizer state, so a trainer restored with
@@ -86,15 +88,17 @@ class Trainer:
         """Run the remaining epochs (all of them, for a new trainer); returns the
         per-epoch history of this call."""
         start_epoch, start_batch = divmod(self.step, self.steps_per_epoch)
-        self._notify("on_fit_start")
-        for epoch in range(start_epoch, self.epochs):
-            self._notify("on_epoch_start", epoch)
-            record = self._train_epoch(epoch, start_batch if epoch == start_epoch else 0)
-            self.history.append(record)
-            self._notify("on_epoch_end", epoch, record)
-            if self.should_stop:
-                break
-        self._notify("on_fit_end")
+        with _CompileClock() as clock:
+            self._notify("on_fit_start")
+            for epoch in range(start_epoch, self.epochs):
+                self._notify("on_epoch_start", epoch)
+                record = self._train_epoch(epoch, start_batch if epoch == start_epoch else 0)
+                record["compile_seconds"] = clock.seconds
+                self.history.append(record)
+                self._notify("on_epoch_end", epoch, record)
+                if self.should_stop:
+                    break
+            self._notify("on_fit_end")
         return self.history
 
     def _train_epoch(self, epoch, start_batch):
@@ -136,6 +140,25 @@ class Trainer:
             raise ValueError(f"this state was trained with seed {seed}, this trainer has seed {self.seed}: "
                              "the data order would differ")
         self.train_step.load_state_dict(state)
+
+
+class _CompileClock:
+    """Seconds JAX spent tracing, lowering and compiling while the block ran (what a
+    warm persistent compilation cache saves), from JAX's own monitoring events."""
+    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/backend_compile_duration")
+
+    def __enter__(self):
+        self.seconds = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._heard)
+        return self
+
+    def _heard(self, event, seconds, **kwargs):
+        if event in self.EVENTS:
+            self.seconds += seconds
+
+    def __exit__(self, *exception):
+        jax.monitoring.unregister_event_duration_listener(self._heard)
 
 
 def _check_finite(dataset):

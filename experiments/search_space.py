@@ -1,0 +1,90 @@
+"""Hydra's sweep syntax as a Ray Tune search space.
+
+The overrides users already type on a -m command line become Tune domains:
+`a,b,c`, `choice(a,b,c)` and `range(start,stop[,step])` are choices, which form a
+grid (every combination, `num_samples` times over); `interval(a,b)` is sampled
+uniformly, `tag(log, interval(a,b))` log-uniformly, and `tag(int, ...)` gives
+integers (both ends included). Overrides that are not sweeps are passed to every
+trial as written.
+"""
+from dataclasses import dataclass, field
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from ray import tune
+
+SEARCHES = ("grid", "random", "optuna")
+TAGS = {"log", "int"}
+
+
+class SearchSpaceError(ValueError):
+    """An override Tune cannot search over; the message names it."""
+
+
+@dataclass
+class SearchSpace:
+    fixed: list = field(default_factory=list)  # overrides every trial gets, as written
+    choices: dict = field(default_factory=dict)  # key -> the values to choose from
+    intervals: dict = field(default_factory=dict)  # key -> (low, high, tags)
+
+    @property
+    def keys(self):
+        return [*self.choices, *self.intervals]
+
+    def tune_space(self, search="grid"):
+        """The param_space for tune.Tuner: choices as a grid (grid search) or as
+        categorical choices (random and Bayesian search), intervals sampled."""
+        if search not in SEARCHES:
+            raise SearchSpaceError(f"hydra.sweeper.search must be one of {', '.join(SEARCHES)}, got {search!r}")
+        choose = tune.grid_search if search == "grid" else tune.choice
+        space = {key: choose(list(values)) for key, values in self.choices.items()}
+        space.update({key: _domain(low, high, tags) for key, (low, high, tags) in self.intervals.items()})
+        return space
+
+    def mutations(self):
+        """What population-based training may change: every swept key."""
+        return {key: list(values) for key, values in self.choices.items()} | {
+            key: _domain(low, high, tags) for key, (low, high, tags) in self.intervals.items()}
+
+    def overrides(self, values):
+        """The override list of one trial, whose swept keys took `values` ({key: value})."""
+        return self.fixed + [f"{key}={Override._get_value_element_as_str(values[key])}" for key in self.keys]
+
+    def describe(self):
+        parts = [f"{key}: {len(values)} choices" for key, values in self.choices.items()]
+        parts += [f"{key}: {'log-' if 'log' in tags else ''}{'integer ' if 'int' in tags else ''}interval "
+                  f"[{low:g}, {high:g}]" for key, (low, high, tags) in self.intervals.items()]
+        return "; ".join(parts) or "no swept settings"
+
+
+def parse(overrides):
+    """The SearchSpace of a -m command line's overrides."""
+    space = SearchSpace()
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key, value = override.get_key_element(), override.value()
+        if not override.is_sweep_override():
+            space.fixed.append(override.input_line)
+        elif isinstance(value, (ChoiceSweep, RangeSweep)):
+            if value.tags:
+                raise SearchSpaceError(f"{override.input_line}: tags apply to interval(...) only")
+            space.choices[key] = list(override.sweep_iterator())
+        elif isinstance(value, IntervalSweep):
+            unknown = set(value.tags) - TAGS
+            if unknown:
+                raise SearchSpaceError(f"{override.input_line}: unknown tag {', '.join(sorted(unknown))} "
+                                       f"(known: {', '.join(sorted(TAGS))})")
+            if not value.start < value.end:
+                raise SearchSpaceError(f"{override.input_line}: an interval needs low < high")
+            if "log" in value.tags and value.start <= 0:
+                raise SearchSpaceError(f"{override.input_line}: a log interval needs a positive low end")
+            space.intervals[key] = (value.start, value.end, frozenset(value.tags))
+        else:
+            raise SearchSpaceError(f"{override.input_line}: Tune cannot sweep over {type(value).__name__}")
+    return space
+
+
+def _domain(low, high, tags):
+    if "int" in tags:
+        low, high = int(low), int(high) + 1  # Tune's integer ranges exclude the high end
+        return tune.lograndint(low, high) if "log" in tags else tune.randint(low, high)
+    return tune.loguniform(low, high) if "log" in tags else tune.uniform(low, high)

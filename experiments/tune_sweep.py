@@ -1,0 +1,428 @@
+"""Sweeps on Ray Tune: `python -m experiments.run -m key=a,b other=interval(x,y) ...`.
+
+Hydra hands the -m command line to zkynet's Tune sweeper (conf/hydra/sweeper/
+tune.yaml); this module runs it:
+  * the overrides become a Tune search space (experiments.search_space);
+  * every trial is one `experiments.runner.run(cfg)` in a Ray worker, reporting
+    each epoch's metrics to Tune, so a trial starts as soon as resources free up
+    (no batch barrier) and a scheduler (FIFO, ASHA) can stop a bad trial early;
+  * workers are kept for the next trial (imports paid once per worker) and share
+    JAX's persistent compilation cache (an architecture compiles once per machine);
+  * a trial whose worker dies runs again and continues its own MLflow run from its
+    last checkpoint (experiments.resume), metrics and all;
+  * the sweep is one MLflow run with a child run per trial; whatever happens (a
+    refused config, a dead worker, Ctrl-C) no run is left RUNNING; an interrupted
+    sweep prints the command that resumes it, and finished trials are not rerun.
+"""
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's quiet reporter: the sweep prints its own lines
+for chatty in ("ray", "ray.tune"):
+    logging.getLogger(chatty).setLevel(logging.WARNING)
+
+import ray  # noqa: E402
+from hydra.core.singleton import Singleton  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+from omegaconf import OmegaConf, open_dict  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+
+from experiments import lineage, search_space  # noqa: E402
+from experiments.sweep import rank  # noqa: E402
+from experiments.tracking import connect, default_tracking_uri, experiment_id  # noqa: E402
+from zkynet.training import Callback  # noqa: E402
+from zkynet.training.callbacks import epoch_line  # noqa: E402
+
+SCHEDULERS = ("fifo", "asha")
+STATE = "tune"  # Tune's own records of the sweep, inside the sweep folder
+TRIAL_THREAD_TIMEOUT_SECONDS = "120"  # how long Tune lets a stopped trial end its MLflow run before reusing its worker
+
+
+@dataclass
+class Trial:
+    """What a trial's worker needs to build and run its configuration."""
+    hydra_context: object
+    master_config: object
+    singleton_state: dict
+    space: search_space.SearchSpace
+    sweep_dir: str
+    sweep_run_id: object  # None when tracking is off
+    cpus: float
+    environment: dict  # set before JAX starts in the worker
+
+
+def jax_environment(gpus, compilation_cache):
+    """How JAX must start in a trial's worker: on the GPU it was given (a missing one is
+    an error, not a silent CPU run) with memory allocated as needed, or a fraction of
+    it for a fractional GPU; and with the machine's persistent compilation cache."""
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "JAX_PLATFORMS": "cuda" if gpus else "cpu",
+           "JAX_COMPILATION_CACHE_DIR": str(Path(compilation_cache).expanduser()),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    if 0 < gpus < 1:  # fractions share a GPU: each trial takes its share of the memory
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * gpus:.3f}"
+    return env
+
+
+class TuneSweep:
+    def __init__(self, settings, hydra_context, config):
+        self.settings, self.hydra_context, self.config = settings, hydra_context, config
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        self.tracked = bool(config.tracking.enabled)
+        self.uri = config.tracking.uri or default_tracking_uri()
+
+    def run(self, arguments):
+        """Run the sweep; exits 0 when every trial finished, 1 when one failed, 130 when
+        interrupted (after printing how to resume), 2 when the sweep cannot be built."""
+        try:
+            space = search_space.parse(arguments)
+            self._check_settings()
+        except (search_space.SearchSpaceError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        client = connect(self.uri) if self.tracked else None
+        parent = self._sweep_run(client, arguments) if client is not None else None
+        status, error = "FAILED", None
+        trials = _TrialBook(client, parent.info.run_id if parent is not None else None)
+        previous_sigterm = signal.getsignal(signal.SIGTERM)
+        try:
+            gpus = self._start_ray()
+            signal.signal(signal.SIGTERM, _as_sigint)  # `kill` stops the sweep like Ctrl-C (after Ray's own handler)
+            tuner = self._tuner(space, parent, trials, gpus)
+            print(f"sweep: {space.describe()}; {self._plan(gpus)}", file=sys.stderr)
+            results = tuner.fit()
+            status = "KILLED" if trials.interrupted else "FAILED" if results.num_errors else "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+        except Exception as e:
+            error = e
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+            if parent is not None:
+                status = self._end(client, parent, trials, status, error)
+            if ray.is_initialized():
+                ray.shutdown()
+        if error is not None:
+            raise error
+        if status == "KILLED":
+            print(f"sweep interrupted; resume it with:\n  {self._resume_command(arguments)}", file=sys.stderr)
+            raise SystemExit(130)
+        if status != "FINISHED":
+            raise SystemExit(1)
+
+    # ------------------------------------------------------------------ setting up
+
+    def _check_settings(self):
+        s = self.settings
+        if s.scheduler not in SCHEDULERS:
+            raise ValueError(f"hydra.sweeper.scheduler must be one of {', '.join(SCHEDULERS)}, got {s.scheduler!r}")
+        if not (isinstance(s.num_samples, int) and s.num_samples >= 1):
+            raise ValueError(f"hydra.sweeper.num_samples must be a positive integer, got {s.num_samples!r}")
+        if s.max_concurrent is not None and not (isinstance(s.max_concurrent, int) and s.max_concurrent >= 1):
+            raise ValueError(f"hydra.sweeper.max_concurrent must be a positive integer or null, got {s.max_concurrent!r}")
+        if s.resume and not (self.sweep_dir / STATE).exists():
+            raise ValueError(f"hydra.sweeper.resume=true, but {self.sweep_dir} holds no sweep to resume "
+                             "(pass the hydra.sweep.dir of the interrupted sweep)")
+
+    def _sweep_run(self, client, arguments):
+        """The sweep's MLflow run: created, or on resume the interrupted one, running again."""
+        experiment = experiment_id(client, self.uri, self.config.tracking.experiment)
+        if self.settings.resume:
+            found = lineage.sweep_run(client, experiment, str(self.sweep_dir))
+            if found is not None:
+                client.update_run(found.info.run_id, status="RUNNING")
+                return found
+        run = client.create_run(experiment, run_name=f"sweep {self.sweep_dir.name}",
+                                tags={lineage.SWEEP: str(self.sweep_dir), lineage.OVERRIDES: " ".join(arguments),
+                                      **lineage.owner_tags()})
+        settings = OmegaConf.to_container(self.settings, resolve=True)
+        client.log_batch(run.info.run_id, params=[
+            _param(f"sweeper/{k}", v) for k, v in settings.items() if not isinstance(v, dict)])
+        print(f"sweep: MLflow run {run.info.run_id}, one child run per trial", file=sys.stderr)
+        return run
+
+    def _start_ray(self):
+        """Join the cluster at ray.address, or start a local Ray; returns the GPUs each
+        trial asks for (resources.gpu, with auto: one when the cluster has GPUs)."""
+        address = self.settings.ray.address
+        os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = TRIAL_THREAD_TIMEOUT_SECONDS  # read by the workers too
+        options = dict(address=address, log_to_driver=False,  # each trial's output: <sweep dir>/<trial>/trial.log
+                       runtime_env={"env_vars": {"TUNE_FUNCTION_THREAD_TIMEOUT_S": TRIAL_THREAD_TIMEOUT_SECONDS}})
+        if address is None:
+            options.update(include_dashboard=False, num_cpus=self.settings.ray.num_cpus)
+        try:
+            ray.init(**options)
+        except ConnectionError as e:
+            raise ConnectionError(f"{e}\n(a cluster started with `ray start` uses token authentication: "
+                                  "export RAY_AUTH_MODE=token, or pass address=auto on its head node)") from e
+        gpus = self.settings.resources.gpu
+        return (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0) if gpus == "auto" else gpus
+
+    def _tuner(self, space, parent, trials, gpus):
+        objective, mode = self.config.task.objective, self.config.task.mode
+        resources = {"cpu": self.settings.resources.cpu, "gpu": gpus}
+        context = Trial(self.hydra_context, self.config, Singleton.get_state(), space, str(self.sweep_dir),
+                        parent.info.run_id if parent is not None else None, resources["cpu"],
+                        jax_environment(gpus, self.settings.compilation_cache))
+        trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
+        if self.settings.resume:
+            return tune.Tuner.restore(str(self.sweep_dir / STATE), trainable, resume_errored=True)
+        run_config = tune.RunConfig(
+            name=STATE, storage_path=str(self.sweep_dir), verbose=0, callbacks=[trials],
+            failure_config=tune.FailureConfig(max_failures=self.settings.max_failures))
+        tune_config = tune.TuneConfig(
+            metric=objective, mode=mode, num_samples=self.settings.num_samples, reuse_actors=True,
+            scheduler=self._scheduler(), trial_name_creator=trial_name,
+            search_alg=self._search(space, objective, mode))
+        return tune.Tuner(trainable, param_space=space.tune_space(self.settings.search), tune_config=tune_config,
+                          run_config=run_config)
+
+    def _scheduler(self):
+        if self.settings.scheduler == "asha":
+            asha = self.settings.asha
+            return ASHAScheduler(time_attr="epoch", max_t=self.config.trainer.epochs, grace_period=asha.grace_period,
+                                 reduction_factor=asha.reduction_factor)
+        return FIFOScheduler()
+
+    def _search(self, space, objective, mode):
+        limit = self.settings.max_concurrent
+        if self.settings.search == "optuna":
+            from ray.tune.search import ConcurrencyLimiter
+            from ray.tune.search.optuna import OptunaSearch
+            optuna = OptunaSearch(metric=objective, mode=mode, seed=self.settings.seed)
+            return ConcurrencyLimiter(optuna, limit) if limit else optuna
+        from ray.tune.search import BasicVariantGenerator
+        return BasicVariantGenerator(random_state=self.settings.seed, max_concurrent=limit or 0)
+
+    def _plan(self, gpus):
+        s = self.settings
+        return (f"{s.search} search, {s.scheduler} scheduler, {s.num_samples} sample(s); every trial asks Ray for "
+                f"{s.resources.cpu} CPU and {gpus} GPU" +
+                (f", at most {s.max_concurrent} at once" if s.max_concurrent else ""))
+
+    # ------------------------------------------------------------------ ending
+
+    def _end(self, client, parent, trials, status, error):
+        """Reconcile Tune's trials with their MLflow runs (none left RUNNING), rank them,
+        end the sweep's run; returns the sweep's status."""
+        run_id = parent.info.run_id
+        trials.reconcile(client, run_id, self.config)
+        children = lineage.trials(client, client.get_run(run_id))
+        metric, mode = self.config.task.objective, self.config.task.mode
+        table, best = rank(children, metric, mode)
+        client.log_text(run_id, table + "\n", lineage.SWEEP_TABLE)
+        if best is not None:
+            client.log_batch(run_id, metrics=[Metric(f"best_{metric}", best.data.metrics[metric], 0, 0)])
+            client.set_tag(run_id, lineage.BEST_RUN, best.info.run_id)
+        failed = [r for r in children if r.info.status == "FAILED"]
+        if status == "FINISHED" and (failed or not children):
+            status = "FAILED"
+        if error is not None:
+            client.set_tag(run_id, lineage.ERROR, f"{type(error).__name__}: {error}"[:5000])
+        client.set_terminated(run_id, status)
+        print(f"\nsweep {status}: {len(children)} trials ranked by {metric} ({mode})\n{table}\n"
+              f"  MLflow run {run_id}; files: {self.sweep_dir}", file=sys.stderr)
+        if failed:
+            print(f"sweep: {len(failed)} of {len(children)} trials failed", file=sys.stderr)
+        return status
+
+    def _resume_command(self, arguments):
+        kept = [a for a in arguments if not a.startswith(("hydra.sweep.dir=", "hydra.sweeper.resume="))]
+        return " ".join([sys.executable, "-m", "experiments.run", "-m", *map(_quoted, kept),
+                         f"hydra.sweep.dir={self.sweep_dir}", "hydra.sweeper.resume=true"])
+
+
+def _as_sigint(number, frame):
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _quoted(argument):
+    return argument if all(c.isalnum() or c in "=.,_-+/:~[]" for c in argument) else f"'{argument}'"
+
+
+def _param(key, value):
+    return Param(key, str(value)[:6000])
+
+
+class _TrialBook(tune.Callback):
+    """The driver's record of every trial (Tune's status and error), so that the sweep
+    can end each trial's MLflow run the way the trial ended, even when its worker
+    could not: it died, or the sweep was interrupted. It also prints each trial's
+    epochs, one line each, prefixed by the trial."""
+
+    def __init__(self, client, sweep_run_id):
+        self.client, self.sweep_run_id = client, sweep_run_id
+        self.trials, self.statuses = {}, {}  # statuses as of the last step (ending a sweep marks all TERMINATED)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.trials.update((t.trial_id, t) for t in trials)
+        self.statuses = {t.trial_id: t.status for t in trials}
+
+    @property
+    def interrupted(self):
+        """Whether the sweep stopped with trials still to run (Ctrl-C, SIGTERM)."""
+        return any(status not in ("TERMINATED", "ERROR") for status in self.statuses.values())
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        line = epoch_line({k: v for k, v in result.items() if isinstance(v, (int, float))}, result["epochs"])
+        print(f"[trial {trial_number(str(trial))}] {line}", file=sys.stderr, flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.trials[trial.trial_id] = trial
+        number, last = trial_number(str(trial)), trial.last_result or {}
+        if "epochs" in last:
+            early = ", stopped early by the scheduler" if last["epoch"] < last["epochs"] else ""
+            print(f"[trial {number}] trained {last['epoch']} of {last['epochs']} epochs{early}", file=sys.stderr)
+            return
+        run = self._run_of(number)  # it ended before its first epoch: its run says why
+        if run is not None:
+            print(f"[trial {number}] {run.info.status}: {run.data.tags.get(lineage.ERROR, 'no epoch trained')}",
+                  file=sys.stderr)
+
+    def _run_of(self, number):
+        if self.client is None:
+            return None
+        found = self.client.search_runs(
+            [self.client.get_run(self.sweep_run_id).info.experiment_id], max_results=1,
+            filter_string=f"tags.{lineage.PARENT} = '{self.sweep_run_id}' and tags.{lineage.SWEEP_JOB} = '{number}'",
+            order_by=["attributes.start_time DESC"])
+        return found[0] if found else None
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.trials[trial.trial_id] = trial
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.trials[trial.trial_id] = trial
+
+
+    def reconcile(self, client, sweep_run_id, config):
+        by_number = {r.data.tags.get(lineage.SWEEP_JOB): r for r in lineage.trials(client, client.get_run(sweep_run_id))}
+        for trial in self.trials.values():
+            number, status = str(trial_number(str(trial))), self.statuses.get(trial.trial_id, trial.status)
+            run = by_number.get(number)
+            error = trial.get_error() if status == "ERROR" else None
+            if run is None and error is not None:  # it failed before it had a run: composing its config
+                run = client.create_run(client.get_run(sweep_run_id).info.experiment_id,
+                                        run_name=f"{config.run_name or 'trial'} #{number}",
+                                        tags={lineage.PARENT: sweep_run_id, lineage.SWEEP_JOB: number,
+                                              lineage.OVERRIDES: " ".join(_trial_overrides(trial))})
+            if run is None or run.info.status not in ("RUNNING", "SCHEDULED"):
+                continue
+            if error is not None:
+                client.set_tag(run.info.run_id, lineage.ERROR, str(error).strip().splitlines()[-1][:5000])
+                client.set_terminated(run.info.run_id, "FAILED")
+            else:
+                client.set_terminated(run.info.run_id, "FINISHED" if status == "TERMINATED" else "KILLED")
+
+
+def _trial_overrides(trial):
+    return [f"{k}={v}" for k, v in (trial.config or {}).items()]
+
+
+def trial_name(trial):
+    """`trial_7` for Tune's trial number 7 (the index its search gave it: from 0 for
+    grid and random search, from 1 for a searcher such as Optuna's)."""
+    return f"trial_{trial.experiment_tag.split('_', 1)[0]}"
+
+
+def trial_number(name):
+    return int(name.rsplit("_", 1)[-1])
+
+
+# ---------------------------------------------------------------------- in the worker
+
+def train_trial(hyperparameters, context):
+    """One trial, in a Ray worker: its configuration composed as the command line
+    would, then trained by the runner, epoch by epoch reported to Tune. Its output
+    goes to trial.log in its folder (the driver prints its epochs). An error ends
+    the trial's MLflow run FAILED and is not retried: only a worker that dies is."""
+    started = time.perf_counter()
+    from experiments.runner import run  # the worker's first trial pays this import, later ones do not
+
+    os.environ.update(context.environment)  # before this worker's JAX starts (its first trial)
+    number = trial_number(tune.get_context().get_trial_name())
+    folder = Path(context.sweep_dir) / str(number)
+    folder.mkdir(parents=True, exist_ok=True)
+    Singleton.set_state(context.singleton_state)  # Hydra's config store, as in the driver
+    _pin_to_cores(context.cpus)
+    overrides = context.space.overrides(hyperparameters)
+    with open(folder / "trial.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            cfg = context.hydra_context.config_loader.load_sweep_config(context.master_config, overrides)
+            with open_dict(cfg):
+                choices = cfg.hydra.runtime.choices
+                cfg.run_name = cfg.run_name or f"{choices.get('model')}-{choices.get('dataset')} #{number}"
+                del cfg["hydra"]
+                cfg.output_dir = str(folder)
+                cfg.launch.overrides = overrides
+                cfg.launch.sweep_run_id = context.sweep_run_id
+                cfg.launch.trial = number
+                cfg.trainer.progress = False  # many trials share one terminal: plain lines
+            report = TuneReport(started)
+            run(cfg, callbacks=[report])
+        except Exception:
+            traceback.print_exc()  # in trial.log; the run (if it got one) ended FAILED with the error
+            return
+    if report.stopped:
+        raise SystemExit(0)  # how a trial Tune stopped must end (its worker waits for it before the next trial)
+
+
+class TuneReport(Callback):
+    """Reports every epoch's record to Tune, and stops training when Tune's scheduler
+    says so (ASHA): the run then ends FINISHED, tagged as stopped early."""
+
+    stopped = False
+
+    def __init__(self, started):
+        self.started = started  # when the trial reached its worker
+
+    def on_fit_start(self, trainer):
+        """Also logs startup_seconds: from the trial reaching its worker to its first step
+        (imports on a fresh worker, config, data, model, MLflow run, graph picture)."""
+        self.tracker = next((c.tracker for c in trainer.callbacks if hasattr(c, "tracker")), None)
+        if self.tracker is not None:
+            self.tracker.log_metrics({"startup_seconds": time.perf_counter() - self.started}, trainer.step)
+
+    def on_epoch_end(self, trainer, epoch, record):
+        reported = {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        try:
+            tune.report({**reported, "epochs": trainer.epochs})
+        except SystemExit:  # Tune stops this trial here: it ends after this epoch's callbacks
+            trainer.should_stop = self.stopped = True
+            if epoch + 1 < trainer.epochs and self.tracker is not None:
+                self.tracker.set_tags({lineage.STOPPED_EARLY: "true", lineage.STOPPED_AT_EPOCH: epoch + 1})
+                print(f"stopped early by the scheduler after epoch {epoch + 1}", file=sys.stderr)
+
+
+_held_slot = None  # this worker's core slot, held for its lifetime
+
+
+def _pin_to_cores(cpus):
+    """Keep this worker (and so JAX's thread pool, which it sizes by the cores it may
+    use) on `cpus` cores of its own: a slot claimed with a file lock, held while the
+    worker lives. Left alone, every worker spreads over all cores and they thrash."""
+    global _held_slot
+    available = sorted(os.sched_getaffinity(0))
+    count = max(1, math.ceil(cpus))
+    if _held_slot is not None or count >= len(available):
+        return
+    for slot in range(len(available) // count):
+        handle = open(Path(tempfile.gettempdir()) / f"zkynet-core-slot-{slot}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _held_slot = handle
+        os.sched_setaffinity(0, available[slot * count:(slot + 1) * count])
+        return
