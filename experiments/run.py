@@ -10,7 +10,6 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra_plugins
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -24,8 +23,9 @@ from zkynet.data import DatasetNotFoundError
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" is not news
 schema.register()
-# Hydra looks for sweepers in the hydra_plugins namespace only: ours (the Tune sweeper) joins it from here
-hydra_plugins.__path__.append(str(Path(__file__).parent / "plugins" / "hydra_plugins"))
+# Hydra looks for sweepers in the `hydra_plugins` namespace package only: ours (the Tune sweeper)
+# joins it from experiments/plugins/ (the repository's top level is the user's)
+sys.path.append(str(Path(__file__).parent / "plugins"))
 
 __all__ = ["main", "run"]
 

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -112,6 +113,9 @@ class TuneSweep:
                 status = self._end(client, parent, trials, status, error)
             if ray.is_initialized():
                 ray.shutdown()
+        if isinstance(error, SweepStartError):
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(1)
         if error is not None:
             raise error
         if status == "KILLED":
@@ -155,6 +159,8 @@ class TuneSweep:
         """Join the cluster at ray.address, or start a local Ray; returns the GPUs each
         trial asks for (resources.gpu, with auto: one when the cluster has GPUs)."""
         address = self.settings.ray.address
+        if address not in (None, "auto"):
+            _check_reachable(address)
         os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = TRIAL_THREAD_TIMEOUT_SECONDS  # read by the workers too
         options = dict(address=address, log_to_driver=False,  # each trial's output: <sweep dir>/<trial>/trial.log
                        runtime_env={"env_vars": {"TUNE_FUNCTION_THREAD_TIMEOUT_S": TRIAL_THREAD_TIMEOUT_SECONDS}})
@@ -163,7 +169,7 @@ class TuneSweep:
         try:
             ray.init(**options)
         except ConnectionError as e:
-            raise ConnectionError(f"{e}\n(a cluster started with `ray start` uses token authentication: "
+            raise SweepStartError(f"{e}\n(a cluster started with `ray start` uses token authentication: "
                                   "export RAY_AUTH_MODE=token, or pass address=auto on its head node)") from e
         gpus = self.settings.resources.gpu
         return (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0) if gpus == "auto" else gpus
@@ -230,8 +236,8 @@ class TuneSweep:
         if error is not None:
             client.set_tag(run_id, lineage.ERROR, f"{type(error).__name__}: {error}"[:5000])
         client.set_terminated(run_id, status)
-        print(f"\nsweep {status}: {len(children)} trials ranked by {metric} ({mode})\n{table}\n"
-              f"  MLflow run {run_id}; files: {self.sweep_dir}", file=sys.stderr)
+        ranked = f"{len(children)} trials ranked by {metric} ({mode})\n{table}\n" if children else "no trial ran\n"
+        print(f"\nsweep {status}: {ranked}  MLflow run {run_id}; files: {self.sweep_dir}", file=sys.stderr)
         if failed:
             print(f"sweep: {len(failed)} of {len(children)} trials failed", file=sys.stderr)
         return status
@@ -240,6 +246,21 @@ class TuneSweep:
         kept = [a for a in arguments if not a.startswith(("hydra.sweep.dir=", "hydra.sweeper.resume="))]
         return " ".join([sys.executable, "-m", "experiments.run", "-m", *map(_quoted, kept),
                          f"hydra.sweep.dir={self.sweep_dir}", "hydra.sweeper.resume=true"])
+
+
+class SweepStartError(RuntimeError):
+    """The sweep could not start (Ray unreachable, ...); the message says what to fix."""
+
+
+def _check_reachable(address, seconds=5.0):
+    """Refuse at once a Ray address nothing answers at (ray.init would wait minutes)."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=seconds).close()
+    except (OSError, ValueError) as e:
+        raise SweepStartError(f"cannot reach the Ray cluster at hydra.sweeper.ray.address={address} ({e}); "
+                              "start it with `ray start --head`, or fix the address (HOST:6379, or auto "
+                              "on its head node)") from None
 
 
 def _as_sigint(number, frame):

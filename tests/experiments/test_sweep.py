@@ -225,3 +225,12 @@ def test_the_basic_sweeper_runs_jobs_one_after_another_tracked_the_same_way(cli)
     parent, trials = sweep_runs(cli)
     assert parent.info.status == "FINISHED" and sorted(trials) == [0, 1]
     assert trials[0].info.end_time <= trials[1].info.start_time and parent.data.tags["best_run"]
+
+
+@pytest.mark.slow
+def test_a_sweep_that_cannot_reach_its_cluster_fails_at_once_naming_it(cli):
+    result = sweep(cli, "trainer.epochs=1", "seed=0,1", f"hydra.sweeper.ray.address=127.0.0.1:{free_port()}")
+    assert result.returncode == 1 and "cannot reach the Ray cluster at hydra.sweeper.ray.address=127.0.0.1:" in \
+        result.stderr and "Traceback" not in result.stderr
+    (parent,) = cli.runs()
+    assert parent.info.status == "FAILED" and "cannot reach the Ray cluster" in parent.data.tags["error"]
