@@ -5,8 +5,8 @@ summary. Inside the block, SIGTERM (`kill`) interrupts like Ctrl-C; the MLflow
 run is started with `run.track(...)` while signals wait, so no interruption can
 fall between creating the MLflow run and owning it, and during `run.training()`
 an interruption waits for the end of the current step. Leaving the block ends the
-run FINISHED, KILLED (an interrupt) or FAILED (an exception, with the traceback
-logged), after the last checkpoint is written, and prints the summary; the
+run FINISHED, KILLED (an interrupt), FAILED (an exception, with the traceback
+logged) or SCHEDULED (Paused: to be continued), after the last checkpoint is written, and prints the summary; the
 exception, if any, goes on to the caller.
 """
 import os
@@ -21,6 +21,11 @@ from pathlib import Path
 from experiments import lineage
 from experiments.tracking import Tracker, TrackingError
 from zkynet.training import Callback
+
+
+class Paused(Exception):
+    """Raised by a sweep engine's callback when its scheduler pauses a trial to go on
+    later (population-based training): the run ends SCHEDULED, to be continued."""
 
 
 class Run:
@@ -61,7 +66,8 @@ class Run:
         with self._signals.deferred(hold_all=True):  # a second Ctrl-C must not leave the run half-ended
             try:
                 interrupted = kind is not None and _interrupted(error)
-                self.status = "FINISHED" if kind is None else "KILLED" if interrupted else "FAILED"
+                self.status = ("FINISHED" if kind is None else "SCHEDULED" if issubclass(kind, Paused)
+                               else "KILLED" if interrupted else "FAILED")
                 if self.status == "FAILED":
                     self.error = error
                     self._log_error(error)

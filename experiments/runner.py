@@ -23,10 +23,12 @@ from zkynet.training import Callback, Checkpointer, Trainer
 NOT_PARAMS = ("launch", "output_dir")  # how the run was started, not what it trains
 
 
-def run(cfg, callbacks=()):
+def run(cfg, callbacks=(), state=None):
     """Train as `cfg` says, tracked in MLflow unless tracking.enabled is false; returns
     the last epoch's value of the task's objective (NaN if no epoch ran). `callbacks`
-    (a sweep engine's) watch the training after the configured ones."""
+    (a sweep engine's) watch the training after the configured ones; `state` (a
+    Trainer.state_dict(), e.g. another trial's, for population-based training) is
+    where training starts instead of the run's own last checkpoint."""
     cfg = _settled(cfg)
     uri = cfg.tracking.uri or default_tracking_uri()
     client = connect(uri) if cfg.tracking.enabled else None
@@ -37,6 +39,8 @@ def run(cfg, callbacks=()):
             _record_refused_trial(client, cfg, e)  # a sweep's trial is never lost, even one refused
         raise
     cfg = continued.cfg
+    if state is not None:
+        continued.state = state
 
     with Run(cfg, uri) as current:
         tracker = None
@@ -116,7 +120,9 @@ def _settled(cfg):
 
 def _say_where_it_continues(continued, trainer, cfg):
     done = trainer.epoch
-    if continued.attempt > 1 and cfg.launch.trial is not None and not cfg.trainer.resume:
+    if continued.run_id is None:
+        print(f"starting at step {trainer.step} (epoch {done + 1} of {cfg.trainer.epochs}) from the state it was given")
+    elif continued.attempt > 1 and cfg.launch.trial is not None and not cfg.trainer.resume:
         print(f"sweep job {cfg.launch.trial}: attempt {continued.attempt}, continuing run {continued.run_id} "
               f"from step {trainer.step}")
     elif done >= cfg.trainer.epochs:

@@ -37,17 +37,22 @@ from hydra.core.singleton import Singleton  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining  # noqa: E402
 
 from experiments import lineage, search_space  # noqa: E402
+from experiments.lifecycle import Paused  # noqa: E402
 from experiments.sweep import rank  # noqa: E402
 from experiments.tracking import connect, default_tracking_uri, experiment_id  # noqa: E402
+from zkynet import checkpoint  # noqa: E402
 from zkynet.training import Callback  # noqa: E402
 from zkynet.training.callbacks import epoch_line  # noqa: E402
 
-SCHEDULERS = ("fifo", "asha")
+SCHEDULERS = ("fifo", "asha", "pbt")
+# what population-based training may change mid-trial: values that change neither shapes nor code
+PBT_MUTABLE = ("optimizer.", "model.dropout")
 STATE = "tune"  # Tune's own records of the sweep, inside the sweep folder
-TRIAL_THREAD_TIMEOUT_SECONDS = "120"  # how long Tune lets a stopped trial end its MLflow run before reusing its worker
+TRIAL_THREAD_TIMEOUT_SECONDS = "120"
+CHECKPOINT_FILE = Path(lineage.CHECKPOINT).name  # what a trial's Tune checkpoint folder holds  # how long Tune lets a stopped trial end its MLflow run before reusing its worker
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Trial:
     sweep_run_id: object  # None when tracking is off
     cpus: float
     environment: dict  # set before JAX starts in the worker
+    pbt_interval: int = 0  # population-based training: checkpoint to Tune every this many epochs
 
 
 def jax_environment(gpus, compilation_cache):
@@ -87,7 +93,7 @@ class TuneSweep:
         interrupted (after printing how to resume), 2 when the sweep cannot be built."""
         try:
             space = search_space.parse(arguments)
-            self._check_settings()
+            self._check_settings(space)
         except (search_space.SearchSpaceError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -126,8 +132,14 @@ class TuneSweep:
 
     # ------------------------------------------------------------------ setting up
 
-    def _check_settings(self):
+    def _check_settings(self, space):
         s = self.settings
+        if s.scheduler == "pbt":
+            fixed = [k for k in space.keys if not k.lstrip("+").startswith(PBT_MUTABLE)]
+            if not space.keys or fixed:
+                raise ValueError(f"hydra.sweeper.scheduler=pbt mutates hyperparameters that change neither shapes "
+                                 f"nor code ({', '.join(PBT_MUTABLE)}...); sweep some of those"
+                                 + (f", not {', '.join(fixed)}" if fixed else ""))
         if s.scheduler not in SCHEDULERS:
             raise ValueError(f"hydra.sweeper.scheduler must be one of {', '.join(SCHEDULERS)}, got {s.scheduler!r}")
         if not (isinstance(s.num_samples, int) and s.num_samples >= 1):
@@ -179,21 +191,28 @@ class TuneSweep:
         resources = {"cpu": self.settings.resources.cpu, "gpu": gpus}
         context = Trial(self.hydra_context, self.config, Singleton.get_state(), space, str(self.sweep_dir),
                         parent.info.run_id if parent is not None else None, resources["cpu"],
-                        jax_environment(gpus, self.settings.compilation_cache))
+                        jax_environment(gpus, self.settings.compilation_cache),
+                        self.settings.pbt.interval if self.settings.scheduler == "pbt" else 0)
         trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
         if self.settings.resume:
             return tune.Tuner.restore(str(self.sweep_dir / STATE), trainable, resume_errored=True)
         run_config = tune.RunConfig(
-            name=STATE, storage_path=str(self.sweep_dir), verbose=0, callbacks=[trials],
+            name=STATE, storage_path=str(self.sweep_dir), verbose=0, callbacks=[trials], stop=trained_out,
             failure_config=tune.FailureConfig(max_failures=self.settings.max_failures))
         tune_config = tune.TuneConfig(
             metric=objective, mode=mode, num_samples=self.settings.num_samples, reuse_actors=True,
-            scheduler=self._scheduler(), trial_name_creator=trial_name,
+            scheduler=self._scheduler(space), trial_name_creator=trial_name,
             search_alg=self._search(space, objective, mode))
         return tune.Tuner(trainable, param_space=space.tune_space(self.settings.search), tune_config=tune_config,
                           run_config=run_config)
 
-    def _scheduler(self):
+    def _scheduler(self, space):
+        if self.settings.scheduler == "pbt":
+            pbt = self.settings.pbt
+            return PopulationBasedTraining(time_attr="epoch", perturbation_interval=pbt.interval, synch=True,
+                                           hyperparam_mutations=space.mutations(),
+                                           quantile_fraction=pbt.quantile_fraction,
+                                           resample_probability=pbt.resample_probability)
         if self.settings.scheduler == "asha":
             asha = self.settings.asha
             return ASHAScheduler(time_attr="epoch", max_t=self.config.trainer.epochs, grace_period=asha.grace_period,
@@ -350,6 +369,12 @@ def _trial_overrides(trial):
     return [f"{k}={v}" for k, v in (trial.config or {}).items()]
 
 
+def trained_out(trial_id, result):
+    """A trial that trained all its epochs is done: no scheduler decides about it then
+    (population-based training would otherwise exploit it once more)."""
+    return result["epoch"] >= result["epochs"]
+
+
 def trial_name(trial):
     """`trial_7` for Tune's trial number 7 (the index its search gave it: from 0 for
     grid and random search, from 1 for a searcher such as Optuna's)."""
@@ -389,8 +414,10 @@ def train_trial(hyperparameters, context):
                 cfg.launch.sweep_run_id = context.sweep_run_id
                 cfg.launch.trial = number
                 cfg.trainer.progress = False  # many trials share one terminal: plain lines
-            report = TuneReport(started)
-            run(cfg, callbacks=[report])
+            report = TuneReport(started, hyperparameters, context.pbt_interval)
+            run(cfg, callbacks=[report], state=_tune_state(cfg.seed))
+        except Paused:
+            raise SystemExit(0) from None  # population-based training goes on with it later
         except Exception:
             traceback.print_exc()  # in trial.log; the run (if it got one) ended FAILED with the error
             return
@@ -398,30 +425,64 @@ def train_trial(hyperparameters, context):
         raise SystemExit(0)  # how a trial Tune stopped must end (its worker waits for it before the next trial)
 
 
+def _tune_state(seed):
+    """The training state Tune hands this trial (population-based training: the
+    checkpoint of the trial it exploits), or None. It goes on with this trial's own
+    data order (seed)."""
+    given = tune.get_checkpoint()
+    if given is None:
+        return None
+    with given.as_directory() as folder:
+        state = checkpoint.load(Path(folder) / CHECKPOINT_FILE)
+    state["meta"]["seed"] = seed
+    return state
+
+
 class TuneReport(Callback):
     """Reports every epoch's record to Tune, and stops training when Tune's scheduler
-    says so (ASHA): the run then ends FINISHED, tagged as stopped early."""
+    says so: ASHA stops a trial (its run ends FINISHED, tagged as stopped early);
+    population-based training pauses it (its run ends SCHEDULED, continued when the
+    trial resumes, maybe from another trial's checkpoint with new hyperparameters,
+    logged each epoch as hp/<key> metrics). With `pbt_interval`, every that many
+    epochs the report carries the checkpoint PBT exploits."""
 
     stopped = False
 
-    def __init__(self, started):
+    def __init__(self, started, hyperparameters, pbt_interval=0):
         self.started = started  # when the trial reached its worker
+        self.hyperparameters, self.pbt_interval = hyperparameters, pbt_interval
 
     def on_fit_start(self, trainer):
         """Also logs startup_seconds: from the trial reaching its worker to its first step
         (imports on a fresh worker, config, data, model, MLflow run, graph picture)."""
         self.tracker = next((c.tracker for c in trainer.callbacks if hasattr(c, "tracker")), None)
+        self.checkpointer = next((c for c in trainer.callbacks if hasattr(c, "saved_step")), None)
         if self.tracker is not None:
             self.tracker.log_metrics({"startup_seconds": time.perf_counter() - self.started}, trainer.step)
 
     def on_epoch_end(self, trainer, epoch, record):
         reported = {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        saved = None
+        if self.pbt_interval:
+            if self.tracker is not None:
+                self.tracker.log_metrics({f"hp/{k}": v for k, v in self.hyperparameters.items()
+                                          if isinstance(v, (int, float))}, trainer.step)
+            if (epoch + 1) % self.pbt_interval == 0 and self.checkpointer is not None:
+                self.checkpointer.save(trainer)
+                self.checkpointer.wait()
+                saved = tune.Checkpoint.from_directory(str(Path(self.checkpointer.path).parent))
         try:
-            tune.report({**reported, "epochs": trainer.epochs})
-        except SystemExit:  # Tune stops this trial here: it ends after this epoch's callbacks
-            trainer.should_stop = self.stopped = True
-            if epoch + 1 < trainer.epochs and self.tracker is not None:
-                self.tracker.set_tags({lineage.STOPPED_EARLY: "true", lineage.STOPPED_AT_EPOCH: epoch + 1})
+            tune.report({**reported, "epochs": trainer.epochs}, checkpoint=saved)
+        except SystemExit:  # Tune stops (or pauses) this trial here
+            if epoch + 1 >= trainer.epochs:
+                trainer.should_stop = self.stopped = True
+            elif self.pbt_interval:
+                print(f"paused by population-based training after epoch {epoch + 1}", file=sys.stderr)
+                raise Paused from None
+            else:
+                trainer.should_stop = self.stopped = True
+                if self.tracker is not None:
+                    self.tracker.set_tags({lineage.STOPPED_EARLY: "true", lineage.STOPPED_AT_EPOCH: epoch + 1})
                 print(f"stopped early by the scheduler after epoch {epoch + 1}", file=sys.stderr)
 
 

@@ -234,3 +234,23 @@ def test_a_sweep_that_cannot_reach_its_cluster_fails_at_once_naming_it(cli):
         result.stderr and "Traceback" not in result.stderr
     (parent,) = cli.runs()
     assert parent.info.status == "FAILED" and "cannot reach the Ray cluster" in parent.data.tags["error"]
+
+
+@pytest.mark.slow
+def test_population_based_training_exploits_through_tune_checkpoints(cli):
+    """After 2 epochs the hopeless trial (lr 1e-6) takes on a good trial's weights and a
+    new learning rate: its loss drops at once, the new rate is logged per epoch, and
+    it is still one MLflow run with every epoch once."""
+    result = sweep(cli, "hydra.sweeper.scheduler=pbt", "hydra.sweeper.pbt.interval=2", "trainer.epochs=4",
+                   "optimizer.lr=1e-6,1e-3,2e-3,3e-3", "trainer.lr_schedule=constant")
+    assert result.returncode == 0, result.stderr
+    parent, trials = sweep_runs(cli)
+    assert parent.info.status == "FINISHED" and sorted(trials) == [0, 1, 2, 3]
+    assert all(r.info.status == "FINISHED" for r in trials.values())
+    for run in trials.values():
+        assert [m.step for m in cli.client.get_metric_history(run.info.run_id, "val_loss")] == [22, 44, 66, 88]
+    hopeless = trials[0]
+    rates = [m.value for m in cli.client.get_metric_history(hopeless.info.run_id, "hp/optimizer.lr")]
+    losses = [m.value for m in cli.client.get_metric_history(hopeless.info.run_id, "val_loss")]
+    assert rates[:2] == [1e-6, 1e-6] and rates[2] != 1e-6 and rates[2] == rates[3]
+    assert losses[2] < 0.5 * losses[1]  # a good trial's weights
