@@ -152,9 +152,11 @@ class Run:
 def _interrupted(error):
     """Whether `error` is, or was caused by, an interrupt (C code such as NumPy's may
     turn a KeyboardInterrupt raised inside it into another exception)."""
-    while error is not None:
+    seen = set()
+    while error is not None and id(error) not in seen:  # a chain can loop (raise e.__cause__ from None)
         if isinstance(error, KeyboardInterrupt):
             return True
+        seen.add(id(error))
         error = error.__cause__ or error.__context__
     return False
 

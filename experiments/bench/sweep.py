@@ -1,8 +1,15 @@
-"""Sweep wall time: N digits-MLP trials on Ray Tune (the default -m sweeper) vs
-Hydra's basic sweeper and launcher, which run them one after another in one
-process, on this machine, in one run (start-up included). Also: how soon a
-trial on a warm worker (one that already ran a trial) reaches its first step.
-Targets: Tune / sequential <= 0.75 for 8 trials of 200 epochs; warm start <= 1 s.
+"""Sweeps, measured in one run on this machine.
+
+wall: N digits-MLP trials on Ray Tune (the default -m sweeper) vs Hydra's basic
+sweeper and launcher, which run them one after another in one process (start-up
+included); and how soon a trial on a warm worker (one that already ran a trial)
+reaches its first step. Targets: Tune / sequential <= 0.75 for 8 trials of 200
+epochs; warm start <= 1 s.
+
+asha: a random search (learning rate x width) with FIFO, every trial trained to
+the end, then the same trials (same seed) with ASHA. Targets: ASHA's best
+validation accuracy within 0.5 percentage points of FIFO's best, with <= 40% of
+FIFO's epochs.
 """
 import os
 import statistics
@@ -47,24 +54,67 @@ def warm_starts(store):
     return warm
 
 
+ASHA_SPACE = ["optimizer.lr=tag(log, interval(1e-4, 3e-2))",
+              "model.widths=[64,16,10],[64,64,10],[64,256,10],[64,256,256,10]"]
+ASHA_ACCURACY_GAP, ASHA_EPOCH_SHARE = 0.005, 0.4
+
+
+def asha_versus_fifo(args, folder):
+    """(FIFO's best val_accuracy and epochs trained, ASHA's), on the same trials."""
+    outcome = {}
+    for scheduler in ("fifo", "asha"):
+        overrides = ["hydra.sweeper.search=random", f"hydra.sweeper.num_samples={args.asha_trials}",
+                     f"hydra.sweeper.scheduler={scheduler}", "hydra.sweeper.asha.grace_period=2",
+                     f"trainer.epochs={args.asha_epochs}", "task.objective=val_accuracy", "task.mode=max",
+                     *ASHA_SPACE]
+        store = f"sqlite:///{folder}/{scheduler}.db"
+        command = [sys.executable, "-m", "experiments.run", "-m", f"tracking.uri={store}",
+                   f"hydra.sweep.dir={folder}/{scheduler}", "trainer.progress=false", *overrides]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{scheduler} sweep failed:\n{result.stderr[-3000:]}")
+        client = MlflowClient(store)
+        trials = [r for r in client.search_runs([client.get_experiment_by_name("zkynet").experiment_id])
+                  if "sweep_job" in r.data.tags]
+        outcome[scheduler] = (max(r.data.metrics["val_accuracy"] for r in trials),
+                              sum(int(r.data.metrics["epoch"]) for r in trials))
+    return outcome
+
+
 def add_arguments(parser):
+    parser.add_argument("--part", choices=["wall", "asha", "all"], default="all")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--overrides", nargs="*", default=["model=mlp", "trainer.epochs=200"],
-                        help="what each trial trains (default: the digits MLP, 200 epochs)")
+                        help="what each trial of the wall-time part trains (default: the digits MLP, 200 epochs)")
+    parser.add_argument("--asha-trials", type=int, default=16)
+    parser.add_argument("--asha-epochs", type=int, default=30)
     parser.add_argument("--json", default="outputs/bench/sweep.json")
 
 
 def run(args):
-    print(f"{args.trials} trials of: {' '.join(args.overrides)} ({os.cpu_count()} cpus)")
-    seeds = list(range(args.trials))
+    result = dict(benchmark="sweep", cpus=os.cpu_count())
     with tempfile.TemporaryDirectory() as folder:
-        sequential, _ = sweep_seconds("sequential", seeds, args.overrides, folder)
-        tune, store = sweep_seconds("tune", seeds, args.overrides, folder)
-        warm = warm_starts(store)
-    ratio = tune / sequential
-    print(f"sequential {sequential:.1f}s   tune {tune:.1f}s   tune / sequential {ratio:.2f} (target <= {TARGET})")
-    if warm:
-        print(f"warm workers: {len(warm)} trials reached their first step {statistics.median(warm):.2f}s "
-              f"(median; max {max(warm):.2f}s) after reaching their worker (target <= {WARM_TARGET}s)")
-    write_result(args.json, dict(benchmark="sweep", trials=args.trials, overrides=args.overrides, cpus=os.cpu_count(),
-                                 sequential_s=sequential, tune_s=tune, ratio=ratio, warm_startup_s=warm))
+        if args.part in ("wall", "all"):
+            print(f"{args.trials} trials of: {' '.join(args.overrides)} ({os.cpu_count()} cpus)")
+            seeds = list(range(args.trials))
+            sequential, _ = sweep_seconds("sequential", seeds, args.overrides, folder)
+            tune, store = sweep_seconds("tune", seeds, args.overrides, folder)
+            warm = warm_starts(store)
+            ratio = tune / sequential
+            print(f"sequential {sequential:.1f}s   tune {tune:.1f}s   tune / sequential {ratio:.2f} "
+                  f"(target <= {TARGET})")
+            if warm:
+                print(f"warm workers: {len(warm)} trials reached their first step {statistics.median(warm):.2f}s "
+                      f"(median; max {max(warm):.2f}s) after reaching their worker (target <= {WARM_TARGET}s)")
+            result.update(trials=args.trials, overrides=args.overrides, sequential_s=sequential, tune_s=tune,
+                          ratio=ratio, warm_startup_s=warm)
+        if args.part in ("asha", "all"):
+            outcome = asha_versus_fifo(args, folder)
+            (fifo_best, fifo_epochs), (asha_best, asha_epochs) = outcome["fifo"], outcome["asha"]
+            print(f"{args.asha_trials} random trials of {args.asha_epochs} epochs: FIFO best val_accuracy "
+                  f"{fifo_best:.4f} in {fifo_epochs} epochs; ASHA best {asha_best:.4f} in {asha_epochs} epochs "
+                  f"({asha_epochs / fifo_epochs:.0%} of FIFO's; targets: within {ASHA_ACCURACY_GAP:.1%} "
+                  f"with <= {ASHA_EPOCH_SHARE:.0%})")
+            result.update(asha=dict(trials=args.asha_trials, epochs=args.asha_epochs, fifo_best=fifo_best,
+                                    fifo_epochs=fifo_epochs, asha_best=asha_best, asha_epochs=asha_epochs))
+    write_result(args.json, result)

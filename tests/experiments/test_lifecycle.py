@@ -69,3 +69,14 @@ def test_a_store_that_stops_taking_metrics_fails_the_run_loudly(runner, monkeypa
         runner("trainer.epochs=2", "trainer.checkpoint_min_seconds=0")
     (run,) = runner.runs()
     assert run.info.status == "FAILED" and run.data.metrics == {}
+
+
+def test_an_exception_chain_that_loops_is_still_classified():
+    from experiments.lifecycle import _interrupted
+
+    cause = ValueError("missing file")
+    wrapper = RuntimeError("while building")
+    wrapper.__cause__, cause.__context__ = cause, wrapper  # what `raise e.__cause__ from None` leaves
+    assert _interrupted(wrapper) is False
+    cause.__cause__ = KeyboardInterrupt()
+    assert _interrupted(wrapper) is True
