@@ -300,9 +300,17 @@ class _TrialBook(tune.Callback):
     could not: it died, or the sweep was interrupted. It also prints each trial's
     epochs, one line each, prefixed by the trial."""
 
+    current = None  # this process's book
+
     def __init__(self, client, sweep_run_id):
         self.client, self.sweep_run_id = client, sweep_run_id
         self.trials, self.statuses = {}, {}  # statuses as of the last step (ending a sweep marks all TERMINATED)
+        _TrialBook.current = self
+
+    def __reduce__(self):
+        """Tune saves its callbacks with the experiment and loads them when it resumes:
+        what it loads then is the resuming process's own book."""
+        return _current_book, ()
 
     def on_step_end(self, iteration, trials, **info):
         self.trials.update((t.trial_id, t) for t in trials)
@@ -314,6 +322,8 @@ class _TrialBook(tune.Callback):
         return any(status not in ("TERMINATED", "ERROR") for status in self.statuses.values())
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epochs" not in result:  # one of Tune's own (a trial's final result), not an epoch
+            return
         line = epoch_line({k: v for k, v in result.items() if isinstance(v, (int, float))}, result["epochs"])
         print(f"[trial {trial_number(str(trial))}] {line}", file=sys.stderr, flush=True)
 
@@ -365,6 +375,10 @@ class _TrialBook(tune.Callback):
                 client.set_terminated(run.info.run_id, "FINISHED" if status == "TERMINATED" else "KILLED")
 
 
+def _current_book():
+    return _TrialBook.current
+
+
 def _trial_overrides(trial):
     return [f"{k}={v}" for k, v in (trial.config or {}).items()]
 
@@ -372,7 +386,7 @@ def _trial_overrides(trial):
 def trained_out(trial_id, result):
     """A trial that trained all its epochs is done: no scheduler decides about it then
     (population-based training would otherwise exploit it once more)."""
-    return result["epoch"] >= result["epochs"]
+    return "epochs" in result and result["epoch"] >= result["epochs"]  # Tune's own results have neither
 
 
 def trial_name(trial):
@@ -414,8 +428,11 @@ def train_trial(hyperparameters, context):
                 cfg.launch.sweep_run_id = context.sweep_run_id
                 cfg.launch.trial = number
                 cfg.trainer.progress = False  # many trials share one terminal: plain lines
+            state = _tune_state(cfg.seed)
+            if state is not None and int(state["meta"]["epoch"]) >= cfg.trainer.epochs:
+                return  # handed a finished trial's state (population-based training): nothing left to train
             report = TuneReport(started, hyperparameters, context.pbt_interval)
-            run(cfg, callbacks=[report], state=_tune_state(cfg.seed))
+            run(cfg, callbacks=[report], state=state)
         except Paused:
             raise SystemExit(0) from None  # population-based training goes on with it later
         except Exception:
@@ -423,6 +440,8 @@ def train_trial(hyperparameters, context):
             return
     if report.stopped:
         raise SystemExit(0)  # how a trial Tune stopped must end (its worker waits for it before the next trial)
+    if report.last is not None:  # the last epoch, reported once its run is complete: Tune may end us at once
+        tune.report(report.last)  # (with SystemExit, which must leave this function: its worker waits for that)
 
 
 def _tune_state(seed):
@@ -439,14 +458,16 @@ def _tune_state(seed):
 
 
 class TuneReport(Callback):
-    """Reports every epoch's record to Tune, and stops training when Tune's scheduler
-    says so: ASHA stops a trial (its run ends FINISHED, tagged as stopped early);
+    """Reports every epoch's record to Tune (the last one once the run is complete, so
+    that Tune never ends a trial's worker while its run is still being written),
+    and stops training when Tune's scheduler says so: ASHA stops a trial (its run ends FINISHED, tagged as stopped early);
     population-based training pauses it (its run ends SCHEDULED, continued when the
     trial resumes, maybe from another trial's checkpoint with new hyperparameters,
     logged each epoch as hp/<key> metrics). With `pbt_interval`, every that many
     epochs the report carries the checkpoint PBT exploits."""
 
     stopped = False
+    last = None  # the last epoch's report, made by the trial once its run is complete
 
     def __init__(self, started, hyperparameters, pbt_interval=0):
         self.started = started  # when the trial reached its worker
@@ -462,6 +483,10 @@ class TuneReport(Callback):
 
     def on_epoch_end(self, trainer, epoch, record):
         reported = {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        reported["epochs"] = trainer.epochs
+        if epoch + 1 >= trainer.epochs:
+            self.last = reported
+            return
         saved = None
         if self.pbt_interval:
             if self.tracker is not None:
@@ -472,11 +497,9 @@ class TuneReport(Callback):
                 self.checkpointer.wait()
                 saved = tune.Checkpoint.from_directory(str(Path(self.checkpointer.path).parent))
         try:
-            tune.report({**reported, "epochs": trainer.epochs}, checkpoint=saved)
+            tune.report(reported, checkpoint=saved)
         except SystemExit:  # Tune stops (or pauses) this trial here
-            if epoch + 1 >= trainer.epochs:
-                trainer.should_stop = self.stopped = True
-            elif self.pbt_interval:
+            if self.pbt_interval:
                 print(f"paused by population-based training after epoch {epoch + 1}", file=sys.stderr)
                 raise Paused from None
             else:
