@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.framework.gradcheck import check_gradients
+from zkynet.gradcheck import check_gradients
 from zkynet import losses
 
 rng = np.random.default_rng(0)

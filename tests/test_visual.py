@@ -95,8 +95,12 @@ def test_collapse_to_module_depth(tmp_path):
     boxes = re.findall(r"<text[^>]*>(blocks\.\d+)</text>", collapsed)
     assert len(boxes) == 40 and "Block · 6 nodes" in collapsed
     assert len(node_ids_labelled(collapsed, "W")) == 0  # hidden inside the boxes
-    full = svg_of(result, tmp_path, depth=None)
+    full = svg_of(result, tmp_path, depth=None, max_nodes=300)  # 242 shapes: above the default limit
     assert len(node_ids_labelled(full, "W")) == 40
+    with pytest.warns(UserWarning, match=r"depth=None takes 242 shapes, more than max_nodes=150.*"
+                                         r"collapsed to depth=1"):
+        bounded = svg_of(result, tmp_path, depth=None)
+    assert len(node_ids_labelled(bounded, "W")) == 0 and len(re.findall(r"(blocks\.\d+)</text>", bounded)) == 40
     auto = svg_of(result, tmp_path)  # "auto": too many nodes, so it collapses
     assert len(re.findall(r'class="node"', auto)) <= 40
 

@@ -5,8 +5,10 @@ Cross-entropies work in log space from logits: stable for logits of any size.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zkynet.framework import cg, op
+from zkynet.framework.errors import LabelError
 
 
 def mse(prediction, target):
@@ -30,11 +32,60 @@ IGNORE = -1  # a label that counts for nothing (prompt positions of a sequence t
 
 def softmax_cross_entropy(logits, labels, axis=-1):
     """Mean negative log-likelihood of integer `labels` under softmax(`logits`), over
-    the labels that are not IGNORE."""
+    the labels that are not IGNORE.
+
+    `labels` are integers shaped like `logits` without its class `axis`, each in
+    0..classes-1 or IGNORE. Refused with LabelError, always (shapes and dtypes are
+    known even under jit): float or boolean labels (a float 1.0 is not a class: cast
+    with labels.astype(int)), a shape that does not match, an empty batch.
+    Refused when the labels are concrete (eager calls, checked on the host): a label
+    >= the number of classes, a negative label other than IGNORE, a batch whose
+    labels are all IGNORE (there is nothing to average). Under jit the labels are
+    traced and cannot be checked without stopping the compiled step: such a batch
+    makes the loss and its gradients NaN instead of a silently wrong number, so the
+    NaN guard (zkynet.training.NanGuard) stops the run; run that batch eagerly
+    (TrainStep(..., jit=False)) to have the label named.
+    """
     labels = cg.as_node(labels).value  # data, not differentiated
+    shape = tuple(logits.shape)
+    if not shape:
+        raise LabelError("softmax_cross_entropy: the logits are a scalar; they need a class axis")
+    if not -len(shape) <= axis < len(shape):
+        raise LabelError(f"softmax_cross_entropy: axis {axis} is out of range for logits shaped {shape}")
+    classes = shape[axis]
+    expected = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise LabelError(f"softmax_cross_entropy: labels must be integer class indices, got {labels.dtype}; "
+                         "cast them with labels.astype(int) (a float label is never a class)")
+    if tuple(labels.shape) != expected:
+        raise LabelError(f"softmax_cross_entropy: labels shaped {tuple(labels.shape)} do not fit logits shaped "
+                         f"{shape}: expected one label per row of logits, shaped {expected} (the logits without "
+                         f"their class axis {axis})")
+    if labels.size == 0 or classes == 0:
+        raise LabelError(f"softmax_cross_entropy: empty batch (logits shaped {shape}): there is no loss to "
+                         "average; skip empty batches (e.g. Batches(..., drop_last=True))")
+    out_of_range = ((labels < 0) & (labels != IGNORE)) | (labels >= classes)
     valid = labels != IGNORE
-    one_hot = jax.nn.one_hot(labels, logits.shape[axis], dtype=logits.dtype, axis=axis)  # IGNORE: all zeros
-    return -op.sum(op.log_softmax(logits, axis=axis) * one_hot) / jnp.maximum(jnp.sum(valid), 1)
+    if isinstance(labels, jax.core.Tracer):
+        scale = jnp.where(jnp.any(out_of_range) | ~jnp.any(valid), jnp.nan, 1).astype(logits.dtype)
+    else:
+        _check_labels(np.asarray(labels), classes)
+        scale = None
+    one_hot = jax.nn.one_hot(labels, classes, dtype=logits.dtype, axis=axis)  # IGNORE: all zeros
+    loss = -op.sum(op.log_softmax(logits, axis=axis) * one_hot) / jnp.maximum(jnp.sum(valid), 1)
+    return loss if scale is None else loss * scale
+
+
+def _check_labels(labels, classes):
+    bad = ((labels < 0) & (labels != IGNORE)) | (labels >= classes)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise LabelError(f"softmax_cross_entropy: label {int(labels[at])} at {list(at)} is not a class: "
+                         f"the logits have {classes} classes, so labels must be in 0..{classes - 1}, or "
+                         f"{IGNORE} (IGNORE) for a position that counts for nothing")
+    if (labels == IGNORE).all():
+        raise LabelError(f"softmax_cross_entropy: every label of this batch is IGNORE ({IGNORE}): there is "
+                         "nothing to average; leave such batches out")
 
 
 def accuracy(logits, labels, axis=-1):

@@ -4,9 +4,19 @@ Nodes are grouped in boxes (clusters) by the module call that made them, so
 `composite/m1/mult` sits inside `m1` inside `composite`. For big models,
 module calls deeper than `depth` are drawn as one box each: a transformer reads
 embed -> block -> block -> head instead of thousands of nodes.
+
+Drawing always finishes in bounded time. Graphviz's layout grows much faster than
+the graph (a 200-node chain whose nodes all share one parameter took dot minutes),
+so: pictures of more than `max_nodes` shapes are collapsed automatically to the
+deepest module depth that fits (with a warning that says so); edges out of (or into)
+a node with many of them (a parameter shared by every step) do not steer the
+layout; and dot itself is stopped after `timeout` seconds (PlotError with advice).
 """
+import logging
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 import time
 import warnings
@@ -15,6 +25,7 @@ import graphviz
 import numpy as np
 
 from zkynet.framework import cg
+from zkynet.framework.errors import PlotError
 
 _STYLES = {
     cg.InputNode: dict(shape="ellipse", style="filled", fillcolor="#fff2cc"),
@@ -24,14 +35,22 @@ _STYLES = {
 }
 _MODULE_BOX = dict(shape="box3d", style="filled", fillcolor="#e1d5e7")
 _AUTO_MAX_SHAPES = 40  # depth="auto" collapses module calls until at most this many shapes remain
+MAX_NODES = 150  # more shapes than this are collapsed (dot's layout time explodes past a few hundred)
+LAYOUT_COST_PER_NODE = 25  # _layout_cost allowed per max_nodes: about 5 s of dot for a shared-parameter chain
+HUB_EDGES = 8  # edges of a node with more than this many out- or in-edges do not constrain the layout
+_log = logging.getLogger(__name__)
 
 
 def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, depth="auto",
-            rankdir="LR"):
+            rankdir="LR", max_nodes=MAX_NODES, timeout=60):
     """Render the graph behind `root` (a node, a ModuleGraph, or a tuple of nodes) and
-    return the path of the image.
+    return the path of the image it wrote.
 
-    save_path: where to write; its extension picks the format (.png, .svg, .pdf).
+    save_path: where to write. Its extension picks the format (.png, .svg, .pdf, any
+        format Graphviz knows). Without one (``"out/cg-simple"``, as the original
+        zkynet wrote it) the image goes to ``save_path + ".png"`` (or ``"." + format``),
+        and the returned path says so. An existing directory (or a path ending in
+        "/") gets the image inside it, named after the title. Folders are created.
         Default: ``<tempdir>/zkynet/<title>.png``.
     wait: with `view`, seconds to pause after opening the viewer.
     title: caption of the picture (and default file name).
@@ -40,6 +59,13 @@ def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, d
     depth: draw module calls nested deeper than this as single boxes (0 = the
         top-level module is one box); None = every node; "auto" = the most detail
         that keeps the picture under ~40 shapes.
+    max_nodes: the most shapes (nodes and boxes) drawn: a bigger picture (or one whose
+        edges span so many ranks that laying it out is like drawing 25 x max_nodes
+        shapes) is collapsed to the deepest depth that fits, with a warning; if even
+        collapsing every module call does not fit (nodes made outside any module),
+        PlotError. None: no limit.
+    timeout: seconds dot may take to lay out and render (None: no limit); past it,
+        PlotError with advice.
     """
     roots = root.roots if isinstance(root, cg.ModuleGraph) else (
         tuple(root) if isinstance(root, (tuple, list)) else (root,))
@@ -47,6 +73,10 @@ def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, d
     nodes = [n for n in cg.topological_order(roots) if not _empty_constant(n)]
     if depth == "auto":
         depth = _auto_depth(nodes)
+    elif depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+        raise PlotError(f"plot_cg: depth must be None, 'auto' or an int >= 0, got {depth!r}")
+    if max_nodes is not None:
+        depth = _bounded_depth(nodes, depth, max_nodes)
     save_path, format = _output(save_path, format, title, roots)
 
     graph = graphviz.Digraph(format=format, graph_attr=dict(rankdir=rankdir, fontname="Helvetica"),
@@ -55,26 +85,48 @@ def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, d
     if title:
         graph.attr(label=title, labelloc="t", fontsize="16")
     _draw(graph, nodes, roots, depth)
-    try:
-        path = graph.render(outfile=save_path, cleanup=True)
-    except graphviz.ExecutableNotFound as e:
-        raise RuntimeError("plot_cg needs Graphviz's 'dot' program: run setup.sh, or install it "
-                           "(apt-get install graphviz / brew install graphviz)") from e
+    _render(graph.source, format, save_path, timeout, len(nodes))
+    _log.info("plot_cg wrote %s", save_path)
     if view:
-        graphviz.view(path)
+        graphviz.view(save_path)
         time.sleep(wait)
-    return path
+    return save_path
+
+
+def _render(source, format, path, timeout, count):
+    dot = shutil.which("dot")
+    if dot is None:
+        raise RuntimeError("plot_cg needs Graphviz's 'dot' program: run setup.sh, or install it "
+                           "(apt-get install graphviz / brew install graphviz)")
+    try:
+        done = subprocess.run([dot, f"-T{format}", "-o", path], input=source.encode(), capture_output=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise PlotError(f"plot_cg: Graphviz's dot did not finish drawing {count} nodes within {timeout} s "
+                        f"(stopped). Draw fewer: depth=1 (or 0) collapses module calls into boxes, a smaller "
+                        "max_nodes collapses more; or give it longer: timeout=None") from None
+    if done.returncode != 0:
+        raise PlotError(f"plot_cg: dot failed to write {path!r}: {done.stderr.decode(errors='replace').strip()}")
 
 
 def _output(save_path, format, title, roots):
+    """(the image's path, its format), its folder created."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", title or f"cg-call-{roots[0].call_id}").strip("_") or "graph"
+    if format is not None and format not in graphviz.FORMATS:
+        raise PlotError(f"plot_cg: unknown format {format!r}; Graphviz knows e.g. png, svg, pdf")
     if save_path is None:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", title or f"cg-call-{roots[0].call_id}").strip("_")
-        save_path = os.path.join(tempfile.gettempdir(), "zkynet", f"{name or 'graph'}.{format or 'png'}")
+        save_path = os.path.join(tempfile.gettempdir(), "zkynet", name)
+    save_path = os.fspath(save_path)
+    if os.path.isdir(save_path) or save_path.endswith(("/", os.sep)):
+        save_path = os.path.join(save_path, name)  # a folder: the image goes inside it
     extension = os.path.splitext(save_path)[1].lstrip(".").lower()
-    if not extension:
+    if extension in graphviz.FORMATS:
+        format = format or extension
+    else:  # no extension, or a dot that is part of the name ("cg.v2"): add one
         save_path = f"{save_path}.{format or 'png'}"
-    elif format is None:
-        format = extension
+    if os.path.isdir(save_path):
+        raise PlotError(f"plot_cg: {save_path!r} is a directory; give a file name (or the directory "
+                        "itself, to write the picture inside it)")
     os.makedirs(os.path.dirname(os.path.abspath(save_path)), exist_ok=True)
     return save_path, format or "png"
 
@@ -94,26 +146,76 @@ def _ancestors(scope):
     return chain[::-1]
 
 
-def _shape_of(node, depth):
+def _shape_of(node, depth, chains=None):
     """What stands for `node` in the picture: itself, or the module call at `depth`
-    that contains it."""
-    if depth is None or node.scope is None or node.scope.depth < depth:
+    that contains it. `chains` caches each scope's _ancestors (deep nesting)."""
+    scope = node.scope
+    if depth is None or scope is None or scope.depth < depth:
         return node
-    return _ancestors(node.scope)[depth]
+    if chains is None:
+        return _ancestors(scope)[depth]
+    chain = chains.get(scope)
+    if chain is None:
+        chain = chains[scope] = _ancestors(scope)
+    return chain[depth]
 
 
-def _auto_depth(nodes):
-    if len(nodes) <= _AUTO_MAX_SHAPES:
+def _auto_depth(nodes, limit=_AUTO_MAX_SHAPES):
+    """The most detail (None, else the deepest depth) that draws at most `limit` shapes;
+    0 when none does."""
+    if len(nodes) <= limit:
         return None
     deepest = max((n.scope.depth for n in nodes if n.scope is not None), default=0)
+    chains = {}
     for depth in range(deepest, -1, -1):
-        if len({_shape_of(n, depth) for n in nodes}) <= _AUTO_MAX_SHAPES:
+        if _count_shapes(nodes, depth, chains) <= limit:
             return depth
     return 0
 
 
+def _count_shapes(nodes, depth, chains=None):
+    chains = {} if chains is None else chains
+    return len(nodes) if depth is None else len({_shape_of(n, depth, chains) for n in nodes})
+
+
+def _bounded_depth(nodes, depth, max_nodes):
+    """`depth`, or the deepest shallower one when drawing at `depth` would take more than
+    `max_nodes` shapes or too much layout work (said with a warning); PlotError when no
+    depth is shallow enough."""
+    chains = {}
+    budget = LAYOUT_COST_PER_NODE * max_nodes
+
+    def fits(d):
+        count = _count_shapes(nodes, d, chains)
+        return count <= max_nodes and _layout_cost(nodes, d, chains) <= budget, count
+
+    ok, count = fits(depth)
+    if ok:
+        return depth
+    cost = _layout_cost(nodes, depth, chains)
+    why = (f"takes {count} shapes, more than max_nodes={max_nodes}" if count > max_nodes else
+           f"takes {count} shapes whose edges span many ranks (a node shared by distant steps): about "
+           f"{cost} units of layout work, more than {budget} ({LAYOUT_COST_PER_NODE} x max_nodes)")
+    deepest = max((n.scope.depth for n in nodes if n.scope is not None), default=-1)
+    start = deepest if depth is None else min(depth - 1, deepest)
+    for shallower in range(start, -1, -1):
+        ok, fewer = fits(shallower)
+        if ok:
+            warnings.warn(f"plot_cg: drawing depth={depth!r} {why} (dot's layout time grows much faster than "
+                          f"the graph); collapsed to depth={shallower} instead: each module call at that depth "
+                          f"is one box ({fewer} shapes). To see more, plot a smaller graph, or pass "
+                          "max_nodes=None (dot is still stopped after `timeout` seconds)", stacklevel=3)
+            return shallower
+    outside = sum(1 for n in nodes if n.scope is None)
+    raise PlotError(f"plot_cg: drawing this graph {why}, and {outside} of its nodes were made outside any "
+                    "module call, so collapsing module calls into boxes cannot hide them. Build the "
+                    "computation inside a cg.Module (its calls can be drawn as boxes), plot a smaller part "
+                    "of it, or pass max_nodes=None to try anyway (dot is stopped after `timeout` seconds)")
+
+
 def _draw(graph, nodes, roots, depth):
-    shapes = {node: _shape_of(node, depth) for node in nodes}
+    chains = {}
+    shapes = {node: _shape_of(node, depth, chains) for node in nodes}
     members = {}  # module call -> the shapes drawn directly inside its cluster
     counts = {}  # collapsed module call -> how many nodes it hides
     for node, shape in shapes.items():
@@ -152,15 +254,45 @@ def _draw(graph, nodes, roots, depth):
 
     emit(graph, None)
 
-    edges = set()
+    edges = _edges(nodes, shapes)
+    fan_out, fan_in = {}, {}
+    for tail, head in edges:
+        fan_out[tail] = fan_out.get(tail, 0) + 1
+        fan_in[head] = fan_in.get(head, 0) + 1
+    for tail, head in edges:
+        if fan_out[tail] > HUB_EDGES or fan_in[head] > HUB_EDGES:  # a hub: ranking around it is what explodes
+            graph.edge(ident(tail), ident(head), constraint="false")
+        else:
+            graph.edge(ident(tail), ident(head))
+
+
+def _edges(nodes, shapes):
+    """The edges between the shapes drawn ({node: its shape}), once each, in creation order."""
+    edges = {}
     for node in nodes:
+        head = shapes[node]
         for inp in node.inputs:
-            if inp not in shapes:
-                continue
-            edge = (ident(shapes[inp]), ident(shapes[node]))
-            if edge[0] != edge[1] and edge not in edges:
-                edges.add(edge)
-                graph.edge(*edge)
+            tail = shapes.get(inp)
+            if tail is not None and tail is not head:
+                edges.setdefault((tail, head), None)
+    return list(edges)
+
+
+def _layout_cost(nodes, depth, chains):
+    """About how much work dot's layout is: the shapes, plus the bends dot adds to each
+    edge per rank it spans (an edge from a parameter shared by the first and the 100th
+    step spans 100 ranks). Ranks by longest path, a source placed just before its first user."""
+    shapes = {node: _shape_of(node, depth, chains) for node in nodes}
+    edges = _edges(nodes, shapes)
+    rank, heads = {}, {}
+    for tail, head in edges:  # creation order is a topological order of the shapes
+        rank[head] = max(rank.get(head, 0), rank.get(tail, 0) + 1)
+        heads.setdefault(tail, []).append(head)
+    has_input = {head for _, head in edges}
+    for tail, users in heads.items():
+        if tail not in has_input:
+            rank[tail] = min(rank[u] for u in users) - 1
+    return len(set(shapes.values())) + sum(max(0, rank[h] - rank[t] - 1) for t, h in edges)
 
 
 def _label(node):

@@ -1,17 +1,25 @@
 """Every built-in operator's forward and hand-written backward, against JAX
-(jax.vjp, jax.jacrev) and finite differences, on random shapes with broadcasting."""
+(jax.vjp, jax.jacrev) and finite differences, on random shapes with broadcasting.
+
+Random examples find what nobody thought of; they cannot be relied on to find a
+given mistake. So each property test also runs fixed cases (@example, and the
+targeted tests below) chosen to break plausible wrong rules deterministically:
+permutations that are not their own inverse (3-cycles) on shapes whose sides all
+differ and on square ones, every binary operator broadcasting each way (size-1
+axes stretched on both sides, missing leading axes, scalars), reductions over
+interior axes with and without keepdims."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import (array_shapes, basic_indices, broadcastable_shapes,
                                     mutually_broadcastable_shapes)
 from jax import lax
 
-from tests.framework.gradcheck import check_gradients
 from zkynet.framework import cg, op
+from zkynet.gradcheck import broadcasting_shapes, check_gradients, check_operator
 from zkynet.framework.ops.convolution import _padding, _pair
 
 # Every new shape costs XLA compilations of each eager primitive (~30 ms each), so
@@ -24,6 +32,11 @@ pairs = mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, max_
 
 def normal(rng, shape):
     return rng.normal(size=shape)
+
+
+def _Broadcast(input_shapes, result_shape):  # what mutually_broadcastable_shapes draws, for @example
+    from hypothesis.extra.numpy import BroadcastableShapes
+    return BroadcastableShapes(input_shapes=input_shapes, result_shape=result_shape)
 
 
 def positive(rng, shape):
@@ -77,8 +90,35 @@ def test_binary_broadcasting(name, shapes, seed):
     check_gradients(fn, reference, [sample_a(rng, a_shape), sample_b(rng, b_shape)], seed)
 
 
+BROADCASTS = [  # each way a binary operator's backward must undo broadcasting
+    ((2, 1, 3), (4, 1)),  # size-1 axes stretched on both sides, a missing leading axis
+    ((4, 1), (2, 1, 3)),  # the same, the other way round
+    ((), (2, 3)),  # a scalar against a matrix
+    ((2, 3), ()),
+    ((1, 3), (2, 1)),  # an outer product
+    ((3,), (2, 3)),
+]
+
+
+@pytest.mark.parametrize("shapes", BROADCASTS, ids=str)
+@pytest.mark.parametrize("name", BINARY)
+def test_binary_broadcasting_each_way(name, shapes):
+    fn, reference, sample_a, sample_b = BINARY[name]
+    rng = np.random.default_rng(0)
+    check_gradients(fn, reference, [sample_a(rng, shapes[0]), sample_b(rng, shapes[1])], seed=1)
+
+
+def test_binary_operator_as_a_user_checks_it():
+    """The public checker's own random broadcasting trials, on the operator classes."""
+    assert len(broadcasting_shapes(2)) == 3
+    check_operator(op.Mult(), jnp.multiply)
+    check_operator(op.Div(), jnp.divide, sample=[lambda r, s: r.normal(size=s), lambda r, s: r.uniform(1, 2, s)])
+
+
 @examples
 @given(shapes=mutually_broadcastable_shapes(num_shapes=3, max_dims=3, max_side=3), seed=seeds)
+@example(shapes=_Broadcast(((2, 1, 1), (1, 3, 1), (4,)), (2, 3, 4)), seed=0)  # each input stretched
+@example(shapes=_Broadcast(((3, 1), (), (1, 2)), (3, 2)), seed=1)
 def test_where(shapes, seed):
     rng = np.random.default_rng(seed)
     c_shape, a_shape, b_shape = shapes.input_shapes
@@ -110,6 +150,9 @@ REDUCTIONS = {
 @pytest.mark.parametrize("name", REDUCTIONS)
 @examples
 @given(case=shape_and_axis(), keepdims=st.booleans(), seed=seeds)
+@example(case=((2, 3, 4), 1), keepdims=False, seed=0)  # an interior axis
+@example(case=((2, 3, 4), (0, 2)), keepdims=True, seed=1)
+@example(case=((2, 3, 4), -1), keepdims=False, seed=2)
 def test_reductions(name, case, keepdims, seed):
     fn, reference = REDUCTIONS[name]
     shape, axis = case
@@ -123,11 +166,94 @@ def test_reductions(name, case, keepdims, seed):
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 @examples
 @given(case=shape_and_axis(single=True), seed=seeds)
+@example(case=((2, 3, 4), 1), seed=0)  # an interior axis
 def test_softmax(name, case, seed):
     shape, axis = case
     fn, reference = getattr(op, name), getattr(jax.nn, name)
     check_gradients(lambda x: fn(x, axis=axis), lambda x: reference(x, axis=axis),
                     [3 * np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+def _layer_norm_reference(eps):
+    def reference(x):
+        centered = x - jnp.mean(x, axis=-1, keepdims=True)
+        return centered / jnp.sqrt(jnp.mean(centered ** 2, axis=-1, keepdims=True) + eps)
+    return reference
+
+
+@examples
+@given(shape=array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=4), eps=st.sampled_from([1e-5, 0.1]),
+       seed=seeds)
+@example(shape=(2, 3, 5), eps=1e-5, seed=0)  # batch and time dims over a feature axis
+@example(shape=(5,), eps=1e-5, seed=1)
+@example(shape=(3, 1), eps=0.1, seed=2)  # one feature: the output is 0, its gradient too
+def test_layer_norm(shape, eps, seed):
+    check_gradients(lambda x: op.layer_norm(x, eps), _layer_norm_reference(eps),
+                    [np.random.default_rng(seed).normal(size=shape) * 2 + 1], seed)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4), (4,)], ids=str)
+def test_layer_norm_module_with_broadcast_scale_and_shift(shape):
+    """zkynet.models.layers.LayerNorm: the operator, then (dim,) parameters broadcast
+    over the batch dims; gradients for the input and both parameters."""
+    from zkynet.models.layers import LayerNorm
+    module = LayerNorm(shape[-1])
+    rng = np.random.default_rng(1)
+    module.param("scale").value = rng.normal(size=shape[-1]).astype(np.float32)
+    module.param("shift").value = rng.normal(size=shape[-1]).astype(np.float32)
+
+    def reference(params, x):
+        return _layer_norm_reference(module.eps)(x) * params["scale"] + params["shift"]
+    report = check_gradients(module, reference, [rng.normal(size=shape)], seed=1)
+    assert report.inputs == ["x", "param 'scale'", "param 'shift'"]
+
+
+class _Cell(cg.Module):
+    """A two-carry cell with broadcasting inside: (x_t, h, c) -> (h', c')."""
+
+    def __init__(self, width, rng):
+        super().__init__(inputs=(cg.Variable("x"), cg.Variable("h"), cg.Variable("c")),
+                         params=(cg.Parameter("U", rng.normal(size=(width, width)).astype(np.float32) * 0.5),
+                                 cg.Parameter("b", rng.normal(size=(width,)).astype(np.float32))))
+
+    def call(self, x, h, c):
+        c = op.tanh(c * op.sigmoid(x) + h @ self.param("U"))
+        return op.tanh(c + self.param("b")) * h + x, c
+
+
+def _cell_reference(params, x, h, c):
+    c = jnp.tanh(c * jax.nn.sigmoid(x) + h @ params["U"])
+    return jnp.tanh(c + params["b"]) * h + x, c
+
+
+class _Scanned(cg.Module):
+    def __init__(self, cell):
+        super().__init__(inputs=(cg.Variable("xs"), cg.Variable("h0"), cg.Variable("c0")))
+        self.cell = cell
+
+    def call(self, xs, h0, c0):
+        return op.scan(self.cell, [h0, c0], [xs])
+
+
+def _scan_reference(params, xs, h0, c0):
+    def step(carry, x):
+        new = _cell_reference({k.split("/")[-1]: v for k, v in params.items()}, x, *carry)
+        return new, jnp.concatenate(new, axis=-1)
+    return jax.lax.scan(step, (h0, c0), xs)[1]
+
+
+@pytest.mark.parametrize("steps, batch", [(3, (2,)), (1, ()), (4, (2, 1))], ids=str)
+def test_scan_against_jax_and_finite_differences(steps, batch):
+    """op.scan's backward (a reverse scan of zkynet's own back()): gradients of the
+    stacked outputs wrt the sequence, both initial carries and the cell's parameters,
+    with batch dims (the initial carry broadcast against them where its dim is 1)."""
+    width, rng = 3, np.random.default_rng(steps)
+    scanned = _Scanned(_Cell(width, rng))
+    xs = rng.normal(size=(steps,) + batch + (width,))
+    h0 = rng.normal(size=batch + (width,))
+    c0 = rng.normal(size=batch + (width,))
+    report = check_gradients(scanned, _scan_reference, [xs, h0, c0], seed=steps)
+    assert report.inputs == ["xs", "h0", "c0", "param 'cell/U'", "param 'cell/b'"]
 
 
 def test_softmax_is_stable_for_huge_logits():
@@ -148,6 +274,10 @@ def matmul_shapes(draw):
 
 @examples
 @given(shapes=matmul_shapes(), seed=seeds)
+@example(shapes=((2, 1, 3, 4), (5, 4, 2)), seed=0)  # batch dims broadcast both ways
+@example(shapes=((2, 3, 4), (4, 5)), seed=1)  # a batch against one matrix
+@example(shapes=((4,), (2, 4, 3)), seed=2)  # a vector against a batch
+@example(shapes=((2, 3, 4), (4,)), seed=3)
 def test_matmul(shapes, seed):
     rng = np.random.default_rng(seed)
     check_gradients(op.matmul, jnp.matmul, [rng.normal(size=s) for s in shapes], seed)
@@ -177,14 +307,29 @@ def test_reshape(case, seed):
                     [np.random.default_rng(seed).normal(size=shape)], seed)
 
 
-@examples
-@given(shape=shapes, data=st.data(), seed=seeds)
+@settings(max_examples=16, deadline=None)  # cheap (one small operator): more random permutations
+@given(shape=array_shapes(min_dims=0, max_dims=4, min_side=1, max_side=3), data=st.data(), seed=seeds)
 def test_transpose(shape, data, seed):
     axes = data.draw(st.none() | st.permutations(range(len(shape))).map(tuple))
     if axes and data.draw(st.booleans()):
         axes = tuple(a - len(shape) for a in axes)  # negative axes
     check_gradients(lambda x: op.transpose(x, axes), lambda x: jnp.transpose(x, axes),
                     [np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+@pytest.mark.parametrize("shape, axes", [
+    ((2, 3, 4), (1, 2, 0)),  # 3-cycles: a permutation that is not its own inverse, so a backward
+    ((2, 3, 4), (2, 0, 1)),  # rule using the forward permutation instead of its inverse fails
+    ((3, 3, 3), (1, 2, 0)),  # square: the wrong rule keeps the shape and gives wrong values
+    ((2, 3, 4), (-2, -1, -3)),  # negative axes
+    ((2, 3, 4, 5), (1, 3, 0, 2)),  # a 4-cycle
+    ((2, 3, 4, 5), (0, 2, 3, 1)),  # a 3-cycle among the last axes
+    ((2, 3), (1, 0)),  # a swap (its own inverse: the rule must get this right too)
+    ((2, 3, 4), None),
+], ids=str)
+def test_transpose_permutations_that_expose_an_inverted_rule(shape, axes):
+    check_gradients(lambda x: op.transpose(x, axes), lambda x: jnp.transpose(x, axes),
+                    [np.random.default_rng(0).normal(size=shape)], seed=0)
 
 
 @examples
@@ -194,6 +339,12 @@ def test_broadcast_to(target, data, seed):
     assume(np.broadcast_shapes(shape, target) == target)
     check_gradients(lambda x: op.broadcast_to(x, target), lambda x: jnp.broadcast_to(x, target),
                     [np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+@pytest.mark.parametrize("shape, target", [((3, 1), (2, 3, 4)), ((1, 4), (3, 4)), ((), (2, 2))], ids=str)
+def test_broadcast_to_stretching_and_adding_axes(shape, target):
+    check_gradients(lambda x: op.broadcast_to(x, target), lambda x: jnp.broadcast_to(x, target),
+                    [np.random.default_rng(0).normal(size=shape)], seed=0)
 
 
 @pytest.mark.parametrize("name", ["concat", "stack"])

@@ -22,8 +22,9 @@ NodeLike = Union[Node, Parameter, Constant, ModuleGraph, ArrayLike]  # what an o
 _next_call_id = itertools.count(1).__next__
 
 
-def as_node(x: NodeLike) -> Node:
-    """The node for anything an operator accepts: a node, a parameter, a constant or a value."""
+def as_node(x: NodeLike, what: str = "value") -> Node:
+    """The node for anything an operator accepts: a node, a parameter, a constant or a
+    value (`what` names it in errors)."""
     if isinstance(x, Node):
         return x
     if isinstance(x, Parameter):
@@ -38,7 +39,7 @@ def as_node(x: NodeLike) -> Node:
     if isinstance(x, Variable):
         raise ValueTypeError(f"{x!r} is an input slot, not a value: inside call(), use the "
                              "node call() received for it")
-    return ConstantNode(as_value(x))
+    return ConstantNode(as_value(x, what))
 
 
 class ModuleCall:
@@ -56,7 +57,12 @@ class ModuleCall:
 
     @property
     def path(self) -> str:
-        return f"{self.parent.path}/{self.name}" if self.parent is not None else self.name
+        names: list[str] = []
+        scope: ModuleCall | None = self
+        while scope is not None:  # a loop, not recursion: module nesting may be deep
+            names.append(scope.name)
+            scope = scope.parent
+        return "/".join(reversed(names))
 
     def enter(self, module: Any) -> "ModuleCall":
         """The scope of `module` called from this call: named as the caller's child (see
@@ -84,6 +90,7 @@ class GraphBuilder:
         self.bindings: dict[Variable, list[Node]] = {}  # Variable -> the nodes it was bound to
         self.rng = key_of(rng)
         self.rng_draws = 0
+        self.deepest = 0  # the deepest module call so far (0: the top-level call)
 
     def param_node(self, param: Parameter) -> ParameterNode:
         node = self.param_nodes.get(param)

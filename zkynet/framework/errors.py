@@ -45,3 +45,29 @@ class NameCollisionError(ZkynetError, ValueError):
 
 class StateDictError(ZkynetError, ValueError):
     """`load_state_dict` got names, shapes or dtypes that do not match the module's parameters."""
+
+
+class IndexOutOfRangeError(ZkynetError, IndexError):
+    """An integer index (x[7], op.take) points outside the axis it reads."""
+
+
+class LabelError(ZkynetError, ValueError):
+    """Class labels that a loss cannot use: not integers, out of range, misshaped, or none at all."""
+
+
+class BackwardRuleError(ZkynetError, ValueError):
+    """An operator's backward rule (vjp) returned the wrong number of cotangents, or a
+    cotangent whose shape cannot be summed back to its input's shape."""
+
+
+class NumericOverflowError(ZkynetError, OverflowError):
+    """A concrete value does not fit the dtype it becomes (a Python int beyond int32, a
+    float beyond float32), or an integer computation overflowed its dtype."""
+
+
+class NestingDepthError(ZkynetError, RecursionError):
+    """Module calls nested deeper than Python's recursion limit allows."""
+
+
+class PlotError(ZkynetError, ValueError):
+    """plot_cg cannot draw this graph as asked (too big to lay out, a bad save_path, dot timed out)."""

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zkynet.framework.errors import ValueTypeError
+from zkynet.framework.errors import BackwardRuleError, GradientError, NumericOverflowError, ValueTypeError
 
 ArrayLike = Union[jax.typing.ArrayLike, Sequence[Any]]  # what as_value accepts: nested lists too
 
@@ -23,10 +23,25 @@ _next_node_id = itertools.count(1).__next__
 
 
 def as_value(x: ArrayLike, what: str = "value") -> jax.Array:
-    """`x` as a JAX array; accepts numbers, NumPy arrays, nested lists and JAX arrays/tracers."""
+    """`x` as a JAX array; accepts numbers, NumPy arrays, nested lists and JAX arrays/tracers.
+
+    Python numbers stay weakly typed, as in jnp. A value that would not survive the
+    conversion is refused (NumericOverflowError), never wrapped or turned into inf:
+    without 64-bit mode JAX makes ints int32 and floats float32, so a Python int or
+    int64 array beyond int32's range, or a finite float beyond float32's, does not fit.
+    (Computations on fitting integers can still overflow: operators refuse that when
+    their inputs are concrete, see Operator.)"""
     if isinstance(x, jax.Array):
         return x
     if isinstance(x, (bool, int, float, complex)):
+        if not -_SAFE < abs(x) < _SAFE:  # beyond what every dtype holds: check exactly (else fast)
+            if isinstance(x, int) and not isinstance(x, bool):
+                _check_int_range(x, x, jax.dtypes.canonicalize_dtype(np.int64), what)
+            elif np.isfinite(x):
+                target = jax.dtypes.canonicalize_dtype(np.float64 if isinstance(x, float) else np.complex128)
+                with np.errstate(over="ignore"):
+                    if not np.isfinite(np.asarray(x, target)):
+                        _refuse_float(x, target, what)
         return jnp.asarray(x)  # stays weakly typed, like a Python number in jnp
     if isinstance(x, (np.ndarray, np.generic, list, tuple)):
         try:
@@ -34,9 +49,52 @@ def as_value(x: ArrayLike, what: str = "value") -> jax.Array:
         except ValueError as e:  # ragged nested lists
             raise ValueTypeError(f"{what}: cannot make an array of {x!r:.80}: {e}") from e
         if array.dtype.kind in "biufc":
-            return jnp.asarray(array)
+            return jnp.asarray(_fitting(array, what))
+        if array.dtype == object and array.size and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in array.flat):
+            big = max(array.flat, key=abs)  # NumPy found no integer type for them
+            _check_int_range(big, big, jax.dtypes.canonicalize_dtype(np.int64), what)
     raise ValueTypeError(f"{what}: expected a number or a numeric array, "
                          f"got {type(x).__name__} {x!r:.80}")
+
+
+_SAFE = 2 ** 31 - 1  # a Python number smaller than this in magnitude fits int32 and float32
+
+_X64_ADVICE = ("pass floats instead (e.g. 2.0**40, or np.asarray(x, np.float32)), or turn on JAX's "
+               "64-bit mode at startup: jax.config.update('jax_enable_x64', True)")
+
+
+def _check_int_range(low: int, high: int, dtype: Any, what: str) -> None:
+    info = np.iinfo(dtype)
+    if low < info.min or high > info.max:
+        bad = low if low < info.min else high
+        raise NumericOverflowError(
+            f"{what}: the integer {bad} does not fit {np.dtype(dtype).name} ({info.min}..{info.max}), the "
+            f"integer type JAX gives it here; it would wrap around silently. To fix: {_X64_ADVICE}")
+
+
+def _refuse_float(value: Any, dtype: Any, what: str) -> None:
+    value = complex(value) if np.iscomplexobj(value) else float(value)
+    raise NumericOverflowError(
+        f"{what}: {value!r:.40} is beyond {np.dtype(dtype).name}'s largest value "
+        f"({np.finfo(dtype).max:.4g}), the float type JAX gives it here; it would become inf. "
+        f"To fix: rescale it, or {_X64_ADVICE.split(', or ')[-1]}")
+
+
+def _fitting(array: np.ndarray, what: str) -> np.ndarray:
+    """`array`, once sure that JAX's conversion to its canonical dtype (int64 -> int32,
+    float64 -> float32 without 64-bit mode) loses no value to wrap-around or inf."""
+    target = jax.dtypes.canonicalize_dtype(array.dtype)
+    if target == array.dtype or not array.size:
+        return array
+    if array.dtype.kind in "iu":
+        _check_int_range(int(array.min()), int(array.max()), target, what)
+    elif array.dtype.kind in "fc":
+        with np.errstate(over="ignore"):
+            lost = np.isfinite(array) & ~np.isfinite(array.astype(target))
+        if lost.any():
+            _refuse_float(array[lost].flat[0], target, what)
+    return array
 
 
 class ValueView:
@@ -143,8 +201,38 @@ class Node(OperatorSyntax):
     def call_id(self) -> int | None:
         return self.scope.call_id if self.scope is not None else None
 
+    @property
+    def children(self) -> tuple["Node", ...]:
+        """The original zkynet API's name for `inputs` (it drew edges child -> parent)."""
+        return self.inputs
+
+    def __eq__(self, other: object) -> bool:
+        """Nodes are equal when they are the same node of the same graph call: the same
+        call id, the same template (`ref`) applied at the same place (the creation
+        number `id`, which a copy keeps) and equal values (the original zkynet's rule;
+        it gave every operator application a template of its own). So nodes of two
+        calls always differ, even with equal values, and distinct nodes of one graph
+        never merge in a dict or set. Traced values compare by identity."""
+        if self is other:
+            return True
+        if not isinstance(other, Node) or type(self) is not type(other):
+            return False
+        return (self.id == other.id and self.call_id == other.call_id and self.ref is other.ref
+                and _same_value(self.value, other.value))
+
+    def __hash__(self) -> int:
+        return self.id
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path} {self.dtype}{list(self.shape)} #{self.id}>"
+
+
+def _same_value(a: jax.Array, b: jax.Array) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+        return False
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
 
 
 class InputNode(Node):
@@ -184,6 +272,16 @@ class OperatorNode(Node):
     def name(self) -> str:
         return self.ref.functional_name
 
+    def grad(self, child: Node) -> jax.Array:
+        """The original zkynet API: d(this node)/d(`child`), the local derivative of its
+        operator for one of its inputs, at the inputs' values (Operator.gradfn; for an
+        input in two slots, as in x * x, the first slot's)."""
+        slots = getattr(self.ref, "inputs", ())
+        for i, node in enumerate(self.inputs):
+            if node is child and i < len(slots):
+                return self.ref.gradfn(slots[i])(*self.inputs).value
+        raise GradientError(f"{child!r} is not a named input of {self!r}; its inputs are {list(self.inputs)}")
+
 
 def topological_order(roots: Iterable[Node]) -> list[Node]:
     """Nodes reachable from `roots`, each after all of its inputs. Nodes are numbered
@@ -212,24 +310,69 @@ def sum_to_shape(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Node, jax.Array]:
     """Reverse-mode sweep: {node: cotangent} for every node of `order` that the seed
-    cotangents ({root: cotangent}) reach through differentiable inputs."""
+    cotangents ({root: cotangent}) reach through differentiable inputs. Each operator's
+    vjp must return one cotangent per input (None for no gradient), each shaped like
+    its input or broadcastable to it; anything else raises BackwardRuleError."""
     grads = dict(seeds)
     get = grads.get
     for node in reversed(order):
         g = get(node)
         if g is None or not node.inputs or not node.requires_grad:
             continue
+        inputs = node.inputs
         cotangents = node.ref.pullback(g, node)
-        for inp, ct in zip(node.inputs, cotangents):
+        if type(cotangents) is not tuple or len(cotangents) != len(inputs):
+            cotangents = _counted(node, cotangents)
+        for i, ct in enumerate(cotangents):
+            inp = inputs[i]
             if ct is None or not inp.requires_grad:
                 continue
             if not isinstance(ct, jax.Array):
                 ct = jnp.asarray(ct)
             if ct.shape != inp.value.shape:
-                ct = sum_to_shape(ct, inp.value.shape)
+                ct = sum_to_shape(ct, _reducible(node, i, ct.shape))
             previous = get(inp)
             grads[inp] = ct if previous is None else previous + ct
     return grads
+
+
+def _input_name(node: Node, i: int) -> str:
+    names = [v.short_name for v in getattr(node.ref, "inputs", ())]
+    return f"input {names[i]!r}" if i < len(names) else f"input #{i}"
+
+
+def _rule(node: Node) -> str:
+    return f"{node.path}: {type(node.ref).__name__}.vjp"
+
+
+def _counted(node: Node, cotangents: Any) -> tuple[Any, ...]:
+    """`cotangents` as a tuple with one entry per input of `node`, or a BackwardRuleError."""
+    count = len(node.inputs)
+    if not isinstance(cotangents, (tuple, list)):
+        raise BackwardRuleError(
+            f"{_rule(node)} returned {type(cotangents).__name__}, not a tuple of cotangents: return "
+            f"one per input ({count}), e.g. `return (g * 2,)` for a one-input operator, None for an "
+            "input that gets no gradient")
+    if len(cotangents) != count:
+        names = ", ".join(_input_name(node, i).split(" ", 1)[1].strip("'") for i in range(count))
+        raise BackwardRuleError(
+            f"{_rule(node)} returned {len(cotangents)} cotangent(s) for {count} input(s) ({names}): "
+            "return exactly one per input, in the order of the inputs, None for one that gets no gradient")
+    return tuple(cotangents)
+
+
+def _reducible(node: Node, i: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of input `i` of `node`, once sure a cotangent shaped `shape` can be summed
+    back to it (broadcasting's leading axes and stretched 1s); else BackwardRuleError."""
+    target = node.inputs[i].value.shape
+    lead = len(shape) - len(target)
+    if lead < 0 or any(t != s and t != 1 for t, s in zip(target, shape[lead:])):
+        raise BackwardRuleError(
+            f"{_rule(node)} returned a cotangent shaped {tuple(shape)} for {_input_name(node, i)}, "
+            f"which is shaped {tuple(target)}: a cotangent must have its input's shape, or a shape "
+            "that broadcasting the input gives (extra leading axes, n where the input has 1), which "
+            "back() sums away")
+    return target
 
 
 _ONES: dict[Any, jax.Array] = {}

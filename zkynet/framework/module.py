@@ -6,6 +6,7 @@ extends that graph. Submodules are found in the module's attributes whenever the
 are needed, so every parameter a call uses is one the module can name, save and
 load, or the call says so.
 """
+import sys
 import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -13,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from zkynet.framework.builder import GraphBuilder, ModuleCall, run
-from zkynet.framework.errors import InputCountError, NameCollisionError, StateDictError, ZkynetError
+from zkynet.framework.errors import (InputCountError, NameCollisionError, NestingDepthError, StateDictError,
+                                     ZkynetError)
 from zkynet.framework.graph import ArrayLike, as_value, context
 from zkynet.framework.module_graph import ModuleGraph
 from zkynet.framework.templates import Function, Parameter
@@ -40,22 +42,46 @@ class Module(Function):
         functional name, with ``#2``, ``#3`` ... when repeated.
     A module kept anywhere else (a set, another object) is not found, and a call
     that uses its parameters raises UnregisteredParameterError.
+
+    Nesting may be deep: walking submodules never recurses, and a nested call uses
+    about three levels of Python's recursion limit (this `__call__`, your `call` and
+    the call between them), so 300 levels fit the default limit of 1000; past it,
+    NestingDepthError says how to raise the limit.
     """
 
     def __call__(self, *args: Any, rng: int | jax.Array | None = None, **kwargs: Any) -> Any:
         """Inputs by position or name; `rng` (PRNG key or seed) switches on randomness
         such as dropout for this call. Returns a ModuleGraph at top level, the output
         node(s) of `call()` inside another module's call."""
-        return call_module(self, args, kwargs, rng=rng)
+        builder = context.builder
+        if builder is None or rng is not None:
+            return call_module(self, args, kwargs, rng=rng)
+        # Nested: extend the caller's graph. Done here rather than in call_module/run, so
+        # that each level of nesting costs two frames (this one and call()), not four.
+        values = self._bind_arguments(args, kwargs, stacklevel=3)
+        caller = context.scope
+        scope = caller.enter(self)
+        if scope.depth > builder.deepest:
+            builder.deepest = scope.depth
+        context.scope = scope
+        try:
+            return self.call(*[None if value is None and v.optional else builder.bind(v, value, self)
+                               for v, value in zip(self._inputs, values)])
+        finally:
+            context.scope = caller
 
     @property
     def children(self) -> dict[str, "Module"]:
         """Submodules by name, read from the attributes now (see the class docstring)."""
+        return self._children({})
+
+    def _children(self, owners: dict["Module", bool]) -> dict[str, "Module"]:
+        """`children`, with `owners` caching which modules own parameters (see _owns_parameters)."""
         found: dict[str, Module] = {}
         holder: dict[str, str] = {}  # name -> the attribute that gave it
         for attribute, value in vars(self).items():
             name = attribute.lstrip("_") or attribute
-            modules = list(_modules_in(value, name))
+            modules = list(_modules_in(value, name, owners))
             if not modules:
                 continue
             if name in holder:
@@ -68,20 +94,29 @@ class Module(Function):
 
     def named_parameters(self) -> dict[str, Parameter]:
         """Every parameter of this module and its submodules, by path (``m1/w``); a
-        shared parameter or submodule is listed once, under the first path that reaches it."""
+        shared parameter or submodule is listed once, under the first path that reaches it
+        (depth first, in attribute order)."""
         found: dict[str, Parameter] = {}
         seen: set[object] = set()  # the modules and parameters already visited
+        owners: dict[Module, bool] = {}  # one walk of the tree for all the containers in it
 
-        def visit(module: Module, prefix: str) -> None:
+        def enter(module: Module, prefix: str) -> tuple[Iterator[tuple[str, Module]], str]:
             seen.add(module)
             for p in module.params:
                 if p not in seen:
                     seen.add(p)
                     found[prefix + p.short_name] = p
-            for name, child in module.children.items():
+            return iter(module._children(owners).items()), prefix
+
+        stack = [enter(self, "")]  # a loop over an explicit stack: nesting may be deeper than recursion allows
+        while stack:
+            children, prefix = stack[-1]
+            for name, child in children:
                 if child not in seen:
-                    visit(child, f"{prefix}{name}/")
-        visit(self, "")
+                    stack.append(enter(child, f"{prefix}{name}/"))
+                    break
+            else:
+                stack.pop()
         return found
 
     def state_dict(self) -> dict[str, jax.Array]:
@@ -111,12 +146,14 @@ class Module(Function):
         for name, value in values.items():
             params[name].value = value
 
-    def _bind_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+    def _bind_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any], stacklevel: int = 4) -> list[Any]:
         expected = self._inputs
+        if len(args) == len(expected) and not kwargs:
+            return list(args)
         names = ", ".join(v.short_name for v in expected) or "no inputs"
         if len(args) > len(expected):
             warnings.warn(f"{self.functional_name} takes {len(expected)} input(s) ({names}) but was "
-                          f"called with {len(args)}; ignoring the extra value(s)", stacklevel=4)
+                          f"called with {len(args)}; ignoring the extra value(s)", stacklevel=stacklevel)
             args = args[:len(expected)]
         values = dict(zip(expected, args))
         for key, value in kwargs.items():
@@ -134,26 +171,64 @@ class Module(Function):
         return [values[v] for v in expected]
 
 
-def _modules_in(value: object, name: str) -> Iterator[tuple[str, Module]]:
+def _modules_in(value: object, name: str, owners: dict[Module, bool]) -> Iterator[tuple[str, Module]]:
     """(name, module) for each module `value` holds, named as the Module docstring says."""
     if isinstance(value, Module):
         yield name, value
     elif isinstance(value, (list, tuple)):
         index = 0
         for item in value:
-            if _owns_parameters(item):
-                yield from _modules_in(item, f"{name}.{index}")
+            if _owns_parameters(item, owners):
+                yield from _modules_in(item, f"{name}.{index}", owners)
                 index += 1
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _modules_in(item, f"{name}.{key}")
+            yield from _modules_in(item, f"{name}.{key}", owners)
 
 
-def _owns_parameters(value: object) -> bool:
+def _held_modules(value: object) -> list[Module]:
+    """The modules `value` holds (itself, or in nested lists, tuples and dicts), unnamed."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Module):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return found
+
+
+def _owns_parameters(value: object, owners: dict[Module, bool]) -> bool:
     """Whether a module in `value` (a module or a container of them) has parameters,
-    directly or in its submodules."""
-    return any(module.params or _owns_parameters(list(module.children.values()))
-               for _, module in _modules_in(value, ""))
+    directly or in its submodules. A loop over the attributes' modules, not recursion
+    through `children` (which asks this of its list elements): nesting may be deep.
+    `owners` remembers the answer for every module the walk settles, so one pass over
+    a tree asks about each module once."""
+    roots = _held_modules(value)
+    parent: dict[Module, Module | None] = {m: None for m in roots}
+    stack, settled = list(roots), []
+    while stack:
+        module = stack.pop()
+        known = owners.get(module)
+        if known is False:
+            continue
+        if known or module.params:
+            step: Module | None = module
+            while step is not None:  # every module on the way down to it owns parameters too
+                owners[step] = True
+                step = parent[step]
+            return True
+        settled.append(module)
+        for attribute in vars(module).values():
+            for child in _held_modules(attribute):
+                if child not in parent:
+                    parent[child] = module
+                    stack.append(child)
+    for module in settled:  # nothing under any of them has parameters
+        owners[module] = False
+    return False
 
 
 def call_module(module: Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
@@ -171,8 +246,19 @@ def call_module(module: Module, args: Sequence[Any], kwargs: Mapping[str, Any] |
             raise ZkynetError("param_values and rng can only be given to a top-level call")
         return run(module, values, builder, context.scope.enter(module))
     builder = GraphBuilder(param_values, rng)
-    output = run(module, values, builder, ModuleCall(module, module.functional_name, None, builder.call_id),
-                 as_root=True)
+    try:
+        output = run(module, values, builder, ModuleCall(module, module.functional_name, None, builder.call_id),
+                     as_root=True)
+    except RecursionError as e:
+        if isinstance(e, NestingDepthError):
+            raise
+        limit = sys.getrecursionlimit()
+        raise NestingDepthError(
+            f"{module.functional_name}: Python's recursion limit ({limit}) was reached while building the "
+            f"graph, with module calls nested {builder.deepest} deep (each level uses about three levels of "
+            "that limit, plus whatever its call() calls). If the nesting is meant to be this deep, raise the limit "
+            f"before calling, e.g. sys.setrecursionlimit({max(4 * limit, 4 * builder.deepest + 1000)}); or "
+            "flatten it: keep repeated layers in a list and loop over them in one call().") from e
     builder.check_ownership(module, values)
     return ModuleGraph(module, output, builder)
 

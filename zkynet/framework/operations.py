@@ -12,6 +12,8 @@ This module only gathers them; they live in the ops package, one module per fami
   ops/loops.py        scan
 Each lowercase function has its class (`op.add` is an `op.Add`), to subclass or
 to configure (`op.Sum(axis=1)`). Writing your own: see cg.Operator.
+`op.Multiply` is the original zkynet's name for `op.Mult` (see framework/original.py).
 """
 from zkynet.framework.ops import *  # noqa: F401,F403
 from zkynet.framework.ops import __all__  # noqa: F401
+from zkynet.framework.original import Multiply  # noqa: F401

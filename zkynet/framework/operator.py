@@ -2,14 +2,17 @@
 fusion that runs a built-in operator's eager forward or backward as one cached
 XLA computation."""
 import functools
-from typing import Any, Iterable, cast
+from typing import Any, Callable, Iterable, cast
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from zkynet.framework.builder import NodeLike, as_node
-from zkynet.framework.errors import InputCountError, ShapeError, ZkynetError
-from zkynet.framework.graph import Node, OperatorNode, ValueView, as_value, context
-from zkynet.framework.templates import Function, Variable, snake_case
+from zkynet.framework.errors import InputCountError, NumericOverflowError, ShapeError, ValueTypeError, ZkynetError
+from zkynet.framework.graph import (ConstantNode, InputNode, Node, OperatorNode, ValueView, as_value, context,
+                                    jacobian, topological_order)
+from zkynet.framework.templates import Constant, Function, Variable, snake_case
 
 Cotangents = tuple[Any, ...]  # one per input: an array, or None for an input without a gradient
 
@@ -39,6 +42,18 @@ class Operator(Function):
     attributes and shapes) instead of one eager dispatch per array operation,
     which keeps eager graphs close to plain jnp speed. Under jit or vmap they run
     as written, inside the caller's trace. Fusion is for operators that save nothing.
+
+    Refusing bad inputs: `check(*inputs)` runs before the forward and raises a
+    ZkynetError naming what to fix (built-ins check indices this way). It sees the
+    real values: concrete when eager, tracers under jit, where only shapes and
+    dtypes are known. An operator whose eager output is an integer array is also
+    recomputed in float64 and refused (NumericOverflowError) when the integer result
+    overflowed (``m(2000)`` on int32: 2001 * 2000**2 does not fit); set
+    `check_integer_overflow = False` for operators meant to wrap (hashing). Under jit
+    integers wrap as in JAX: use floats for arithmetic.
+
+    The original zkynet API: `gradfn(inpt)` gives d(output)/d(inpt) as a function of
+    the inputs, and `node.grad(child)` evaluates it for one of a node's inputs.
     """
     input_names: tuple[str, ...] = ()  # built-in operators name their inputs here instead of in __init__
     variadic = False  # True: takes any number of inputs (concat, stack)
@@ -46,6 +61,7 @@ class Operator(Function):
     # Whether vjp reads the inputs' values / the output's value (shapes aside): what a
     # loop (op.scan) must keep from its forward pass. True is always safe.
     vjp_uses_inputs = vjp_uses_out = True
+    check_integer_overflow = True  # refuse an eager integer result that overflowed (see above)
     _class_inputs: tuple[Variable, ...]
 
     def __init__(self, inputs: Iterable[Variable] | None = None, name: str | None = None):
@@ -70,8 +86,14 @@ class Operator(Function):
             names = ", ".join(v.short_name for v in self._inputs)
             raise InputCountError(f"{self.functional_name} takes {len(self._inputs)} input(s) "
                                   f"({names}), got {len(args)}")
-        nodes = tuple([as_node(a) for a in args])
         try:
+            nodes = tuple([as_node(a) for a in args])
+        except (ValueTypeError, NumericOverflowError):
+            for i, a in enumerate(args):  # again, to say which input of which operator
+                as_node(a, f"{self._where()}: {self._input_label(i)}")
+            raise
+        try:
+            self.check(*nodes)
             fusion = self._fusion(nodes) if self.fuse_call else None
             if fusion:
                 value, saved = _fused_call(fusion, *[n.value for n in nodes]), None
@@ -86,7 +108,85 @@ class Operator(Function):
             return value
         if not isinstance(value, jax.Array):
             value = as_value(value, f"output of {self.functional_name}")
+        if (self.check_integer_overflow and value.dtype.kind in "iu"
+                and not isinstance(value, jax.core.Tracer)):
+            self._refuse_overflow(nodes, value)
         return OperatorNode(self, nodes, value, saved)
+
+    def check(self, *inputs: Node) -> None:
+        """Raise a ZkynetError if this operator cannot give a right answer for `inputs`
+        (see the class docstring); by default, accept anything."""
+
+    def _input_label(self, i: int) -> str:
+        return f"input {self._input_name(i)!r}"
+
+    def _input_name(self, i: int) -> str:
+        return self._inputs[i].short_name if i < len(self._inputs) else f"#{i}"
+
+    def _refuse_overflow(self, nodes: tuple[Node, ...], value: jax.Array) -> None:
+        """NumericOverflowError if the integer `value` (concrete) differs from the exact
+        result, computed by running `call` again in float64 (exact below 2**53)."""
+        if type(self).forward is not Operator.forward or any(isinstance(n.value, jax.core.Tracer)
+                                                                for n in nodes):
+            return
+        with jax.enable_x64(True):
+            try:
+                exact = self.call(*[_Leaf(jnp.asarray(np.asarray(n.value), jnp.float64)
+                                          if n.dtype.kind in "iu" else n.value) for n in nodes])
+                exact = np.asarray(exact.value if isinstance(exact, Node) else exact, np.float64)
+            except Exception:  # noqa: BLE001 - no float version of this computation: nothing to compare
+                return
+        got = np.asarray(value)
+        if exact.shape != got.shape:
+            return
+        info = np.iinfo(value.dtype)
+        with np.errstate(invalid="ignore"):
+            bad = (~np.isfinite(exact) | (exact < info.min) | (exact > info.max)
+                   | ((np.abs(exact) < 2.0 ** 53) & (exact != got)))
+        if not bad.any():
+            return
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        inputs = ", ".join(f"{self._input_name(i)} {_describe(n)}" for i, n in enumerate(nodes))
+        where = f" at index {list(at)}" if at else ""
+        raise NumericOverflowError(
+            f"{self._where()}: integer overflow: the exact result {exact[at]:.17g}{where} "
+            f"does not fit {value.dtype} ({info.min}..{info.max}); {value.dtype} arithmetic gave "
+            f"{got[at]} instead. The inputs are integers ({inputs}); Python ints become int32 arrays "
+            "(JAX's default integer type). To fix: pass floats (e.g. 2000.0 for 2000), or turn on "
+            "JAX's 64-bit mode at startup: jax.config.update('jax_enable_x64', True). Under jit "
+            "nothing checks: integers wrap, as in JAX.")
+
+    def gradfn(self, inpt: Variable | str) -> Callable[..., Node]:
+        """The original zkynet API: d(output)/d(`inpt`) as a function of this operator's
+        inputs (values or nodes, in order), returning a node (read its `.value`).
+
+        With `_gradfn` defined (an elementwise operator in the seed's style) that is
+        its local partial derivative, elementwise. Otherwise it is the full Jacobian,
+        shaped output.shape + inpt.shape, computed from this operator's own `vjp`
+        (the original computed it with jax.jacrev; for scalars both are the derivative)."""
+        name = inpt if isinstance(inpt, str) else inpt.short_name
+        variable = self.input(name)
+        index = self._inputs.index(variable)
+        label = f"d{self.functional_name}/d{name}"
+
+        def partial(*args: NodeLike) -> Node:
+            if len(args) != len(self._inputs):
+                raise InputCountError(f"{label} takes the {len(self._inputs)} input(s) of "
+                                      f"{self.functional_name}, got {len(args)}")
+            values = [a.value if isinstance(a, (Node, ValueView)) else
+                      as_value(cast(Any, a), f"{label}: {self._input_label(i)}") for i, a in enumerate(args)]
+            leaves = [InputNode(v, s) for v, s in zip(values, self._inputs)]
+            if type(self)._gradfn is not Operator._gradfn:
+                result = self._gradfn(variable)(*leaves)
+                value = as_value(result.value if isinstance(result, Node) else result, label)
+            else:
+                out = self(*leaves)
+                rows = jacobian(topological_order([out]), out)
+                found = rows.get(leaves[index])
+                value = found if found is not None else (  # zero where the output does not depend on it
+                    jnp.zeros(out.shape + leaves[index].shape, jnp.result_type(out.dtype, float)))
+            return ConstantNode(value, Constant(label, value))
+        return partial
 
     def forward(self, *inputs: Node) -> tuple[Any, Any]:
         """(output value, saved): `saved` is kept on the output node (never on the operator)

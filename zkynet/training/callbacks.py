@@ -91,7 +91,10 @@ class NanGuard(Callback):
     def _check(loss, step):
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"the loss became {loss} at step {step}; the last good checkpoint "
-                                     "is kept (try a lower learning rate or gradient clipping)")
+                                     "is kept (try a lower learning rate or gradient clipping; if the data may "
+                                     "be at fault, such as a label >= the number of classes or a token id "
+                                     "beyond the vocabulary, which read NaN under jit, run that batch eagerly "
+                                     "with TrainStep(..., jit=False) to have it named)")
 
 
 class Checkpointer(Callback):

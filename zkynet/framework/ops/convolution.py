@@ -122,6 +122,7 @@ class _Pool2d(Unary):
 
 class MaxPool2d(_Pool2d):
     """Max over each window; ties split the gradient evenly."""
+    check_integer_overflow = False  # selects elements: cannot overflow
     def call(self, x):
         return self._reduce(x.value, jnp.array(_lowest(x.dtype), x.dtype), lax.max)
 

@@ -61,6 +61,7 @@ class Pow(Binary):
 
 class Maximum(Binary):
     """Elementwise max; ties split the gradient evenly (as JAX does)."""
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
     def call(self, a, b): return jnp.maximum(a.value, b.value)
 
@@ -71,6 +72,7 @@ class Maximum(Binary):
 
 class Minimum(Binary):
     """Elementwise min; ties split the gradient evenly (as JAX does)."""
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
     def call(self, a, b): return jnp.minimum(a.value, b.value)
 
@@ -81,6 +83,7 @@ class Minimum(Binary):
 
 class Where(Fused):
     """`a` where `condition` holds, else `b` (the condition gets no gradient)."""
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
     input_names = ("condition", "a", "b")
     def call(self, c, a, b): return jnp.where(c.value, a.value, b.value)
@@ -147,6 +150,7 @@ class Softplus(Unary):
 
 
 class Relu(Unary):
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
     def call(self, x): return jnp.maximum(x.value, 0)
     def vjp(self, g, out, x): return (jnp.where(x.value > 0, g, 0),)

@@ -1,4 +1,20 @@
-"""Reading elements by position: x[key] (getitem) and integer-array lookups (take)."""
+"""Reading elements by position: x[key] (getitem) and integer-array lookups (take).
+
+Out-of-range integer indices never give a silent number. JAX itself would clamp
+them in x[i] (a wrong element, and a zero gradient) and fill them with NaN in take:
+  * concrete indices (Python ints, which are always known while the graph is built,
+    NumPy arrays, and JAX arrays outside jit) are checked when the node is made:
+    IndexOutOfRangeError names the operator, the axis, its size and the index.
+    Negative indices count from the end, as in Python (x[-1] is the last element);
+    slices follow Python's rules (they never fail, they stop at the ends).
+  * traced indices (inside jit, e.g. token ids of a batch) cannot be checked without
+    stopping the compiled program, so the lookup runs in JAX's "fill" mode: an
+    out-of-range index reads NaN (floats; for integers the dtype's most negative
+    value, for booleans True) instead of a clamped, plausible element, and gets no
+    gradient. The NaN reaches the loss, so a NaN guard (zkynet.training.NanGuard)
+    stops the run instead of training on a wrong element. To find the culprit, run
+    the same batch eagerly (TrainStep(..., jit=False)): the check then names it.
+"""
 import functools
 import numbers
 from typing import Any
@@ -7,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zkynet.framework.builder import NodeLike
+from zkynet.framework.builder import NodeLike, as_node
+from zkynet.framework.errors import IndexOutOfRangeError, ShapeError, ValueTypeError
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Fused
 
@@ -30,6 +47,7 @@ class Getitem(Fused):
     share one computation; `key` keeps a placeholder where each one stood."""
     vjp_uses_inputs = False  # only `positions`, a constant that is rebuilt with the graph
     vjp_uses_out = False
+    check_integer_overflow = False  # only moves elements
     input_names = ("x", "positions")
 
     def __init__(self, key, single):
@@ -41,10 +59,71 @@ class Getitem(Fused):
         key = tuple(next(values) if k is _POSITION else k for k in self.key)
         return key[0] if self.single else key
 
-    def call(self, x, positions): return x.value[self._key(positions.value)]
+    def check(self, x, positions):
+        """Every integer of the key (and every concrete integer array in it) within its axis."""
+        self._check_key(x, np.asarray(positions.value).tolist())
+
+    def _check_key(self, x, ints):
+        """IndexOutOfRangeError unless the key, with `ints` (Python ints) for its placeholders,
+        fits `x` (a node or anything with a shape and dtype)."""
+        parts, shape = self.key, x.shape
+        counts = [0 if k is None or k is Ellipsis or isinstance(k, (bool, np.bool_))
+                  else np.ndim(k) if _is_bool_array(k) else 1 for k in parts]
+        if sum(counts) > len(shape):
+            values = iter(ints)
+            key = tuple(next(values) if k is _POSITION else k for k in parts)
+            raise IndexOutOfRangeError(f"{self._where()}: the key {key[0] if self.single else key!r} indexes "
+                                       f"{sum(counts)} axes of an input with {len(shape)} ({_describe(x)})")
+        ints = iter(ints)
+        axis = 0
+        for part, count in zip(parts, counts):
+            if part is Ellipsis:
+                axis += len(shape) - sum(counts)
+                continue
+            if part is _POSITION:
+                _check_range(np.asarray(next(ints), np.int64), shape[axis], axis, x, self._where(), "index")
+            elif count == 1 and not isinstance(part, slice) and not _is_bool_array(part) and _is_concrete(part):
+                _check_range(np.asarray(part), shape[axis], axis, x, self._where(), "integer-array index")
+            axis += count
+
+    def call(self, x, positions):
+        key = self._key(positions.value)
+        if any(isinstance(k, jax.core.Tracer) for k in (key if isinstance(key, tuple) else (key,))):
+            return x.value.at[key].get(mode="fill")  # traced indices: NaN, not a clamped element
+        return x.value[key]
 
     def vjp(self, g, out, x, positions):
-        return jnp.zeros(x.shape, g.dtype).at[self._key(positions.value)].add(g), None
+        return jnp.zeros(x.shape, g.dtype).at[self._key(positions.value)].add(g), None  # drops out-of-range
+
+
+def _is_bool_array(k):
+    return hasattr(k, "dtype") and np.ndim(k) > 0 and k.dtype == bool
+
+
+def _is_concrete(k):
+    return isinstance(k, (np.ndarray, np.generic)) or (isinstance(k, jax.Array)
+                                                       and not isinstance(k, jax.core.Tracer))
+
+
+def _describe(node):
+    return f"{node.dtype}{list(node.shape)}"
+
+
+def _check_range(indices, size, axis, x, where, what):
+    """IndexOutOfRangeError unless every one of `indices` (concrete) is in -size..size-1."""
+    if indices.dtype.kind not in "iu":
+        raise ValueTypeError(f"{where}: indices must be integers, got {indices.dtype}; convert them, "
+                             "e.g. indices.astype(int)")
+    bad = (indices < -size) | (indices >= size)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        value = int(indices[at])
+        place = f" (at {list(at)} of the indices)" if indices.ndim else ""
+        raise IndexOutOfRangeError(
+            f"{where}: {what} {value}{place} is out of range for axis {axis} of size {size} of the "
+            f"input {_describe(x)}; valid indices are {-size}..{size - 1} (negative ones count from the end)"
+            if size else f"{where}: {what} {value}{place} reads axis {axis} of the input {_describe(x)}, "
+            "which is empty")
 
 
 def _split_key(key):
@@ -67,15 +146,32 @@ def _positions(ints):
 
 class Take(Fused):
     """Elements of x at integer `indices` along `axis` (None: of x flattened): an
-    embedding lookup for axis 0. The indices may be a node (they get no gradient)."""
+    embedding lookup for axis 0. The indices may be a node (they get no gradient).
+    Concrete indices out of range are refused; traced ones read NaN (see the module
+    docstring)."""
     vjp_uses_out = False
+    check_integer_overflow = False  # only moves elements
     input_names = ("x", "indices")
 
     def __init__(self, axis=0):
         super().__init__()
         self.axis = axis
 
-    def call(self, x, indices): return jnp.take(x.value, indices.value, axis=self.axis)
+    def check(self, x, indices):
+        if not jnp.issubdtype(indices.dtype, jnp.integer):
+            raise ValueTypeError(f"{self._where()}: indices must be integers, got {_describe(indices)}; "
+                                 "convert them, e.g. indices.astype(int)")
+        if self.axis is None:
+            size, axis = x.value.size, "0 of the flattened input"
+        elif -x.ndim <= self.axis < x.ndim:
+            size, axis = x.shape[self.axis], self.axis % x.ndim
+        else:
+            raise ShapeError(f"{self._where()}: axis {self.axis} is out of range for the input "
+                             f"{_describe(x)} ({x.ndim} axes)")
+        if _is_concrete(indices.value):
+            _check_range(np.asarray(indices.value), size, axis, x, self._where(), "index")
+
+    def call(self, x, indices): return jnp.take(x.value, indices.value, axis=self.axis, mode="fill")
 
     def vjp(self, g, out, x, indices):
         if self.axis is None:
@@ -84,12 +180,24 @@ class Take(Fused):
         return jnp.zeros(x.shape, g.dtype).at[where].add(g), None
 
 
-def take(x: NodeLike, indices: NodeLike, axis: int | None = 0) -> Node: return Take(axis)(x, indices)
+def take(x: NodeLike, indices: NodeLike, axis: int | None = 0) -> Node:
+    """x's elements at integer `indices` along `axis`; out-of-range indices raise
+    IndexOutOfRangeError when concrete and read NaN when traced (module docstring)."""
+    return Take(axis)(x, indices)
 
 
 def getitem(x: NodeLike, key: Any) -> Node:
-    """x[key]; a node as the key is an integer-array lookup along axis 0 (`take`)."""
+    """x[key]; a node as the key is an integer-array lookup along axis 0 (`take`).
+    Out-of-range integers raise IndexOutOfRangeError (always, for Python ints: they
+    are known while the graph is built); traced integer arrays read NaN out of range
+    (module docstring)."""
     if isinstance(key, Node):
         return take(x, key)
+    parts = key if isinstance(key, tuple) else (key,)
+    ints = [int(k) for k in parts if isinstance(k, numbers.Integral) and not isinstance(k, (bool, np.bool_))]
+    if any(not -2 ** 31 <= k < 2 ** 31 for k in ints):  # beyond any axis and the int32 positions: refuse now
+        template = tuple(_POSITION if isinstance(k, numbers.Integral) and not isinstance(k, (bool, np.bool_))
+                         else np.asarray(k) if isinstance(k, list) else k for k in parts)
+        Getitem(template, not isinstance(key, tuple))._check_key(as_node(x), ints)
     template, positions, single = _split_key(key)
     return Getitem(template, single)(x, positions)

@@ -13,6 +13,7 @@ class Dropout(Fused):
     """Zero each element with probability `rate`, scale the rest by 1/(1 - rate).
     The mask comes from the PRNG `key` input, so a step is reproducible (and the
     backward pass recomputes the same mask instead of storing it)."""
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
     input_names = ("x", "key")
 

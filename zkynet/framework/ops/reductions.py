@@ -55,6 +55,7 @@ class Mean(_Reduction):
 
 class Max(_Reduction):
     """Largest element; ties split the gradient evenly (as JAX does)."""
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     def call(self, x): return jnp.max(x.value, axis=self.axis, keepdims=self.keepdims)
 
     def vjp(self, g, out, x):

@@ -13,6 +13,7 @@ __all__ = ["Reshape", "Transpose", "BroadcastTo", "Concat", "Stack",
 
 
 class Reshape(Unary):
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
     fuse_vjp = False
@@ -26,6 +27,7 @@ class Reshape(Unary):
 
 class Transpose(Unary):
     """Permute axes (reverse them by default)."""
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
     def __init__(self, axes=None):
@@ -41,6 +43,7 @@ class Transpose(Unary):
 
 
 class BroadcastTo(Unary):
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
     fuse_vjp = False
@@ -54,6 +57,7 @@ class BroadcastTo(Unary):
 
 class Concat(Fused):
     """Join inputs along an existing axis."""
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
     variadic = True
@@ -71,6 +75,7 @@ class Concat(Fused):
 
 class Stack(Fused):
     """Join inputs along a new axis."""
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
     variadic = True
