@@ -419,6 +419,11 @@ def train_trial(hyperparameters, context):
     with open(folder / "trial.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             cfg = context.hydra_context.config_loader.load_sweep_config(context.master_config, overrides)
+        except Exception as e:  # `trainer.epochs=abc`: this trial has no config, hence no run of its own yet
+            traceback.print_exc()
+            _record_unbuilt_trial(context, number, overrides, e)
+            return
+        try:
             with open_dict(cfg):
                 choices = cfg.hydra.runtime.choices
                 cfg.run_name = cfg.run_name or f"{choices.get('model')}-{choices.get('dataset')} #{number}"
@@ -442,6 +447,26 @@ def train_trial(hyperparameters, context):
         raise SystemExit(0)  # how a trial Tune stopped must end (its worker waits for it before the next trial)
     if report.last is not None:  # the last epoch, reported once its run is complete: Tune may end us at once
         tune.report(report.last)  # (with SystemExit, which must leave this function: its worker waits for that)
+
+
+def _record_unbuilt_trial(context, number, overrides, error):
+    """A FAILED child run for a trial whose config could not be composed: no trial is lost."""
+    if context.sweep_run_id is None:
+        return
+    config = context.master_config
+    client = connect(config.tracking.uri or default_tracking_uri())
+    run = client.create_run(client.get_run(context.sweep_run_id).info.experiment_id, run_name=f"trial #{number}",
+                            tags={lineage.PARENT: context.sweep_run_id, lineage.SWEEP_JOB: str(number),
+                                  lineage.OVERRIDES: " ".join(overrides),
+                                  lineage.ERROR: _first_lines(error)})
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
+def _first_lines(error):
+    """`Type: message` of an error and of its cause (Hydra's say which override, their cause why)."""
+    parts = [error] + ([error.__cause__] if error.__cause__ is not None else [])
+    return "; ".join(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                     for e in parts)[:5000]
 
 
 def _tune_state(seed):
@@ -484,14 +509,14 @@ class TuneReport(Callback):
     def on_epoch_end(self, trainer, epoch, record):
         reported = {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         reported["epochs"] = trainer.epochs
+        if self.pbt_interval and self.tracker is not None:
+            self.tracker.log_metrics({f"hp/{k}": v for k, v in self.hyperparameters.items()
+                                      if isinstance(v, (int, float))}, trainer.step)
         if epoch + 1 >= trainer.epochs:
             self.last = reported
             return
         saved = None
         if self.pbt_interval:
-            if self.tracker is not None:
-                self.tracker.log_metrics({f"hp/{k}": v for k, v in self.hyperparameters.items()
-                                          if isinstance(v, (int, float))}, trainer.step)
             if (epoch + 1) % self.pbt_interval == 0 and self.checkpointer is not None:
                 self.checkpointer.save(trainer)
                 self.checkpointer.wait()

@@ -9,7 +9,7 @@ draws). Choose one by name (`tasks.get("classification")`) or build your own.
 """
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from zkynet import losses
 from zkynet.data import Dataset, Split
@@ -37,15 +37,15 @@ class Task:
         self-supervised)."""
         if not self.targets_are_inputs:
             return dataset
-        return dataclasses.replace(dataset, **{name: Split(split.inputs, split.inputs) for name, split in
-                                               (("train", dataset.train), ("validation", dataset.validation))})
+        return dataclasses.replace(dataset, train=Split(dataset.train.inputs, dataset.train.inputs),
+                                   validation=Split(dataset.validation.inputs, dataset.validation.inputs))
 
     def improved(self, new: float, best: Optional[float]) -> bool:
         """Whether objective value `new` is better than `best` (None: nothing yet)."""
         return best is None or (new < best if self.mode == "min" else new > best)
 
 
-TASKS = {
+TASKS: dict[str, dict[str, Any]] = {
     "classification": dict(loss=losses.softmax_cross_entropy, metrics=losses.classification_metrics),
     "regression": dict(loss=losses.mse),
     "language_model": dict(loss=losses.softmax_cross_entropy, metrics=losses.classification_metrics,

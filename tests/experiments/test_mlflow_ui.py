@@ -22,9 +22,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 @pytest.fixture
-def mlflow_ui(cli):
+def mlflow_ui(runner):
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cli.store, "--host",
+    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", runner.store, "--host",
                            "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
     try:
@@ -54,10 +54,9 @@ def browse(url, profile, dump=None, screenshot=None):
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium cannot be installed here: setup.sh installs Debian's "
                                              "chromium package only as root with apt-get")
-def test_the_mlflow_ui_shows_the_run_its_metrics_and_its_graph(cli, tmp_path, request):
-    trained = cli("model=mlp", "trainer.epochs=2", "trainer.progress=false")
-    assert trained.returncode == 0, trained.stderr
-    (run,) = cli.runs()
+def test_the_mlflow_ui_shows_the_run_its_metrics_and_its_graph(runner, tmp_path, request):
+    runner("model=mlp", "trainer.epochs=2", "run_name=mlp-digits")
+    (run,) = runner.runs()
     ui = request.getfixturevalue("mlflow_ui")
     page = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     overview = browse(page, tmp_path / "chrome", dump=True)

@@ -7,6 +7,7 @@ import shutil
 import sys
 import threading
 import time
+from typing import Optional
 
 import jax
 import numpy as np
@@ -113,7 +114,9 @@ class Checkpointer(Callback):
         self.path, self.every, self.min_seconds = path, max(1, every_n_epochs), min_seconds
         self.last_time = time.monotonic()
         self.saved_step = None  # the step of the last checkpoint completed
-        self._writer, self._error, self._started_step = None, None, None
+        self._writer: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+        self._started_step: Optional[int] = None
 
     def on_epoch_end(self, trainer, epoch, record):
         if (epoch + 1) % self.every == 0 and time.monotonic() - self.last_time >= self.min_seconds:

@@ -68,7 +68,7 @@ class Trainer:
         self.batches = Batches(dataset.train, batch_size, shuffle=True, seed=seed, drop_last=drop_last, place=place)
         self.eval_batches = Batches(dataset.validation, eval_batch_size or batch_size, shuffle=False, place=place)
         self.callbacks = list(callbacks)
-        self.history = []
+        self.history: list[Record] = []
         self.should_stop = False
 
     @property
@@ -120,7 +120,8 @@ class Trainer:
 
     def evaluate(self, batches: Optional[Batches] = None) -> dict[str, float]:
         """Metrics on the validation split (or `batches`), averaged over examples."""
-        totals, seen = {}, 0
+        totals: dict[str, Any] = {}
+        seen = 0
         for batch in (batches or self.eval_batches).epoch():
             size = len(batch[0])
             for name, value in self.eval_step(*batch).items():

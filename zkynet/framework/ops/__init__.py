@@ -15,7 +15,15 @@ from zkynet.framework.ops.reductions import *  # noqa: F401,F403
 from zkynet.framework.ops.shapes import *  # noqa: F401,F403
 
 FAMILIES = (elementwise, reductions, linalg, shapes, indexing, convolution, randomness, loops)
-__all__ = [name for family in FAMILIES for name in family.__all__]
+__all__: list[str] = []  # family by family, in a form type checkers follow
+__all__ += elementwise.__all__
+__all__ += reductions.__all__
+__all__ += linalg.__all__
+__all__ += shapes.__all__
+__all__ += indexing.__all__
+__all__ += convolution.__all__
+__all__ += randomness.__all__
+__all__ += loops.__all__
 
 define_syntax(add=elementwise.add, sub=elementwise.sub, mult=elementwise.mult, div=elementwise.div,
               pow=elementwise.pow, neg=elementwise.neg, matmul=linalg.matmul,
