@@ -66,9 +66,15 @@ def test_the_objective_and_its_direction_come_from_the_task(runner):
     ("trainer.epochs=many", "Value 'many' of type 'str' could not be converted to Integer"),
     ("trainer.precision=float16", "Invalid value 'float16', expected one of [float32, float64, bfloat16]"),
 ])
-def test_typos_get_hydras_error_not_our_traceback(cli, override, message):
-    result = cli(override, "trainer.epochs=1")
-    assert result.returncode != 0 and message in result.stderr
+def test_typos_get_hydras_error(runner, override, message):
+    with pytest.raises(Exception) as refused:
+        runner.config(override, "trainer.epochs=1")  # composed as the command line composes
+    assert message in "".join(str(e) for e in (refused.value, refused.value.__cause__) if e is not None)
+
+
+def test_a_typo_on_the_command_line_gets_hydras_error_not_our_traceback(cli):
+    result = cli("optimizer.lrr=1", "trainer.epochs=1")
+    assert result.returncode != 0 and "Key 'lrr' is not in struct" in result.stderr
     assert "experiments/run.py" not in result.stderr and cli.runs() == []
 
 

@@ -7,11 +7,9 @@ import pytest
 
 from zkynet import losses, optim
 from zkynet.data import Split, load_digits
-from zkynet.data.sequences import decode, load_addition, load_copy
-from zkynet.data.text import bigram_cross_entropy, load_text
+from zkynet.data.sequences import decode, load_addition
 from zkynet.framework.compile import forward
 from zkynet.models.autoencoder import ConvAutoencoder, DenseAutoencoder, VAE, vae_loss
-from zkynet.models.rnn import RecurrentLM
 from zkynet.models.transformer import TransformerLM, generate
 from zkynet.training import Trainer
 
@@ -23,13 +21,8 @@ def fit(model, dataset, loss, lr, epochs, batch, metrics=None, warmup=0):
     return Trainer(model, loss, optimizer, dataset, epochs, batch, metrics, seed=0).fit()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_lstm_and_gru_copy_sequences(cell):
-    data = load_copy(length=8, symbols=8)
-    history = fit(RecurrentLM(data.num_classes, embed=32, hidden=128, cell=cell, key=0), data,
-                  losses.softmax_cross_entropy, 1e-2, 12, 64, losses.classification_metrics)
-    assert history[-1]["val_accuracy"] >= 0.99
+# LSTM and GRU learning to copy (>= 99% of tokens) and a character transformer beating
+# bigrams by 0.3 nats are asserted by notebooks 05 and 07, which train exactly those.
 
 
 @pytest.mark.slow
@@ -47,15 +40,6 @@ def test_transformer_learns_multi_digit_addition():
     for prompt, answer in zip(prompts[:50], answers):
         x, y = decode(prompt[:-1], vocabulary).split("+")
         assert decode(answer, vocabulary)[::-1] == str(int(x) + int(y)).zfill(4), (x, y)
-
-
-@pytest.mark.slow
-def test_character_language_model_beats_bigrams():
-    data = load_text(length=64, max_chars=300_000)
-    model = TransformerLM(data.num_classes, dim=64, heads=4, layers=2, mlp=256, max_length=64, key=0)
-    history = fit(model, data, losses.softmax_cross_entropy, 3e-3, 3, 32, warmup=50)
-    bigram = bigram_cross_entropy(data.train, data.validation, data.num_classes)
-    assert history[-1]["val_loss"] < bigram - 0.3, (history[-1]["val_loss"], bigram)
 
 
 def reconstruction_data(layout):
