@@ -1,5 +1,6 @@
 """Generic building blocks: a chain of layers, activations, dropout, flatten,
 token embeddings, layer normalization."""
+import jax
 import jax.numpy as jnp
 
 from zkynet import init
@@ -42,7 +43,8 @@ class Activation(cg.Module):
 
 class Dropout(cg.Module):
     """Zeroes each element with probability `rate` when the call was given an `rng`
-    (training); the identity otherwise (evaluation)."""
+    (training); the identity otherwise (evaluation). `rate` may be set to a traced
+    value while a step is traced (a Population's members each have their own)."""
 
     def __init__(self, rate):
         super().__init__(inputs=(cg.Variable("x"),))
@@ -52,7 +54,11 @@ class Dropout(cg.Module):
 
     def call(self, x):
         key = cg.rng_key()
-        return x if key is None or self.rate == 0 else op.dropout(x, key, self.rate)
+        return x if key is None or _is_zero(self.rate) else op.dropout(x, key, self.rate)
+
+
+def _is_zero(rate):
+    return not isinstance(rate, jax.core.Tracer) and rate == 0
 
 
 class Flatten(cg.Module):

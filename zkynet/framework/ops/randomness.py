@@ -19,7 +19,7 @@ class Dropout(Fused):
 
     def __init__(self, rate):
         super().__init__()
-        if not 0 <= rate < 1:
+        if not isinstance(rate, jax.core.Tracer) and not 0 <= rate < 1:  # a traced rate: see layers.Dropout
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         self.rate = rate
 
