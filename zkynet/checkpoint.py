@@ -1,12 +1,16 @@
 """Saving and loading nested dicts of arrays (parameters, optimizer state) as one
-.npz file: exact to the bit, readable with plain NumPy."""
+.npz file: exact to the bit, readable with plain NumPy. Dtypes NumPy's format cannot
+name (bfloat16) are stored as their raw bits, their names beside them."""
+import json
 import os
 import shutil
 import tempfile
 
+import ml_dtypes
 import numpy as np
 
 SEPARATOR = "::"  # parameter names use "/" (layers.0/W), so nesting uses this
+DTYPES = "__dtypes__"  # {path: dtype name} of the arrays stored as raw bits
 
 
 def flatten(tree, prefix=""):
@@ -35,7 +39,12 @@ def unflatten(flat):
 
 def save(path, tree):
     """Write `tree` to `path` atomically: a crash mid-write never leaves a truncated file."""
-    _write_atomically(path, lambda f: np.savez(f, **flatten(tree)))
+    flat = flatten(tree)
+    unnamed = {key: str(value.dtype) for key, value in flat.items() if value.dtype.kind == "V"}  # bfloat16
+    flat = {key: value.view(f"u{value.dtype.itemsize}") if key in unnamed else value for key, value in flat.items()}
+    if unnamed:
+        flat[DTYPES] = np.array(json.dumps(unnamed))
+    _write_atomically(path, lambda f: np.savez(f, **flat))
 
 
 def copy(source, destination):
@@ -60,4 +69,7 @@ def _write_atomically(path, write):
 
 def load(path):
     with np.load(path) as data:
-        return unflatten({key: data[key] for key in data.files})
+        flat = {key: data[key] for key in data.files}
+    for key, name in json.loads(str(flat.pop(DTYPES, "{}"))).items():
+        flat[key] = flat[key].view(getattr(ml_dtypes, name))
+    return unflatten(flat)
