@@ -8,9 +8,10 @@ One step = forward, backward, Adam update. For each model:
           of its own run by an interpreter with torch (--torch-python).
 Step times are medians of interleaved rounds; compile time is the first call
 (trace + compile + one step). `--gpu` switches to sizes that fill a GPU and the
-report adds throughput and achieved FLOP/s (XLA's count) against the device's peak.
-Targets: zkynet/jax step <= 1.05, compile <= 2x. `lstm-unrolled` is the LSTM with its loop unrolled in the graph
-instead of scanned: compare its compile time with `lstm`'s.
+report adds throughput and achieved FLOP/s against the device's peak (FLOPs by XLA's
+count, which takes a loop body once: a scanned LSTM's figure is a lower bound).
+Targets: zkynet/jax step <= 1.05, compile <= 2x. `lstm-unrolled` is the LSTM with
+its loop unrolled in the graph instead of scanned: compare its compile time with `lstm`'s.
 """
 import dataclasses
 import importlib.util
@@ -293,9 +294,10 @@ def measure(name, case, scale, steps, rounds, torch_python):
         contenders["torch"] = lambda: torch(steps)
     samples = {n: [] for n in contenders}
     try:
-        for _ in range(rounds):  # interleaved, so a slow patch of the machine hits every contender
-            for n, time_round in contenders.items():
-                samples[n].append(time_round())
+        names = list(contenders)
+        for r in range(rounds):  # interleaved, so a slow patch of the machine hits every contender,
+            for n in names[r % len(names):] + names[:r % len(names)]:  # each one first in turn
+                samples[n].append(contenders[n]())
     finally:
         if torch is not None:
             torch.close()
