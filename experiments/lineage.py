@@ -38,6 +38,14 @@ MODEL_ARTIFACT = "model"  # the MLflow model (pyfunc): runs:/<run id>/model
 HEARTBEAT_SECONDS = 60.0  # a RUNNING run silent for several of these is presumed dead
 
 
+def ui_url(experiment_id, run_id=None, server="http://127.0.0.1:5000"):
+    """The MLflow UI's page of an experiment's runs table (or of one run) in its Model
+    training view: MLflow 3 opens in its GenAI view, chosen in the browser (localStorage),
+    unless the URL asks for workflowType=machine_learning."""
+    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{server}/{page}?workflowType=machine_learning"
+
+
 def run_name(model, dataset):
     """A default run name, unique among runs: `mlp-digits-3fa2c1`."""
     return f"{model}-{dataset}-{secrets.token_hex(3)}"
