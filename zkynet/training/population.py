@@ -241,10 +241,10 @@ class PopulationTrainer:
         for member in members:
             member.notify("on_epoch_start", epoch)
         batch_size = self.members[0].batches.batch_size
-        orders = [m.batches.order(epoch) for m in self.members]
+        orders = np.stack([m.batches.order(epoch) for m in self.members], axis=1).astype(np.int32)  # (examples, K)
         steps, started = [], time.perf_counter()
         for index in range(start_batch, self.steps_per_epoch):
-            rows = np.stack([order[index * batch_size:(index + 1) * batch_size] for order in orders])
+            rows = orders[index * batch_size:(index + 1) * batch_size].T
             metrics = self.step(self.data, rows)  # device arrays: no wait for the step to finish
             steps.append(metrics)
             for member in members:
