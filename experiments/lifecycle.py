@@ -141,7 +141,7 @@ class Run:
             lines.append(f"  last checkpoint: {f'step {saved}' if saved is not None else 'none yet'}"
                          + (f" -> resume with trainer.resume={tracker.run_id}" if resumable else ""))
         if tracker is not None:
-            lines += [f"  MLflow run {tracker.run_id} in experiment '{cfg.tracking.experiment}'",
+            lines += [f"  MLflow run {tracker.run_id} in experiment '{tracker.experiment}'",
                       f"  look at it: mlflow ui --backend-store-uri {self.uri}",
                       f"              then open {lineage.ui_url(tracker.experiment_id)}",
                       f"              (this run: {lineage.ui_url(tracker.experiment_id, tracker.run_id)})"]

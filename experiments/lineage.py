@@ -100,9 +100,11 @@ def stored_config_and_checkpoint(client, run_id):
         return config, checkpoint.load(path)
 
 
-def sweep_run(client, experiment_id, sweep_dir):
-    """The MLflow run of the sweep writing to `sweep_dir`, or None."""
-    found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+def sweep_run(client, experiment_ids, sweep_dir):
+    """The MLflow run of the sweep writing to `sweep_dir` (in one experiment id or any of a
+    list), or None."""
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else experiment_ids
+    found = client.search_runs(ids, max_results=1, order_by=["attributes.start_time DESC"],
                                filter_string=f"tags.{SWEEP} = '{sweep_dir}'")
     return found[0] if found else None
 

@@ -41,8 +41,8 @@ def with_launch(cfg, hydra_config):
         cfg.launch.overrides = list(hydra_config.overrides.task)
         if hydra_config.mode == RunMode.MULTIRUN and cfg.tracking.enabled:
             client = connect(cfg.tracking.uri or default_tracking_uri())
-            experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-            sweep = experiment and lineage.sweep_run(client, experiment.experiment_id, str(hydra_config.sweep.dir))
+            experiments = [e.experiment_id for e in client.search_experiments()]  # a job's task may differ from the sweep's
+            sweep = lineage.sweep_run(client, experiments, str(hydra_config.sweep.dir))
             if sweep:
                 cfg.launch.sweep_run_id, cfg.launch.trial = sweep.info.run_id, hydra_config.job.num
     return cfg

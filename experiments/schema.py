@@ -52,7 +52,7 @@ class Trainer:
 class Tracking:
     enabled: bool = True
     uri: Optional[str] = None
-    experiment: str = "zkynet"
+    experiment: str = "${task.name}"
     log_graph: bool = True
     graph_depth: Optional[str] = "auto"
     log_model: bool = True

@@ -122,7 +122,8 @@ def experiment_id(client, uri, name):
 class Tracker:
     """An MLflow run: created on construction (or, with `run_id`, continued: metric
     steps it already holds are not logged again), ended by `close(status)`.
-    `parent_run_id` makes it a child run (a sweep's trial). The run is tagged with
+    `parent_run_id` makes it a child run (a sweep's trial), in its parent's experiment
+    whatever `experiment` says (a trial of another task). The run is tagged with
     this process's host and pid, and a heartbeat every minute. With `system_metrics`
     (seconds), MLflow samples CPU, memory, disk, network and (with nvidia-ml-py) GPU
     use that often, as system/* metrics."""
@@ -140,11 +141,13 @@ class Tracker:
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
             tags = {**(tags or {}), **({lineage.PARENT: parent_run_id} if parent_run_id else {})}
-            run = self.client.create_run(experiment_id(self.client, self.uri, experiment), run_name=run_name,
-                                         tags=tags)
+            home = (self.client.get_run(parent_run_id).info.experiment_id if parent_run_id
+                    else experiment_id(self.client, self.uri, experiment))
+            run = self.client.create_run(home, run_name=run_name, tags=tags)
             self.previous_status = None
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
+        self.experiment = self.client.get_experiment(self.experiment_id).name
         self.artifact_uri = run.info.artifact_uri
         self.set_tags(lineage.owner_tags())
         self._queue = queue.Queue()

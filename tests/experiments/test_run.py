@@ -85,6 +85,7 @@ def test_the_objective_and_its_direction_come_from_the_task(runner):
         runner("trainer.epochs=1", "task.objective=val_acc")
     first, failed = runner.runs()
     assert failed.info.status == "FAILED" and "task.objective=val_acc" in failed.data.tags["error"]
+    assert runner.client.get_experiment(first.info.experiment_id).name == "classification"  # the task's experiment
     # every run has a name of its own, and the commit of the code it ran
     assert re.fullmatch(r"mlp-digits-[0-9a-f]{6}", first.info.run_name) and failed.info.run_name != first.info.run_name
     git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
