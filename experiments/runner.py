@@ -25,12 +25,13 @@ from zkynet.training import BestCheckpoint, Callback, Checkpointer, EarlyStoppin
 NOT_PARAMS = ("launch", "output_dir")  # how the run was started, not what it trains
 
 
-def run(cfg, callbacks=(), state=None):
+def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
     """Train as `cfg` says, tracked in MLflow unless tracking.enabled is false; returns
     the last epoch's value of the task's objective (NaN if no epoch ran). `callbacks`
     (a sweep engine's) watch the training after the configured ones; `state` (a
     Trainer.state_dict(), e.g. another trial's, for population-based training) is
-    where training starts instead of the run's own last checkpoint."""
+    where training starts instead of the run's own last checkpoint. `trainer_class` (called
+    as Trainer is) builds the trainer: a sweep's pack trains the run as one member of a population."""
     cfg = _settled(cfg)
     uri = cfg.tracking.uri or default_tracking_uri()
     client = connect(uri) if cfg.tracking.enabled else None
@@ -65,7 +66,7 @@ def run(cfg, callbacks=(), state=None):
         callbacks.insert(0, current.signal_check)
         if tracker is not None:  # first: the metrics of an epoch are queued before a checkpoint covers them
             callbacks.insert(0, MetricsLogger(tracker, cfg.trainer.log_every_n_steps))
-        trainer = current.trainer = Trainer(model, task.loss, optimizer, dataset, cfg.trainer.epochs,
+        trainer = current.trainer = trainer_class(model, task.loss, optimizer, dataset, cfg.trainer.epochs,
                                             cfg.trainer.batch_size, task.metrics, seed=cfg.seed,
                                             eval_batch_size=cfg.trainer.eval_batch_size, jit=cfg.trainer.jit,
                                             callbacks=callbacks, devices=cfg.trainer.devices)
