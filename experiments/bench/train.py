@@ -40,6 +40,7 @@ from zkynet.models.rnn import RecurrentLM
 from zkynet.models.transformer import TransformerLM, sinusoidal_positions
 
 STEP_TARGET, COMPILE_TARGET = 1.05, 2.0
+SETTLE_S = 0.5  # pause after each PyTorch round (on a loaded machine, whoever ran next was up to 1.4x slower)
 LR = 1e-3
 
 
@@ -169,7 +170,9 @@ class TorchProcess:
     def __call__(self, steps):
         self.process.stdin.write(f"{steps}\n")
         self.process.stdin.flush()
-        return float(self.process.stdout.readline())
+        seconds = float(self.process.stdout.readline())
+        time.sleep(SETTLE_S)  # its idle OpenMP threads spin a while: not on the next contender's clock
+        return seconds
 
     def close(self):
         self.process.stdin.close()
