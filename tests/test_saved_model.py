@@ -30,6 +30,16 @@ def test_a_saved_model_loads_with_its_weights_config_and_inputs(tmp_path):
         predictor.predict(np.zeros((4, 10)))
 
 
+def test_a_language_model_comes_back_with_its_tokenizer(tmp_path):
+    from zkynet.data.text import CharTokenizer
+
+    spec = {"_target_": "zkynet.models.rnn.RecurrentLM", "vocabulary": 12, "embed": 4, "hidden": 8, "cell": "gru"}
+    tokenizer = CharTokenizer("abcdefghij")
+    saved_model.save(saved_model.build(spec), tmp_path, spec, tokenizer.encode("abc")[None], tokenizer=tokenizer)
+    loaded = zkynet.load(tmp_path)
+    assert loaded.tokenizer.vocabulary == tokenizer.vocabulary and loaded.tokenizer.decode([2, 3]) == "ab"
+
+
 def test_weights_keep_their_trained_precision(tmp_path):
     spec = {"_target_": "zkynet.models.fcn.MLP", "widths": [4, 3], "key": 0}
     model = saved_model.build(spec)

@@ -119,10 +119,10 @@ def _model_folder(path):
                             "zkynet.saved_model.save, or an MLflow model logged by a zkynet run)")
 
 
-def _load_folder(folder):
-    description = json.loads((folder / MODEL_FILE).read_text())
+def _load_folder(folder, description=None):
     import jax.numpy as jnp  # here, not at `import zkynet`
 
+    description = description or json.loads((folder / MODEL_FILE).read_text())
     model = build(description["spec"])
     weights = {name: jnp.asarray(value) for name, value in checkpoint.load(folder / WEIGHTS_FILE).items()}
     for name, p in model.named_parameters().items():  # trained in another precision (float64, bfloat16)
@@ -152,10 +152,9 @@ class Predictor:
     def __init__(self, folder):
         from zkynet.framework.compile import forward  # here, not at `import zkynet`
 
-        loaded = _load_folder(Path(folder))
         description = json.loads((Path(folder) / MODEL_FILE).read_text())
+        loaded = _load_folder(Path(folder), description)
         self.dtype, self.shape = np.dtype(description["input"]["dtype"]), tuple(description["input"]["shape"])
-        self.model = loaded.model
         self._forward = forward(loaded.model)
 
     def predict(self, model_input, params=None):
