@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from experiments.schema import ConfigError
 from zkynet import optim
-from zkynet.data import DatasetNotFoundError
+from zkynet.data import DatasetFileError, DatasetNotFoundError
 from zkynet.tasks import Task
 
 PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
@@ -29,8 +29,8 @@ def dataset(cfg, task):
     """The dataset as `task` trains on it, floating arrays in the run's precision."""
     try:
         data = instantiate(cfg.dataset.loader, layout=cfg.model.get("input_layout", "flat"))
-    except InstantiationException as e:  # a missing download deserves its own plain message
-        if isinstance(e.__cause__, DatasetNotFoundError):
+    except InstantiationException as e:  # a missing or broken download deserves its own plain message
+        if isinstance(e.__cause__, (DatasetNotFoundError, DatasetFileError)):
             raise e.__cause__ from None
         raise
     dtype = precision(cfg)
@@ -48,7 +48,7 @@ def model(cfg):
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     for key in NOT_CONSTRUCTOR_ARGUMENTS:
         spec.pop(key, None)
-    built = instantiate(spec)
+    built = _instantiate(spec, "model")
     dtype = precision(cfg)
     for p in built.named_parameters().values():
         if jnp.issubdtype(p.value.dtype, jnp.floating):
@@ -63,9 +63,18 @@ def optimizer(cfg, total_steps):
         schedule = optim.Cosine(lr, max(total_steps - warmup, 1))
     else:
         schedule = optim.Constant(lr)
+    if warmup >= total_steps:
+        raise ConfigError(f"trainer.warmup_steps={warmup} is not less than the run's {total_steps} steps: "
+                          "its learning rate would never reach optimizer.lr")
     if warmup:
         schedule = optim.Warmup(schedule, warmup)
-    return instantiate(cfg.optimizer, lr=schedule)
+    return _instantiate(cfg.optimizer, "optimizer", lr=schedule)
+
+
+def check_optimizer(cfg):
+    """Refuse the optimizer's settings before a run exists (the one that trains is built
+    later: its schedule needs the dataset's size)."""
+    _instantiate(cfg.optimizer, "optimizer")
 
 
 def callbacks(cfg):
@@ -80,11 +89,15 @@ def precision(cfg):
     return PRECISIONS[name]
 
 
-def _instantiate(spec, where):
+def _instantiate(spec, where, **arguments):
+    """Hydra's instantiate, its failures a ConfigError naming the config group and the
+    constructor's own message (not Hydra's wrapper around it)."""
     try:
-        return instantiate(spec)
+        return instantiate(spec, **arguments)
     except InstantiationException as e:
-        raise ConfigError(f"{where}: {e}") from e
+        cause = e.__cause__
+        reason = f"{type(cause).__name__}: {cause}" if isinstance(cause, (ValueError, TypeError)) else str(e)
+        raise ConfigError(f"{where} ({spec.get('_target_', '?')}): {reason}") from e
 
 
 def _name(choice):

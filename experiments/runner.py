@@ -33,7 +33,7 @@ def run(cfg, callbacks=(), state=None):
     uri = cfg.tracking.uri or default_tracking_uri()
     client = connect(uri) if cfg.tracking.enabled else None
     try:
-        task, continued = _checked(cfg, client)
+        task, continued, model = _checked(cfg, client)
     except ConfigError as e:
         if client is not None and cfg.launch.sweep_run_id is not None:
             _record_refused_trial(client, cfg, e)  # a sweep's trial is never lost, even one refused
@@ -56,7 +56,6 @@ def run(cfg, callbacks=(), state=None):
             else:
                 tracker.set_tags({lineage.ATTEMPTS: continued.attempt})
         dataset = build.dataset(cfg, task)
-        model = build.model(cfg)
         optimizer = build.optimizer(cfg, cfg.trainer.epochs * max(1, len(dataset.train) // cfg.trainer.batch_size))
         callbacks = build.callbacks(cfg) + list(callbacks)
         callbacks.insert(0, ObjectiveCheck(task.objective))
@@ -82,7 +81,8 @@ def run(cfg, callbacks=(), state=None):
 
 
 def _checked(cfg, client):
-    """(the task, what this run continues): every refusal before any MLflow run exists."""
+    """(the task, what this run continues, the model): every refusal before any MLflow
+    run exists, the model's constructor's included."""
     schema.check(cfg)
     task = build.task(cfg)
     artifacts.check(task.artifacts)
@@ -90,7 +90,8 @@ def _checked(cfg, client):
         raise ConfigError("trainer.resume continues an MLflow run: it needs tracking.enabled=true")
     continued = resume.continuation(cfg, client) if client is not None else resume.Continuation(cfg)
     schema.check_references(continued.cfg)
-    return task, continued
+    build.check_optimizer(continued.cfg)
+    return task, continued, build.model(continued.cfg)
 
 
 def _record_refused_trial(client, cfg, error):
