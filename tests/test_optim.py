@@ -134,3 +134,38 @@ def test_bad_settings():
 def test_cosine_matches_formula_midway():
     s = optim.Cosine(2.0, total_steps=8)
     assert float(s(2)) == pytest.approx(1 + math.cos(math.pi / 4))
+
+
+def sgd(lr=0.1, momentum=0.9, weight_decay=0.0):
+    return optim.SGD(optim.Warmup(optim.Cosine(lr, 10), 2), momentum=momentum, weight_decay=weight_decay)
+
+
+@pytest.mark.parametrize("make, values", [
+    (sgd, dict(lr=0.3, momentum=0.5, weight_decay=0.01)),
+    (optim.Adam, dict(lr=0.03, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1)),
+    (optim.AdamW, dict(lr=0.03, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1)),
+])
+def test_hyperparameters_given_to_update_act_as_the_constructor_s(make, values):
+    """A population passes each member's numbers (traced) to one optimizer's update: that must
+    equal the optimizer built with those numbers."""
+    default, wanted = make(), make(**values)
+    assert wanted.hyperparameters() == values and default.signature() == wanted.signature()
+    grads = gradient_sequence()
+    with jax.enable_x64(True):
+        params = {"w": jnp.ones((3, 2)), "b": jnp.full((2,), 0.5)}
+        given = jax.jit(default.update)
+        traced_params, traced_state = params, default.init(params)
+        for g in grads:
+            traced_params, traced_state = given(g, traced_state, traced_params,
+                                                {k: jnp.asarray(v) for k, v in values.items()})
+        want, _ = run(wanted, grads)
+        for name in want:
+            np.testing.assert_allclose(traced_params[name], want[name], rtol=1e-12)
+
+
+def test_a_plain_function_schedule_has_no_peak_and_signatures_tell_code_apart():
+    assert "lr" not in optim.SGD(lambda step: 0.1).hyperparameters()
+    assert optim.Adam(0.1).signature() != optim.AdamW(0.1).signature()
+    assert optim.Adam(optim.Cosine(0.1, 100)).signature() != optim.Adam(optim.Cosine(0.1, 200)).signature()
+    assert optim.Adam(0.1, clip_norm=1.0).signature() != optim.Adam(0.1).signature()
+    assert optim.SGD(0.1, momentum=0.9).signature() != optim.SGD(0.1).signature()

@@ -5,8 +5,16 @@ no hidden mutation, so an update traces into the same XLA program as the
 forward and backward pass, and the state (a pytree of arrays with the step
 count) saves and restores exactly. Learning rates are numbers or schedules
 (functions of the step, traceable).
+
+An optimizer's numbers (peak learning rate, betas, momentum, weight decay, eps)
+are its `hyperparameters()`; `update(..., hyperparameters=h)` reads them from `h`
+instead, so they may be traced values: how a Population (zkynet.training.population)
+trains members with their own values in one compiled program. What is not a
+hyperparameter (the type, clipping, the schedule's shape, whether SGD has
+momentum) is the optimizer's `signature()`: members must share it.
 """
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,48 +24,72 @@ tree_map = jax.tree_util.tree_map
 
 # ----------------------------------------------------------------------------- schedules
 
-class Constant:
+class Schedule:
+    """A learning rate as a function of the step, around a peak `lr`; `at(step, lr)` is
+    the same schedule around another (maybe traced) peak."""
+    lr: Any
+
+    def __call__(self, step):
+        return self.at(step, self.lr)
+
+    def at(self, step, lr):
+        raise NotImplementedError
+
+
+class Constant(Schedule):
     def __init__(self, lr):
         self.lr = lr
 
-    def __call__(self, step):
-        return jnp.asarray(self.lr)
+    def at(self, step, lr):
+        return jnp.asarray(lr)
 
 
-class StepDecay:
+class StepDecay(Schedule):
     """lr * gamma ** (step // every)."""
     def __init__(self, lr, every, gamma=0.1):
         self.lr, self.every, self.gamma = lr, every, gamma
 
-    def __call__(self, step):
-        return self.lr * self.gamma ** jnp.floor_divide(step, self.every).astype(float)
+    def at(self, step, lr):
+        return lr * self.gamma ** jnp.floor_divide(step, self.every).astype(float)
 
 
-class Cosine:
+class Cosine(Schedule):
     """From lr down to final_lr over total_steps along half a cosine, then flat."""
     def __init__(self, lr, total_steps, final_lr=0.0):
         self.lr, self.total_steps, self.final_lr = lr, total_steps, final_lr
 
-    def __call__(self, step):
+    def at(self, step, lr):
         progress = jnp.minimum(step / self.total_steps, 1.0)
-        return self.final_lr + 0.5 * (self.lr - self.final_lr) * (1 + jnp.cos(math.pi * progress))
+        return self.final_lr + 0.5 * (lr - self.final_lr) * (1 + jnp.cos(math.pi * progress))
 
 
-class Warmup:
+class Warmup(Schedule):
     """Linear warmup from 0 over `steps`, then `schedule` (a schedule or a number),
     counted from the end of the warmup."""
     def __init__(self, schedule, steps):
         self.schedule, self.steps = as_schedule(schedule), steps
+        self.lr = self.schedule.lr
 
-    def __call__(self, step):
-        after = self.schedule(jnp.maximum(step - self.steps, 0))
-        return jnp.where(step < self.steps, self.schedule(0) * (step + 1) / self.steps, after)
+    def at(self, step, lr):
+        after = self.schedule.at(jnp.maximum(step - self.steps, 0), lr)
+        return jnp.where(step < self.steps, self.schedule.at(0, lr) * (step + 1) / self.steps, after)
+
+
+class _Given(Schedule):
+    """A plain function of the step: it has no peak to vary."""
+    lr = None
+
+    def __init__(self, function):
+        self.function = function
+
+    def at(self, step, lr):
+        return self.function(step)
 
 
 def as_schedule(lr):
     if not callable(lr):
         _check("lr", lr, "a positive number", lambda v: v > 0)
-    return lr if callable(lr) else Constant(lr)
+    return lr if isinstance(lr, Schedule) else _Given(lr) if callable(lr) else Constant(lr)
 
 
 def _check(name, value, rule, holds):
@@ -89,8 +121,14 @@ def clip_by_global_norm(grads, max_norm):
     return tree_map(lambda g: g * scale, grads)
 
 
+def _is_zero(value):
+    """A Python zero (a traced value may be anything: the update then applies it)."""
+    return isinstance(value, (int, float)) and value == 0
+
+
 class Optimizer:
     """Shared parts: step count, learning-rate schedule, gradient clipping."""
+    hyperparameter_names: tuple = ()  # besides the learning rate's peak ("lr")
 
     def __init__(self, lr, clip_norm=None):
         self.lr = as_schedule(lr)
@@ -98,27 +136,49 @@ class Optimizer:
             _check("clip_norm", clip_norm, "a positive number or None", lambda v: v > 0)
         self.clip_norm = clip_norm
 
+    def hyperparameters(self):
+        """{name: number} of what an update reads: "lr" (the schedule's peak, unless the
+        schedule is a plain function) and the optimizer's own (betas, decay, ...)."""
+        own = {name: getattr(self, name) for name in self.hyperparameter_names}
+        return own if self.lr.lr is None else {"lr": self.lr.lr, **own}
+
+    def signature(self):
+        """Everything but the hyperparameters, comparable with ==: optimizers with equal
+        signatures run the same update code, whatever their hyperparameters."""
+        return (type(self).__name__, _settings(self, exclude=("lr", *self.hyperparameter_names)),
+                _settings(self.lr, exclude=("lr",)))
+
     def init(self, params):
         return {"step": jnp.zeros((), jnp.int32), **self._init_slots(params)}
 
-    def update(self, grads, state, params):
-        """(new params, new state) after one step with `grads` (same structure as params)."""
+    def update(self, grads, state, params, hyperparameters=None):
+        """(new params, new state) after one step with `grads` (same structure as params),
+        with `hyperparameters` ({name: value}, maybe traced) instead of this optimizer's own."""
+        h = self.hyperparameters() if hyperparameters is None else hyperparameters
         if self.clip_norm is not None:
             grads = clip_by_global_norm(grads, self.clip_norm)
         step = state["step"]
-        params, slots = self._apply(grads, state, params, self.lr(step), step + 1)
+        lr = self.lr.at(step, h["lr"]) if "lr" in h else self.lr(step)
+        params, slots = self._apply(grads, state, params, lr, step + 1, h)
         return params, {"step": step + 1, **slots}
 
     def _init_slots(self, params):
         return {}
 
-    def _apply(self, grads, state, params, lr, step):
+    def _apply(self, grads, state, params, lr, step, h):
         raise NotImplementedError
+
+
+def _settings(thing, exclude):
+    """An object's settings, nested schedules described the same way."""
+    return tuple(sorted((k, _settings(v, ("lr",)) if isinstance(v, Schedule) else v)
+                        for k, v in vars(thing).items() if k not in exclude))
 
 
 class SGD(Optimizer):
     """Gradient descent, optionally with (Nesterov) momentum and L2 weight decay,
     with PyTorch's conventions: v = momentum * v + g; p -= lr * v."""
+    hyperparameter_names = ("momentum", "weight_decay")
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
@@ -128,22 +188,28 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
+    def signature(self):
+        return super().signature() + (bool(self.momentum),)  # momentum 0 has no velocity slot: other code
+
     def _init_slots(self, params):
         return {"velocity": tree_map(jnp.zeros_like, params)} if self.momentum else {}
 
-    def _apply(self, grads, state, params, lr, step):
-        if self.weight_decay:
-            grads = tree_map(lambda g, p: g + self.weight_decay * p, grads, params)
+    def _apply(self, grads, state, params, lr, step, h):
+        momentum, decay = h["momentum"], h["weight_decay"]
+        if not _is_zero(decay):
+            grads = tree_map(lambda g, p: g + decay * p, grads, params)
         if not self.momentum:
             return tree_map(lambda p, g: p - lr * g, params, grads), {}
-        velocity = tree_map(lambda v, g: self.momentum * v + g, state["velocity"], grads)
-        direction = tree_map(lambda v, g: g + self.momentum * v, velocity, grads) if self.nesterov else velocity
+        velocity = tree_map(lambda v, g: momentum * v + g, state["velocity"], grads)
+        direction = tree_map(lambda v, g: g + momentum * v, velocity, grads) if self.nesterov else velocity
         return tree_map(lambda p, d: p - lr * d, params, direction), {"velocity": velocity}
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight_decay is the coupled L2 kind
     (added to the gradient), as in PyTorch's Adam. Use AdamW for decoupled decay."""
+    hyperparameter_names = ("b1", "b2", "eps", "weight_decay")
+    decoupled = False  # AdamW: weight decay acts on the parameters, not through the gradient
 
     def __init__(self, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
@@ -156,29 +222,25 @@ class Adam(Optimizer):
     def _init_slots(self, params):
         return {"m": tree_map(jnp.zeros_like, params), "v": tree_map(jnp.zeros_like, params)}
 
-    def _apply(self, grads, state, params, lr, step):
-        if self.weight_decay:
-            grads = tree_map(lambda g, p: g + self.weight_decay * p, grads, params)
-        m = tree_map(lambda m, g: self.b1 * m + (1 - self.b1) * g, state["m"], grads)
-        v = tree_map(lambda v, g: self.b2 * v + (1 - self.b2) * g * g, state["v"], grads)
+    def _apply(self, grads, state, params, lr, step, h):
+        b1, b2, eps, decay = h["b1"], h["b2"], h["eps"], h["weight_decay"]
+        if not self.decoupled and not _is_zero(decay):
+            grads = tree_map(lambda g, p: g + decay * p, grads, params)
+        m = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state["m"], grads)
+        v = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state["v"], grads)
         t = step.astype(float)  # the default float dtype: float64 under jax_enable_x64
-        m_scale, v_scale = 1 / (1 - self.b1 ** t), 1 / (1 - self.b2 ** t)
-        params = tree_map(lambda p, m, v: p - lr * self._direction(p, m * m_scale, v * v_scale),
-                          params, m, v)
-        return params, {"m": m, "v": v}
+        m_scale, v_scale = 1 / (1 - b1 ** t), 1 / (1 - b2 ** t)
 
-    def _direction(self, p, m_hat, v_hat):
-        return m_hat / (jnp.sqrt(v_hat) + self.eps)
+        def direction(p, m, v):
+            adam = m * m_scale / (jnp.sqrt(v * v_scale) + eps)
+            return adam + decay * p if self.decoupled else adam
+        return tree_map(lambda p, m, v: p - lr * direction(p, m, v), params, m, v), {"m": m, "v": v}
 
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter):
     p -= lr * (adam_direction + weight_decay * p)."""
+    decoupled = True
 
     def __init__(self, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, clip_norm=None):
-        super().__init__(lr, b1, b2, eps, 0.0, clip_norm)
-        _non_negative("weight_decay", weight_decay)
-        self.decoupled_decay = weight_decay
-
-    def _direction(self, p, m_hat, v_hat):
-        return super()._direction(p, m_hat, v_hat) + self.decoupled_decay * p
+        super().__init__(lr, b1, b2, eps, weight_decay, clip_norm)

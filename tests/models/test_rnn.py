@@ -83,3 +83,38 @@ def test_scanned_compile_time_does_not_grow_with_length():
 def test_unknown_cell():
     with pytest.raises(ValueError, match="unknown cell 'lstn'"):
         Recurrent("lstn", 3, 4)
+
+
+
+def _dot_shapes(jaxpr):
+    """The output shapes of the matmuls (dot_general) in `jaxpr`, nested jaxprs included."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            shapes.append(eqn.outvars[0].aval.shape)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    shapes += _dot_shapes(inner)
+    return shapes
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_the_reverse_loop_computes_no_weight_gradient(cell):
+    """Backpropagation through time runs only the recurrent path step by step; dU is
+    one matmul over all steps and the batch after the loop, not one per step. (Batch 3,
+    hidden 4: a matmul shaped like U is a weight gradient.)"""
+    layer = Recurrent(cell, 5, 4, key=0)
+    x = jnp.asarray(rng.normal(size=(3, 6, 5)), jnp.float32)
+    U = layer.cell.param("U").value
+
+    def gradient(x):
+        result = layer(x)
+        result.back((result.roots[0].value,) + (None,) * (len(result.roots) - 1))
+        return result.grad(layer.cell.param("U"))
+    np.testing.assert_allclose(jax.jit(gradient)(x), gradient(x), rtol=1e-5, atol=1e-6)
+    jaxpr = jax.make_jaxpr(gradient)(x).jaxpr
+    (reverse,) = [e for e in jaxpr.eqns if e.primitive.name == "scan" and e.params["reverse"]]
+    assert U.shape not in _dot_shapes(reverse.params["jaxpr"].jaxpr)
+    assert U.shape in _dot_shapes(jaxpr)

@@ -8,7 +8,8 @@ truth: a step reads their values and writes the updated ones back, so
 `model.param("W").value` always shows the trained weights.
 
 `TrainStep.pure` / `EvalStep.pure` are the underlying pure functions of
-(parameter values, optimizer state, batch): jit, vmap or shard them as you like.
+(parameter values, optimizer state, batch): jit, vmap or shard them as you like
+(zkynet.training.population vmaps them over the members of a population).
 """
 import jax
 import jax.numpy as jnp
@@ -78,14 +79,16 @@ class TrainStep(_Compiled):
         self.rng = jax.random.PRNGKey(seed)
         self._step = jax.jit(self.pure, donate_argnums=(0, 1) if donate else ()) if jit else self.pure
 
-    def pure(self, params, opt_state, batch, rng):
-        """(params, opt_state, batch, rng) -> (params, opt_state, metrics)."""
+    def pure(self, params, opt_state, batch, rng, hyperparameters=None):
+        """(params, opt_state, batch, rng) -> (params, opt_state, metrics); with
+        `hyperparameters`, the optimizer's values come from there (maybe traced: a
+        Population's members each have their own)."""
         graph = self._graph(params, batch, jax.random.fold_in(rng, opt_state["step"]))
         loss = graph.roots[0]
         graph.back((jnp.ones((), loss.dtype),) + (None,) * (len(graph.roots) - 1))
         grads = {name: graph.grad(p) if graph.uses(p) else jnp.zeros_like(params[name])
                  for name, p in self.params.items()}
-        params, opt_state = self.optimizer.update(grads, opt_state, params)
+        params, opt_state = self.optimizer.update(grads, opt_state, params, hyperparameters)
         return params, opt_state, self._metrics(graph, batch)
 
     def __call__(self, *batch):

@@ -6,9 +6,10 @@ import numpy as np
 from jax import lax
 
 from zkynet.framework.builder import NodeLike
-from zkynet.framework.graph import Node, OperatorNode
+from zkynet.framework.graph import Node, OperatorNode, ParameterNode
 from zkynet.framework.module import Module, build_graph
 from zkynet.framework.operator import Operator
+from zkynet.framework.ops.linalg import Matmul
 
 __all__ = ["Scan", "scan"]
 
@@ -26,6 +27,13 @@ class Scan(Operator):
     that rebuilds each step's graph, puts those saved values back into its nodes and
     applies zkynet's own back(): backpropagation through time, where the rebuilt
     forward computations are dead code that XLA drops.
+
+    A parameter used only as the matrix on the right of matmuls (`h @ U`) gets no
+    gradient inside the reverse loop: each step hands out its left operand and the
+    cotangent of the product, and after the loop dU is one large matmul over all
+    steps at once. Only the recurrent path (the previous state's cotangent) stays
+    step by step, instead of one small weight-gradient matmul per step (what
+    jax.grad of lax.scan computes).
     Inputs: *xs, *initial carry, *the cell's parameters (so their gradients flow).
     """
     variadic = True
@@ -71,6 +79,7 @@ class Scan(Operator):
         bounds = np.cumsum([c.shape[-1] for c in carry])[:-1]
         split = lambda a: jnp.split(a, bounds, axis=-1)  # noqa: E731
         entering = [jnp.concatenate([c[None], s[:-1]]) for c, s in zip(carry, split(out))]
+        hoisted: dict[int, list[int]] = {}  # parameter index -> its matmuls' places in the step outputs
 
         def back_step(totals, step_values):
             d_carry, d_params = totals
@@ -78,16 +87,47 @@ class Scan(Operator):
             graph, computed = self._step(xs_t, carry_t, params)
             for node, value in zip(computed, activations_t):
                 node.value = value  # the forward's own values: no recomputation survives
+            products = _weight_products(graph, self.cell_params)
+            hoisted.clear()
+            for place, (index, product) in enumerate(products):
+                product.inputs[1].requires_grad = False  # its gradient comes after the loop
+                hoisted.setdefault(index, []).append(place)
             graph.back(tuple(a + b for a, b in zip(split(g_t), d_carry)))
             d_inputs = [graph.grad(v) for v in self.cell.inputs]
-            d_params = tuple(total + graph.grad(p) if graph.uses(p) else total
-                             for total, p in zip(d_params, self.cell_params))
-            return (tuple(d_inputs[self.n_xs:]), d_params), tuple(d_inputs[:self.n_xs])
+            d_params = tuple(total + graph.grad(p) if graph.uses(p) and i not in hoisted else total
+                             for i, (total, p) in enumerate(zip(d_params, self.cell_params)))
+            factors = tuple((product.inputs[0].value, graph.grad(product)) for _, product in products)
+            return (tuple(d_inputs[self.n_xs:]), d_params), (tuple(d_inputs[:self.n_xs]), factors)
 
         zeros = (tuple(jnp.zeros_like(c) for c in carry), tuple(jnp.zeros_like(p) for p in params))
         per_step = (tuple(xs), tuple(entering), saved, g)
-        (d_carry, d_params), d_xs = lax.scan(back_step, zeros, per_step, reverse=True)
+        (d_carry, d_params), (d_xs, factors) = lax.scan(back_step, zeros, per_step, reverse=True)
+        d_params = list(d_params)
+        for index, places in hoisted.items():  # sum over steps (and batch) of left^T @ cotangent
+            d_params[index] = sum(_flat(factors[k][0]).T @ _flat(factors[k][1]) for k in places)
         return (*d_xs, *d_carry, *d_params)
+
+
+def _weight_products(graph, params):
+    """[(parameter index, matmul node)] for each parameter of `params` (a matrix) whose
+    every use in `graph` is as the right operand of a matmul."""
+    index = {p: i for i, p in enumerate(params)}
+    products: dict = {}
+    for node in graph.nodes:
+        if not isinstance(node, OperatorNode):
+            continue
+        for place, inp in enumerate(node.inputs):
+            if isinstance(inp, ParameterNode) and inp.ref in index:
+                weight = isinstance(node.ref, Matmul) and place == 1 and inp.value.ndim == 2 and \
+                    node.inputs[0] is not inp
+                uses = products.setdefault(inp, [])
+                uses.append(node if weight else None)
+    return [(index[p.ref], node) for p, uses in products.items() if None not in uses for node in uses]
+
+
+def _flat(a):
+    """All leading axes (steps, batch) merged into one: (N, last)."""
+    return a.reshape(-1, a.shape[-1])
 
 
 def scan(cell: Module, carry: Sequence[NodeLike], xs: Sequence[NodeLike]) -> Node:

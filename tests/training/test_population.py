@@ -1,0 +1,142 @@
+"""Populations: every member trains as the same configuration would alone, stops or
+fails alone, and members that are not one architecture are refused."""
+import numpy as np
+import pytest
+
+from zkynet import losses, optim
+from zkynet.data import load_digits
+from zkynet.models.fcn import MLP
+from zkynet.training import Callback, NanGuard, NonFiniteLossError, Trainer
+from zkynet.training.population import PopulationStep, PopulationTrainer
+
+EPOCHS, BATCH = 3, 64
+# Float32 rounding, not a different computation: the vmapped matmuls may sum in another order
+# than the unbatched ones, and a hyperparameter traced as a float32 array rounds (1 - b1) or
+# 1 / (1 - rate) in float32 where a Python constant is rounded once from float64. Each such
+# difference is ~1e-7 relative (float32's epsilon) per step; measured after the 66 steps of
+# three epochs here: metrics within 5e-6 relative, weights (of size up to 0.9) within 2e-6,
+# largest for the largest learning rate. The tolerances leave 4-5x room; a wrong dropout rate,
+# key, data order or hyperparameter moves weights by ~1e-2 (checked below).
+RTOL, ATOL = 2e-5, 1e-5
+
+CONFIGS = [  # (seed, dropout, lr, weight decay, b1): a different value of each per member
+    (0, 0.1, 1e-3, 0.0, 0.9),
+    (1, 0.2, 3e-3, 0.01, 0.85),
+    (2, 0.3, 1e-2, 0.1, 0.8),
+]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def model(seed, dropout):
+    return MLP([64, 32, 10], dropout=dropout, key=seed)
+
+
+def optimizer(lr, decay, b1, steps):
+    return optim.AdamW(optim.Warmup(optim.Cosine(lr, steps), 5), b1=b1, weight_decay=decay)
+
+
+def solo(digits, seed, dropout, lr, decay, b1, epochs=EPOCHS, callbacks=()):
+    """The configuration trained alone (for `epochs` of the schedule made for EPOCHS)."""
+    steps = EPOCHS * (len(digits.train) // BATCH)
+    trained = model(seed, dropout)
+    trainer = Trainer(trained, losses.softmax_cross_entropy, optimizer(lr, decay, b1, steps), digits, epochs, BATCH,
+                      losses.classification_metrics, seed=seed, callbacks=callbacks)
+    return trainer.fit(), trained
+
+
+def population(digits, configs, callbacks=None, sgd=False):
+    steps = EPOCHS * (len(digits.train) // BATCH)
+    models = [model(seed, dropout) for seed, dropout, *_ in configs]
+    optimizers = [optim.SGD(lr) if sgd else optimizer(lr, decay, b1, steps) for _, _, lr, decay, b1 in configs]
+    return PopulationTrainer(models, losses.softmax_cross_entropy, optimizers, digits, EPOCHS, BATCH,
+                             losses.classification_metrics, seeds=[c[0] for c in configs], callbacks=callbacks), models
+
+
+def assert_same_training(history, trained, solo_history, solo_model):
+    assert len(history) == len(solo_history)
+    for got, want in zip(history, solo_history):
+        assert got.keys() == want.keys()
+        for key in want:
+            if key not in ("samples_per_second", "compile_seconds"):  # timings, not results
+                np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL, err_msg=key)
+    for name, p in solo_model.named_parameters().items():
+        np.testing.assert_allclose(trained.named_parameters()[name].value, p.value, rtol=RTOL, atol=ATOL,
+                                   err_msg=name)
+
+
+def test_every_member_equals_its_configuration_trained_alone(digits):
+    pack, models = population(digits, CONFIGS)
+    histories = pack.fit()
+    for config, history, trained in zip(CONFIGS, histories, models):
+        assert_same_training(history, trained, *solo(digits, *config))
+    assert [m.status for m in pack.members] == ["FINISHED"] * 3
+    finals = [h[-1]["train_loss"] for h in histories]
+    assert len(set(finals)) == 3  # the members really differ
+    _, other_rate = solo(digits, 0, 0.2, *CONFIGS[0][2:])  # member 0 but for its dropout rate: far outside
+    gaps = [np.max(np.abs(models[0].named_parameters()[n].value - p.value))
+            for n, p in other_rate.named_parameters().items()]
+    assert max(gaps) > 100 * ATOL
+
+
+class StopAfter(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, epoch, record):
+        trainer.should_stop = epoch + 1 >= self.epoch
+
+
+class Ends(Callback):
+    def __init__(self):
+        self.ended = []
+
+    def on_fit_end(self, trainer):
+        self.ended.append(trainer.step)
+
+
+def test_a_stopped_member_keeps_the_state_it_stopped_with_and_the_others_go_on(digits):
+    ends = Ends()
+    told = []
+    pack, models = population(digits, CONFIGS, callbacks=[[], [StopAfter(1), ends], []])
+    pack.on_member_end = lambda member: told.append((member.index, member.status, member.epoch))
+    histories = pack.fit()
+    assert [m.status for m in pack.members] == ["FINISHED", "STOPPED", "FINISHED"]
+    assert told[0] == (1, "STOPPED", 1) and sorted(told[1:]) == [(0, "FINISHED", 3), (2, "FINISHED", 3)]
+    assert ends.ended == [pack.steps_per_epoch]  # its on_fit_end ran when it stopped
+    assert_same_training(histories[1], models[1], *solo(digits, *CONFIGS[1], epochs=1))
+    for k in (0, 2):
+        assert_same_training(histories[k], models[k], *solo(digits, *CONFIGS[k]))
+
+
+def test_a_member_whose_loss_turns_nan_fails_alone(digits):
+    configs = [(0, 0.1, 0.05, 0, 0), (1, 0.1, 1e30, 0, 0), (2, 0.1, 0.1, 0, 0)]  # 1e30: overflows to inf, then NaN
+    pack, models = population(digits, configs, callbacks=[[NanGuard(every=2)] for _ in configs], sgd=True)
+    histories = pack.fit()
+    assert [m.status for m in pack.members] == ["FINISHED", "FAILED", "FINISHED"]
+    assert isinstance(pack.members[1].error, NonFiniteLossError)
+    assert len(histories[1]) < EPOCHS
+    for k in (0, 2):
+        seed, dropout, lr, *_ = configs[k]
+        trained = model(seed, dropout)
+        want = Trainer(trained, losses.softmax_cross_entropy, optim.SGD(lr), digits, EPOCHS, BATCH,
+                       losses.classification_metrics, seed=seed).fit()
+        assert_same_training(histories[k], models[k], want, trained)
+
+
+def test_members_must_share_an_architecture_and_an_optimizer_signature():
+    loss = losses.softmax_cross_entropy
+    with pytest.raises(ValueError, match="member 1 .*not the architecture"):
+        PopulationStep([MLP([64, 8, 10]), MLP([64, 16, 10])], loss, [optim.Adam(), optim.Adam()])
+    with pytest.raises(ValueError, match="member 1 .*not the architecture"):  # dropout 0 has no dropout layer
+        PopulationStep([MLP([64, 8, 10], dropout=0.1), MLP([64, 8, 10])], loss, [optim.Adam(), optim.Adam()])
+    with pytest.raises(ValueError, match="member 1's optimizer .*more than its hyperparameters"):
+        PopulationStep([MLP([64, 8, 10]), MLP([64, 8, 10])], loss, [optim.Adam(), optim.SGD(0.1)])
+    with pytest.raises(ValueError, match="member 1's optimizer"):
+        PopulationStep([MLP([64, 8, 10]), MLP([64, 8, 10])], loss,
+                       [optim.SGD(0.1, momentum=0.9), optim.SGD(0.1)])  # no momentum: no velocity slot
+    PopulationStep([MLP([64, 8, 10], key=0), MLP([64, 8, 10], key=1)], loss,
+                   [optim.SGD(0.1, momentum=0.9), optim.SGD(0.3, momentum=0.5)])

@@ -1,0 +1,351 @@
+"""Populations: K models of one architecture trained as one compiled program.
+
+Members may differ in whatever changes neither shapes nor code: initial
+parameters, optimizer hyperparameters (learning rate, betas, momentum, weight
+decay), dropout rates, the seed of their dropout keys and their data order.
+Their parameters and optimizer states are stacked along a leading axis and
+`TrainStep.pure` is vmapped over it, each member's hyperparameters and dropout
+rates passed in as traced values: one XLA program whose matmuls are K times
+larger keeps a machine's cores far busier than K small programs. Each member
+trains as it would alone (equal up to float32 rounding, see
+tests/training/test_population.py) and can stop, or fail, without the others.
+
+    population = PopulationTrainer(models, loss, optimizers, dataset, epochs=20, batch_size=64, seeds=[0, 1, 2])
+    histories = population.fit()   # one Trainer-style history per member
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zkynet.data import Batches, Dataset
+from zkynet.framework import cg
+from zkynet.framework.compile import EvalStep, TrainStep
+from zkynet.models.layers import Dropout
+from zkynet.optim import Optimizer
+from zkynet.training.trainer import Callback, Record, _check_finite, _CompileClock
+
+
+class PopulationStep:
+    """One optimizer step of every member, each on its own rows of the data.
+
+    `models` share an architecture (parameter names and shapes, dropout layers),
+    `optimizers` a signature (type, clipping, schedule shape); the first of each is
+    traced. `seeds` give each member's dropout keys, as TrainStep's seed does.
+    The stacked parameters (`params`) and optimizer states (`opt_state`) live
+    here; `active` (a boolean per member) masks members out: a masked member's
+    parameters and optimizer state no longer change (it still computes, in step
+    with the others: a program's shapes are fixed)."""
+
+    def __init__(self, models: Sequence[cg.Module], loss: Callable, optimizers: Sequence[Optimizer],
+                 metrics: Optional[Callable] = None, seeds: Optional[Sequence[int]] = None, jit: bool = True):
+        if not models or len(models) != len(optimizers):
+            raise ValueError(f"a population needs one optimizer per model, got {len(models)} models and "
+                             f"{len(optimizers)} optimizers")
+        self.size = len(models)
+        self.models = list(models)
+        self.dropouts = [_dropout_layers(m) for m in models]
+        _check_architectures(models, self.dropouts)
+        _check_optimizers(optimizers)
+        template = models[0]
+        self.train_step = TrainStep(template, loss, optimizers[0], metrics, jit=False)  # its pure(), vmapped
+        self.eval_step = EvalStep(template, loss, metrics, jit=False)
+        self.params = {name: jnp.stack([m.named_parameters()[name].value for m in models])
+                       for name in self.train_step.params}
+        self.opt_state = jax.vmap(optimizers[0].init)(self.params)  # zero slots: each optimizer's own init
+        self.hyperparameters = {name: jnp.asarray([o.hyperparameters()[name] for o in optimizers])
+                                for name in optimizers[0].hyperparameters()}
+        self.rates = jnp.asarray([[layer.rate for layer in layers] for layers in self.dropouts]).reshape(
+            self.size, len(self.dropouts[0]))
+        seeds = list(range(self.size)) if seeds is None else list(seeds)
+        self.keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
+        self.active = np.ones(self.size, bool)
+        self._train = jax.jit(self.pure, donate_argnums=(0, 1)) if jit else self.pure
+        evaluate = jax.vmap(self.eval_step.pure, in_axes=(0, None))
+        self._evaluate = jax.jit(evaluate) if jit else evaluate
+
+    def pure(self, params, opt_state, hyperparameters, rates, keys, active, data, rows):
+        """One step of every member on `data[rows[k]]` (rows: (members, batch) indices
+        into the arrays `data`) -> (params, opt_state, metrics), all stacked."""
+        batches = jax.vmap(lambda r: tuple(a[r] for a in data))(rows)
+        new_params, new_state, metrics = jax.vmap(self._member)(params, opt_state, hyperparameters, rates,
+                                                                batches, keys)
+        def where(new, old):
+            return jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
+        return (jax.tree_util.tree_map(where, new_params, params),
+                jax.tree_util.tree_map(where, new_state, opt_state), metrics)
+
+    def _member(self, params, opt_state, hyperparameters, rates, batch, key):
+        with _rates(self.dropouts[0], rates):
+            return self.train_step.pure(params, opt_state, batch, key, hyperparameters)
+
+    def __call__(self, data, rows):
+        """Train on `data` (device arrays) at `rows`; returns the stacked step metrics."""
+        self.params, self.opt_state, metrics = self._train(
+            self.params, self.opt_state, self.hyperparameters, self.rates, self.keys, jnp.asarray(self.active),
+            data, jnp.asarray(rows))
+        return metrics
+
+    def evaluate(self, batch):
+        """Every member's metrics on one batch (stacked)."""
+        return self._evaluate(self.params, batch)
+
+    def member_state(self, k: int) -> dict:
+        """Member k's {"params", "optimizer"}, as TrainStep.state_dict() gives them."""
+        return jax.tree_util.tree_map(lambda a: a[k], {"params": self.params, "optimizer": self.opt_state})
+
+    def load_member_state(self, k: int, state: dict) -> None:
+        missing = set(self.params) ^ set(state["params"])
+        if missing:
+            raise KeyError(f"checkpoint and model disagree on parameters: {sorted(missing)}")
+        put = lambda stacked, value: stacked.at[k].set(jnp.asarray(value, stacked.dtype))  # noqa: E731
+        self.params = {name: put(self.params[name], state["params"][name]) for name in self.params}
+        self.opt_state = jax.tree_util.tree_map(put, self.opt_state, state["optimizer"])
+
+    def write_back(self, k: int) -> None:
+        """Member k's parameters into its own model's cg.Parameters."""
+        for name, p in self.models[k].named_parameters().items():
+            p.value = self.params[name][k]
+
+
+class Member:
+    """One member of a PopulationTrainer, as its callbacks see it: what a Trainer
+    offers them (step, epoch, epochs, history, should_stop, callbacks, batches,
+    state_dict), for this member alone. `status` is "RUNNING", then "FINISHED",
+    "STOPPED" (should_stop) or "FAILED" (a callback raised: `error`)."""
+
+    def __init__(self, population: PopulationTrainer, index: int, model, seed: int, batches: Batches,
+                 callbacks: Sequence[Callback]):
+        self.population, self.index, self.model, self.seed = population, index, model, seed
+        self.batches, self.callbacks = batches, list(callbacks)
+        self.history: list[Record] = []
+        self.step = 0
+        self.should_stop = False
+        self.status = "RUNNING"
+        self.error: Optional[BaseException] = None
+
+    epochs = property(lambda self: self.population.epochs)
+    steps_per_epoch = property(lambda self: self.population.steps_per_epoch)
+    epoch = property(lambda self: self.step // self.steps_per_epoch, doc="Epochs completed.")
+
+    @property
+    def running(self) -> bool:
+        return self.status == "RUNNING"
+
+    def state_dict(self) -> dict:
+        return {**self.population.step.member_state(self.index),
+                "meta": {"step": self.step, "epoch": self.epoch, "seed": self.seed}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Before fit(): continue this member from `state` (a Trainer's or a Member's)."""
+        seed = int(state.get("meta", {}).get("seed", self.seed))
+        if seed != self.seed:
+            raise ValueError(f"this state was trained with seed {seed}, this member has seed {self.seed}: "
+                             "the data order would differ")
+        self.population.step.load_member_state(self.index, state)
+        self.step = int(state["optimizer"]["step"])
+
+    def notify(self, hook: str, *args) -> None:
+        """Call the member's callbacks; an error fails this member alone."""
+        if not self.running and hook != "on_fit_end":
+            return
+        try:
+            for callback in self.callbacks:
+                getattr(callback, hook)(self, *args)
+        except Exception as e:
+            self.end("FAILED", e)
+
+    def end(self, status: str, error: Optional[BaseException] = None) -> None:
+        """Stop training this member: its parameters freeze, its model gets them, and
+        (unless it failed) its callbacks' on_fit_end runs, as at the end of Trainer.fit."""
+        self.status, self.error = status, error
+        self.population.step.active[self.index] = False
+        self.population.step.write_back(self.index)
+        if status != "FAILED":
+            self.notify("on_fit_end")
+        if self.population.on_member_end is not None and self.status == status:  # (a failing on_fit_end told it)
+            self.population.on_member_end(self)
+
+
+class PopulationTrainer:
+    """Trains `models` (one architecture) with `optimizers` on `dataset`, member k with
+    data order `seeds[k]` (as Trainer's seed) and `callbacks[k]`: all members in one
+    compiled step, each with a history of Trainer's records (train_*, val_*,
+    samples_per_second: this member's, compile_seconds: the population's).
+
+    `members[k]` is what member k's callbacks receive as `trainer`, so those written
+    for Trainer (checkpoints, NaN guard, trackers, schedulers) watch one member
+    each. Setting `should_stop` stops that member after the epoch; a callback that
+    raises an Exception fails it (`member.error`); the others train on.
+    `on_member_end(member)` is told when a member ends, whatever its status;
+    `on_epoch_end(population, epoch, records)` after each epoch, with the records of
+    the members that trained it ({index: record}), before the members whose
+    should_stop is set end: where a scheduler compares members (a rung rule)."""
+
+    def __init__(self, models: Sequence[cg.Module], loss: Callable, optimizers: Sequence[Optimizer], dataset: Dataset,
+                 epochs: int, batch_size: int, metrics: Optional[Callable] = None,
+                 seeds: Optional[Sequence[int]] = None, eval_batch_size: Optional[int] = None,
+                 drop_last: bool = True, jit: bool = True,
+                 callbacks: Optional[Sequence[Sequence[Callback]]] = None,
+                 on_member_end: Optional[Callable[[Member], None]] = None,
+                 on_epoch_end: Optional[Callable[[PopulationTrainer, int, dict], None]] = None):
+        if epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        _check_finite(dataset)
+        seeds = list(range(len(models))) if seeds is None else list(seeds)
+        callbacks = [[] for _ in models] if callbacks is None else callbacks
+        if not len(seeds) == len(callbacks) == len(models):
+            raise ValueError(f"one seed and one list of callbacks per model: {len(models)} models, "
+                             f"{len(seeds)} seeds, {len(callbacks)} callback lists")
+        self.epochs, self.on_member_end, self.on_epoch_end = epochs, on_member_end, on_epoch_end
+        self.step = PopulationStep(models, loss, optimizers, metrics, seeds, jit)
+        self.data = tuple(jnp.asarray(a) for a in (dataset.train.inputs, dataset.train.targets))
+        self.members = [Member(self, k, model, seed, Batches(dataset.train, batch_size, shuffle=True, seed=seed,
+                                                             drop_last=drop_last), callbacks[k])
+                        for k, (model, seed) in enumerate(zip(models, seeds))]
+        self.eval_batches = Batches(dataset.validation, eval_batch_size or batch_size, shuffle=False)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.members[0].batches)
+
+    def fit(self) -> list[list[Record]]:
+        """Train every running member for its remaining epochs; they must stand at the
+        same step (a new population, or members restored from one checkpoint step)."""
+        running = [m for m in self.members if m.running]
+        steps = {m.step for m in running}
+        if len(steps) > 1:
+            raise ValueError(f"the members stand at different steps {sorted(steps)}: a population trains in step")
+        start_epoch, start_batch = divmod(steps.pop() if steps else 0, self.steps_per_epoch)
+        with _CompileClock() as clock:
+            for member in running:
+                member.notify("on_fit_start")
+            for epoch in range(start_epoch, self.epochs):
+                if not any(m.running for m in self.members):
+                    break
+                self._train_epoch(epoch, start_batch if epoch == start_epoch else 0, clock)
+            for member in self.members:
+                if member.running:
+                    member.end("FINISHED")
+        return [m.history for m in self.members]
+
+    def _train_epoch(self, epoch, start_batch, clock):
+        members = [m for m in self.members if m.running]
+        for member in members:
+            member.notify("on_epoch_start", epoch)
+        batch_size = self.members[0].batches.batch_size
+        orders = [m.batches.order(epoch) for m in self.members]
+        steps, started = [], time.perf_counter()
+        for index in range(start_batch, self.steps_per_epoch):
+            rows = np.stack([order[index * batch_size:(index + 1) * batch_size] for order in orders])
+            metrics = self.step(self.data, rows)  # device arrays: no wait for the step to finish
+            steps.append(metrics)
+            for member in members:
+                if member.running:
+                    member.step += 1
+                    member.notify("on_step", _MemberMetrics(metrics, member.index))
+        stacked = {name: np.asarray(jnp.stack([s[name] for s in steps])) for name in steps[0]} if steps else {}
+        seconds = time.perf_counter() - started
+        examples = len(steps) * rows.shape[1] if steps else 0
+        validation = self.evaluate()
+        records = {}
+        for member in members:
+            if not member.running:
+                continue
+            k = member.index
+            records[k] = {"epoch": epoch + 1,
+                          **{f"train_{n}": float(np.mean(np.ascontiguousarray(v[:, k]))) for n, v in stacked.items()},
+                          **{f"val_{n}": float(v[k]) for n, v in validation.items()},
+                          "samples_per_second": examples / seconds, "compile_seconds": clock.seconds}
+            member.history.append(records[k])
+            member.notify("on_epoch_end", epoch, records[k])
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(self, epoch, {k: r for k, r in records.items() if self.members[k].running})
+        for member in members:
+            if member.running and member.should_stop:
+                member.end("STOPPED")
+
+    def evaluate(self, batches: Optional[Batches] = None) -> dict[str, np.ndarray]:
+        """Every member's metrics on the validation split (or `batches`), averaged over
+        examples: {name: array of one value per member}."""
+        totals: dict[str, Any] = {}
+        seen = 0
+        for batch in (batches or self.eval_batches).epoch():
+            size = len(batch[0])
+            for name, value in self.step.evaluate(batch).items():
+                totals[name] = totals.get(name, 0.0) + value * size
+            seen += size
+        return {name: np.asarray(total).astype(float) / seen for name, total in totals.items()}
+
+
+class _MemberMetrics(Mapping):
+    """One member's view of a step's stacked metrics, sliced only when read (most steps
+    nobody reads them)."""
+
+    def __init__(self, metrics, index):
+        self.metrics, self.index = metrics, index
+
+    def __getitem__(self, name):
+        return self.metrics[name][self.index]
+
+    def __iter__(self):
+        return iter(self.metrics)
+
+    def __len__(self):
+        return len(self.metrics)
+
+
+def _dropout_layers(model) -> list[Dropout]:
+    """The Dropout layers reachable from `model` through its attributes, in a fixed
+    order (their rates are what a member may vary)."""
+    found, seen, stack = [], set(), [model]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, cg.Module) and id(item) not in seen:
+            seen.add(id(item))
+            if isinstance(item, Dropout):
+                found.append(item)
+            stack.extend(reversed(list(vars(item).values())))
+    return found
+
+
+@contextmanager
+def _rates(layers, rates):
+    """The layers' dropout rates set to `rates` (traced) while a member's step is traced."""
+    saved = [layer.rate for layer in layers]
+    for layer, rate in zip(layers, rates):
+        layer.rate = rate
+    try:
+        yield
+    finally:
+        for layer, rate in zip(layers, saved):
+            layer.rate = rate
+
+
+def _check_architectures(models, dropouts):
+    def shapes(model):
+        return {name: (p.value.shape, p.value.dtype) for name, p in model.named_parameters().items()}
+    first = shapes(models[0])
+    for k, model in enumerate(models[1:], 1):
+        if type(model) is not type(models[0]) or shapes(model) != first or len(dropouts[k]) != len(dropouts[0]):
+            raise ValueError(f"population member {k} ({type(model).__name__}) is not the architecture of member 0 "
+                             f"({type(models[0]).__name__}): members may differ in values (initialization, "
+                             "dropout rates, optimizer hyperparameters), not in parameter shapes or layers")
+
+
+def _check_optimizers(optimizers):
+    first = optimizers[0].signature()
+    for k, optimizer in enumerate(optimizers[1:], 1):
+        if optimizer.signature() != first:
+            raise ValueError(f"population member {k}'s optimizer {optimizer.signature()} differs from member 0's "
+                             f"{first} in more than its hyperparameters ({', '.join(optimizers[0].hyperparameters())})")
