@@ -64,7 +64,7 @@ def asha_versus_fifo(args, folder):
     outcome = {}
     for scheduler in ("fifo", "asha"):
         overrides = ["hydra.sweeper.search=random", f"hydra.sweeper.num_samples={args.asha_trials}",
-                     f"hydra.sweeper.scheduler={scheduler}", "hydra.sweeper.asha.grace_period=2",
+                     f"hydra.sweeper.scheduler={scheduler}",
                      f"trainer.epochs={args.asha_epochs}", "task.objective=val_accuracy", "task.mode=max",
                      *ASHA_SPACE]
         store = f"sqlite:///{folder}/{scheduler}.db"
