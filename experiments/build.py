@@ -32,6 +32,9 @@ def dataset(cfg, task):
     except InstantiationException as e:  # a missing or broken download deserves its own plain message
         if isinstance(e.__cause__, (DatasetNotFoundError, DatasetFileError)):
             raise e.__cause__ from None
+        if isinstance(e.__cause__, ValueError):  # e.g. digits asked for token ids (model.input_layout=tokens)
+            raise ConfigError(f"dataset {cfg.dataset.name} for model {cfg.model._target_.rsplit('.', 1)[-1]}: "
+                              f"{e.__cause__}; pick a dataset that fits (dataset=...)") from None
         raise
     dtype = precision(cfg)
     data = dataclasses.replace(data, train=_cast(data.train, dtype), validation=_cast(data.validation, dtype))
@@ -44,11 +47,16 @@ def _cast(split, dtype):
     return dataclasses.replace(split, inputs=as_dtype(split.inputs), targets=as_dtype(split.targets))
 
 
-def model(cfg):
+def model_spec(cfg):
+    """The model's `_target_` and constructor arguments, resolved (what zkynet.load builds)."""
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     for key in NOT_CONSTRUCTOR_ARGUMENTS:
         spec.pop(key, None)
-    built = _instantiate(spec, "model")
+    return spec
+
+
+def model(cfg):
+    built = _instantiate(model_spec(cfg), "model")
     dtype = precision(cfg)
     for p in built.named_parameters().values():
         if jnp.issubdtype(p.value.dtype, jnp.floating):

@@ -141,10 +141,10 @@ class Run:
             lines.append(f"  last checkpoint: {f'step {saved}' if saved is not None else 'none yet'}"
                          + (f" -> resume with trainer.resume={tracker.run_id}" if resumable else ""))
         if tracker is not None:
-            lines += [f"  MLflow run {tracker.run_id} in experiment '{cfg.tracking.experiment}'",
+            lines += [f"  MLflow run {tracker.run_id} in experiment '{tracker.experiment}'",
                       f"  look at it: mlflow ui --backend-store-uri {self.uri}",
-                      f"              then open http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/"
-                      f"{tracker.run_id}"]
+                      f"              then open {lineage.ui_url(tracker.experiment_id)}",
+                      f"              (this run: {lineage.ui_url(tracker.experiment_id, tracker.run_id)})"]
         lines.append(f"  files: {_shown_path(cfg.output_dir)}")
         print("\n".join(lines), file=sys.stderr)
 

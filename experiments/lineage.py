@@ -2,7 +2,9 @@
 back: run tags, artifact paths, a sweep's run and its trials, earlier attempts
 of a trial, what a run needs to be resumed, and whether a RUNNING run is alive."""
 import os
+import secrets
 import socket
+import subprocess
 import tempfile
 import time
 
@@ -17,18 +19,52 @@ MODEL, DATASET, PARAMETERS = "model", "dataset", "parameters"
 OVERRIDES = "overrides"  # the command-line overrides that made its config
 ATTEMPTS = "attempts"  # how many processes have trained it (a retried sweep trial: 2, ...)
 PARENT = "mlflow.parentRunId"
+GIT_COMMIT, GIT_DIRTY = "mlflow.source.git.commit", "git_dirty"  # the code it ran: MLflow shows the commit
+# tags of an experiment: MLflow 3's UI shows a training experiment's runs table, not its GenAI (traces) view
+EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
 # tags of a sweep's run and its trials
 SWEEP = "sweep"  # on the sweep's run: its output folder
 SWEEP_JOB = "sweep_job"  # on a trial's run: its number in the sweep
-STOPPED_EARLY, STOPPED_AT_EPOCH = "stopped_early", "stopped_at_epoch"  # a trial the scheduler stopped
+STOPPED_EARLY, STOPPED_AT_EPOCH = "stopped_early", "stopped_at_epoch"  # a trial the scheduler (or early stopping) stopped
+BEST_EPOCH = "best_epoch"  # the epoch best by the monitored metric (early stopping, best checkpoint)
 BEST_RUN = "best_run"
 
 # artifacts
 CONFIG = "config/config.yaml"
-CHECKPOINT = "checkpoints/last.npz"
-GRAPH, CURVES, ERROR_FILE, SWEEP_TABLE = "graph.png", "curves.png", "error.txt", "sweep.md"
+CHECKPOINT, BEST_CHECKPOINT = "checkpoints/last.npz", "checkpoints/best.npz"
+GRAPH, GRAPH_SVG, CURVES, ERROR_FILE, SWEEP_TABLE = "graph.png", "graph.svg", "curves.png", "error.txt", "sweep.md"
+MODEL_ARTIFACT = "model"  # the MLflow model (pyfunc): runs:/<run id>/model
 
 HEARTBEAT_SECONDS = 60.0  # a RUNNING run silent for several of these is presumed dead
+
+
+def ui_url(experiment_id, run_id=None, server="http://127.0.0.1:5000"):
+    """The MLflow UI's page of an experiment's runs table (or of one run) in its Model
+    training view: MLflow 3 opens in its GenAI view, chosen in the browser (localStorage),
+    unless the URL asks for workflowType=machine_learning."""
+    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{server}/{page}?workflowType=machine_learning"
+
+
+def run_name(model, dataset):
+    """A default run name, unique among runs: `mlp-digits-3fa2c1`."""
+    return f"{model}-{dataset}-{secrets.token_hex(3)}"
+
+
+def source_tags(root):
+    """The git commit of the code at `root` and whether tracked files had uncommitted
+    changes then (git_dirty true: the commit alone does not reproduce the run); {} outside git."""
+    def git(*arguments):
+        return subprocess.run(["git", *arguments], cwd=root, capture_output=True, text=True, timeout=30)
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if commit.returncode != 0 or status.returncode != 0:
+        return {}
+    return {GIT_COMMIT: commit.stdout.strip(), GIT_DIRTY: str(bool(status.stdout.strip())).lower()}
 
 
 def owner_tags():
@@ -64,9 +100,11 @@ def stored_config_and_checkpoint(client, run_id):
         return config, checkpoint.load(path)
 
 
-def sweep_run(client, experiment_id, sweep_dir):
-    """The MLflow run of the sweep writing to `sweep_dir`, or None."""
-    found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+def sweep_run(client, experiment_ids, sweep_dir):
+    """The MLflow run of the sweep writing to `sweep_dir` (in one experiment id or any of a
+    list), or None."""
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else experiment_ids
+    found = client.search_runs(ids, max_results=1, order_by=["attributes.start_time DESC"],
                                filter_string=f"tags.{SWEEP} = '{sweep_dir}'")
     return found[0] if found else None
 

@@ -32,18 +32,18 @@ __all__ = ["main", "run"]
 
 
 def with_launch(cfg, hydra_config):
-    """`cfg` with Hydra's output folder, a model-dataset run name, the overrides, and
+    """`cfg` with Hydra's output folder, a unique model-dataset run name, the overrides, and
     for a job of a tracked sweep by Hydra's basic sweeper, the sweep's MLflow run and
     the job's number."""
     with open_dict(cfg):
         cfg.output_dir = cfg.output_dir or hydra_config.runtime.output_dir
         choices = hydra_config.runtime.choices
-        cfg.run_name = cfg.run_name or f"{choices['model']}-{choices['dataset']}"
+        cfg.run_name = cfg.run_name or lineage.run_name(choices["model"], choices["dataset"])
         cfg.launch.overrides = list(hydra_config.overrides.task)
         if hydra_config.mode == RunMode.MULTIRUN and cfg.tracking.enabled:
             client = connect(cfg.tracking.uri or default_tracking_uri())
-            experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-            sweep = experiment and lineage.sweep_run(client, experiment.experiment_id, str(hydra_config.sweep.dir))
+            experiments = [e.experiment_id for e in client.search_experiments()]  # a job's task may differ from the sweep's
+            sweep = lineage.sweep_run(client, experiments, str(hydra_config.sweep.dir))
             if sweep:
                 cfg.launch.sweep_run_id, cfg.launch.trial = sweep.info.run_id, hydra_config.job.num
     return cfg

@@ -18,23 +18,27 @@ from experiments import artifacts, build, lineage, resume, schema
 from experiments.lifecycle import Run
 from experiments.schema import ConfigError
 from experiments.tracking import PROJECT_ROOT, MetricsLogger, Tracker, connect, default_tracking_uri, flatten
-from zkynet.training import Callback, Checkpointer, Trainer
+from zkynet import saved_model
+from zkynet.data import DatasetFileError, DatasetNotFoundError
+from zkynet.training import BestCheckpoint, Callback, Checkpointer, EarlyStopping, Trainer
 
 NOT_PARAMS = ("launch", "output_dir")  # how the run was started, not what it trains
 
 
-def run(cfg, callbacks=(), state=None):
+def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
     """Train as `cfg` says, tracked in MLflow unless tracking.enabled is false; returns
     the last epoch's value of the task's objective (NaN if no epoch ran). `callbacks`
     (a sweep engine's) watch the training after the configured ones; `state` (a
     Trainer.state_dict(), e.g. another trial's, for population-based training) is
-    where training starts instead of the run's own last checkpoint."""
+    where training starts instead of the run's own last checkpoint. `trainer_class` (called
+    as Trainer is) builds the trainer: a sweep's pack trains the run as one member of a population."""
     cfg = _settled(cfg)
     uri = cfg.tracking.uri or default_tracking_uri()
     client = connect(uri) if cfg.tracking.enabled else None
     try:
         task, continued, model = _checked(cfg, client)
-    except ConfigError as e:
+        dataset = build.dataset(continued.cfg, task)  # a missing or unreadable download stops before any MLflow run
+    except (ConfigError, DatasetNotFoundError, DatasetFileError) as e:
         if client is not None and cfg.launch.sweep_run_id is not None:
             _record_refused_trial(client, cfg, e)  # a sweep's trial is never lost, even one refused
         raise
@@ -45,24 +49,23 @@ def run(cfg, callbacks=(), state=None):
     with Run(cfg, uri) as current:
         tracker = None
         if client is not None:
-            tags = {lineage.OVERRIDES: " ".join(cfg.launch.overrides)}
+            tags = {lineage.OVERRIDES: " ".join(cfg.launch.overrides), **lineage.source_tags(PROJECT_ROOT)}
             if cfg.launch.trial is not None:
                 tags[lineage.SWEEP_JOB] = str(cfg.launch.trial)
             tracker = current.track(experiment=cfg.tracking.experiment, run_name=cfg.run_name,
                                     run_id=continued.run_id, parent_run_id=cfg.launch.sweep_run_id, tags=tags,
-                                    client=client)
+                                    client=client, system_metrics=cfg.tracking.system_metrics)
             if continued.run_id is None:
                 _log_config(tracker, cfg)
             else:
                 tracker.set_tags({lineage.ATTEMPTS: continued.attempt})
-        dataset = build.dataset(cfg, task)
         optimizer = build.optimizer(cfg, cfg.trainer.epochs * max(1, len(dataset.train) // cfg.trainer.batch_size))
         callbacks = build.callbacks(cfg) + list(callbacks)
         callbacks.insert(0, ObjectiveCheck(task.objective))
         callbacks.insert(0, current.signal_check)
         if tracker is not None:  # first: the metrics of an epoch are queued before a checkpoint covers them
             callbacks.insert(0, MetricsLogger(tracker, cfg.trainer.log_every_n_steps))
-        trainer = current.trainer = Trainer(model, task.loss, optimizer, dataset, cfg.trainer.epochs,
+        trainer = current.trainer = trainer_class(model, task.loss, optimizer, dataset, cfg.trainer.epochs,
                                             cfg.trainer.batch_size, task.metrics, seed=cfg.seed,
                                             eval_batch_size=cfg.trainer.eval_batch_size, jit=cfg.trainer.jit,
                                             callbacks=callbacks, devices=cfg.trainer.devices)
@@ -76,7 +79,10 @@ def run(cfg, callbacks=(), state=None):
         with current.training():
             history = trainer.fit()
         if tracker is not None and history:
+            _log_monitored(tracker, trainer)
             _log_results(tracker, cfg, model, task, dataset, history)
+            if cfg.tracking.log_model:
+                _log_model(tracker, cfg, model, dataset)
     return history[-1][task.objective] if history else float("nan")
 
 
@@ -98,7 +104,7 @@ def _record_refused_trial(client, cfg, error):
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_name=cfg.run_name,
                       parent_run_id=cfg.launch.sweep_run_id, client=client,
                       tags={lineage.OVERRIDES: " ".join(cfg.launch.overrides), lineage.SWEEP_JOB: str(cfg.launch.trial),
-                            lineage.ERROR: f"ConfigError: {error}"})
+                            lineage.ERROR: f"{type(error).__name__}: {error}"})
     try:
         tracker.log_params(_params(cfg, resolve=True))
     except Exception:  # the refusal may be a reference that points nowhere
@@ -114,7 +120,7 @@ def _settled(cfg):
             stamp = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
             cfg.output_dir = str(PROJECT_ROOT / "outputs" / stamp)
         if not cfg.get("run_name"):
-            cfg.run_name = f"{cfg.model._target_.rsplit('.', 1)[-1].lower()}-{cfg.dataset.name}"
+            cfg.run_name = lineage.run_name(cfg.model._target_.rsplit('.', 1)[-1].lower(), cfg.dataset.name)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     return cfg
 
@@ -164,8 +170,28 @@ def _log_setup(tracker, cfg, model, task, dataset):
                       lineage.PARAMETERS: sum(p.value.size for p in model.named_parameters().values())})
     if cfg.tracking.log_graph:
         sample = (dataset.train.inputs, dataset.train.targets)
-        tracker.log_artifact(artifacts.graph_image(model, task.loss, sample, Path(cfg.output_dir) / lineage.GRAPH,
-                                                   cfg.run_name, cfg.tracking.graph_depth))
+        folder = Path(cfg.output_dir)
+        for path in artifacts.graph_images(model, task.loss, sample, [folder / lineage.GRAPH, folder / lineage.GRAPH_SVG],
+                                           cfg.run_name, cfg.tracking.graph_depth):
+            tracker.log_artifact(path)
+
+
+def _log_monitored(tracker, trainer):
+    """What early stopping and a best checkpoint decided: when training stopped (tags
+    stopped_early, stopped_at_epoch), which epoch was best (tag best_epoch, metric
+    best_<monitor>; the best checkpoint's when there is one), the best checkpoint."""
+    watchers = [c for c in trainer.callbacks if isinstance(c, (BestCheckpoint, EarlyStopping)) and c.best is not None]
+    for callback in watchers:
+        if isinstance(callback, EarlyStopping) and callback.stopped_epoch is not None:
+            tracker.set_tags({lineage.STOPPED_EARLY: "true", lineage.STOPPED_AT_EPOCH: callback.stopped_epoch})
+            print(f"early stopping: {callback.monitor} did not improve for {callback.patience} epochs; stopped "
+                  f"after epoch {callback.stopped_epoch} (best: epoch {callback.best_epoch})", file=sys.stderr)
+        if isinstance(callback, BestCheckpoint):
+            tracker.log_checkpoint(callback.path, lineage.BEST_CHECKPOINT)
+    if watchers:
+        best = next((c for c in watchers if isinstance(c, BestCheckpoint)), watchers[0])
+        tracker.set_tags({lineage.BEST_EPOCH: best.best_epoch})
+        tracker.log_metrics({f"best_{best.monitor}": best.best}, trainer.step)
 
 
 def _log_results(tracker, cfg, model, task, dataset, history):
@@ -184,3 +210,18 @@ def _log_results(tracker, cfg, model, task, dataset, history):
     except Exception as e:
         print(f"warning: could not log the result pictures/samples: {type(e).__name__}: {e}", file=sys.stderr)
         tracker.set_tags({lineage.ARTIFACT_ERROR: f"{type(e).__name__}: {e}"})
+
+
+def _log_model(tracker, cfg, model, dataset):
+    """The trained model as the run's MLflow model, saved first as a zkynet folder and
+    loaded back from it for the signature's outputs (what serving will answer)."""
+    example = dataset.validation.inputs[:2]
+    try:
+        folder = saved_model.save(model, Path(cfg.output_dir) / lineage.MODEL_ARTIFACT, build.model_spec(cfg),
+                                  example, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                                  dataset.info.get("tokenizer"))
+        output = saved_model.Predictor(folder).predict(example)
+        tracker.log_model(folder, example, output, cfg.tracking.registered_model)
+    except Exception as e:
+        print(f"warning: could not log the model: {type(e).__name__}: {e}", file=sys.stderr)
+        tracker.set_tags({lineage.ARTIFACT_ERROR: f"model: {type(e).__name__}: {e}"})

@@ -52,9 +52,12 @@ class Trainer:
 class Tracking:
     enabled: bool = True
     uri: Optional[str] = None
-    experiment: str = "zkynet"
+    experiment: str = "${task.name}"
     log_graph: bool = True
     graph_depth: Optional[str] = "auto"
+    log_model: bool = True
+    registered_model: Optional[str] = None
+    system_metrics: Optional[float] = None
 
 
 def register():
@@ -68,7 +71,7 @@ TOP_LEVEL = {"task", "model", "dataset", "optimizer", "trainer", "callbacks", "t
 LAUNCH = {"overrides", "sweep_run_id", "trial"}  # filled by the entry point or a sweep engine
 AT_LEAST = {"trainer.epochs": 1, "trainer.batch_size": 1, "trainer.eval_batch_size": 1, "trainer.warmup_steps": 0,
             "trainer.log_every_n_steps": 1, "trainer.checkpoint_every_n_epochs": 1,
-            "trainer.checkpoint_min_seconds": 0, "trainer.devices": 0}
+            "trainer.checkpoint_min_seconds": 0, "trainer.devices": 0, "tracking.system_metrics": 0.1}
 
 
 def check(cfg):

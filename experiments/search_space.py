@@ -6,8 +6,15 @@ grid (every combination, `num_samples` times over); `interval(a,b)` is sampled
 uniformly, `tag(log, interval(a,b))` log-uniformly, and `tag(int, ...)` gives
 integers (both ends included). Overrides that are not sweeps are passed to every
 trial as written.
+
+Packed trials (hydra.sweeper.pack) need the trials before any runs: `variants`
+draws them here, and `packs` groups those that differ only in PACKABLE values.
 """
+import itertools
+import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
@@ -15,6 +22,10 @@ from ray import tune
 
 SEARCHES = ("grid", "random", "optuna")
 TAGS = {"log", "int"}
+# what members of one pack may differ in: values that change neither shapes nor code
+PACKABLE = ("optimizer.lr", "optimizer.weight_decay", "optimizer.momentum", "optimizer.b1", "optimizer.b2",
+            "optimizer.eps", "model.dropout", "model.key", "seed")
+ZERO_IS_CODE = ("optimizer.momentum", "model.dropout")  # 0: no velocity slot, no dropout layers
 
 
 class SearchSpaceError(ValueError):
@@ -50,6 +61,26 @@ class SearchSpace:
         """The override list of one trial, whose swept keys took `values` ({key: value})."""
         return self.fixed + [f"{key}={Override._get_value_element_as_str(values[key])}" for key in self.keys]
 
+    def variants(self, search, num_samples, seed):
+        """The trials' values ({key: value} each), drawn before any trial runs (what
+        packing needs): grid search repeats the grid of choices num_samples times,
+        random search draws everything num_samples times; intervals are sampled anew
+        each time, from `seed`."""
+        if search not in ("grid", "random"):
+            raise SearchSpaceError(f"packed trials are formed before any trial runs: hydra.sweeper.search must be "
+                                   f"grid or random, not {search!r} (Bayesian search picks each trial from the "
+                                   "results so far)")
+        rng = np.random.default_rng(seed)
+        grid = list(itertools.product(*self.choices.values())) if search == "grid" else [None]
+        drawn = []
+        for _ in range(num_samples):
+            for point in grid:
+                values = (dict(zip(self.choices, point)) if point is not None else
+                          {key: options[rng.integers(len(options))] for key, options in self.choices.items()})
+                values.update({key: _sample(rng, *interval) for key, interval in self.intervals.items()})
+                drawn.append(values)
+        return drawn
+
     def describe(self):
         parts = [f"{key}: {len(values)} choices" for key, values in self.choices.items()]
         parts += [f"{key}: {'log-' if 'log' in tags else ''}{'integer ' if 'int' in tags else ''}interval "
@@ -81,6 +112,38 @@ def parse(overrides):
         else:
             raise SearchSpaceError(f"{override.input_line}: Tune cannot sweep over {type(value).__name__}")
     return space
+
+
+def packs(variants, size):
+    """`variants` (a list of {key: value}) as packs of at most `size` trials' indices,
+    each of trials whose values differ only in PACKABLE keys (and not in whether a
+    ZERO_IS_CODE value is 0), in the order the trials were drawn."""
+    groups = {}
+    for index, values in enumerate(variants):
+        groups.setdefault(_code_and_shapes(values), []).append(index)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def auto_pack_size(trials, slots):
+    """hydra.sweeper.pack=auto: as few packs as keep every trial slot busy, i.e. the
+    trials spread evenly over the slots that can run at once (a pack is one trial)."""
+    return max(1, math.ceil(trials / max(1, slots)))
+
+
+def _code_and_shapes(values):
+    """What must be equal for trials to share a pack."""
+    settled = {key.lstrip("+"): value for key, value in values.items()}
+    return (tuple((k, repr(v)) for k, v in settled.items() if k not in PACKABLE) +
+            tuple((k, v == 0) for k, v in settled.items() if k in ZERO_IS_CODE))
+
+
+def _sample(rng, low, high, tags):
+    """One draw of interval(low, high) as Tune's domains draw it (integers: both ends included)."""
+    if "int" in tags:
+        if "log" in tags:
+            return min(int(high), int(math.exp(rng.uniform(math.log(low), math.log(int(high) + 1)))))
+        return int(rng.integers(int(low), int(high) + 1))
+    return float(math.exp(rng.uniform(math.log(low), math.log(high)))) if "log" in tags else float(rng.uniform(low, high))
 
 
 def _domain(low, high, tags):

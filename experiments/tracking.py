@@ -9,6 +9,7 @@ store is an SQLite file under the project root, whatever the working
 directory: `MLFLOW_TRACKING_URI` or `tracking.uri=` override it.
 """
 import fcntl
+import importlib.metadata
 import logging
 import os
 import queue
@@ -38,8 +39,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
 FLUSH_SECONDS = 5.0  # one database transaction per 5 s of training at most
 PROBE_SECONDS = 5.0
+CORE_REQUIREMENTS = ("jax", "jaxlib", "numpy", "graphviz")  # what a logged model needs besides zkynet itself
 
-for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.pyfunc"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -101,26 +103,33 @@ def _store_lock(uri):
 
 def experiment_id(client, uri, name):
     """The id of experiment `name`, created if new (with artifacts beside an SQLite store,
-    not in the working directory)."""
+    not in the working directory), tagged as a model-training experiment (lineage.TRAINING)."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-    with _store_lock(uri):
-        experiment = client.get_experiment_by_name(name)  # created meanwhile by a concurrent run?
-        return experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        with _store_lock(uri):
+            experiment = client.get_experiment_by_name(name)  # created meanwhile by a concurrent run?
+            if experiment is None:
+                return client.create_experiment(name, artifact_location=location,
+                                                tags={lineage.EXPERIMENT_KIND: lineage.TRAINING})
+    if lineage.EXPERIMENT_KIND not in experiment.tags:  # made before zkynet tagged its experiments
+        client.set_experiment_tag(experiment.experiment_id, lineage.EXPERIMENT_KIND, lineage.TRAINING)
+    return experiment.experiment_id
 
 
 class Tracker:
     """An MLflow run: created on construction (or, with `run_id`, continued: metric
     steps it already holds are not logged again), ended by `close(status)`.
-    `parent_run_id` makes it a child run (a sweep's trial). The run is tagged with
-    this process's host and pid, and a heartbeat every minute."""
+    `parent_run_id` makes it a child run (a sweep's trial), in its parent's experiment
+    whatever `experiment` says (a trial of another task). The run is tagged with
+    this process's host and pid, and a heartbeat every minute. With `system_metrics`
+    (seconds), MLflow samples CPU, memory, disk, network and (with nvidia-ml-py) GPU
+    use that often, as system/* metrics."""
 
     def __init__(self, uri=None, experiment="zkynet", run_name=None, run_id=None, parent_run_id=None,
-                 tags=None, client=None):
+                 tags=None, client=None, system_metrics=None):
         self.uri = uri or default_tracking_uri()
         self.client = client or connect(self.uri)
         self._logged_through = {}
@@ -132,17 +141,26 @@ class Tracker:
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
             tags = {**(tags or {}), **({lineage.PARENT: parent_run_id} if parent_run_id else {})}
-            run = self.client.create_run(experiment_id(self.client, self.uri, experiment), run_name=run_name,
-                                         tags=tags)
+            home = (self.client.get_run(parent_run_id).info.experiment_id if parent_run_id
+                    else experiment_id(self.client, self.uri, experiment))
+            run = self.client.create_run(home, run_name=run_name, tags=tags)
             self.previous_status = None
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
+        self.experiment = self.client.get_experiment(self.experiment_id).name
         self.artifact_uri = run.info.artifact_uri
         self.set_tags(lineage.owner_tags())
         self._queue = queue.Queue()
         self._error = None
         self._writer = threading.Thread(target=self._write_metrics, name="mlflow-metrics", daemon=True)
         self._writer.start()
+        self._system = None
+        if system_metrics is not None:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._system = SystemMetricsMonitor(self.run_id, system_metrics, resume_logging=run_id is not None,
+                                                tracking_uri=self.uri)
+            self._system.start()
 
     def log_params(self, params):
         items = [Param(k, v[:6000]) for k, v in params.items()]
@@ -180,12 +198,38 @@ class Tracker:
             checkpoint.copy(path, local)
             self.log_artifact(local, str(Path(artifact_path).parent))
 
+    def log_model(self, folder, example, output, registered_name=None):
+        """The zkynet model saved in `folder` (zkynet.saved_model) as this run's MLflow
+        model: pyfunc flavor, a signature from `example` inputs and their `output`, the
+        example itself; registered as a new version of `registered_name` if given.
+        Requirements are named, not inferred (inferring loads the model once more)."""
+        import mlflow
+        from mlflow.models import Model, infer_signature
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        requirements = [f"{name}=={importlib.metadata.version(name)}" for name in CORE_REQUIREMENTS]
+        # in this run's experiment (left to itself, Model.log picks MLflow's default one, under ./mlruns)
+        logged = self.client.create_logged_model(self.experiment_id, name=lineage.MODEL_ARTIFACT,
+                                                 source_run_id=self.run_id)
+        environment = os.environ.get("MLFLOW_TRACKING_URI")  # _use_tracking_uri unsets it when done
+        try:
+            with _use_tracking_uri(self.uri):  # Model.log reads MLflow's global tracking URI
+                return Model.log(None, mlflow.pyfunc, name=lineage.MODEL_ARTIFACT, run_id=self.run_id,
+                                 model_id=logged.model_id,
+                                 loader_module="zkynet.saved_model", data_path=str(folder),
+                                 signature=infer_signature(example, output), input_example=example,
+                                 pip_requirements=requirements, registered_model_name=registered_name)
+        finally:
+            if environment is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = environment
+
     def set_tags(self, tags):
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def close(self, status="FINISHED"):
         """Write what is queued and end the run with `status` (FAILED instead if the
         metrics could not be written: then TrackingError is raised)."""
+        self._stop_system_metrics()
         error = None
         try:
             self.flush()
@@ -200,9 +244,15 @@ class Tracker:
     def restore_status(self):
         """End a continued run with the status it had before (a resume that failed
         before training anything changes nothing)."""
+        self._stop_system_metrics()
         self._queue.put(None)
         self._writer.join()
         self.client.update_run(self.run_id, status=self.previous_status)
+
+    def _stop_system_metrics(self):
+        if self._system is not None:
+            self._system.finish()  # its last samples written while the run still takes them
+            self._system = None
 
     def _write_metrics(self):
         pending, last_flush, last_beat = [], time.monotonic(), time.monotonic()

@@ -10,12 +10,16 @@ tune.yaml); this module runs it:
     JAX's persistent compilation cache (an architecture compiles once per machine);
   * a trial whose worker dies runs again and continues its own MLflow run from its
     last checkpoint (experiments.resume), metrics and all;
+  * with hydra.sweeper.pack, trials that differ only in shape-free values train K at
+    a time as one Tune trial (experiments.pack): each member is its own MLflow run,
+    stopped (ASHA's rung rule among the pack's members) or failed alone;
   * the sweep is one MLflow run with a child run per trial; whatever happens (a
     refused config, a dead worker, Ctrl-C) no run is left RUNNING; an interrupted
     sweep prints the command that resumes it, and finished trials are not rerun.
 """
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -36,11 +40,13 @@ import ray  # noqa: E402
 from hydra.core.singleton import Singleton  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
+import numpy as np  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining  # noqa: E402
 
 from experiments import lineage, search_space  # noqa: E402
 from experiments.lifecycle import Paused  # noqa: E402
+from experiments.pack import Pack  # noqa: E402
 from experiments.sweep import rank  # noqa: E402
 from experiments.tracking import connect, default_tracking_uri, experiment_id  # noqa: E402
 from zkynet import checkpoint  # noqa: E402
@@ -67,6 +73,9 @@ class Trial:
     cpus: float
     environment: dict  # set before JAX starts in the worker
     pbt_interval: int = 0  # population-based training: checkpoint to Tune every this many epochs
+    packs: list = None  # packed trials: each pack's members, [(member number, {key: value}), ...]
+    rungs: tuple = ()  # ...and the epochs at which ASHA's rung rule compares a pack's members
+    reduction_factor: float = 3
 
 
 def jax_environment(gpus, compilation_cache):
@@ -146,6 +155,12 @@ class TuneSweep:
             raise ValueError(f"hydra.sweeper.num_samples must be a positive integer, got {s.num_samples!r}")
         if s.max_concurrent is not None and not (isinstance(s.max_concurrent, int) and s.max_concurrent >= 1):
             raise ValueError(f"hydra.sweeper.max_concurrent must be a positive integer or null, got {s.max_concurrent!r}")
+        pack = s.get("pack", 1)
+        if pack != "auto" and not (isinstance(pack, int) and pack >= 1):
+            raise ValueError(f"hydra.sweeper.pack must be a positive integer or auto, got {pack!r}")
+        if pack != 1 and s.scheduler == "pbt":
+            raise ValueError("hydra.sweeper.pack cannot be combined with scheduler=pbt: population-based training "
+                             "moves weights between trials through Tune checkpoints, one per trial; use pack=1")
         if s.resume and not (self.sweep_dir / STATE).exists():
             raise ValueError(f"hydra.sweeper.resume=true, but {self.sweep_dir} holds no sweep to resume "
                              "(pass the hydra.sweep.dir of the interrupted sweep)")
@@ -193,18 +208,53 @@ class TuneSweep:
                         parent.info.run_id if parent is not None else None, resources["cpu"],
                         jax_environment(gpus, self.settings.compilation_cache),
                         self.settings.pbt.interval if self.settings.scheduler == "pbt" else 0)
+        param_space, num_samples, max_failures = (space.tune_space(self.settings.search), self.settings.num_samples,
+                                                  self.settings.max_failures)
+        if self.settings.get("pack", 1) != 1:
+            context.packs = self._packs(space, gpus)
+            context.rungs, context.reduction_factor = self._rungs()
+            trials.packs = context.packs
+            param_space, num_samples = {"pack": tune.grid_search(list(range(len(context.packs))))}, 1
+            max_failures = 0  # a pack is not retried: its members' runs end FAILED with the reason
         trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
         if self.settings.resume:
             return tune.Tuner.restore(str(self.sweep_dir / STATE), trainable, resume_errored=True)
         run_config = tune.RunConfig(
             name=STATE, storage_path=str(self.sweep_dir), verbose=0, callbacks=[trials], stop=trained_out,
-            failure_config=tune.FailureConfig(max_failures=self.settings.max_failures))
+            failure_config=tune.FailureConfig(max_failures=max_failures))
         tune_config = tune.TuneConfig(
-            metric=objective, mode=mode, num_samples=self.settings.num_samples, reuse_actors=True,
+            metric=objective, mode=mode, num_samples=num_samples, reuse_actors=True,
             scheduler=self._scheduler(space), trial_name_creator=trial_name,
             search_alg=self._search(space, objective, mode))
-        return tune.Tuner(trainable, param_space=space.tune_space(self.settings.search), tune_config=tune_config,
-                          run_config=run_config)
+        return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+    def _packs(self, space, gpus):
+        """The trials drawn now and grouped into packs (pack=auto: spread evenly over
+        the trial slots this cluster can run at once)."""
+        s = self.settings
+        variants = space.variants(s.search, s.num_samples, s.seed)
+        size = s.pack
+        if size == "auto":
+            cluster = ray.cluster_resources()
+            slots = [int(cluster.get("CPU", 1) // s.resources.cpu)] if s.resources.cpu else []
+            slots += [int(cluster.get("GPU", 0) // gpus)] if gpus else []
+            slots += [s.max_concurrent] if s.max_concurrent else []
+            size = search_space.auto_pack_size(len(variants), min(slots or [1]))
+        packs = [[(i, variants[i]) for i in pack] for pack in search_space.packs(variants, size)]
+        print(f"sweep: {len(variants)} trials in {len(packs)} pack(s) of up to {size}", file=sys.stderr)
+        return packs
+
+    def _rungs(self):
+        """ASHA's rung epochs (grace_period * reduction_factor ** k, below max_t), applied
+        among a pack's members; none for FIFO."""
+        if self.settings.scheduler != "asha":
+            return (), 3
+        asha, epochs = self.settings.asha, self.config.trainer.epochs
+        rungs, t = [], asha.grace_period
+        while t < epochs:
+            rungs.append(t)
+            t *= asha.reduction_factor
+        return tuple(rungs), asha.reduction_factor
 
     def _scheduler(self, space):
         if self.settings.scheduler == "pbt":
@@ -231,7 +281,8 @@ class TuneSweep:
 
     def _plan(self, gpus):
         s = self.settings
-        return (f"{s.search} search, {s.scheduler} scheduler, {s.num_samples} sample(s); every trial asks Ray for "
+        return (f"{s.search} search, {s.scheduler} scheduler, {s.num_samples} sample(s); every trial "
+                f"{'(a pack) ' if s.get('pack', 1) != 1 else ''}asks Ray for "
                 f"{s.resources.cpu} CPU and {gpus} GPU" +
                 (f", at most {s.max_concurrent} at once" if s.max_concurrent else ""))
 
@@ -301,6 +352,7 @@ class _TrialBook(tune.Callback):
     epochs, one line each, prefixed by the trial."""
 
     current = None  # this process's book
+    packs = None  # packed trials: each pack's members (a Tune trial is a pack)
 
     def __init__(self, client, sweep_run_id):
         self.client, self.sweep_run_id = client, sweep_run_id
@@ -324,12 +376,21 @@ class _TrialBook(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "epochs" not in result:  # one of Tune's own (a trial's final result), not an epoch
             return
+        if "members" in result:
+            print(f"[pack {trial_number(str(trial))}] epoch {result['epoch']}/{result['epochs']}: best {result['best']} "
+                  f"{result[result['best']]:.4g} (member {result['best_member']}), {result['members']} training",
+                  file=sys.stderr, flush=True)
+            return
         line = epoch_line({k: v for k, v in result.items() if isinstance(v, (int, float))}, result["epochs"])
         print(f"[trial {trial_number(str(trial))}] {line}", file=sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.trials[trial.trial_id] = trial
         number, last = trial_number(str(trial)), trial.last_result or {}
+        if self.packs is not None:
+            if "epochs" in last:
+                print(f"[pack {number}] trained {last['epoch']} of {last['epochs']} epochs", file=sys.stderr)
+            return
         if "epochs" in last:
             early = ", stopped early by the scheduler" if last["epoch"] < last["epochs"] else ""
             print(f"[trial {number}] trained {last['epoch']} of {last['epochs']} epochs{early}", file=sys.stderr)
@@ -359,20 +420,29 @@ class _TrialBook(tune.Callback):
         by_number = {r.data.tags.get(lineage.SWEEP_JOB): r for r in lineage.trials(client, client.get_run(sweep_run_id))}
         for trial in self.trials.values():
             number, status = str(trial_number(str(trial))), self.statuses.get(trial.trial_id, trial.status)
-            run = by_number.get(number)
             error = trial.get_error() if status == "ERROR" else None
+            if self.packs is not None:  # a pack's trial: its members' runs
+                for member, _ in self.packs[int(number)]:
+                    _end_run(client, by_number.get(str(member)), status, error)
+                continue
+            run = by_number.get(number)
             if run is None and error is not None:  # it failed before it had a run: composing its config
                 run = client.create_run(client.get_run(sweep_run_id).info.experiment_id,
                                         run_name=f"{config.run_name or 'trial'} #{number}",
                                         tags={lineage.PARENT: sweep_run_id, lineage.SWEEP_JOB: number,
                                               lineage.OVERRIDES: " ".join(_trial_overrides(trial))})
-            if run is None or run.info.status not in ("RUNNING", "SCHEDULED"):
-                continue
-            if error is not None:
-                client.set_tag(run.info.run_id, lineage.ERROR, str(error).strip().splitlines()[-1][:5000])
-                client.set_terminated(run.info.run_id, "FAILED")
-            else:
-                client.set_terminated(run.info.run_id, "FINISHED" if status == "TERMINATED" else "KILLED")
+            _end_run(client, run, status, error)
+
+
+def _end_run(client, run, status, error):
+    """End a trial's run the way Tune says its trial ended, if nobody did."""
+    if run is None or run.info.status not in ("RUNNING", "SCHEDULED"):
+        return
+    if error is not None:
+        client.set_tag(run.info.run_id, lineage.ERROR, str(error).strip().splitlines()[-1][:5000])
+        client.set_terminated(run.info.run_id, "FAILED")
+    else:
+        client.set_terminated(run.info.run_id, "FINISHED" if status == "TERMINATED" else "KILLED")
 
 
 def _current_book():
@@ -411,28 +481,18 @@ def train_trial(hyperparameters, context):
 
     os.environ.update(context.environment)  # before this worker's JAX starts (its first trial)
     number = trial_number(tune.get_context().get_trial_name())
-    folder = Path(context.sweep_dir) / str(number)
-    folder.mkdir(parents=True, exist_ok=True)
     Singleton.set_state(context.singleton_state)  # Hydra's config store, as in the driver
     _pin_to_cores(context.cpus)
+    if context.packs is not None:
+        return _train_pack(run, context.packs[hyperparameters["pack"]], number, context, started)
+    folder = Path(context.sweep_dir) / str(number)
+    folder.mkdir(parents=True, exist_ok=True)
     overrides = context.space.overrides(hyperparameters)
     with open(folder / "trial.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        try:
-            cfg = context.hydra_context.config_loader.load_sweep_config(context.master_config, overrides)
-        except Exception as e:  # `trainer.epochs=abc`: this trial has no config, hence no run of its own yet
-            traceback.print_exc()
-            _record_unbuilt_trial(context, number, overrides, e)
+        cfg = _trial_config(context, number, overrides, folder)
+        if cfg is None:
             return
         try:
-            with open_dict(cfg):
-                choices = cfg.hydra.runtime.choices
-                cfg.run_name = cfg.run_name or f"{choices.get('model')}-{choices.get('dataset')} #{number}"
-                del cfg["hydra"]
-                cfg.output_dir = str(folder)
-                cfg.launch.overrides = overrides
-                cfg.launch.sweep_run_id = context.sweep_run_id
-                cfg.launch.trial = number
-                cfg.trainer.progress = False  # many trials share one terminal: plain lines
             state = _tune_state(cfg.seed)
             if state is not None and int(state["meta"]["epoch"]) >= cfg.trainer.epochs:
                 return  # handed a finished trial's state (population-based training): nothing left to train
@@ -447,6 +507,57 @@ def train_trial(hyperparameters, context):
         raise SystemExit(0)  # how a trial Tune stopped must end (its worker waits for it before the next trial)
     if report.last is not None:  # the last epoch, reported once its run is complete: Tune may end us at once
         tune.report(report.last)  # (with SystemExit, which must leave this function: its worker waits for that)
+
+
+def _trial_config(context, number, overrides, folder):
+    """The trial's configuration, composed as the command line would; None (and a FAILED
+    run saying why) when it cannot be composed (`trainer.epochs=abc`)."""
+    try:
+        cfg = context.hydra_context.config_loader.load_sweep_config(context.master_config, overrides)
+    except Exception as e:  # this trial has no config, hence no run of its own yet
+        traceback.print_exc()
+        _record_unbuilt_trial(context, number, overrides, e)
+        return None
+    with open_dict(cfg):
+        choices = cfg.hydra.runtime.choices
+        cfg.run_name = cfg.run_name or f"{choices.get('model')}-{choices.get('dataset')} #{number}"
+        del cfg["hydra"]
+        cfg.output_dir = str(folder)
+        cfg.launch.overrides = overrides
+        cfg.launch.sweep_run_id = context.sweep_run_id
+        cfg.launch.trial = number
+        cfg.trainer.progress = False  # many trials share one terminal: plain lines
+    return cfg
+
+
+def _train_pack(run, members, number, context, started):
+    """A pack's trial: its members' runs (experiments.pack), trained together; its
+    output (every member's) goes to pack_<number>.log in the sweep folder."""
+    log_path = Path(context.sweep_dir) / f"pack_{number}.log"
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        cfgs = []
+        for member, values in members:
+            folder = Path(context.sweep_dir) / str(member)
+            folder.mkdir(parents=True, exist_ok=True)
+            cfg = _trial_config(context, member, context.space.overrides(values), folder)
+            if cfg is not None:
+                cfgs.append(cfg)
+        pack = Pack(len(cfgs))
+        report = PackReport(cfgs[0].task.objective if cfgs else None, cfgs[0].task.mode if cfgs else "min",
+                            context.rungs, context.reduction_factor, [cfg.launch.trial for cfg in cfgs])
+        threads = [pack.start_member(k, functools.partial(run, cfg, callbacks=[MemberStart(started)],
+                                                          trainer_class=pack.seat(k)))
+                   for k, cfg in enumerate(cfgs)]
+        try:
+            pack.train(on_epoch_end=report.on_epoch_end)
+        except Exception:
+            traceback.print_exc()  # every member's run ended FAILED with it
+        for thread in threads:
+            thread.join()
+    if report.stopped:
+        raise SystemExit(0)
+    if report.last is not None:
+        tune.report(report.last)
 
 
 def _record_unbuilt_trial(context, number, overrides, error):
@@ -532,6 +643,71 @@ class TuneReport(Callback):
                 if self.tracker is not None:
                     self.tracker.set_tags({lineage.STOPPED_EARLY: "true", lineage.STOPPED_AT_EPOCH: epoch + 1})
                 print(f"stopped early by the scheduler after epoch {epoch + 1}", file=sys.stderr)
+
+
+class MemberStart(Callback):
+    """A packed member's startup_seconds: from its pack reaching the worker to its first step."""
+
+    def __init__(self, started):
+        self.started = started
+
+    def on_fit_start(self, trainer):
+        tracker = _tracker(trainer)
+        if tracker is not None:
+            tracker.log_metrics({"startup_seconds": time.perf_counter() - self.started}, trainer.step)
+
+
+class PackReport:
+    """The scheduler inside a pack, after each of its epochs: ASHA's rung rule among the
+    members (at a rung epoch, a member below the rung's cutoff, the (1 - 1/reduction_factor)
+    quantile of its members' objectives as Tune's ASHA computes it, stops: its run ends
+    FINISHED, tagged stopped early), then one report to Tune, carrying the best running
+    member's objective: Tune's scheduler may stop the whole pack when even its best member is
+    in the bottom of its rung. Tune reports one result stream per trial, so a pack's members
+    cannot each be one of its trials."""
+
+    stopped = False
+    last = None  # the last epoch's report, made once every member's run is complete
+
+    def __init__(self, objective, mode, rungs, reduction_factor, numbers):
+        self.objective, self.sign = objective, 1 if mode == "max" else -1
+        self.rungs, self.reduction_factor, self.numbers = rungs, reduction_factor, numbers
+
+    def on_epoch_end(self, population, epoch, records):
+        scores = {k: self.sign * r[self.objective] for k, r in records.items()
+                  if self.objective in r and math.isfinite(r[self.objective])}
+        if epoch + 1 in self.rungs and scores:
+            cutoff = np.nanpercentile(list(scores.values()), (1 - 1 / self.reduction_factor) * 100)
+            for k, score in scores.items():
+                if score < cutoff:
+                    _stop_early(population.members[k], epoch, "the pack's rung rule (ASHA)")
+        running = {k: s for k, s in scores.items() if not population.members[k].should_stop} or scores
+        if not running:
+            return
+        best = max(running, key=running.get)
+        reported = {self.objective: records[best][self.objective], "epoch": epoch + 1, "epochs": population.epochs,
+                    "members": len(running), "best_member": self.numbers[best], "best": self.objective}
+        if epoch + 1 >= population.epochs:
+            self.last = reported
+            return
+        try:
+            tune.report(reported)
+        except SystemExit:  # Tune's scheduler stops the whole pack
+            self.stopped = True
+            for k in records:
+                _stop_early(population.members[k], epoch, "the scheduler")
+
+
+def _stop_early(member, epoch, by):
+    member.should_stop = True
+    tracker = _tracker(member)
+    if tracker is not None:
+        tracker.set_tags({lineage.STOPPED_EARLY: "true", lineage.STOPPED_AT_EPOCH: epoch + 1})
+    print(f"member {member.index}: stopped early by {by} after epoch {epoch + 1}", file=sys.stderr)
+
+
+def _tracker(trainer):
+    return next((c.tracker for c in trainer.callbacks if hasattr(c, "tracker")), None)
 
 
 _held_slot = None  # this worker's core slot, held for its lifetime

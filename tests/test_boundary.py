@@ -12,7 +12,7 @@ EXTRAS = ("experiments", "hydra", "omegaconf", "mlflow", "ray", "optuna", "panda
 
 # Runs in a fresh interpreter where the extras cannot be imported at all, as after
 # `pip install zkynet` alone: every zkynet module loads, and a model trains,
-# checkpoints and draws its graph.
+# checkpoints, draws its graph and is saved and loaded back.
 SCRIPT = textwrap.dedent(f"""
     import importlib, pkgutil, sys, tempfile
     from pathlib import Path
@@ -45,6 +45,10 @@ SCRIPT = textwrap.dedent(f"""
     assert history[-1]["val_accuracy"] > 0.5, history
     assert (folder / "last.npz").stat().st_size > 0
     assert Path(plot_cg(model(load_digits().train.inputs[:2]).root, save_path=str(folder / "g.png"))).exists()
+    from zkynet import saved_model  # a saved model loads back from its folder without MLflow
+    saved_model.save(model, folder / "model", {{"_target_": "zkynet.models.fcn.MLP", "widths": [64, 16, 10]}},
+                     load_digits().validation.inputs[:2])
+    assert zkynet.load(folder / "model").model.state_dict().keys() == model.state_dict().keys()
     loaded = sorted({{name.split(".")[0] for name in sys.modules}} & set(EXTRAS))
     print("loaded extras:", loaded)
 """)

@@ -149,7 +149,7 @@ def test_hyperparameters_given_to_update_act_as_the_constructor_s(make, values):
     """A population passes each member's numbers (traced) to one optimizer's update: that must
     equal the optimizer built with those numbers."""
     default, wanted = make(), make(**values)
-    assert wanted.hyperparameters() == values and default.signature() == wanted.signature()
+    assert values.items() <= wanted.hyperparameters().items() and default.signature() == wanted.signature()
     grads = gradient_sequence()
     with jax.enable_x64(True):
         params = {"w": jnp.ones((3, 2)), "b": jnp.full((2,), 0.5)}
@@ -157,7 +157,7 @@ def test_hyperparameters_given_to_update_act_as_the_constructor_s(make, values):
         traced_params, traced_state = params, default.init(params)
         for g in grads:
             traced_params, traced_state = given(g, traced_state, traced_params,
-                                                {k: jnp.asarray(v) for k, v in values.items()})
+                                                {k: jnp.asarray(v) for k, v in wanted.hyperparameters().items()})
         want, _ = run(wanted, grads)
         for name in want:
             np.testing.assert_allclose(traced_params[name], want[name], rtol=1e-12)

@@ -121,7 +121,7 @@ def test_a_transformer_collapses_to_its_blocks(tmp_path):
     from zkynet.models.transformer import TransformerLM
     model = TransformerLM(16, dim=16, heads=2, layers=3, mlp=32, max_length=8)
     graph = model(jnp.ones((2, 8), jnp.int32))
-    assert len(graph.nodes) > 150
+    assert len(graph.nodes) > 100  # big: depth=1 draws it in under 20 shapes
     svg = svg_of(graph, tmp_path, depth=1)
     boxes = set(re.findall(r"<text[^>]*>(embed|blocks\.\d|norm|head)</text>", svg))
     assert boxes == {"embed", "blocks.0", "blocks.1", "blocks.2", "norm", "head"}
@@ -135,3 +135,20 @@ def test_list_layers_are_boxed_by_their_names(tmp_path):
     svg = svg_of(MLP([4, 8, 8, 2], key=0)(jnp.ones((1, 4))), tmp_path, depth=None)
     clusters = re.findall(r'<g id="clust\d+" class="cluster">.*?<text[^>]*>(.*?)</text>', svg, re.S)
     assert sorted(clusters) == ["MLP", "layers.0", "layers.1", "layers.2", "relu", "relu#2"]
+
+
+def png_size(path):
+    """(width, height) from a PNG's header."""
+    header = open(path, "rb").read(24)
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_top_to_bottom_pictures_fit_a_narrow_preview(tmp_path):
+    from zkynet.models.fcn import MLP
+
+    graph = MLP([64, 32, 32, 10], key=0)(jnp.ones((2, 64)))
+    wide = png_size(plot_cg(graph, save_path=str(tmp_path / "lr.png")))
+    tall = png_size(plot_cg(graph, save_path=str(tmp_path / "tb.png"), rankdir="TB"))
+    assert wide[0] > wide[1] and tall[1] > tall[0]  # a chain of layers: along the rank direction
+    capped = png_size(plot_cg(graph, save_path=str(tmp_path / "capped.png"), rankdir="TB", max_width=tall[0] // 2))
+    assert capped[0] <= tall[0] // 2 and abs(capped[1] / capped[0] - tall[1] / tall[0]) < 0.05  # scaled, not cut

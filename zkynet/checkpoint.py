@@ -1,12 +1,16 @@
 """Saving and loading nested dicts of arrays (parameters, optimizer state) as one
-.npz file: exact to the bit, readable with plain NumPy."""
+.npz file: exact to the bit, readable with plain NumPy. Dtypes NumPy's format cannot
+name (bfloat16) are stored as their raw bits, their names beside them."""
+import json
 import os
 import shutil
 import tempfile
 
+import ml_dtypes
 import numpy as np
 
 SEPARATOR = "::"  # parameter names use "/" (layers.0/W), so nesting uses this
+DTYPES = "__dtypes__"  # {path: dtype name} of the arrays stored as raw bits
 
 
 def flatten(tree, prefix=""):
@@ -35,7 +39,12 @@ def unflatten(flat):
 
 def save(path, tree):
     """Write `tree` to `path` atomically: a crash mid-write never leaves a truncated file."""
-    _write_atomically(path, lambda f: np.savez(f, **flatten(tree)))
+    flat = flatten(tree)
+    unnamed = {key: str(value.dtype) for key, value in flat.items() if value.dtype.kind == "V"}  # bfloat16
+    flat = {key: value.view(f"u{value.dtype.itemsize}") if key in unnamed else value for key, value in flat.items()}
+    if unnamed:
+        flat[DTYPES] = np.array(json.dumps(unnamed))
+    _write_atomically(path, lambda f: np.savez(f, **flat))
 
 
 def copy(source, destination):
@@ -65,9 +74,12 @@ class CheckpointError(ValueError):
 def load(path):
     try:
         with np.load(path, allow_pickle=False) as data:
-            return unflatten({key: data[key] for key in data.files})
+            flat = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise
     except Exception as e:  # zipfile's, pickle's and NumPy's errors never say which file
         raise CheckpointError(f"cannot read the checkpoint {path} ({type(e).__name__}: {e}): it is not a "
                               "complete .npz written by zkynet") from e
+    for key, name in json.loads(str(flat.pop(DTYPES, "{}"))).items():
+        flat[key] = flat[key].view(getattr(ml_dtypes, name))
+    return unflatten(flat)

@@ -219,6 +219,11 @@ class Adam(Optimizer):
         _non_negative("weight_decay", weight_decay)
         self.b1, self.b2, self.eps, self.weight_decay = b1, b2, eps, weight_decay
 
+    def hyperparameters(self):
+        """Also 1 - b1 and 1 - b2, derived here in double precision: from a float32 b2 = 0.999,
+        1 - b2 would be 1.3e-5 off, and a traced b2 is float32."""
+        return {**super().hyperparameters(), "1-b1": 1 - self.b1, "1-b2": 1 - self.b2}
+
     def _init_slots(self, params):
         return {"m": tree_map(jnp.zeros_like, params), "v": tree_map(jnp.zeros_like, params)}
 
@@ -226,8 +231,8 @@ class Adam(Optimizer):
         b1, b2, eps, decay = h["b1"], h["b2"], h["eps"], h["weight_decay"]
         if not self.decoupled and not _is_zero(decay):
             grads = tree_map(lambda g, p: g + decay * p, grads, params)
-        m = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state["m"], grads)
-        v = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state["v"], grads)
+        m = tree_map(lambda m, g: b1 * m + h["1-b1"] * g, state["m"], grads)
+        v = tree_map(lambda v, g: b2 * v + h["1-b2"] * g * g, state["v"], grads)
         t = step.astype(float)  # the default float dtype: float64 under jax_enable_x64
         m_scale, v_scale = 1 / (1 - b1 ** t), 1 / (1 - b2 ** t)
 

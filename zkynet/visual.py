@@ -38,11 +38,12 @@ _AUTO_MAX_SHAPES = 40  # depth="auto" collapses module calls until at most this 
 MAX_NODES = 150  # more shapes than this are collapsed (dot's layout time explodes past a few hundred)
 LAYOUT_COST_PER_NODE = 25  # _layout_cost allowed per max_nodes: about 5 s of dot for a shared-parameter chain
 HUB_EDGES = 8  # edges of a node with more than this many out- or in-edges do not constrain the layout
+DOT_DPI, MAX_INCHES = 96, 10_000  # dot's PNG resolution; a height bound that never binds
 _log = logging.getLogger(__name__)
 
 
 def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, depth="auto",
-            rankdir="LR", max_nodes=MAX_NODES, timeout=60):
+            rankdir="LR", max_nodes=MAX_NODES, timeout=60, max_width=None):
     """Render the graph behind `root` (a node, a ModuleGraph, or a tuple of nodes) and
     return the path of the image it wrote.
 
@@ -66,6 +67,10 @@ def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, d
         PlotError. None: no limit.
     timeout: seconds dot may take to lay out and render (None: no limit); past it,
         PlotError with advice.
+    rankdir: "LR" (inputs on the left) or "TB" (inputs on top: pictures taller than wide,
+        which is how a narrow preview pane such as MLflow's shows them best).
+    max_width: the widest a PNG may be, in pixels; a wider picture is scaled down to it
+        (None: as laid out).
     """
     roots = root.roots if isinstance(root, cg.ModuleGraph) else (
         tuple(root) if isinstance(root, (tuple, list)) else (root,))
@@ -79,7 +84,9 @@ def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, d
         depth = _bounded_depth(nodes, depth, max_nodes)
     save_path, format = _output(save_path, format, title, roots)
 
-    graph = graphviz.Digraph(format=format, graph_attr=dict(rankdir=rankdir, fontname="Helvetica"),
+    size = {} if max_width is None else dict(size=f"{(max_width - 1) / DOT_DPI:.4f},{MAX_INCHES}")  # shrinks only;
+    # dot rounds the scaled width up, hence the pixel taken off
+    graph = graphviz.Digraph(format=format, graph_attr=dict(rankdir=rankdir, fontname="Helvetica", **size),
                              node_attr=dict(fontname="Helvetica", fontsize="11"),
                              edge_attr=dict(arrowsize="0.7"))
     if title:

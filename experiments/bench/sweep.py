@@ -10,6 +10,13 @@ asha: a random search (learning rate x width) with FIFO, every trial trained to
 the end, then the same trials (same seed) with ASHA. Targets: ASHA's best
 validation accuracy within 0.5 percentage points of FIFO's best, with <= 40% of
 FIFO's epochs.
+
+pack: 8 digits-MLP configurations (learning rate x seed, 200 epochs) trained one
+after another (Hydra's basic sweeper and launcher), then as one packed trial on
+Ray Tune (hydra.sweeper.pack=8). Targets: packed wall / sequential <= 0.35, and
+the pack's training throughput (samples/s summed over its members) >= 3x one
+unpacked run's. `--gpu` sizes it for a GPU (wider layers, larger batches, 32
+configurations per pack, the trial on a GPU).
 """
 import os
 import statistics
@@ -81,8 +88,45 @@ def asha_versus_fifo(args, folder):
     return outcome
 
 
+PACK_SPACE = ["optimizer.lr=3e-4,1e-3,3e-3,1e-2", "seed=0,1"]
+PACK_GPU = dict(space=["optimizer.lr=1e-4,3e-4,1e-3,3e-3", "seed=range(0,8)"], pack=32,
+                overrides=["model.widths=[64,2048,2048,10]", "trainer.batch_size=256"],
+                sweeper=["hydra.sweeper.resources.gpu=1"])
+PACK_WALL_TARGET, PACK_THROUGHPUT_TARGET = 0.35, 3.0
+
+
+def training_throughput(store):
+    """Each run's median samples/s over its epochs (the first one compiles), by run."""
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("zkynet").experiment_id])
+    return [statistics.median(m.value for m in client.get_metric_history(r.info.run_id, "samples_per_second")[1:])
+            for r in runs if "sweep_job" in r.data.tags]
+
+
+def pack_versus_sequential(args, folder):
+    """(sequential seconds, packed seconds, one unpacked run's samples/s, the pack's summed)."""
+    gpu = PACK_GPU if args.gpu else dict(space=PACK_SPACE, pack=8, overrides=[], sweeper=[])
+    packed_settings = [f"hydra.sweeper.pack={gpu['pack']}", *gpu["sweeper"],
+                       f"hydra.sweeper.resources.cpu={os.cpu_count()}"]  # one pack: every core
+    outcome = {}
+    for engine, settings in (("sequential", ENGINES["sequential"]), ("packed", packed_settings)):
+        store = f"sqlite:///{folder}/pack-{engine}.db"
+        command = [sys.executable, "-m", "experiments.run", "-m", *settings, f"tracking.uri={store}",
+                   f"hydra.sweep.dir={folder}/pack-{engine}", "trainer.progress=false", *args.overrides,
+                   *gpu["overrides"], *gpu["space"]]
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"{engine} sweep failed:\n{result.stderr[-3000:]}")
+        outcome[engine] = (seconds, training_throughput(store))
+    (sequential, alone), (packed, members) = outcome["sequential"], outcome["packed"]
+    return sequential, packed, statistics.median(alone), sum(members), len(members)
+
+
 def add_arguments(parser):
-    parser.add_argument("--part", choices=["wall", "asha", "all"], default="all")
+    parser.add_argument("--part", choices=["wall", "asha", "pack", "all"], default="all")
+    parser.add_argument("--gpu", action="store_true", help="pack part: sizes for a GPU (the pack trial asks for one)")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--overrides", nargs="*", default=["model=mlp", "trainer.epochs=200"],
                         help="what each trial of the wall-time part trains (default: the digits MLP, 200 epochs)")
@@ -117,4 +161,13 @@ def run(args):
                   f"with <= {ASHA_EPOCH_SHARE:.0%})")
             result.update(asha=dict(trials=args.asha_trials, epochs=args.asha_epochs, fifo_best=fifo_best,
                                     fifo_epochs=fifo_epochs, asha_best=asha_best, asha_epochs=asha_epochs))
+        if args.part in ("pack", "all"):
+            sequential, packed, alone, summed, count = pack_versus_sequential(args, folder)
+            print(f"{'GPU sizes: ' if args.gpu else ''}{count} configurations one after another {sequential:.1f}s, packed "
+                  f"{packed:.1f}s: packed / sequential {packed / sequential:.2f} (target <= {PACK_WALL_TARGET}); "
+                  f"training throughput {summed:,.0f} samples/s summed over the pack vs {alone:,.0f} for one "
+                  f"unpacked run: {summed / alone:.1f}x (target >= {PACK_THROUGHPUT_TARGET}x)")
+            result.update(pack=dict(gpu=args.gpu, configurations=count, sequential_s=sequential, packed_s=packed, ratio=packed / sequential,
+                                    alone_samples_per_s=alone, pack_samples_per_s=summed,
+                                    throughput_ratio=summed / alone))
     write_result(args.json, result)

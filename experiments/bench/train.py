@@ -4,15 +4,23 @@ One step = forward, backward, Adam update. For each model:
   zkynet  TrainStep: our graph and our backward rules, traced once under jax.jit;
   jax     the same model written directly in JAX, jax.jit(jax.value_and_grad)
           plus the same Adam update, starting from the same weights: the reference;
-  torch   the same architecture in PyTorch eager, when torch is importable.
-Step times are the best of several interleaved rounds; compile time is the first
-call (trace + compile + one step). Targets: zkynet/jax step <= 1.05,
-compile <= 2x. `lstm-unrolled` is the LSTM with its loop unrolled in the graph
-instead of scanned: compare its compile time with `lstm`'s.
+  torch   the same architecture in PyTorch eager (torch_reference.py), in a process
+          of its own run by an interpreter with torch (--torch-python).
+Step times are medians of interleaved rounds; compile time is the first call
+(trace + compile + one step). `--gpu` switches to sizes that fill a GPU and the
+report adds throughput and achieved FLOP/s against the device's peak (FLOPs by XLA's
+count, which takes a loop body once: a scanned LSTM's figure is a lower bound).
+Targets: zkynet/jax step <= 1.05, compile <= 2x. `lstm-unrolled` is the LSTM with
+its loop unrolled in the graph instead of scanned: compare its compile time with `lstm`'s.
 """
+import dataclasses
+import importlib.util
 import math
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -32,6 +40,7 @@ from zkynet.models.rnn import RecurrentLM
 from zkynet.models.transformer import TransformerLM, sinusoidal_positions
 
 STEP_TARGET, COMPILE_TARGET = 1.05, 2.0
+SETTLE_S = 0.5  # pause after each PyTorch round (on a loaded machine, whoever ran next was up to 1.4x slower)
 LR = 1e-3
 
 
@@ -145,70 +154,34 @@ def jax_train_step(apply, loss):
     return init, jax.jit(step, donate_argnums=(0, 1))
 
 
-# ----------------------------------------------------------------------------- PyTorch, when present
+# ----------------------------------------------------------------------------- PyTorch, in its own process
 
-def torch_step(kind, batch):
-    """The same architecture in PyTorch eager (its own initialization), or None."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.manual_seed(0)
-    nn, functional = torch.nn, torch.nn.functional
-    if kind == "mlp":
-        model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-        x, y, loss = torch.randn(batch, 64), torch.randint(0, 10, (batch,)), functional.cross_entropy
-    elif kind == "cnn":
-        model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                              nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-        x, y, loss = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,)), functional.cross_entropy
-    elif kind == "autoencoder":
-        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 32), nn.Linear(32, 256), nn.ReLU(),
-                              nn.Linear(256, 784), nn.Sigmoid())
-        x = torch.rand(batch, 784)
-        y, loss = x, functional.mse_loss
-    elif kind == "lstm":
-        class LSTMLM(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.embed, self.lstm, self.head = nn.Embedding(64, 64), nn.LSTM(64, 128, batch_first=True), \
-                    nn.Linear(128, 64)
+class TorchProcess:
+    """The case's PyTorch model (torch_reference.py) in a process of its own, run by
+    `python` (an interpreter with torch); calling it times one round of `steps` steps."""
 
-            def forward(self, tokens):
-                return self.head(self.lstm(self.embed(tokens))[0])
-        model = LSTMLM()
-        x, y = torch.randint(0, 64, (batch, 32)), torch.randint(0, 64, (batch, 32))
-        loss = lambda out, y: functional.cross_entropy(out.reshape(-1, 64), y.reshape(-1))  # noqa: E731
-    elif kind == "transformer":
-        class LM(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.embed = nn.Embedding(64, 128)
-                self.register_buffer("positions", torch.tensor(np.asarray(sinusoidal_positions(64, 128))))
-                layer = nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, activation="gelu", batch_first=True,
-                                                   norm_first=True)
-                self.blocks = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-                self.norm, self.head = nn.LayerNorm(128), nn.Linear(128, 64)
-                self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(64))
+    def __init__(self, python, kind, batch):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
+        self.process = subprocess.Popen([python, script, kind, str(batch)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{python} could not run the PyTorch reference for {kind} (does it have torch?)")
 
-            def forward(self, tokens):
-                x = self.blocks(self.embed(tokens) + self.positions, mask=self.mask, is_causal=True)
-                return self.head(self.norm(x))
-        model = LM()
-        x, y = torch.randint(0, 64, (batch, 64)), torch.randint(0, 64, (batch, 64))
-        loss = lambda out, y: functional.cross_entropy(out.reshape(-1, 64), y.reshape(-1))  # noqa: E731
-    else:
-        return None
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    def __call__(self, steps):
+        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.flush()
+        seconds = float(self.process.stdout.readline())
+        time.sleep(SETTLE_S)  # its idle OpenMP threads spin a while: not on the next contender's clock
+        return seconds
 
-    def step():
-        optimizer.zero_grad()
-        value = loss(model(x), y)
-        value.backward()
-        optimizer.step()
-        return value.item()
-    return step
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def default_torch_python():
+    """This interpreter when it has torch, else None (then PyTorch is left out)."""
+    return sys.executable if importlib.util.find_spec("torch") is not None else None
 
 
 # ----------------------------------------------------------------------------- the cases
@@ -221,14 +194,15 @@ class Case:
     batch: int
     loss: str = "cross_entropy"  # or "mse"
     torch: Optional[str] = None
+    tokens: int = 0  # a language model's sequence length: throughput in tokens/s (else samples/s)
 
 
 def _images(rng, batch):
     return rng.normal(size=(batch, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, batch).astype(np.int32)
 
 
-def _tokens(steps):
-    return lambda rng, batch: tuple(rng.integers(0, 64, (batch, steps)).astype(np.int32) for _ in range(2))
+def _tokens(steps, vocabulary=64):
+    return lambda rng, batch: tuple(rng.integers(0, vocabulary, (batch, steps)).astype(np.int32) for _ in range(2))
 
 
 def _pixels(rng, batch):
@@ -236,26 +210,58 @@ def _pixels(rng, batch):
     return x, x
 
 
+def _features(rng, batch):
+    return rng.normal(size=(batch, 64)).astype(np.float32), rng.integers(0, 10, batch).astype(np.int32)
+
+
+def _lstm(vocabulary, embed, hidden, steps, batch, **kwargs):
+    return Case(lambda: RecurrentLM(vocabulary, embed=embed, hidden=hidden, key=0, **kwargs), jax_lstm_lm,
+                _tokens(steps, vocabulary), batch, tokens=steps)
+
+
+def _transformer(vocabulary, dim, heads, layers, steps, batch):
+    return Case(lambda: TransformerLM(vocabulary, dim=dim, heads=heads, layers=layers, mlp=4 * dim,
+                                      max_length=steps, key=0),
+                lambda p, x: jax_transformer_lm(p, x, heads=heads), _tokens(steps, vocabulary), batch, tokens=steps)
+
+
 CASES = {
-    "mlp": Case(lambda: MLP([64, 256, 256, 10], key=0), jax_mlp,
-                lambda rng, b: (rng.normal(size=(b, 64)).astype(np.float32), rng.integers(0, 10, b).astype(np.int32)),
-                256, torch="mlp"),
+    "mlp": Case(lambda: MLP([64, 256, 256, 10], key=0), jax_mlp, _features, 256, torch="mlp"),
     "cnn": Case(lambda: LeNet((1, 28, 28), channels=(16, 32), hidden=(128,), key=0), jax_cnn, _images, 128,
                 torch="cnn"),
     "autoencoder": Case(lambda: DenseAutoencoder(784, bottleneck=32, hidden=(256,), key=0), jax_autoencoder,
                         _pixels, 128, loss="mse", torch="autoencoder"),
-    "lstm": Case(lambda: RecurrentLM(64, embed=64, hidden=128, key=0), jax_lstm_lm, _tokens(32), 32, torch="lstm"),
-    "lstm-unrolled": Case(lambda: RecurrentLM(64, embed=64, hidden=128, unroll=True, key=0), jax_lstm_lm,
-                          _tokens(32), 32),
-    "transformer": Case(lambda: TransformerLM(64, dim=128, heads=4, layers=2, mlp=512, max_length=64, key=0),
-                        lambda p, x: jax_transformer_lm(p, x, heads=4), _tokens(64), 32, torch="transformer"),
+    "lstm": dataclasses.replace(_lstm(64, 64, 128, 32, 32), torch="lstm"),
+    "lstm-unrolled": _lstm(64, 64, 128, 32, 32, unroll=True),
+    "transformer": dataclasses.replace(_transformer(64, 128, 4, 2, 64, 32), torch="transformer"),
+}
+# --gpu: sizes that keep a data-center GPU's matmul units busy (the CPU sizes leave it idle)
+GPU_CASES = {
+    "mlp": dataclasses.replace(CASES["mlp"], batch=16384),
+    "cnn": dataclasses.replace(CASES["cnn"], batch=4096),
+    "autoencoder": dataclasses.replace(CASES["autoencoder"], batch=8192),
+    "lstm": _lstm(1024, 512, 1024, 64, 256),
+    "lstm-unrolled": _lstm(1024, 512, 1024, 64, 256, unroll=True),
+    "transformer": _transformer(1024, 768, 12, 6, 512, 64),
 }
 LOSSES = {"cross_entropy": (losses.softmax_cross_entropy, cross_entropy), "mse": (losses.mse, mean_squared_error)}
+# Dense float32 matmul peaks (TF32 tensor cores, JAX's default float32 matmul precision on
+# these GPUs), TFLOP/s: the yardstick for achieved FLOP/s. Others: --peak-tflops.
+PEAK_TFLOPS = {"H100": 494.7, "H200": 494.7, "A100": 156.0, "L4": 60.0}
 
 
 # ----------------------------------------------------------------------------- timing
 
-def measure(name, case, scale, steps, rounds):
+def step_flops(train_step, *batch):
+    """FLOPs of one zkynet step, by XLA's cost analysis of the lowered program (None if it
+    has none): the arithmetic asked for, whatever the compiler does with it."""
+    lowered = train_step._step.lower(train_step.param_values(), train_step.opt_state, batch, train_step.rng)
+    analysis = lowered.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return analysis.get("flops") if analysis else None
+
+
+def measure(name, case, scale, steps, rounds, torch_python):
     batch = case.batch * scale
     x, y = (jnp.asarray(a) for a in case.data(np.random.default_rng(0), batch))
     our_loss, reference_loss = LOSSES[case.loss]
@@ -282,44 +288,77 @@ def measure(name, case, scale, steps, rounds):
         state["params"], state["opt"], value = reference(state["params"], state["opt"], x, y)
         return value
 
-    contenders = {"zkynet": lambda: ours(x, y)["loss"], "jax": reference_run,
-                  "torch": torch_step(case.torch, batch) if case.torch and scale == 1 else None}
-    contenders = {n: fn for n, fn in contenders.items() if fn is not None}
     if steps is None:  # rounds of about 50 ms each
         steps = max(3, int(0.05 / best_seconds_per_call(reference_run, 1, 3, warmup=0)))
-    times = {n: float("inf") for n in contenders}
-    for _ in range(rounds):  # interleaved, so a slow patch of the machine hits every contender
-        for n, fn in contenders.items():
-            times[n] = min(times[n], best_seconds_per_call(fn, 1, steps, warmup=0))
+    contenders = {"zkynet": lambda: best_seconds_per_call(lambda: ours(x, y)["loss"], 1, steps, warmup=0),
+                  "jax": lambda: best_seconds_per_call(reference_run, 1, steps, warmup=0)}
+    torch = TorchProcess(torch_python, case.torch, batch) if case.torch and torch_python and scale == 1 else None
+    if torch is not None:
+        contenders["torch"] = lambda: torch(steps)
+    samples = {n: [] for n in contenders}
+    try:
+        names = list(contenders)
+        for r in range(rounds):  # interleaved, so a slow patch of the machine hits every contender,
+            for n in names[r % len(names):] + names[:r % len(names)]:  # each one first in turn
+                samples[n].append(contenders[n]())
+    finally:
+        if torch is not None:
+            torch.close()
+    times = {n: statistics.median(t) for n, t in samples.items()}
+    flops = step_flops(ours, x, y)
     return dict(model=name, batch=batch, zkynet_step_ms=times["zkynet"] * 1e3, jax_step_ms=times["jax"] * 1e3,
                 torch_step_ms=times["torch"] * 1e3 if "torch" in times else None,
-                step_ratio=times["zkynet"] / times["jax"], zkynet_compile_s=ours_compile,
-                jax_compile_s=reference_compile, compile_ratio=ours_compile / reference_compile)
+                step_ratio=times["zkynet"] / times["jax"],
+                torch_ratio=times["zkynet"] / times["torch"] if "torch" in times else None,
+                zkynet_compile_s=ours_compile, jax_compile_s=reference_compile,
+                compile_ratio=ours_compile / reference_compile,
+                throughput=batch * (case.tokens or 1) / times["zkynet"], unit="tokens/s" if case.tokens else "samples/s",
+                flops_per_step=flops, achieved_tflops=flops / times["zkynet"] / 1e12 if flops else None)
 
 
 def add_arguments(parser):
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--gpu", action="store_true", help="GPU sizes (GPU_CASES); PyTorch is left out")
     parser.add_argument("--batch-scale", type=int, default=1,
-                        help="multiply every batch size (GPUs: 8-32; PyTorch is left out then)")
+                        help="multiply every batch size (PyTorch is left out then)")
     parser.add_argument("--steps", type=int, default=None, help="steps per timing round (default: ~50 ms)")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=15, help="timing rounds; each contender's median counts")
+    parser.add_argument("--torch-python", default=default_torch_python(),
+                        help="an interpreter with torch for the PyTorch reference (default: this one, if it has "
+                             "torch); it runs in its own process")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's matmul peak, to report achieved FLOP/s against (known GPUs: built in)")
     parser.add_argument("--json", default="outputs/bench/train.json")
+
+
+def _peak(device, given):
+    if given is not None:
+        return given
+    return next((peak for kind, peak in PEAK_TFLOPS.items() if kind in device.device_kind), None)
 
 
 def run(args):
     device = jax.devices()[0]
+    cases, torch_python = (GPU_CASES, None) if args.gpu else (CASES, args.torch_python)
+    peak = _peak(device, args.peak_tflops)
     print(f"train step: zkynet compiled vs plain JAX vs PyTorch eager (jax {jax.__version__}, "
-          f"{device.platform}: {device.device_kind}, {os.cpu_count()} cpus)")
+          f"{device.platform}: {device.device_kind}, {os.cpu_count()} cpus); medians of {args.rounds} rounds")
     print(f"targets: step ratio <= {STEP_TARGET}, compile ratio <= {COMPILE_TARGET}")
-    print(f"{'model':<14}{'batch':>6}{'zkynet':>10}{'jax':>10}{'torch':>10}{'zk/jax':>8}"
-          f"{'compile zk':>12}{'jax':>8}{'ratio':>7}")
+    print(f"{'model':<14}{'batch':>6}{'zkynet':>10}{'jax':>10}{'torch':>10}{'zk/jax':>8}{'zk/torch':>9}"
+          f"{'compile zk':>12}{'jax':>8}{'ratio':>7}{'throughput':>22}{'TFLOP/s':>9}{'of peak':>8}")
     rows = []
     for name in args.models:
-        row = measure(name, CASES[name], args.batch_scale, args.steps, args.rounds)
+        row = measure(name, cases[name], args.batch_scale, args.steps, args.rounds, torch_python)
+        row["peak_share"] = row["achieved_tflops"] / peak if peak and row["achieved_tflops"] else None
         rows.append(row)
         torch_ms = f"{row['torch_step_ms']:.2f}ms" if row["torch_step_ms"] is not None else "n/a"
+        torch_ratio = f"{row['torch_ratio']:.2f}" if row["torch_ratio"] is not None else "n/a"
+        tflops = f"{row['achieved_tflops']:.3f}" if row["achieved_tflops"] else "n/a"
+        share = f"{row['peak_share']:.1%}" if row["peak_share"] else "n/a"
         print(f"{name:<14}{row['batch']:>6}{row['zkynet_step_ms']:>8.2f}ms{row['jax_step_ms']:>8.2f}ms"
-              f"{torch_ms:>10}{row['step_ratio']:>8.2f}{row['zkynet_compile_s']:>11.2f}s"
-              f"{row['jax_compile_s']:>7.2f}s{row['compile_ratio']:>7.2f}", flush=True)
+              f"{torch_ms:>10}{row['step_ratio']:>8.2f}{torch_ratio:>9}{row['zkynet_compile_s']:>11.2f}s"
+              f"{row['jax_compile_s']:>7.2f}s{row['compile_ratio']:>7.2f}"
+              f"{row['throughput']:>12.4g} {row['unit']:<9}{tflops:>9}{share:>8}", flush=True)
     write_result(args.json, dict(benchmark="train", jax=jax.__version__, device=str(device), machine=platform.machine(),
-                                 cpus=os.cpu_count(), rows=rows))
+                                 cpus=os.cpu_count(), gpu_sizes=args.gpu, peak_tflops=peak, rounds=args.rounds,
+                                 rows=rows))

@@ -34,9 +34,11 @@ class Cli:
         return subprocess.Popen(self.args(*overrides), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
-    def runs(self, experiment="zkynet"):
-        found = self.client.get_experiment_by_name(experiment)
-        return self.client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"]) if found else []
+    def runs(self, experiment=None):
+        """The runs of `experiment` (a name), or of every experiment, oldest first."""
+        found = [self.client.get_experiment_by_name(experiment)] if experiment else self.client.search_experiments()
+        ids = [e.experiment_id for e in found if e is not None]
+        return self.client.search_runs(ids, order_by=["attributes.start_time ASC"]) if ids else []
 
     def artifacts(self, run_id, path=None):
         files = {}

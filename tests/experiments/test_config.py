@@ -49,3 +49,24 @@ def test_a_self_supervised_task_trains_on_its_inputs(runner):
     task, dataset, _, _ = built(runner.config("model=autoencoder"))
     np.testing.assert_array_equal(dataset.train.targets, dataset.train.inputs)
     assert task.targets_are_inputs and task.artifacts == ("reconstructions",)
+
+
+MODELS = sorted(path.stem for path in (ROOT / "conf" / "model").glob("*.yaml"))
+
+
+def test_every_model_alone_picks_a_dataset_that_fits(runner):
+    """`python -m experiments.run model=<any>` as the README prints it: the model's own
+    dataset unless the command line (or a preset) chooses one. One test: each config
+    composed here costs a second, each fixture a fresh MLflow store."""
+    datasets = {}
+    for model in MODELS:
+        cfg = runner.config(f"model={model}")
+        schema.check(cfg)  # every ${dataset...} the model reads exists
+        datasets[model] = cfg.dataset.name
+        if cfg.dataset.name not in ("digits", "feedback"):  # digits: the presets build them; feedback: a download
+            _, dataset, _, loss = built(cfg)
+            assert np.isfinite(float(loss)) and len(dataset.train) > 0
+    assert {m: d for m, d in datasets.items() if d != "digits"} == {
+        "gru": "copy", "lstm": "copy", "rnn": "copy", "transformer": "copy", "transformer_classifier": "feedback"}
+    assert runner.config("model=gru", "dataset=reverse").dataset.name == "reverse"
+    assert runner.config("+experiment=addition_transformer").dataset.name == "addition"

@@ -1,7 +1,8 @@
-"""The MLflow UI, opened in headless Chromium over a store a real run wrote, shows
-the run, its metrics and its graph picture. The screenshots are kept in
-outputs/test-artifacts/ to look at."""
+"""The MLflow UI, opened in headless Chromium over a store a real run wrote, at the
+link the run prints: the run table in MLflow's Model training view, the run, its
+metrics and its graph picture. The screenshots are kept in outputs/test-artifacts/."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -54,17 +55,28 @@ def browse(url, profile, dump=None, screenshot=None):
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium cannot be installed here: setup.sh installs Debian's "
                                              "chromium package only as root with apt-get")
-def test_the_mlflow_ui_shows_the_run_its_metrics_and_its_graph(runner, tmp_path, request):
-    runner("model=mlp", "trainer.epochs=2", "run_name=mlp-digits")
+def test_the_mlflow_ui_opens_on_the_run_table_and_shows_the_run_its_metrics_and_its_graph(runner, tmp_path, request,
+                                                                                          capsys):
+    runner("model=mlp", "trainer.epochs=2")
     (run,) = runner.runs()
+    printed = re.findall(r"open (http://127\.0\.0\.1:5000/\S+)", capsys.readouterr().err)
+    assert printed == [f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"]
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert printed[0].replace(f"/{run.info.experiment_id}/", "/<id>/") in readme  # the README points to the same page
+    assert runner.client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     ui = request.getfixturevalue("mlflow_ui")
-    page = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    overview = browse(page, tmp_path / "chrome", dump=True)
-    assert "mlp-digits" in overview and "Finished" in overview
+    table = browse(printed[0].replace("http://127.0.0.1:5000", ui), tmp_path / "chrome", dump=True)
+    assert run.info.run_name in table and "Model registry" in table  # the runs table, in the Model training view
+    assert "Judges" not in table and "Evaluation runs" not in table  # not the GenAI view a fresh browser starts in
+    run_page = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    view = "?workflowType=machine_learning"
+    overview = browse(run_page + view, tmp_path / "chrome", dump=True)
+    assert run.info.run_name in overview and "Finished" in overview
     assert all(name in overview for name in ("val_accuracy", "val_loss", "train_loss", "samples_per_second"))
-    artifacts = browse(f"{page}/artifacts/graph.png", tmp_path / "chrome", dump=True)
-    assert '<img alt="graph.png"' in artifacts
+    artifacts = browse(f"{run_page}/artifacts/graph.png{view}", tmp_path / "chrome", dump=True)
+    assert '<img alt="graph.png"' in artifacts and "graph.svg" in artifacts
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for name, url in [("mlflow-ui-run.png", page), ("mlflow-ui-graph.png", f"{page}/artifacts/graph.png")]:
+    for name, url in [("mlflow-ui-runs.png", printed[0].replace("http://127.0.0.1:5000", ui)),
+                      ("mlflow-ui-run.png", run_page + view), ("mlflow-ui-graph.png", f"{run_page}/artifacts/graph.png{view}")]:
         browse(url, tmp_path / "chrome", screenshot=ARTIFACTS / name)
         assert (ARTIFACTS / name).read_bytes().startswith(b"\x89PNG") and (ARTIFACTS / name).stat().st_size > 20000

@@ -2,6 +2,7 @@
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import pytest
 
 from experiments.schema import ConfigError
 from zkynet import checkpoint
+from zkynet.data import DatasetNotFoundError
 from zkynet.training import NonFiniteLossError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "user_project"
+ROOT = Path(__file__).parents[2]
 
 
 def run_id_of(result):
@@ -22,12 +25,14 @@ def run_id_of(result):
 
 @pytest.mark.slow
 def test_default_run_trains_and_logs_everything(cli, tmp_path):
-    result = cli("model=mlp", "trainer.epochs=3")
+    result = cli("model=mlp", "trainer.epochs=3")  # its output piped, as into a log file
     assert result.returncode == 0, result.stderr
-    assert "epoch 3/3: train_acc" in result.stderr and "run FINISHED" in result.stderr
+    epochs = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "\r" not in result.stderr and "run FINISHED" in result.stderr  # no live bar off a terminal
     assert "mlflow ui --backend-store-uri " + cli.store in result.stderr
     run = cli.client.get_run(run_id_of(result))
-    assert run.info.status == "FINISHED" and run.info.run_name == "mlp-digits"
+    assert run.info.status == "FINISHED" and re.fullmatch(r"mlp-digits-[0-9a-f]{6}", run.info.run_name)
     assert run.data.params["model/widths"] == "[64, 256, 256, 10]"
     assert run.data.params["optimizer/_target_"] == "zkynet.optim.Adam"
     assert run.data.metrics["val_accuracy"] > 0.85 and run.data.metrics["epoch"] == 3
@@ -35,7 +40,7 @@ def test_default_run_trains_and_logs_everything(cli, tmp_path):
     assert len(cli.client.get_metric_history(run.info.run_id, "val_loss")) == 3
     assert len(cli.client.get_metric_history(run.info.run_id, "batch_loss")) == 66 // 10
     files = cli.artifacts(run.info.run_id)
-    assert {"graph.png", "curves.png", "config/config.yaml", "checkpoints/last.npz"} <= set(files)
+    assert {"graph.png", "graph.svg", "curves.png", "config/config.yaml", "checkpoints/last.npz"} <= set(files)
     local = Path(cli.client.download_artifacts(run.info.run_id, "graph.png", str(tmp_path)))
     assert local.read_bytes().startswith(PNG) and files["graph.png"] > 5000
     assert run.data.tags["model"] == "MLP" and run.data.tags["dataset"] == "digits"
@@ -51,13 +56,41 @@ def test_overrides_reach_the_run(runner):
     assert run.data.tags["overrides"] == "model=cnn optimizer.lr=3e-3 trainer.epochs=2 trainer.batch_size=32 run_name=mine"
 
 
+def test_early_stopping_and_the_best_checkpoint_come_from_config_and_are_recorded(runner, tmp_path, capsys):
+    runner("callbacks=[default,early_stopping,best_checkpoint]", "trainer.epochs=20",
+           "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=10",  # only epoch 1 counts
+           "callbacks.best_checkpoint.min_delta=10")
+    (run,) = runner.runs()
+    tags, metrics = run.data.tags, run.data.metrics
+    assert run.info.status == "FINISHED" and metrics["epoch"] == 2
+    assert (tags["stopped_early"], tags["stopped_at_epoch"], tags["best_epoch"]) == ("true", "2", "1")
+    first_epoch = runner.client.get_metric_history(run.info.run_id, "val_loss")[0].value
+    assert metrics["best_val_loss"] == pytest.approx(first_epoch)
+    best = runner.client.download_artifacts(run.info.run_id, "checkpoints/best.npz", str(tmp_path))
+    assert int(checkpoint.load(best)["meta"]["epoch"]) == 1
+    assert "early stopping: val_loss did not improve for 1 epochs; stopped after epoch 2 (best: epoch 1)" in \
+        capsys.readouterr().err
+
+
+def test_system_metrics_are_an_option(runner):
+    runner("trainer.epochs=3", "tracking.system_metrics=0.2")
+    (run,) = runner.runs()
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+
+
 def test_the_objective_and_its_direction_come_from_the_task(runner):
     value = runner("trainer.epochs=1", "task.objective=val_accuracy", "task.mode=max")
     assert value == runner.runs()[0].data.metrics["val_accuracy"]
     with pytest.raises(ConfigError, match="task.objective=val_acc is not a metric of this run; it has: train_accuracy, train_loss"):
         runner("trainer.epochs=1", "task.objective=val_acc")
-    failed = runner.runs()[-1]
+    first, failed = runner.runs()
     assert failed.info.status == "FAILED" and "task.objective=val_acc" in failed.data.tags["error"]
+    assert runner.client.get_experiment(first.info.experiment_id).name == "classification"  # the task's experiment
+    # every run has a name of its own, and the commit of the code it ran
+    assert re.fullmatch(r"mlp-digits-[0-9a-f]{6}", first.info.run_name) and failed.info.run_name != first.info.run_name
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    assert first.data.tags["mlflow.source.git.commit"] == git("rev-parse", "HEAD")
+    assert first.data.tags["git_dirty"] == str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()
 
 
 @pytest.mark.parametrize("override, message", [
@@ -82,7 +115,16 @@ def test_missing_dataset_names_the_download_script(cli, tmp_path):
     result = cli("dataset=mnist", f"dataset.loader.root={tmp_path / 'nothing'}")
     assert result.returncode == 2
     assert "./download_datasets.sh mnist" in result.stderr and str(tmp_path / "nothing" / "mnist") in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and cli.runs() == []  # stopped before any MLflow run
+
+
+def test_a_model_alone_whose_dataset_is_a_download_names_it(runner, tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=re.escape("./download_datasets.sh feedback")):
+        runner("model=transformer_classifier", f"dataset.loader.root={tmp_path}")
+    assert runner.runs() == []
+    with pytest.raises(ConfigError, match="dataset digits for model RecurrentLM: digits come as layout 'flat' or "
+                                          "'image', not 'tokens'; pick a dataset that fits"):
+        runner("model=gru", "dataset=digits")
 
 
 def test_a_diverging_run_ends_failed_with_the_error_logged(runner):
@@ -122,6 +164,8 @@ def test_a_killed_run_resumes_to_the_same_parameters_and_metrics(cli, runner, tm
 
     resumed = cli(f"trainer.resume={killed.info.run_id}", "trainer.progress=false")
     assert resumed.returncode == 0, resumed.stderr
+    assert [line.split(":")[0] for line in resumed.stderr.splitlines() if line.startswith("epoch ")] == [
+        f"epoch {n}/12" for n in range(6, 13)]  # trainer.progress=false: still one line per epoch
     assert f"resuming run {killed.info.run_id} at step {5 * 89} (epoch 6 of 12)" in resumed.stdout
     finished = cli.client.get_run(killed.info.run_id)
     assert finished.info.status == "FINISHED" and finished.data.metrics["epoch"] == 12
@@ -164,7 +208,7 @@ def test_values_a_run_cannot_train_with_are_refused_before_it_starts(runner, ove
 
 
 def test_a_model_that_does_not_fit_the_dataset_is_refused_before_a_run_starts(cli):
-    result = cli("model=transformer_classifier")  # token ids wanted; digits are pixels
+    result = cli("model=transformer_classifier", "dataset=digits")  # token ids wanted; digits are pixels
     assert result.returncode == 2
     assert ("model.vocabulary: Interpolation key 'dataset.vocabulary_size' not found: model TransformerClassifier "
             "does not fit dataset digits") in result.stderr

@@ -41,3 +41,15 @@ def test_checkpoint_artifact_is_written_in_place(tmp_path):
     tracker.close()
     path = MlflowClient(tracker.uri).download_artifacts(tracker.run_id, "checkpoints/last.npz", str(tmp_path))
     np.testing.assert_array_equal(checkpoint.load(path)["params"]["w"], np.arange(3.0))
+
+
+def test_a_child_run_stays_in_its_parents_experiment_and_experiments_are_for_training(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = Tracker(store, "classification")
+    child = Tracker(store, "reconstruction", parent_run_id=parent.run_id)  # a sweep's trial of another task
+    assert child.experiment_id == parent.experiment_id and child.experiment == "classification"
+    client = MlflowClient(store)
+    assert client.get_experiment(parent.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment_by_name("reconstruction") is None
+    child.close()
+    parent.close()

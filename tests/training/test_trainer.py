@@ -7,7 +7,8 @@ import pytest
 from zkynet import checkpoint, losses, optim
 from zkynet.data import Dataset, Split, load_digits
 from zkynet.models.fcn import MLP
-from zkynet.training import Callback, Checkpointer, NanGuard, NonFiniteLossError, ProgressReport, Trainer
+from zkynet.training import (BestCheckpoint, Callback, Checkpointer, EarlyStopping, NanGuard, NonFiniteLossError,
+                             ProgressReport, Trainer)
 
 
 def mlp_trainer(epochs=2, callbacks=(), seed=0, dataset=None):
@@ -82,6 +83,50 @@ class StopAfter(Callback):
 def test_a_callback_stops_training_early():
     trainer = mlp_trainer(epochs=10, callbacks=[StopAfter(3)])
     assert [r["epoch"] for r in trainer.fit()] == [1, 2, 3]
+
+
+class Stoppable:
+    should_stop = False
+
+
+def watched(callback, values, monitor="val_loss"):
+    """Feed `callback` epoch records with these values; the epoch after which it stopped, or None."""
+    trainer = Stoppable()
+    for epoch, value in enumerate(values):
+        callback.on_epoch_end(trainer, epoch, {"epoch": epoch + 1, monitor: value, "train_loss": 0.0})
+        if trainer.should_stop:
+            return epoch + 1
+    return None
+
+
+def test_early_stopping_waits_patience_epochs_for_an_improvement_larger_than_min_delta():
+    stopper = EarlyStopping(patience=2)
+    assert watched(stopper, [1.0, 0.9, 0.95, 0.91, 0.8]) == 4 and stopper.best_epoch == 2 and stopper.best == 0.9
+    assert stopper.stopped_epoch == 4
+    stopper = EarlyStopping(patience=2, min_delta=0.05)  # 0.96 is not better than 1.0 by more than 0.05
+    assert watched(stopper, [1.0, 0.96, 0.93, 0.9, 0.89]) == 5 and stopper.best_epoch == 3
+    maximizer = EarlyStopping("val_accuracy", mode="max", patience=1)
+    assert watched(maximizer, [0.5, 0.7, 0.6], "val_accuracy") == 3 and maximizer.best == 0.7
+    assert watched(EarlyStopping(patience=3), [3.0, 2.0, 1.0]) is None
+
+
+def test_early_stopping_refuses_what_it_cannot_watch():
+    with pytest.raises(ValueError, match="monitor='val_acc' is not a metric of this run; it has: val_loss, train_loss"):
+        watched(EarlyStopping("val_acc"), [1.0])
+    with pytest.raises(ValueError, match="mode must be 'min' or 'max', got 'up'"):
+        EarlyStopping(mode="up")
+    with pytest.raises(ValueError, match="patience must be at least 1, got 0"):
+        EarlyStopping(patience=0)
+
+
+def test_early_stopping_ends_fit_and_the_best_checkpoint_holds_the_best_epoch(tmp_path):
+    best = BestCheckpoint(tmp_path / "best.npz", monitor="val_loss")
+    stopper = EarlyStopping(monitor="train_loss", patience=1, min_delta=10.0)  # nothing improves by 10
+    history = mlp_trainer(epochs=10, callbacks=[best, stopper]).fit()
+    assert [r["epoch"] for r in history] == [1, 2] and stopper.stopped_epoch == 2
+    losses_ = [r["val_loss"] for r in history]
+    assert best.best_epoch == 1 + int(np.argmin(losses_)) and best.best == min(losses_)
+    assert int(checkpoint.load(tmp_path / "best.npz")["meta"]["epoch"]) == best.best_epoch
 
 
 def test_a_restored_trainer_continues_exactly():

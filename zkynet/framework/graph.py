@@ -16,6 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from zkynet.framework.errors import BackwardRuleError, GradientError, NumericOverflowError, ValueTypeError
+from zkynet.framework.memory import keep_freed_memory
+
+keep_freed_memory()  # every graph allocates and frees arrays per step: keep that memory (see memory.py)
 
 ArrayLike = Union[jax.typing.ArrayLike, Sequence[Any]]  # what as_value accepts: nested lists too
 

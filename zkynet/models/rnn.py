@@ -109,17 +109,22 @@ class Recurrent(cg.Module):
 
     def call(self, x, mask=None):
         batch, steps = x.shape[:2]
-        projected = self.project(x)
-        state = [jnp.zeros((batch, self.hidden), projected.dtype) for _ in self.cell.inputs[1:]]
-        step, sequences = (self.cell, [projected]) if mask is None else (self.masked, [projected, mask])
+        step = self.cell if mask is None else self.masked
         if self.unroll:
+            projected = self.project(x)
+            state = [jnp.zeros((batch, self.hidden), projected.dtype) for _ in self.cell.inputs[1:]]
+            sequences = [projected] if mask is None else [projected, mask]
             outputs = []
             for t in range(steps):
                 new = step(*[s[:, t] for s in sequences], *state)
                 state = list(new) if isinstance(new, tuple) else [new]
                 outputs.append(state[0])
             return op.stack(outputs, axis=1), tuple(state)
-        time_major = [op.transpose(s, (1, 0, *range(2, s.ndim))) for s in sequences]
+        # time-major before the projection: x is narrower than the gates, so it is the cheaper
+        # one to transpose (and its gradient, in the backward pass)
+        projected = self.project(op.transpose(x, (1, 0, *range(2, x.ndim))))
+        state = [jnp.zeros((batch, self.hidden), projected.dtype) for _ in self.cell.inputs[1:]]
+        time_major = [projected] if mask is None else [projected, op.transpose(mask, (1, 0))]
         stacked = op.scan(step, state, time_major)
         widths = [self.hidden * i for i in range(len(state) + 1)]
         final = tuple(stacked[-1, :, a:b] for a, b in zip(widths[:-1], widths[1:]))

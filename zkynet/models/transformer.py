@@ -13,7 +13,7 @@ from zkynet.framework.compile import forward
 from zkynet.models.fcn import Linear
 from zkynet.models.layers import Dropout, Embedding, LayerNorm
 
-MASKED = -1e9  # an attention score that softmax turns into 0 (finite: fully masked rows stay NaN-free)
+MASKED = op.MASKED  # an attention score that softmax turns into 0 (finite: fully masked rows stay NaN-free)
 
 
 def sinusoidal_positions(length, dim):
@@ -47,10 +47,13 @@ class MultiHeadAttention(cg.Module):
         per_head = self.dim // self.heads
         qkv = op.reshape(self.qkv(x), (batch, steps, 3, self.heads, per_head))
         q, k, v = (op.transpose(qkv[:, :, i], (0, 2, 1, 3)) for i in range(3))  # (B, heads, T, d_head)
-        scores = q @ op.transpose(k, (0, 1, 3, 2)) / math.sqrt(per_head)
-        if mask is not None:
-            scores = op.where(mask, scores, MASKED)
-        attended = self.dropout(op.softmax(scores, axis=-1)) @ v
+        if self.dropout.rate == 0:  # one node with its own backward rule (op.Attention)
+            attended = op.attention(q, k, v, mask, scale=1 / math.sqrt(per_head))
+        else:  # dropout acts on the probabilities, so they must be a node of their own
+            scores = q @ op.transpose(k, (0, 1, 3, 2)) / math.sqrt(per_head)
+            if mask is not None:
+                scores = op.where(mask, scores, MASKED)
+            attended = self.dropout(op.softmax(scores, axis=-1)) @ v
         merged = op.reshape(op.transpose(attended, (0, 2, 1, 3)), (batch, steps, self.dim))
         return self.out(merged)
 

@@ -1,5 +1,5 @@
-"""The standard callbacks: a progress report, a guard against NaN/inf losses, and
-checkpoints."""
+"""The standard callbacks: a progress report, a guard against NaN/inf losses,
+checkpoints (the last and the best), and early stopping."""
 from __future__ import annotations
 
 import math
@@ -152,3 +152,63 @@ class Checkpointer(Callback):
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError(f"saving the checkpoint {self.path} failed: {error}") from error
+
+
+class _Monitor:
+    """A metric of the epoch records and which way is better (`mode` "min" or "max"),
+    improving only by more than `min_delta`."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+        self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
+        self.best: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+
+    def improved(self, record) -> bool:
+        """Whether this epoch's record is the best so far (then it is remembered)."""
+        if self.monitor not in record:
+            known = ", ".join(k for k in record if k != "epoch")
+            raise ValueError(f"{type(self).__name__}: monitor={self.monitor!r} is not a metric of this run; "
+                             f"it has: {known}")
+        value = float(record[self.monitor])
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.best_epoch = value, record["epoch"]
+        return better
+
+
+class EarlyStopping(_Monitor, Callback):
+    """Stops training once `monitor` has not improved by more than `min_delta` for
+    `patience` epochs in a row. `stopped_epoch` is the last epoch trained when it
+    stopped (None: it never did), `best_epoch` the best one."""
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 3, min_delta: float = 0.0):
+        super().__init__(monitor, mode, min_delta)
+        if patience < 1:
+            raise ValueError(f"patience must be at least 1, got {patience}")
+        self.patience, self.waited = patience, 0
+        self.stopped_epoch: Optional[int] = None
+
+    def on_epoch_end(self, trainer, epoch, record):
+        self.waited = 0 if self.improved(record) else self.waited + 1
+        if self.waited >= self.patience:
+            trainer.should_stop = True
+            self.stopped_epoch = record["epoch"]
+
+
+class BestCheckpoint(_Monitor, Callback):
+    """Saves the trainer's state to `path` after every epoch whose `monitor` is the best
+    so far (in `mode`, by more than `min_delta`); `best_epoch` and `best` say which.
+    Written at once (best epochs are rare after the first few), atomically."""
+
+    def __init__(self, path, monitor: str = "val_loss", mode: str = "min", min_delta: float = 0.0):
+        super().__init__(monitor, mode, min_delta)
+        self.path = path
+
+    def on_epoch_end(self, trainer, epoch, record):
+        if self.improved(record):
+            checkpoint.save(self.path, jax.tree_util.tree_map(np.asarray, trainer.state_dict()))

@@ -61,8 +61,9 @@ class PopulationStep:
         self.opt_state = jax.vmap(optimizers[0].init)(self.params)  # zero slots: each optimizer's own init
         self.hyperparameters = {name: jnp.asarray([o.hyperparameters()[name] for o in optimizers])
                                 for name in optimizers[0].hyperparameters()}
-        self.rates = jnp.asarray([[layer.rate for layer in layers] for layers in self.dropouts]).reshape(
-            self.size, len(self.dropouts[0]))
+        dtype = jnp.result_type(float)
+        self.rates = jnp.asarray([[_traced_rate(layer.rate, dtype) for layer in layers] for layers in self.dropouts],
+                                 dtype).reshape(self.size, len(self.dropouts[0]))
         seeds = list(range(self.size)) if seeds is None else list(seeds)
         self.keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
         self.active = np.ones(self.size, bool)
@@ -240,10 +241,10 @@ class PopulationTrainer:
         for member in members:
             member.notify("on_epoch_start", epoch)
         batch_size = self.members[0].batches.batch_size
-        orders = [m.batches.order(epoch) for m in self.members]
+        orders = np.stack([m.batches.order(epoch) for m in self.members], axis=1).astype(np.int32)  # (examples, K)
         steps, started = [], time.perf_counter()
         for index in range(start_batch, self.steps_per_epoch):
-            rows = np.stack([order[index * batch_size:(index + 1) * batch_size] for order in orders])
+            rows = orders[index * batch_size:(index + 1) * batch_size].T
             metrics = self.step(self.data, rows)  # device arrays: no wait for the step to finish
             steps.append(metrics)
             for member in members:
@@ -317,6 +318,14 @@ def _dropout_layers(model) -> list[Dropout]:
                 found.append(item)
             stack.extend(reversed(list(vars(item).values())))
     return found
+
+
+def _traced_rate(rate, dtype):
+    """`rate` in `dtype` such that 1 - rate, computed in `dtype`, is exactly what a Python
+    constant gives (1 - rate in double precision, rounded once): the keep probability and
+    the 1 / (1 - rate) scale of a traced rate are then the constant's to the bit."""
+    keep = np.asarray(1 - rate, dtype)
+    return np.asarray(1, dtype) - keep  # both subtractions exact: their results are representable
 
 
 @contextmanager

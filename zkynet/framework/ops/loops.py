@@ -79,7 +79,7 @@ class Scan(Operator):
         bounds = np.cumsum([c.shape[-1] for c in carry])[:-1]
         split = lambda a: jnp.split(a, bounds, axis=-1)  # noqa: E731
         entering = [jnp.concatenate([c[None], s[:-1]]) for c, s in zip(carry, split(out))]
-        hoisted: dict[int, list[int]] = {}  # parameter index -> its matmuls' places in the step outputs
+        plan = []  # per hoisted matmul: (parameter index, where its left operand and cotangent are stacked)
 
         def back_step(totals, step_values):
             d_carry, d_params = totals
@@ -88,23 +88,37 @@ class Scan(Operator):
             for node, value in zip(computed, activations_t):
                 node.value = value  # the forward's own values: no recomputation survives
             products = _weight_products(graph, self.cell_params)
-            hoisted.clear()
-            for place, (index, product) in enumerate(products):
+            for _, product in products:
                 product.inputs[1].requires_grad = False  # its gradient comes after the loop
-                hoisted.setdefault(index, []).append(place)
             graph.back(tuple(a + b for a, b in zip(split(g_t), d_carry)))
             d_inputs = [graph.grad(v) for v in self.cell.inputs]
+            hoisted = {index for index, _ in products}
             d_params = tuple(total + graph.grad(p) if graph.uses(p) and i not in hoisted else total
                              for i, (total, p) in enumerate(zip(d_params, self.cell_params)))
-            factors = tuple((product.inputs[0].value, graph.grad(product)) for _, product in products)
-            return (tuple(d_inputs[self.n_xs:]), d_params), (tuple(d_inputs[:self.n_xs]), factors)
+            # a factor the loop stacks anyway (a sequence, the entering carry, d xs) is not stacked twice
+            known = {id(v): ("xs", i) for i, v in enumerate(xs_t)}
+            known.update({id(v): ("carry", i) for i, v in enumerate(carry_t)})
+            known.update({id(v): ("d_xs", i) for i, v in enumerate(d_inputs[:self.n_xs])})
+            extra = []
+            plan.clear()
+            for index, product in products:
+                places = []
+                for value in (product.inputs[0].value, graph.grad(product)):
+                    if id(value) not in known:
+                        known[id(value)] = ("extra", len(extra))
+                        extra.append(value)
+                    places.append(known[id(value)])
+                plan.append((index, places))
+            return (tuple(d_inputs[self.n_xs:]), d_params), (tuple(d_inputs[:self.n_xs]), tuple(extra))
 
         zeros = (tuple(jnp.zeros_like(c) for c in carry), tuple(jnp.zeros_like(p) for p in params))
         per_step = (tuple(xs), tuple(entering), saved, g)
-        (d_carry, d_params), (d_xs, factors) = lax.scan(back_step, zeros, per_step, reverse=True)
+        (d_carry, d_params), (d_xs, extra) = lax.scan(back_step, zeros, per_step, reverse=True)
+        stacked = {"xs": xs, "carry": entering, "d_xs": d_xs, "extra": extra}
         d_params = list(d_params)
-        for index, places in hoisted.items():  # sum over steps (and batch) of left^T @ cotangent
-            d_params[index] = sum(_flat(factors[k][0]).T @ _flat(factors[k][1]) for k in places)
+        for index in {index for index, _ in plan}:  # sum over steps (and batch) of left^T @ cotangent
+            d_params[index] = sum(_flat(stacked[a][i]).T @ _flat(stacked[b][j])
+                                  for k, ((a, i), (b, j)) in plan if k == index)
         return (*d_xs, *d_carry, *d_params)
 
 
