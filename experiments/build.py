@@ -64,25 +64,36 @@ def model(cfg):
     return built
 
 
+def steps(cfg, dataset):
+    """How many optimizer steps the run takes; refused when no full batch fits the data."""
+    examples, batch_size = len(dataset.train), cfg.trainer.batch_size
+    if batch_size > examples:
+        raise ConfigError(f"trainer.batch_size={batch_size} is more than the {examples} training examples of "
+                          f"dataset {dataset.name}: no full batch")
+    return cfg.trainer.epochs * (examples // batch_size)
+
+
 def optimizer(cfg, total_steps):
     """The optimizer with its learning rate following trainer.lr_schedule."""
     lr, warmup = cfg.optimizer.lr, cfg.trainer.warmup_steps
+    if warmup >= total_steps:
+        raise ConfigError(f"trainer.warmup_steps={warmup} is not less than the run's {total_steps} steps: "
+                          "its learning rate would never reach optimizer.lr")
     if _name(cfg.trainer.lr_schedule) == "cosine":
         schedule = optim.Cosine(lr, max(total_steps - warmup, 1))
     else:
         schedule = optim.Constant(lr)
-    if warmup >= total_steps:
-        raise ConfigError(f"trainer.warmup_steps={warmup} is not less than the run's {total_steps} steps: "
-                          "its learning rate would never reach optimizer.lr")
     if warmup:
         schedule = optim.Warmup(schedule, warmup)
     return _instantiate(cfg.optimizer, "optimizer", lr=schedule)
 
 
-def check_optimizer(cfg):
-    """Refuse the optimizer's settings before a run exists (the one that trains is built
-    later: its schedule needs the dataset's size)."""
-    _instantiate(cfg.optimizer, "optimizer")
+def check_devices(cfg):
+    available = jax.local_devices()
+    if cfg.trainer.devices > len(available):
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices}: this machine has {len(available)} "
+                          f"({available[0].platform}); on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                          "makes N")
 
 
 def callbacks(cfg):

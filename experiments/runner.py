@@ -38,6 +38,8 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
     try:
         task, continued, model = _checked(cfg, client)
         dataset = build.dataset(continued.cfg, task)  # a missing or unreadable download stops before any MLflow run
+        optimizer = build.optimizer(continued.cfg, build.steps(continued.cfg, dataset))
+        build.check_devices(continued.cfg)
     except (ConfigError, DatasetNotFoundError, DatasetFileError) as e:
         if client is not None and cfg.launch.sweep_run_id is not None:
             _record_refused_trial(client, cfg, e)  # a sweep's trial is never lost, even one refused
@@ -59,7 +61,6 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
                 _log_config(tracker, cfg)
             else:
                 tracker.set_tags({lineage.ATTEMPTS: continued.attempt})
-        optimizer = build.optimizer(cfg, cfg.trainer.epochs * max(1, len(dataset.train) // cfg.trainer.batch_size))
         callbacks = build.callbacks(cfg) + list(callbacks)
         callbacks.insert(0, ObjectiveCheck(task.objective))
         callbacks.insert(0, current.signal_check)
@@ -96,7 +97,6 @@ def _checked(cfg, client):
         raise ConfigError("trainer.resume continues an MLflow run: it needs tracking.enabled=true")
     continued = resume.continuation(cfg, client) if client is not None else resume.Continuation(cfg)
     schema.check_references(continued.cfg)
-    build.check_optimizer(continued.cfg)
     return task, continued, build.model(continued.cfg)
 
 
