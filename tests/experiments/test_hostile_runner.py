@@ -19,12 +19,6 @@ from zkynet.checkpoint import CheckpointError
 from zkynet.data import DatasetFileError
 
 
-def every_run(runner):
-    """Runs in every experiment of the test's store (where they land is not the point)."""
-    experiments = [e.experiment_id for e in runner.client.search_experiments()]
-    return runner.client.search_runs(experiments) if experiments else []
-
-
 REFUSED = [  # (overrides, what the message must say); refused before any MLflow run exists
     (["trainer.epochs=-1"], "trainer.epochs must be at least 1, got -1"),
     (["trainer.eval_batch_size=0"], "trainer.eval_batch_size must be at least 1, got 0"),
@@ -73,7 +67,7 @@ REFUSED = [  # (overrides, what the message must say); refused before any MLflow
 def test_a_setting_a_run_cannot_use_is_refused_by_name_before_a_run_exists(runner, overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         runner("trainer.epochs=1", *overrides)
-    assert every_run(runner) == []
+    assert runner.runs() == []
 
 
 NOT_COMPOSED = [  # Hydra's own refusals, at composition: its message names the option and the choices
@@ -103,12 +97,12 @@ def test_a_dataset_file_that_cannot_be_read_is_named(runner, tmp_path, content):
         runner("dataset=mnist", f"dataset.loader.root={tmp_path / 'datasets'}", "trainer.epochs=1")
     assert str(folder / "mnist_train.csv") in str(refused.value)
     assert "./download_datasets.sh mnist" in str(refused.value)
-    assert every_run(runner) == []  # the data is read before an MLflow run exists
+    assert runner.runs() == []  # the data is read before an MLflow run exists
 
 
 def test_a_resume_from_a_damaged_checkpoint_names_it_and_leaves_the_run_as_it_was(runner):
     runner("trainer.epochs=1")
-    (done,) = every_run(runner)
+    (done,) = runner.runs()
     stored = done.info.artifact_uri.removeprefix("file://") + "/checkpoints/last.npz"
     with open(stored, "r+b") as f:
         f.truncate(100)  # cut short, as by a full disk or a copy that stopped
