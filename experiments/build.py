@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from experiments.schema import ConfigError
 from zkynet import optim
-from zkynet.data import DatasetNotFoundError
+from zkynet.data import DatasetFileError, DatasetNotFoundError
 from zkynet.tasks import Task
 
 PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
@@ -29,8 +29,8 @@ def dataset(cfg, task):
     """The dataset as `task` trains on it, floating arrays in the run's precision."""
     try:
         data = instantiate(cfg.dataset.loader, layout=cfg.model.get("input_layout", "flat"))
-    except InstantiationException as e:  # a missing download deserves its own plain message
-        if isinstance(e.__cause__, DatasetNotFoundError):
+    except InstantiationException as e:  # a missing or broken download deserves its own plain message
+        if isinstance(e.__cause__, (DatasetNotFoundError, DatasetFileError)):
             raise e.__cause__ from None
         if isinstance(e.__cause__, ValueError):  # e.g. digits asked for token ids (model.input_layout=tokens)
             raise ConfigError(f"dataset {cfg.dataset.name} for model {cfg.model._target_.rsplit('.', 1)[-1]}: "
@@ -56,7 +56,7 @@ def model_spec(cfg):
 
 
 def model(cfg):
-    built = instantiate(model_spec(cfg))
+    built = _instantiate(model_spec(cfg), "model")
     dtype = precision(cfg)
     for p in built.named_parameters().values():
         if jnp.issubdtype(p.value.dtype, jnp.floating):
@@ -64,16 +64,36 @@ def model(cfg):
     return built
 
 
+def steps(cfg, dataset):
+    """How many optimizer steps the run takes; refused when no full batch fits the data."""
+    examples, batch_size = len(dataset.train), cfg.trainer.batch_size
+    if batch_size > examples:
+        raise ConfigError(f"trainer.batch_size={batch_size} is more than the {examples} training examples of "
+                          f"dataset {dataset.name}: no full batch")
+    return cfg.trainer.epochs * (examples // batch_size)
+
+
 def optimizer(cfg, total_steps):
     """The optimizer with its learning rate following trainer.lr_schedule."""
     lr, warmup = cfg.optimizer.lr, cfg.trainer.warmup_steps
+    if warmup >= total_steps:
+        raise ConfigError(f"trainer.warmup_steps={warmup} is not less than the run's {total_steps} steps: "
+                          "its learning rate would never reach optimizer.lr")
     if _name(cfg.trainer.lr_schedule) == "cosine":
         schedule = optim.Cosine(lr, max(total_steps - warmup, 1))
     else:
         schedule = optim.Constant(lr)
     if warmup:
         schedule = optim.Warmup(schedule, warmup)
-    return instantiate(cfg.optimizer, lr=schedule)
+    return _instantiate(cfg.optimizer, "optimizer", lr=schedule)
+
+
+def check_devices(cfg):
+    available = jax.local_devices()
+    if cfg.trainer.devices > len(available):
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices}: this machine has {len(available)} "
+                          f"({available[0].platform}); on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                          "makes N")
 
 
 def callbacks(cfg):
@@ -88,11 +108,15 @@ def precision(cfg):
     return PRECISIONS[name]
 
 
-def _instantiate(spec, where):
+def _instantiate(spec, where, **arguments):
+    """Hydra's instantiate, its failures a ConfigError naming the config group and the
+    constructor's own message (not Hydra's wrapper around it)."""
     try:
-        return instantiate(spec)
+        return instantiate(spec, **arguments)
     except InstantiationException as e:
-        raise ConfigError(f"{where}: {e}") from e
+        cause = e.__cause__
+        reason = f"{type(cause).__name__}: {cause}" if isinstance(cause, (ValueError, TypeError)) else str(e)
+        raise ConfigError(f"{where} ({spec.get('_target_', '?')}): {reason}") from e
 
 
 def _name(choice):

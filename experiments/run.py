@@ -18,8 +18,9 @@ from omegaconf import open_dict
 from experiments import lineage, schema
 from experiments.runner import run
 from experiments.schema import ConfigError
-from experiments.tracking import connect, default_tracking_uri
-from zkynet.data import DatasetNotFoundError
+from experiments.tracking import TrackingError, connect, default_tracking_uri
+from zkynet.checkpoint import CheckpointError
+from zkynet.data import DatasetFileError, DatasetNotFoundError
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" is not news
 schema.register()
@@ -48,13 +49,16 @@ def with_launch(cfg, hydra_config):
     return cfg
 
 
+USERS_TO_FIX = (ConfigError, DatasetNotFoundError, DatasetFileError, CheckpointError, TrackingError)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg):
     hydra_config = HydraConfig.get()
     sweeping = hydra_config.mode == RunMode.MULTIRUN
     try:
         return run(with_launch(cfg, hydra_config))
-    except (ConfigError, DatasetNotFoundError) as e:  # the user's to fix: no traceback
+    except USERS_TO_FIX as e:  # no traceback: the message says what to fix
         if sweeping:
             return float("nan")  # recorded as a FAILED child run; the sweep goes on and fails at the end
         print(f"error: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ from experiments.lifecycle import Run
 from experiments.schema import ConfigError
 from experiments.tracking import PROJECT_ROOT, MetricsLogger, Tracker, connect, default_tracking_uri, flatten
 from zkynet import saved_model
-from zkynet.data import DatasetNotFoundError
+from zkynet.data import DatasetFileError, DatasetNotFoundError
 from zkynet.training import BestCheckpoint, Callback, Checkpointer, EarlyStopping, Trainer
 
 NOT_PARAMS = ("launch", "output_dir")  # how the run was started, not what it trains
@@ -36,9 +36,11 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
     uri = cfg.tracking.uri or default_tracking_uri()
     client = connect(uri) if cfg.tracking.enabled else None
     try:
-        task, continued = _checked(cfg, client)
-        dataset = build.dataset(continued.cfg, task)  # a missing download stops before any MLflow run
-    except (ConfigError, DatasetNotFoundError) as e:
+        task, continued, model = _checked(cfg, client)
+        dataset = build.dataset(continued.cfg, task)  # a missing or unreadable download stops before any MLflow run
+        optimizer = build.optimizer(continued.cfg, build.steps(continued.cfg, dataset))
+        build.check_devices(continued.cfg)
+    except (ConfigError, DatasetNotFoundError, DatasetFileError) as e:
         if client is not None and cfg.launch.sweep_run_id is not None:
             _record_refused_trial(client, cfg, e)  # a sweep's trial is never lost, even one refused
         raise
@@ -59,8 +61,6 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
                 _log_config(tracker, cfg)
             else:
                 tracker.set_tags({lineage.ATTEMPTS: continued.attempt})
-        model = build.model(cfg)
-        optimizer = build.optimizer(cfg, cfg.trainer.epochs * max(1, len(dataset.train) // cfg.trainer.batch_size))
         callbacks = build.callbacks(cfg) + list(callbacks)
         callbacks.insert(0, ObjectiveCheck(task.objective))
         callbacks.insert(0, current.signal_check)
@@ -88,7 +88,8 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
 
 
 def _checked(cfg, client):
-    """(the task, what this run continues): every refusal before any MLflow run exists."""
+    """(the task, what this run continues, the model): every refusal before any MLflow
+    run exists, the model's constructor's included."""
     schema.check(cfg)
     task = build.task(cfg)
     artifacts.check(task.artifacts)
@@ -96,7 +97,7 @@ def _checked(cfg, client):
         raise ConfigError("trainer.resume continues an MLflow run: it needs tracking.enabled=true")
     continued = resume.continuation(cfg, client) if client is not None else resume.Continuation(cfg)
     schema.check_references(continued.cfg)
-    return task, continued
+    return task, continued, build.model(continued.cfg)
 
 
 def _record_refused_trial(client, cfg, error):

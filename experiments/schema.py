@@ -102,6 +102,14 @@ def check_values(cfg):
         value = OmegaConf.select(cfg, key)
         if value is not None and value < least:
             raise ConfigError(f"{key} must be at least {least}, got {value}")
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if not OmegaConf.select(cfg, "tracking.experiment"):
+        raise ConfigError("tracking.experiment must name an MLflow experiment, got an empty name")
+    depth = OmegaConf.select(cfg, "tracking.graph_depth")
+    if depth not in (None, "auto") and not (isinstance(depth, str) and depth.isdigit()):
+        raise ConfigError(f"tracking.graph_depth must be null, auto or an integer >= 0, got {depth!r}")
     lr = OmegaConf.select(cfg, "optimizer.lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"optimizer.lr must be a positive number, got {lr!r}")

@@ -75,12 +75,12 @@ def connect(uri):
             reason = getattr(e, "reason", e)
             raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
                                 "(mlflow server ...) or choose another tracking.uri") from None
-    client = MlflowClient(uri)
-    with _store_lock(uri):
-        try:
-            client.search_experiments(max_results=1)  # creates and migrates a new SQLite store
-        except Exception as e:
-            raise TrackingError(f"cannot use the MLflow store {uri}: {type(e).__name__}: {e}") from e
+    try:
+        with _store_lock(uri):
+            client = MlflowClient(uri)  # MLflow creates and migrates a new SQLite store here...
+            client.search_experiments(max_results=1)  # ...or here, in older versions
+    except Exception as e:
+        raise TrackingError(f"cannot use the MLflow store {uri}: {type(e).__name__}: {e}") from e
     return client
 
 

@@ -67,9 +67,19 @@ def _write_atomically(path, write):
         raise
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read; the message names it."""
+
+
 def load(path):
-    with np.load(path) as data:
-        flat = {key: data[key] for key in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            flat = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # zipfile's, pickle's and NumPy's errors never say which file
+        raise CheckpointError(f"cannot read the checkpoint {path} ({type(e).__name__}: {e}): it is not a "
+                              "complete .npz written by zkynet") from e
     for key, name in json.loads(str(flat.pop(DTYPES, "{}"))).items():
         flat[key] = flat[key].view(getattr(ml_dtypes, name))
     return unflatten(flat)

@@ -5,14 +5,33 @@ Fans follow the layouts zkynet's layers use: dense weights are (in, out),
 convolution kernels (out_channels, in_channels, kh, kw).
 """
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def key_of(seed_or_key):
-    """A PRNG key from an int seed (or the key itself)."""
-    return jax.random.PRNGKey(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
+    """A PRNG key from a non-negative int seed (the key itself, or None: no randomness)."""
+    if seed_or_key is None:
+        return None
+    if isinstance(seed_or_key, numbers.Integral) and not isinstance(seed_or_key, bool):
+        if seed_or_key < 0:
+            raise ValueError(f"a seed must be a non-negative int, got {seed_or_key}")
+        return jax.random.PRNGKey(int(seed_or_key))
+    if not hasattr(seed_or_key, "dtype") or isinstance(seed_or_key, np.ndarray) and seed_or_key.ndim == 0:
+        raise TypeError(f"a seed must be a non-negative int (or a PRNG key), got {seed_or_key!r:.60}")
+    return seed_or_key
+
+
+def _shape(shape):
+    """`shape` as a tuple, refused when a size is not positive (jax would fail deep in
+    XLA with 'invalid tensor dimension size', naming no layer)."""
+    shape = tuple(shape)
+    if any(int(size) < 1 for size in shape):
+        raise ValueError(f"cannot make a parameter of shape {shape}: every size must be at least 1")
+    return shape
 
 
 def fans(shape):
@@ -26,11 +45,11 @@ def fans(shape):
 
 
 def normal(key, shape, stddev=0.01, dtype=jnp.float32):
-    return stddev * jax.random.normal(key_of(key), shape, dtype)
+    return stddev * jax.random.normal(key_of(key), _shape(shape), dtype)
 
 
 def uniform(key, shape, limit, dtype=jnp.float32):
-    return jax.random.uniform(key_of(key), shape, dtype, -limit, limit)
+    return jax.random.uniform(key_of(key), _shape(shape), dtype, -limit, limit)
 
 
 def glorot_uniform(key, shape, dtype=jnp.float32):
@@ -54,11 +73,11 @@ def he_uniform(key, shape, dtype=jnp.float32):
 
 
 def zeros(key, shape, dtype=jnp.float32):
-    return jnp.zeros(shape, dtype)
+    return jnp.zeros(_shape(shape), dtype)
 
 
 def ones(key, shape, dtype=jnp.float32):
-    return jnp.ones(shape, dtype)
+    return jnp.ones(_shape(shape), dtype)
 
 
 INITIALIZERS = {f.__name__: f for f in (glorot_uniform, glorot_normal, he_normal, he_uniform, zeros, ones)}

@@ -87,7 +87,26 @@ class _Given(Schedule):
 
 
 def as_schedule(lr):
+    if not callable(lr):
+        _check("lr", lr, "a positive number", lambda v: v > 0)
     return lr if isinstance(lr, Schedule) else _Given(lr) if callable(lr) else Constant(lr)
+
+
+def _check(name, value, rule, holds):
+    """Refuse a hyperparameter outside its range (b1=1.5 trains without an error and
+    learns nothing). Arrays are left alone: they are a population's traced values."""
+    if hasattr(value, "shape"):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not holds(value):
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+def _fraction(name, value):
+    _check(name, value, "in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def _non_negative(name, value):
+    _check(name, value, "a number >= 0", lambda v: v >= 0)
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -113,6 +132,8 @@ class Optimizer:
 
     def __init__(self, lr, clip_norm=None):
         self.lr = as_schedule(lr)
+        if clip_norm is not None:
+            _check("clip_norm", clip_norm, "a positive number or None", lambda v: v > 0)
         self.clip_norm = clip_norm
 
     def hyperparameters(self):
@@ -161,6 +182,8 @@ class SGD(Optimizer):
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
+        _fraction("momentum", momentum)
+        _non_negative("weight_decay", weight_decay)
         if nesterov and not momentum:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
@@ -190,6 +213,10 @@ class Adam(Optimizer):
 
     def __init__(self, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
+        _fraction("b1", b1)
+        _fraction("b2", b2)
+        _check("eps", eps, "a positive number", lambda v: v > 0)
+        _non_negative("weight_decay", weight_decay)
         self.b1, self.b2, self.eps, self.weight_decay = b1, b2, eps, weight_decay
 
     def hyperparameters(self):

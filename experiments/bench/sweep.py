@@ -47,10 +47,15 @@ def sweep_seconds(engine, seeds, overrides, folder):
     return seconds, store
 
 
+def every_run(client):
+    """The store's runs, whichever experiment (one per task) they landed in."""
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 def warm_starts(store):
     """startup_seconds of the trials that ran on a worker that had run one before."""
     client = MlflowClient(store)
-    runs = sorted((r for r in client.search_runs([client.get_experiment_by_name("zkynet").experiment_id])
+    runs = sorted((r for r in every_run(client)
                    if "startup_seconds" in r.data.metrics), key=lambda r: r.info.start_time)
     seen, warm = set(), []
     for run in runs:
@@ -71,7 +76,7 @@ def asha_versus_fifo(args, folder):
     outcome = {}
     for scheduler in ("fifo", "asha"):
         overrides = ["hydra.sweeper.search=random", f"hydra.sweeper.num_samples={args.asha_trials}",
-                     f"hydra.sweeper.scheduler={scheduler}", "hydra.sweeper.asha.grace_period=2",
+                     f"hydra.sweeper.scheduler={scheduler}",
                      f"trainer.epochs={args.asha_epochs}", "task.objective=val_accuracy", "task.mode=max",
                      *ASHA_SPACE]
         store = f"sqlite:///{folder}/{scheduler}.db"
@@ -81,7 +86,7 @@ def asha_versus_fifo(args, folder):
         if result.returncode != 0:
             raise RuntimeError(f"{scheduler} sweep failed:\n{result.stderr[-3000:]}")
         client = MlflowClient(store)
-        trials = [r for r in client.search_runs([client.get_experiment_by_name("zkynet").experiment_id])
+        trials = [r for r in every_run(client)
                   if "sweep_job" in r.data.tags]
         outcome[scheduler] = (max(r.data.metrics["val_accuracy"] for r in trials),
                               sum(int(r.data.metrics["epoch"]) for r in trials))
@@ -98,7 +103,7 @@ PACK_WALL_TARGET, PACK_THROUGHPUT_TARGET = 0.35, 3.0
 def training_throughput(store):
     """Each run's median samples/s over its epochs (the first one compiles), by run."""
     client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("zkynet").experiment_id])
+    runs = every_run(client)
     return [statistics.median(m.value for m in client.get_metric_history(r.info.run_id, "samples_per_second")[1:])
             for r in runs if "sweep_job" in r.data.tags]
 

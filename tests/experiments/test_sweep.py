@@ -2,10 +2,13 @@
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -191,20 +194,47 @@ def ray_cluster():
         shutil.rmtree(session, ignore_errors=True)
 
 
+@pytest.fixture
+def mlflow_server(cli, tmp_path):
+    """An MLflow tracking server on the test's store (as trials on other machines need one);
+    its URI. Artifacts go to a folder the test reads directly."""
+    port = free_port()
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    server = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", cli.store, "--no-serve-artifacts",
+                               "--default-artifact-root", (tmp_path / "server-artifacts").as_uri()],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"mlflow server did not answer at {uri}")
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_on_an_existing_cluster_a_trial_whose_worker_dies_continues_its_run_exactly(cli, runner, tmp_path,
-                                                                                    ray_cluster):
+                                                                                    ray_cluster, mlflow_server):
     marker = tmp_path / "died"
     settings = ("trainer.epochs=6", "trainer.batch_size=32", "model.dropout=0.2", "seed=3")
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token"}  # `ray start` turns on token authentication
     result = sweep(cli, *settings, f"+callbacks.die._target_={FIXTURES}.DieOnce", "+callbacks.die.after=3",
                    f"+callbacks.die.marker={marker}", "optimizer.lr=3e-3,1e-3", f"hydra.sweeper.ray.address={ray_cluster}",
-                   env=env)
+                   f"tracking.uri={mlflow_server}", env=env)  # as across machines: a cluster and a tracking server
     assert result.returncode == 0, result.stderr
     assert marker.exists()  # a worker did die, once
     parent, trials = sweep_runs(cli)
     assert parent.info.status == "FINISHED" and sorted(trials) == [0, 1]
     assert all(r.info.status == "FINISHED" for r in trials.values())
+    assert all(r.info.artifact_uri.startswith((tmp_path / "server-artifacts").as_uri()) for r in trials.values())
     (died,) = [r for r in trials.values() if r.data.tags.get("attempts") == "2"]
 
     runner(*settings, f"optimizer.lr={died.data.params['optimizer/lr']}")  # the same, never interrupted, here

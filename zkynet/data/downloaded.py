@@ -8,11 +8,13 @@ leaves under `datasets/` (or any `root`):
   feedback/    train.csv                                 (competition feedback-prize-2021)
 
 A missing file raises DatasetNotFoundError naming the script to run and the path
-it expected.
+it expected; a file that cannot be read (cut short, not CSV, wrong columns)
+raises DatasetFileError naming the file.
 """
 import collections
 import re
 import wave
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,24 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "datasets"
 
 class DatasetNotFoundError(FileNotFoundError):
     pass
+
+
+class DatasetFileError(ValueError):
+    pass
+
+
+@contextmanager
+def reading(path, dataset):
+    """Any failure to read or interpret `path` becomes a DatasetFileError naming it:
+    pandas' and wave's own errors never say which file they were reading."""
+    try:
+        yield
+    except (DatasetNotFoundError, ImportError):
+        raise
+    except Exception as e:
+        raise DatasetFileError(f"{dataset}: cannot read {path} ({type(e).__name__}: {e}); the file may be "
+                               f"cut short or not the expected one: download it again with "
+                               f"`./download_datasets.sh {dataset}`") from e
 
 
 def require(path, dataset):
@@ -57,12 +77,16 @@ def _images(frame, layout):
 
 def _pixel_csvs(name, train_file, test_file, root, layout):
     folder = _root(root) / name
-    train = _read_csv(require(folder / train_file, name))
-    test = _read_csv(require(folder / test_file, name))
-    labels = [f.iloc[:, 0].to_numpy(np.int32) for f in (train, test)]
-    num_classes = int(max(labels[0].max(), labels[1].max())) + 1
-    return Dataset(name, Split(_images(train, layout), labels[0]), Split(_images(test, layout), labels[1]),
-                   num_classes=num_classes)
+    splits = []
+    for file in (train_file, test_file):
+        path = require(folder / file, name)
+        with reading(path, name):
+            frame = _read_csv(path)
+            if frame.shape[1] != 1 + 28 * 28:
+                raise ValueError(f"{frame.shape[1]} columns, expected a label and 784 pixels")
+            splits.append(Split(_images(frame, layout), frame.iloc[:, 0].to_numpy(np.int32)))
+    num_classes = int(max(split.targets.max() for split in splits)) + 1
+    return Dataset(name, *splits, num_classes=num_classes)
 
 
 def load_mnist(root=None, layout="flat"):
@@ -80,9 +104,11 @@ def load_boston(root=None, layout="flat"):
     """Boston housing regression: 13 features -> median value (MEDV, in $1000s), shaped
     (N, 1). Missing values become the training mean; features are standardized
     with training statistics."""
-    frame = _read_csv(require(_root(root) / "boston" / "HousingData.csv", "boston"))
-    features = frame.drop(columns=["MEDV"]).to_numpy(np.float64)
-    target = frame["MEDV"].to_numpy(np.float32)[:, None]
+    path = require(_root(root) / "boston" / "HousingData.csv", "boston")
+    with reading(path, "boston"):
+        frame = _read_csv(path)
+        features = frame.drop(columns=["MEDV"]).to_numpy(np.float64)
+        target = frame["MEDV"].to_numpy(np.float32)[:, None]
     train, validation = split_rows(len(frame))
     mean = np.nanmean(features[train], axis=0)
     features = np.where(np.isnan(features), mean, features)
@@ -133,10 +159,11 @@ def load_ravdess(root=None, layout="image", validation_actors=(21, 22, 23, 24)):
                                    "`./download_datasets.sh ravdess`")
     features, labels, actors = [], [], []
     for path in files:
-        fields = path.stem.split("-")
-        features.append(spectrogram(*read_wav(path)))
-        labels.append(int(fields[2]) - 1)
-        actors.append(int(fields[6]))
+        with reading(path, "ravdess"):
+            fields = path.stem.split("-")
+            features.append(spectrogram(*read_wav(path)))
+            labels.append(int(fields[2]) - 1)
+            actors.append(int(fields[6]))
     features = np.stack(features)[:, None] if layout == "image" else np.stack(features).reshape(len(files), -1)
     labels, held_out = np.array(labels, np.int32), np.isin(actors, validation_actors)
     return Dataset("ravdess", Split(features[~held_out], labels[~held_out]),
@@ -168,7 +195,10 @@ def load_feedback(root=None, layout="tokens", level="char", max_length=256, voca
     Position, Claim, ...). Texts become `level` ("char" or "word") token ids, padded
     or cut to `max_length`; the vocabulary (from the training split) is in
     info["vocabulary"]. Split by essay, so no essay is in both."""
-    frame = _read_csv(require(_root(root) / "feedback" / "train.csv", "feedback"))
+    path = require(_root(root) / "feedback" / "train.csv", "feedback")
+    with reading(path, "feedback"):
+        frame = _read_csv(path)
+        frame = frame[["id", "discourse_text", "discourse_type"]]
     classes = sorted(frame["discourse_type"].unique())
     essays = np.array(sorted(frame["id"].unique()))
     train_essays, _ = split_rows(len(essays))
