@@ -38,7 +38,7 @@ for chatty in ("ray", "ray.tune"):
 
 import ray  # noqa: E402
 from hydra.core.singleton import Singleton  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 import numpy as np  # noqa: E402
 from ray import tune  # noqa: E402
@@ -57,8 +57,8 @@ SCHEDULERS = ("fifo", "asha", "pbt")
 # what population-based training may change mid-trial: values that change neither shapes nor code
 PBT_MUTABLE = ("optimizer.", "model.dropout")
 STATE = "tune"  # Tune's own records of the sweep, inside the sweep folder
-TRIAL_THREAD_TIMEOUT_SECONDS = "120"
-CHECKPOINT_FILE = Path(lineage.CHECKPOINT).name  # what a trial's Tune checkpoint folder holds  # how long Tune lets a stopped trial end its MLflow run before reusing its worker
+TRIAL_THREAD_TIMEOUT_SECONDS = "120"  # how long Tune lets a stopped trial end its MLflow run before reusing its worker
+CHECKPOINT_FILE = Path(lineage.CHECKPOINT).name  # what a trial's Tune checkpoint folder holds
 
 
 @dataclass
@@ -423,7 +423,7 @@ class _TrialBook(tune.Callback):
             error = trial.get_error() if status == "ERROR" else None
             if self.packs is not None:  # a pack's trial: its members' runs
                 for member, _ in self.packs[int(number)]:
-                    _end_run(client, by_number.get(str(member)), status, error)
+                    _end_run(client, by_number.get(str(member)), status, error, None)
                 continue
             run = by_number.get(number)
             if run is None and error is not None:  # it failed before it had a run: composing its config
@@ -431,13 +431,19 @@ class _TrialBook(tune.Callback):
                                         run_name=f"{config.run_name or 'trial'} #{number}",
                                         tags={lineage.PARENT: sweep_run_id, lineage.SWEEP_JOB: number,
                                               lineage.OVERRIDES: " ".join(_trial_overrides(trial))})
-            _end_run(client, run, status, error)
+            _end_run(client, run, status, error, trial.last_result)
 
 
-def _end_run(client, run, status, error):
-    """End a trial's run the way Tune says its trial ended, if nobody did."""
+def _end_run(client, run, status, error, last_result):
+    """End a trial's run the way Tune says its trial ended, if nobody did: a worker ended
+    while its trial, stopped by the scheduler, was still closing its run. Tune's last
+    result says how far it got."""
     if run is None or run.info.status not in ("RUNNING", "SCHEDULED"):
         return
+    epoch, epochs = (last_result or {}).get("epoch"), (last_result or {}).get("epochs")
+    if error is None and status == "TERMINATED" and epoch is not None and epochs is not None and epoch < epochs:
+        client.log_batch(run.info.run_id, tags=[RunTag(lineage.STOPPED_EARLY, "true"),
+                                                RunTag(lineage.STOPPED_AT_EPOCH, str(int(epoch)))])
     if error is not None:
         client.set_tag(run.info.run_id, lineage.ERROR, str(error).strip().splitlines()[-1][:5000])
         client.set_terminated(run.info.run_id, "FAILED")
