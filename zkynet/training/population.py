@@ -29,7 +29,7 @@ from zkynet.framework import cg
 from zkynet.framework.compile import EvalStep, TrainStep
 from zkynet.models.layers import Dropout
 from zkynet.optim import Optimizer
-from zkynet.training.trainer import Callback, Record, _check_finite, _CompileClock
+from zkynet.training.trainer import Callback, Record, _check_finite, _check_seed, _CompileClock
 
 
 class PopulationStep:
@@ -145,10 +145,7 @@ class Member:
 
     def load_state_dict(self, state: dict) -> None:
         """Before fit(): continue this member from `state` (a Trainer's or a Member's)."""
-        seed = int(state.get("meta", {}).get("seed", self.seed))
-        if seed != self.seed:
-            raise ValueError(f"this state was trained with seed {seed}, this member has seed {self.seed}: "
-                             "the data order would differ")
+        _check_seed(state, self.seed, "member")
         self.population.step.load_member_state(self.index, state)
         self.step = int(state["optimizer"]["step"])
 

@@ -136,10 +136,7 @@ class Trainer:
                 "meta": {"step": self.step, "epoch": self.epoch, "seed": self.seed}}
 
     def load_state_dict(self, state: dict) -> None:
-        seed = int(state.get("meta", {}).get("seed", self.seed))
-        if seed != self.seed:
-            raise ValueError(f"this state was trained with seed {seed}, this trainer has seed {self.seed}: "
-                             "the data order would differ")
+        _check_seed(state, self.seed, "trainer")
         self.train_step.load_state_dict(state)
 
 
@@ -160,6 +157,14 @@ class _CompileClock:
 
     def __exit__(self, *exception):
         jax.monitoring.unregister_event_duration_listener(self._heard)
+
+
+def _check_seed(state, seed, holder):
+    """A state continues exactly only with the data order it was trained with."""
+    trained_with = int(state.get("meta", {}).get("seed", seed))
+    if trained_with != seed:
+        raise ValueError(f"this state was trained with seed {trained_with}, this {holder} has seed {seed}: "
+                         "the data order would differ")
 
 
 def _check_finite(dataset):
