@@ -36,10 +36,10 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
     uri = cfg.tracking.uri or default_tracking_uri()
     client = connect(uri) if cfg.tracking.enabled else None
     try:
-        task, continued, model = _checked(cfg, client)
-        dataset = build.dataset(continued.cfg, task)  # a missing or unreadable download stops before any MLflow run
+        task, continued = _checked(cfg, client)
+        model = build.model(continued.cfg)  # built before any MLflow run: what they refuse is a ConfigError
+        dataset = build.dataset(continued.cfg, task)  # a missing or unreadable download stops here too
         optimizer = build.optimizer(continued.cfg, build.steps(continued.cfg, dataset))
-        build.check_devices(continued.cfg)
     except (ConfigError, DatasetNotFoundError, DatasetFileError) as e:
         if client is not None and cfg.launch.sweep_run_id is not None:
             _record_refused_trial(client, cfg, e)  # a sweep's trial is never lost, even one refused
@@ -88,8 +88,7 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
 
 
 def _checked(cfg, client):
-    """(the task, what this run continues, the model): every refusal before any MLflow
-    run exists, the model's constructor's included."""
+    """(the task, what this run continues): the checks of the configuration itself."""
     schema.check(cfg)
     task = build.task(cfg)
     artifacts.check(task.artifacts)
@@ -97,7 +96,8 @@ def _checked(cfg, client):
         raise ConfigError("trainer.resume continues an MLflow run: it needs tracking.enabled=true")
     continued = resume.continuation(cfg, client) if client is not None else resume.Continuation(cfg)
     schema.check_references(continued.cfg)
-    return task, continued, build.model(continued.cfg)
+    build.check_devices(continued.cfg)
+    return task, continued
 
 
 def _record_refused_trial(client, cfg, error):
