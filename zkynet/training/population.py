@@ -4,9 +4,11 @@ Members may differ in whatever changes neither shapes nor code: initial
 parameters, optimizer hyperparameters (learning rate, betas, momentum, weight
 decay), dropout rates, the seed of their dropout keys and their data order.
 Their parameters and optimizer states are stacked along a leading axis and
-`TrainStep.pure` is vmapped over it, each member's hyperparameters and dropout
-rates passed in as traced values: one XLA program whose matmuls are K times
-larger keeps a machine's cores far busier than K small programs. Each member
+`TrainStep.pure` is vmapped over it, the hyperparameters and dropout rates
+that differ between members passed in as traced values: one XLA program, one
+dispatch per step for all K. That pays where a model's step is small (dispatch
+and tiny kernels: several times the throughput); a step that already keeps the
+cores busy gains little (`python -m experiments.bench sweep --part pack`). Each member
 trains as it would alone (equal up to float32 rounding, see
 tests/training/test_population.py) and can stop, or fail, without the others.
 
@@ -15,6 +17,7 @@ tests/training/test_population.py) and can stop, or fail, without the others.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -33,15 +36,16 @@ from zkynet.training.trainer import Callback, Record, _check_finite, _check_seed
 
 
 class PopulationStep:
-    """One optimizer step of every member, each on its own rows of the data.
+    """One optimizer step of every running member, each on its own rows of the data.
 
     `models` share an architecture (parameter names and shapes, dropout layers),
     `optimizers` a signature (type, clipping, schedule shape); the first of each is
     traced. `seeds` give each member's dropout keys, as TrainStep's seed does.
-    The stacked parameters (`params`) and optimizer states (`opt_state`) live
-    here; `active` (a boolean per member) masks members out: a masked member's
-    parameters and optimizer state no longer change (it still computes, in step
-    with the others: a program's shapes are fixed)."""
+    The stacked parameters (`params`) and optimizer states (`opt_state`) of the
+    running members live here, row i for member `slots[i]`. A member that
+    `leave`s is taken out of the stack (its final state is kept aside): later
+    steps train only the others, in a program compiled for their number (a
+    stopped member costs one compilation, not a share of every later step)."""
 
     def __init__(self, models: Sequence[cg.Module], loss: Callable, optimizers: Sequence[Optimizer],
                  metrics: Optional[Callable] = None, seeds: Optional[Sequence[int]] = None, jit: bool = True):
@@ -59,60 +63,78 @@ class PopulationStep:
         self.params = {name: jnp.stack([m.named_parameters()[name].value for m in models])
                        for name in self.train_step.params}
         self.opt_state = jax.vmap(optimizers[0].init)(self.params)  # zero slots: each optimizer's own init
-        self.hyperparameters = {name: jnp.asarray([o.hyperparameters()[name] for o in optimizers])
-                                for name in optimizers[0].hyperparameters()}
+        # What every member shares stays a constant of the program, as in a Trainer's step (a
+        # weight decay of 0 then costs nothing, and the step reads and writes less memory);
+        # only what differs is traced, one value per member.
+        hyperparameters = _columns([o.hyperparameters() for o in optimizers])
+        self.shared = {name: values[0] for name, values in hyperparameters.items() if _same(values)}
+        self.hyperparameters = {name: jnp.asarray(values) for name, values in hyperparameters.items()
+                                if name not in self.shared}
         dtype = jnp.result_type(float)
-        self.rates = jnp.asarray([[_traced_rate(layer.rate, dtype) for layer in layers] for layers in self.dropouts],
-                                 dtype).reshape(self.size, len(self.dropouts[0]))
+        rates = _columns([{i: layer.rate for i, layer in enumerate(layers)} for layers in self.dropouts])
+        self.rates = {i: jnp.asarray([_traced_rate(rate, dtype) for rate in column], dtype)
+                      for i, column in rates.items() if not _same(column)}  # shared rates: member 0's layers'
         seeds = list(range(self.size)) if seeds is None else list(seeds)
         self.keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
-        self.active = np.ones(self.size, bool)
+        self.slots = list(range(self.size))  # the member index of each row of the stacks
+        self.left: dict[int, dict] = {}  # the final state of each member that left
         self._train = jax.jit(self.pure, donate_argnums=(0, 1)) if jit else self.pure
         evaluate = jax.vmap(self.eval_step.pure, in_axes=(0, None))
         self._evaluate = jax.jit(evaluate) if jit else evaluate
 
-    def pure(self, params, opt_state, hyperparameters, rates, keys, active, data, rows):
-        """One step of every member on `data[rows[k]]` (rows: (members, batch) indices
+    def pure(self, params, opt_state, hyperparameters, rates, keys, data, rows):
+        """One step of every row's member on `data[rows[i]]` (rows: (members, batch) indices
         into the arrays `data`) -> (params, opt_state, metrics), all stacked."""
         batches = jax.vmap(lambda r: tuple(a[r] for a in data))(rows)
-        new_params, new_state, metrics = jax.vmap(self._member)(params, opt_state, hyperparameters, rates,
-                                                                batches, keys)
-        def where(new, old):
-            return jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
-        return (jax.tree_util.tree_map(where, new_params, params),
-                jax.tree_util.tree_map(where, new_state, opt_state), metrics)
+        return jax.vmap(self._member)(params, opt_state, hyperparameters, rates, batches, keys)
 
     def _member(self, params, opt_state, hyperparameters, rates, batch, key):
         with _rates(self.dropouts[0], rates):
-            return self.train_step.pure(params, opt_state, batch, key, hyperparameters)
+            return self.train_step.pure(params, opt_state, batch, key, {**self.shared, **hyperparameters})
 
     def __call__(self, data, rows):
-        """Train on `data` (device arrays) at `rows`; returns the stacked step metrics."""
+        """Train on `data` (device arrays) at `rows` (one row of indices per slot); returns
+        the step's metrics, stacked by slot."""
         self.params, self.opt_state, metrics = self._train(
-            self.params, self.opt_state, self.hyperparameters, self.rates, self.keys, jnp.asarray(self.active),
-            data, jnp.asarray(rows))
+            self.params, self.opt_state, self.hyperparameters, self.rates, self.keys, data, jnp.asarray(rows))
         return metrics
 
     def evaluate(self, batch):
-        """Every member's metrics on one batch (stacked)."""
+        """The running members' metrics on one batch (stacked by slot)."""
         return self._evaluate(self.params, batch)
 
     def member_state(self, k: int) -> dict:
         """Member k's {"params", "optimizer"}, as TrainStep.state_dict() gives them."""
-        return jax.tree_util.tree_map(lambda a: a[k], {"params": self.params, "optimizer": self.opt_state})
+        if k in self.left:
+            return self.left[k]
+        slot = self.slots.index(k)
+        return jax.tree_util.tree_map(lambda a: a[slot], {"params": self.params, "optimizer": self.opt_state})
 
     def load_member_state(self, k: int, state: dict) -> None:
         missing = set(self.params) ^ set(state["params"])
         if missing:
             raise KeyError(f"checkpoint and model disagree on parameters: {sorted(missing)}")
-        put = lambda stacked, value: stacked.at[k].set(jnp.asarray(value, stacked.dtype))  # noqa: E731
+        slot = self.slots.index(k)
+        put = lambda stacked, value: stacked.at[slot].set(jnp.asarray(value, stacked.dtype))  # noqa: E731
         self.params = {name: put(self.params[name], state["params"][name]) for name in self.params}
         self.opt_state = jax.tree_util.tree_map(put, self.opt_state, state["optimizer"])
 
+    def leave(self, k: int) -> None:
+        """Member k stops training: its state is set aside and its row leaves every stack."""
+        self.left[k] = self.member_state(k)
+        keep = np.asarray([i for i, member in enumerate(self.slots) if member != k], np.int32)
+        take = lambda stacked: stacked[keep]  # noqa: E731
+        self.params, self.opt_state, self.keys = map(lambda t: jax.tree_util.tree_map(take, t),
+                                                      (self.params, self.opt_state, self.keys))
+        self.hyperparameters = {name: take(values) for name, values in self.hyperparameters.items()}
+        self.rates = {i: take(column) for i, column in self.rates.items()}
+        self.slots = [member for member in self.slots if member != k]  # a new list: loops over the old one go on
+
     def write_back(self, k: int) -> None:
         """Member k's parameters into its own model's cg.Parameters."""
+        params = self.member_state(k)["params"]
         for name, p in self.models[k].named_parameters().items():
-            p.value = self.params[name][k]
+            p.value = params[name]
 
 
 class Member:
@@ -163,7 +185,7 @@ class Member:
         """Stop training this member: its parameters freeze, its model gets them, and
         (unless it failed) its callbacks' on_fit_end runs, as at the end of Trainer.fit."""
         self.status, self.error = status, error
-        self.population.step.active[self.index] = False
+        self.population.step.leave(self.index)
         self.population.step.write_back(self.index)
         if status != "FAILED":
             self.notify("on_fit_end")
@@ -241,26 +263,27 @@ class PopulationTrainer:
         orders = np.stack([m.batches.order(epoch) for m in self.members], axis=1).astype(np.int32)  # (examples, K)
         steps, started = [], time.perf_counter()
         for index in range(start_batch, self.steps_per_epoch):
-            rows = orders[index * batch_size:(index + 1) * batch_size].T
-            metrics = self.step(self.data, rows)  # device arrays: no wait for the step to finish
-            steps.append(metrics)
-            for member in members:
+            slots = self.step.slots
+            if not slots:
+                break
+            metrics = self.step(self.data, orders[index * batch_size:(index + 1) * batch_size, slots].T)
+            steps.append((slots, metrics))  # device arrays: no wait for the step to finish
+            for slot, k in enumerate(slots):
+                member = self.members[k]
                 if member.running:
                     member.step += 1
-                    member.notify("on_step", _MemberMetrics(metrics, member.index))
-        stacked = {name: np.asarray(jnp.stack([s[name] for s in steps])) for name in steps[0]} if steps else {}
+                    member.notify("on_step", _MemberMetrics(metrics, slot))
+        means = _step_means(steps)
         seconds = time.perf_counter() - started
-        examples = len(steps) * rows.shape[1] if steps else 0
         validation = self.evaluate()
         records = {}
         for member in members:
             if not member.running:
                 continue
             k = member.index
-            records[k] = {"epoch": epoch + 1,
-                          **{f"train_{n}": float(np.mean(np.ascontiguousarray(v[:, k]))) for n, v in stacked.items()},
+            records[k] = {"epoch": epoch + 1, **{f"train_{n}": v for n, v in means[k].items()},
                           **{f"val_{n}": float(v[k]) for n, v in validation.items()},
-                          "samples_per_second": examples / seconds, "compile_seconds": clock.seconds}
+                          "samples_per_second": len(steps) * batch_size / seconds, "compile_seconds": clock.seconds}
             member.history.append(records[k])
             member.notify("on_epoch_end", epoch, records[k])
         if self.on_epoch_end is not None:
@@ -270,8 +293,8 @@ class PopulationTrainer:
                 member.end("STOPPED")
 
     def evaluate(self, batches: Optional[Batches] = None) -> dict[str, np.ndarray]:
-        """Every member's metrics on the validation split (or `batches`), averaged over
-        examples: {name: array of one value per member}."""
+        """The running members' metrics on the validation split (or `batches`), averaged
+        over examples: {name: array of one value per member, NaN for those that left}."""
         totals: dict[str, Any] = {}
         seen = 0
         for batch in (batches or self.eval_batches).epoch():
@@ -279,18 +302,37 @@ class PopulationTrainer:
             for name, value in self.step.evaluate(batch).items():
                 totals[name] = totals.get(name, 0.0) + value * size
             seen += size
-        return {name: np.asarray(total).astype(float) / seen for name, total in totals.items()}
+        slots = self.step.slots
+        values = {}
+        for name, total in totals.items():
+            values[name] = np.full(len(self.members), np.nan)
+            values[name][slots] = np.asarray(total).astype(float) / seen
+        return values
+
+
+def _step_means(steps):
+    """{member index: {name: its mean over the steps it took}} from [(slots, stacked metrics), ...],
+    averaged as Trainer averages its steps (np.mean of the float32 values)."""
+    columns: dict[int, dict[str, list]] = {}
+    for slots, group in itertools.groupby(steps, key=lambda step: step[0]):
+        metrics = [m for _, m in group]
+        stacked = {name: np.asarray(jnp.stack([m[name] for m in metrics])) for name in metrics[0]}
+        for slot, k in enumerate(slots):
+            for name, values in stacked.items():
+                columns.setdefault(k, {}).setdefault(name, []).append(values[:, slot])
+    return {k: {name: float(np.mean(np.concatenate(parts))) for name, parts in named.items()}
+            for k, named in columns.items()}
 
 
 class _MemberMetrics(Mapping):
     """One member's view of a step's stacked metrics, sliced only when read (most steps
     nobody reads them)."""
 
-    def __init__(self, metrics, index):
-        self.metrics, self.index = metrics, index
+    def __init__(self, metrics, slot):
+        self.metrics, self.slot = metrics, slot
 
     def __getitem__(self, name):
-        return self.metrics[name][self.index]
+        return self.metrics[name][self.slot]
 
     def __iter__(self):
         return iter(self.metrics)
@@ -325,17 +367,26 @@ def _traced_rate(rate, dtype):
     return np.asarray(1, dtype) - keep  # both subtractions exact: their results are representable
 
 
+def _columns(rows):
+    """[{name: value}, ...] (one per member) -> {name: [value, ...]}."""
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+def _same(values):
+    return all(value == values[0] for value in values)
+
+
 @contextmanager
 def _rates(layers, rates):
-    """The layers' dropout rates set to `rates` (traced) while a member's step is traced."""
-    saved = [layer.rate for layer in layers]
-    for layer, rate in zip(layers, rates):
-        layer.rate = rate
+    """The dropout rates of `layers[i]` set to `rates[i]` (traced) while a member's step is traced."""
+    saved = {i: layers[i].rate for i in rates}
+    for i, rate in rates.items():
+        layers[i].rate = rate
     try:
         yield
     finally:
-        for layer, rate in zip(layers, saved):
-            layer.rate = rate
+        for i, rate in saved.items():
+            layers[i].rate = rate
 
 
 def _check_architectures(models, dropouts):
