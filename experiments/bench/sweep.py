@@ -108,6 +108,26 @@ def training_throughput(store):
             for r in runs if "sweep_job" in r.data.tags]
 
 
+def population_versus_trainer(widths, members, epochs=20):
+    """In this process, without the runner: (one Trainer's samples/s, a PopulationTrainer's
+    summed over its members), medians over epochs after the first (it compiles)."""
+    from zkynet import losses, optim
+    from zkynet.data import load_digits
+    from zkynet.models.fcn import MLP
+    from zkynet.training import PopulationTrainer, Trainer
+
+    digits = load_digits()
+    steps = epochs * (len(digits.train) // 64)
+    common = dict(loss=losses.softmax_cross_entropy, dataset=digits, epochs=epochs, batch_size=64,
+                  metrics=losses.classification_metrics, eval_batch_size=512)
+    alone = Trainer(MLP(widths, key=0), optimizer=optim.Adam(optim.Cosine(1e-3, steps)), **common).fit()
+    population = PopulationTrainer([MLP(widths, key=k) for k in range(members)],
+                                   optimizers=[optim.Adam(optim.Cosine(1e-3 * (k + 1), steps)) for k in range(members)],
+                                   seeds=list(range(members)), **common).fit()
+    median = lambda history: statistics.median(r["samples_per_second"] for r in history[1:])  # noqa: E731
+    return median(alone), sum(median(history) for history in population)
+
+
 def pack_versus_sequential(args, folder):
     """(sequential seconds, packed seconds, one unpacked run's samples/s, the pack's summed)."""
     gpu = PACK_GPU if args.gpu else dict(space=PACK_SPACE, pack=8, overrides=[], sweeper=[])
@@ -135,6 +155,9 @@ def add_arguments(parser):
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--overrides", nargs="*", default=["model=mlp", "trainer.epochs=200"],
                         help="what each trial of the wall-time part trains (default: the digits MLP, 200 epochs)")
+    parser.add_argument("--population-widths", type=int, nargs="*", default=[256, 256],
+                        help="pack part: hidden widths of the MLP trained in-process by a PopulationTrainer and by "
+                             "one Trainer (library throughput without the runner; default: the runner's MLP)")
     parser.add_argument("--asha-trials", type=int, default=16)
     parser.add_argument("--asha-epochs", type=int, default=30)
     parser.add_argument("--json", default="outputs/bench/sweep.json")
@@ -172,7 +195,14 @@ def run(args):
                   f"{packed:.1f}s: packed / sequential {packed / sequential:.2f} (target <= {PACK_WALL_TARGET}); "
                   f"training throughput {summed:,.0f} samples/s summed over the pack vs {alone:,.0f} for one "
                   f"unpacked run: {summed / alone:.1f}x (target >= {PACK_THROUGHPUT_TARGET}x)")
-            result.update(pack=dict(gpu=args.gpu, configurations=count, sequential_s=sequential, packed_s=packed, ratio=packed / sequential,
-                                    alone_samples_per_s=alone, pack_samples_per_s=summed,
+            result.update(pack=dict(gpu=args.gpu, configurations=count, sequential_s=sequential, packed_s=packed,
+                                    ratio=packed / sequential, alone_samples_per_s=alone, pack_samples_per_s=summed,
                                     throughput_ratio=summed / alone))
+            if not args.gpu:
+                widths = [64, *args.population_widths, 10]
+                one, population = population_versus_trainer(widths, count)
+                print(f"in this process, MLP {widths}: {count} members of a PopulationTrainer {population:,.0f} "
+                      f"samples/s summed vs one Trainer {one:,.0f}: {population / one:.1f}x")
+                result["pack"].update(population_widths=widths, population_samples_per_s=population,
+                                      trainer_samples_per_s=one)
     write_result(args.json, result)
