@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+import jax
 import numpy as np
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # MLflow's default retries for ~4 minutes
@@ -263,7 +264,8 @@ class Tracker:
                 item = ()
             if isinstance(item, tuple) and item:
                 step, timestamp, metrics = item
-                pending += [Metric(k, float(np.asarray(v)), timestamp, step) for k, v in metrics.items()
+                values = jax.device_get(dict(metrics))  # device scalars fetched together, not one by one
+                pending += [Metric(k, float(np.asarray(v)), timestamp, step) for k, v in values.items()
                             if step > self._logged_through.get(k, -1)]
             now = time.monotonic()
             if pending and (not isinstance(item, tuple) or now - last_flush >= FLUSH_SECONDS or len(pending) >= 900):

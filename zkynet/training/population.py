@@ -268,6 +268,7 @@ class PopulationTrainer:
                 break
             metrics = self.step(self.data, orders[index * batch_size:(index + 1) * batch_size, slots].T)
             steps.append((slots, metrics))  # device arrays: no wait for the step to finish
+            metrics = _StepMetrics(metrics)
             for slot, k in enumerate(slots):
                 member = self.members[k]
                 if member.running:
@@ -324,21 +325,40 @@ def _step_means(steps):
             for k, named in columns.items()}
 
 
-class _MemberMetrics(Mapping):
-    """One member's view of a step's stacked metrics, sliced only when read (most steps
-    nobody reads them)."""
+class _StepMetrics:
+    """A step's metrics, stacked by slot, split into each slot's own device scalars by one
+    call the first time a member's callback reads one (most steps nobody does; slicing
+    them one by one would dispatch a call per member and metric)."""
 
-    def __init__(self, metrics, slot):
-        self.metrics, self.slot = metrics, slot
+    def __init__(self, stacked):
+        self.stacked, self._split = stacked, None
+
+    def of(self, slot):
+        if self._split is None:
+            self._split = _split(self.stacked)
+        return self._split[slot]
+
+
+@jax.jit
+def _split(stacked):
+    return [dict(zip(stacked, values)) for values in zip(*(list(v) for v in stacked.values()))]
+
+
+class _MemberMetrics(Mapping):
+    """One member's view of a step's metrics, as Trainer's callbacks get them ({name: device
+    scalar})."""
+
+    def __init__(self, step_metrics, slot):
+        self.step_metrics, self.slot = step_metrics, slot
 
     def __getitem__(self, name):
-        return self.metrics[name][self.slot]
+        return self.step_metrics.of(self.slot)[name]
 
     def __iter__(self):
-        return iter(self.metrics)
+        return iter(self.step_metrics.stacked)
 
     def __len__(self):
-        return len(self.metrics)
+        return len(self.step_metrics.stacked)
 
 
 def _dropout_layers(model) -> list[Dropout]:
