@@ -85,8 +85,10 @@ def test_a_pack_trains_each_member_as_alone_and_a_member_that_turns_nan_fails_al
         alone = runner(f"seed={seed}", "optimizer.lr=3e-3", *common)
         assert np.isfinite(alone)
         (solo,) = [r for r in runner.runs() if r.data.params.get("seed") == seed and "sweep_job" not in r.data.tags]
-        for key in ("train_loss", "val_loss", "val_accuracy"):
-            np.testing.assert_allclose(metric_history(cli.client, run, key), metric_history(runner.client, solo, key),
+        for key in ("train_loss", "val_loss", "val_accuracy", "batch_loss", "batch_accuracy"):  # batch_: per step
+            packed_values = metric_history(cli.client, run, key)
+            assert len(packed_values) >= 3, key
+            np.testing.assert_allclose(packed_values, metric_history(runner.client, solo, key),
                                        rtol=RTOL, atol=ATOL, err_msg=key)
         packed = cli.client.download_artifacts(run.info.run_id, "checkpoints/last.npz", str(runner.folder))
         single = runner.client.download_artifacts(solo.info.run_id, "checkpoints/last.npz",
