@@ -15,8 +15,9 @@ pack: 8 digits-MLP configurations (learning rate x seed, 200 epochs) trained one
 after another (Hydra's basic sweeper and launcher), then as one packed trial on
 Ray Tune (hydra.sweeper.pack=8). Targets: packed wall / sequential <= 0.35, and
 the pack's training throughput (samples/s summed over its members) >= 3x one
-unpacked run's. `--gpu` sizes it for a GPU (wider layers, larger batches, 32
-configurations per pack, the trial on a GPU).
+unpacked run's. `--pack-model cnn` packs the digits CNN instead; `--gpu` sizes
+either for a GPU (wider layers, larger batches, 32 configurations per pack, the
+trial on a GPU).
 """
 import os
 import statistics
@@ -95,8 +96,11 @@ def asha_versus_fifo(args, folder):
 
 PACK_SPACE = ["optimizer.lr=3e-4,1e-3,3e-3,1e-2", "seed=0,1"]
 PACK_GPU = dict(space=["optimizer.lr=1e-4,3e-4,1e-3,3e-3", "seed=range(0,8)"], pack=32,
-                overrides=["model.widths=[64,2048,2048,10]", "trainer.batch_size=256"],
                 sweeper=["hydra.sweeper.resources.gpu=1"])
+PACK_MODELS = {  # --pack-model -> (overrides on this CPU, overrides sized for a GPU)
+    "mlp": (["model=mlp"], ["model=mlp", "model.widths=[64,2048,2048,10]", "trainer.batch_size=256"]),
+    "cnn": (["model=cnn"], ["model=cnn", "model.channels=[64,128]", "model.hidden=[512]", "trainer.batch_size=256"]),
+}
 PACK_WALL_TARGET, PACK_THROUGHPUT_TARGET = 0.35, 3.0
 
 
@@ -130,15 +134,16 @@ def population_versus_trainer(widths, members, epochs=20):
 
 def pack_versus_sequential(args, folder):
     """(sequential seconds, packed seconds, one unpacked run's samples/s, the pack's summed)."""
-    gpu = PACK_GPU if args.gpu else dict(space=PACK_SPACE, pack=8, overrides=[], sweeper=[])
+    gpu = PACK_GPU if args.gpu else dict(space=PACK_SPACE, pack=8, sweeper=[])
+    gpu = dict(gpu, overrides=PACK_MODELS[args.pack_model][1 if args.gpu else 0])
     packed_settings = [f"hydra.sweeper.pack={gpu['pack']}", *gpu["sweeper"],
                        f"hydra.sweeper.resources.cpu={os.cpu_count()}"]  # one pack: every core
     outcome = {}
     for engine, settings in (("sequential", ENGINES["sequential"]), ("packed", packed_settings)):
         store = f"sqlite:///{folder}/pack-{engine}.db"
         command = [sys.executable, "-m", "experiments.run", "-m", *settings, f"tracking.uri={store}",
-                   f"hydra.sweep.dir={folder}/pack-{engine}", "trainer.progress=false", *args.overrides,
-                   *gpu["overrides"], *gpu["space"]]
+                   f"hydra.sweep.dir={folder}/pack-{engine}", "trainer.progress=false",
+                   *(o for o in args.overrides if not o.startswith("model=")), *gpu["overrides"], *gpu["space"]]
         started = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - started
@@ -155,6 +160,8 @@ def add_arguments(parser):
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--overrides", nargs="*", default=["model=mlp", "trainer.epochs=200"],
                         help="what each trial of the wall-time part trains (default: the digits MLP, 200 epochs)")
+    parser.add_argument("--pack-model", choices=sorted(PACK_MODELS), default="mlp",
+                        help="pack part: the model of every configuration (with --gpu, sized for a GPU)")
     parser.add_argument("--population-widths", type=int, nargs="*", default=[256, 256],
                         help="pack part: hidden widths of the MLP trained in-process by a PopulationTrainer and by "
                              "one Trainer (library throughput without the runner; default: the runner's MLP)")
@@ -191,14 +198,14 @@ def run(args):
                                     fifo_epochs=fifo_epochs, asha_best=asha_best, asha_epochs=asha_epochs))
         if args.part in ("pack", "all"):
             sequential, packed, alone, summed, count = pack_versus_sequential(args, folder)
-            print(f"{'GPU sizes: ' if args.gpu else ''}{count} configurations one after another {sequential:.1f}s, packed "
+            print(f"{'GPU sizes: ' if args.gpu else ''}{args.pack_model}: {count} configurations one after another {sequential:.1f}s, packed "
                   f"{packed:.1f}s: packed / sequential {packed / sequential:.2f} (target <= {PACK_WALL_TARGET}); "
                   f"training throughput {summed:,.0f} samples/s summed over the pack vs {alone:,.0f} for one "
                   f"unpacked run: {summed / alone:.1f}x (target >= {PACK_THROUGHPUT_TARGET}x)")
-            result.update(pack=dict(gpu=args.gpu, configurations=count, sequential_s=sequential, packed_s=packed,
+            result.update(pack=dict(gpu=args.gpu, model=args.pack_model, configurations=count, sequential_s=sequential, packed_s=packed,
                                     ratio=packed / sequential, alone_samples_per_s=alone, pack_samples_per_s=summed,
                                     throughput_ratio=summed / alone))
-            if not args.gpu:
+            if not args.gpu and args.pack_model == "mlp":
                 widths = [64, *args.population_widths, 10]
                 one, population = population_versus_trainer(widths, count)
                 print(f"in this process, MLP {widths}: {count} members of a PopulationTrainer {population:,.0f} "
