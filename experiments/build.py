@@ -14,7 +14,8 @@ from zkynet import optim
 from zkynet.data import DatasetFileError, DatasetNotFoundError
 from zkynet.tasks import Task
 
-PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
+# trainer.precision -> the dtype of the weights (for bf16: the float32 master weights) and of the data
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bf16": jnp.float32, "bfloat16": jnp.float32}
 NOT_CONSTRUCTOR_ARGUMENTS = ("input_layout",)  # how the run feeds the model, read here
 
 
@@ -26,7 +27,7 @@ def task(cfg) -> Task:
 
 
 def dataset(cfg, task):
-    """The dataset as `task` trains on it, floating arrays in the run's precision."""
+    """The dataset as `task` trains on it, floating arrays in the run's dtype."""
     try:
         data = instantiate(cfg.dataset.loader, layout=cfg.model.get("input_layout", "flat"))
     except InstantiationException as e:  # a missing or broken download deserves its own plain message
@@ -36,7 +37,7 @@ def dataset(cfg, task):
             raise ConfigError(f"dataset {cfg.dataset.name} for model {cfg.model._target_.rsplit('.', 1)[-1]}: "
                               f"{e.__cause__}; pick a dataset that fits (dataset=...)") from None
         raise
-    dtype = precision(cfg)
+    dtype = weights_dtype(cfg)
     data = dataclasses.replace(data, train=_cast(data.train, dtype), validation=_cast(data.validation, dtype))
     return task.data(data)
 
@@ -57,7 +58,7 @@ def model_spec(cfg):
 
 def model(cfg):
     built = _instantiate(model_spec(cfg), "model")
-    dtype = precision(cfg)
+    dtype = weights_dtype(cfg)
     for p in built.named_parameters().values():
         if jnp.issubdtype(p.value.dtype, jnp.floating):
             p.value = p.value.astype(dtype)
@@ -101,11 +102,17 @@ def callbacks(cfg):
     return [_instantiate(spec, f"callbacks.{name}") for name, spec in cfg.callbacks.items() if spec is not None]
 
 
-def precision(cfg):
+def weights_dtype(cfg):
     name = _name(cfg.trainer.precision)
     if name == "float64":
         jax.config.update("jax_enable_x64", True)
-    return PRECISIONS[name]
+    return DTYPES[name]
+
+
+def step_precision(cfg):
+    """The Trainer's precision: "bf16" (bfloat16 compute around float32 master weights),
+    or "float32", which casts nothing (a float64 run's weights and data are float64)."""
+    return "bf16" if _name(cfg.trainer.precision) in ("bf16", "bfloat16") else "float32"
 
 
 def _instantiate(spec, where, **arguments):

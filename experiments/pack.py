@@ -76,13 +76,14 @@ class _Seat:
     pack trains; then its member (zkynet.training.population.Member) answers."""
 
     def __init__(self, pack, index, model, loss, optimizer, dataset, epochs, batch_size, metrics=None, seed=0,
-                 eval_batch_size=None, jit=True, callbacks=(), devices=1):
+                 eval_batch_size=None, jit=True, callbacks=(), devices=1, precision="float32"):
         if devices != 1:
             raise PackError("a packed trial trains its members on one device each (trainer.devices=1)")
         self.pack, self.index = pack, index
         self.model, self.loss, self.optimizer, self.dataset = model, loss, optimizer, dataset
         self.epochs, self.batch_size, self.metrics, self.seed = epochs, batch_size, metrics, seed
         self.eval_batch_size, self.jit, self.callbacks = eval_batch_size, jit, list(callbacks)
+        self.precision = precision  # packed trials share it (trainer.precision is not PACKABLE)
         self.state, self.member = None, None
         self.history, self.step = [], 0
         self.ended = threading.Event()
@@ -120,7 +121,7 @@ def _population(seats, arguments):
     first = seats[0]
     population = PopulationTrainer([s.model for s in seats], first.loss, [s.optimizer for s in seats], first.dataset,
                                    first.epochs, first.batch_size, first.metrics, seeds=[s.seed for s in seats],
-                                   eval_batch_size=first.eval_batch_size, jit=first.jit,
+                                   eval_batch_size=first.eval_batch_size, jit=first.jit, precision=first.precision,
                                    callbacks=[s.callbacks for s in seats],
                                    on_member_end=lambda member: seats[member.index].ended.set(), **arguments)
     for seat, member in zip(seats, population.members):

@@ -69,7 +69,8 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
         trainer = current.trainer = trainer_class(model, task.loss, optimizer, dataset, cfg.trainer.epochs,
                                             cfg.trainer.batch_size, task.metrics, seed=cfg.seed,
                                             eval_batch_size=cfg.trainer.eval_batch_size, jit=cfg.trainer.jit,
-                                            callbacks=callbacks, devices=cfg.trainer.devices)
+                                            callbacks=callbacks, devices=cfg.trainer.devices,
+                                            precision=build.step_precision(cfg))
         current.checkpointer = next((c for c in callbacks if isinstance(c, Checkpointer)), None)
         if continued.state is not None:
             trainer.load_state_dict(continued.state)

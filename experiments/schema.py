@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 class Precision(Enum):
     float32 = "float32"
     float64 = "float64"
-    bfloat16 = "bfloat16"
+    bf16 = "bf16"  # mixed: float32 master weights and optimizer state, bfloat16 compute
+    bfloat16 = "bfloat16"  # the same as bf16
 
 
 class Schedule(Enum):

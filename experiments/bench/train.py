@@ -12,6 +12,9 @@ report adds throughput and achieved FLOP/s against the device's peak (FLOPs by X
 count, which takes a loop body once: a scanned LSTM's figure is a lower bound).
 Targets: zkynet/jax step <= 1.05, compile <= 2x. `lstm-unrolled` is the LSTM with
 its loop unrolled in the graph instead of scanned: compare its compile time with `lstm`'s.
+`--precision bf16` times mixed precision (TrainStep(precision="bf16"); the JAX reference
+casts its weights and inputs to bfloat16 and its logits back to float32 the same way)
+against the device's bfloat16 matmul peak.
 """
 import dataclasses
 import importlib.util
@@ -32,7 +35,7 @@ import numpy as np
 from experiments.bench import write_result
 from experiments.bench.timing import best_seconds_per_call
 from zkynet import losses, optim
-from zkynet.framework.compile import TrainStep
+from zkynet.framework.compile import TrainStep, compute_dtype
 from zkynet.models.autoencoder import DenseAutoencoder
 from zkynet.models.cnn import LeNet
 from zkynet.models.fcn import MLP
@@ -89,7 +92,8 @@ def jax_cnn(params, x):
     for layer in _layers({n: p for n, p in params.items() if p.ndim == 4}, "layers."):
         x = jax.lax.conv_general_dilated(x, params[f"{layer}/W"], (1, 1), "SAME",
                                          dimension_numbers=("NCHW", "OIHW", "NCHW")) + params[f"{layer}/b"]
-        x = jax.lax.reduce_window(jax.nn.relu(x), -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+        x = jax.lax.reduce_window(jax.nn.relu(x), np.array(-np.inf, x.dtype), jax.lax.max, (1, 1, 2, 2),
+                                  (1, 1, 2, 2), "VALID")
     dense = {n: p for n, p in params.items() if p.ndim in (1, 2)}
     return jax_mlp(dense, x.reshape(x.shape[0], -1))
 
@@ -110,7 +114,7 @@ def jax_lstm_lm(params, tokens):
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (h, c), h
 
-    zeros = jnp.zeros((tokens.shape[0], hidden))
+    zeros = jnp.zeros((tokens.shape[0], hidden), x.dtype)
     _, hs = jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(x, 0, 1))
     return jnp.swapaxes(hs, 0, 1) @ params["head/W"] + params["head/b"]
 
@@ -124,7 +128,8 @@ def jax_transformer_lm(params, tokens, heads):
     batch, steps = tokens.shape
     p = lambda name: params[name]  # noqa: E731
     dim = p("embed/E").shape[1]
-    x = p("embed/E")[tokens] + sinusoidal_positions(steps, dim)
+    x = p("embed/E")[tokens]
+    x = x + sinusoidal_positions(steps, dim).astype(x.dtype)
     causal = jnp.tril(jnp.ones((steps, steps), bool))
     for block in _layers(params, "blocks."):
         h = _layer_norm(x, p(f"{block}/norm1/scale"), p(f"{block}/norm1/shift"))
@@ -141,11 +146,16 @@ def jax_transformer_lm(params, tokens, heads):
     return x @ p("head/W") + p("head/b")
 
 
-def jax_train_step(apply, loss):
+def jax_train_step(apply, loss, compute_dtype=None):
+    """With `compute_dtype` (bfloat16), mixed precision as TrainStep does it: floating
+    weights and inputs cast to it, the output cast back to float32 for the loss."""
     init, update = adam_reference()
 
+    def cast(a):
+        return a.astype(compute_dtype) if compute_dtype is not None and jnp.issubdtype(a.dtype, jnp.floating) else a
+
     def objective(params, x, y):
-        return loss(apply(params, x), y)
+        return loss(apply(jax.tree_util.tree_map(cast, params), cast(x)).astype(jnp.float32), y)
 
     def step(params, state, x, y):
         value, grads = jax.value_and_grad(objective)(params, x, y)
@@ -245,9 +255,15 @@ GPU_CASES = {
     "transformer": _transformer(1024, 768, 12, 6, 512, 64),
 }
 LOSSES = {"cross_entropy": (losses.softmax_cross_entropy, cross_entropy), "mse": (losses.mse, mean_squared_error)}
-# Dense float32 matmul peaks (TF32 tensor cores, JAX's default float32 matmul precision on
-# these GPUs), TFLOP/s: the yardstick for achieved FLOP/s. Others: --peak-tflops.
-PEAK_TFLOPS = {"H100": 494.7, "H200": 494.7, "A100": 156.0, "L4": 60.0}
+# Dense matmul peaks, TFLOP/s, by --precision: float32 runs on TF32 tensor cores (JAX's default
+# float32 matmul precision on these GPUs), bf16 at twice that (SXM parts' datasheets, without
+# sparsity): the yardstick for achieved FLOP/s. Others: --peak-tflops.
+PEAK_TFLOPS = {"float32": {"H100": 494.7, "H200": 494.7, "A100": 156.0, "L4": 60.0},
+               "bf16": {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}}
+# The first step's loss, zkynet's against the JAX reference's (same weights, same batch):
+# float32 agrees to rounding; bfloat16 (8 bits of mantissa, relative rounding 2**-9 = 0.2% per
+# operation) sums in another order in each, so to about a percent.
+FIRST_LOSS_RTOL = {"float32": 1e-4, "bf16": 2e-2}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -261,7 +277,7 @@ def step_flops(train_step, *batch):
     return analysis.get("flops") if analysis else None
 
 
-def measure(name, case, scale, steps, rounds, torch_python):
+def measure(name, case, scale, steps, rounds, torch_python, precision="float32"):
     batch = case.batch * scale
     x, y = (jnp.asarray(a) for a in case.data(np.random.default_rng(0), batch))
     our_loss, reference_loss = LOSSES[case.loss]
@@ -269,18 +285,18 @@ def measure(name, case, scale, steps, rounds, torch_python):
     model = case.build()
     initial = {n: jnp.array(p.value) for n, p in model.named_parameters().items()}
     started = time.perf_counter()
-    ours = TrainStep(model, our_loss, optim.Adam(LR))
+    ours = TrainStep(model, our_loss, optim.Adam(LR), precision=precision)
     first_loss = float(ours(x, y)["loss"])
     ours_compile = time.perf_counter() - started
 
     started = time.perf_counter()
-    init, reference = jax_train_step(case.apply, reference_loss)
+    init, reference = jax_train_step(case.apply, reference_loss, compute_dtype(precision))
     state = {"params": jax.tree_util.tree_map(jnp.array, initial)}
     state["opt"] = init(state["params"])
     state["params"], state["opt"], loss = reference(state["params"], state["opt"], x, y)
     jax.block_until_ready(loss)
     reference_compile = time.perf_counter() - started
-    if not np.isclose(first_loss, float(loss), rtol=1e-4):  # same weights, same batch: same loss
+    if not np.isclose(first_loss, float(loss), rtol=FIRST_LOSS_RTOL[precision]):  # same weights and batch
         raise AssertionError(f"{name}: the JAX reference is not the same model (loss {float(loss)} vs "
                              f"zkynet's {first_loss})")
 
@@ -292,7 +308,8 @@ def measure(name, case, scale, steps, rounds, torch_python):
         steps = max(3, int(0.05 / best_seconds_per_call(reference_run, 1, 3, warmup=0)))
     contenders = {"zkynet": lambda: best_seconds_per_call(lambda: ours(x, y)["loss"], 1, steps, warmup=0),
                   "jax": lambda: best_seconds_per_call(reference_run, 1, steps, warmup=0)}
-    torch = TorchProcess(torch_python, case.torch, batch) if case.torch and torch_python and scale == 1 else None
+    torch = (TorchProcess(torch_python, case.torch, batch)
+             if case.torch and torch_python and scale == 1 and precision == "float32" else None)
     if torch is not None:
         contenders["torch"] = lambda: torch(steps)
     samples = {n: [] for n in contenders}
@@ -319,6 +336,8 @@ def measure(name, case, scale, steps, rounds, torch_python):
 def add_arguments(parser):
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--gpu", action="store_true", help="GPU sizes (GPU_CASES); PyTorch is left out")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bf16"],
+                        help="bf16: mixed precision (float32 weights, bfloat16 compute); PyTorch is left out")
     parser.add_argument("--batch-scale", type=int, default=1,
                         help="multiply every batch size (PyTorch is left out then)")
     parser.add_argument("--steps", type=int, default=None, help="steps per timing round (default: ~50 ms)")
@@ -331,24 +350,25 @@ def add_arguments(parser):
     parser.add_argument("--json", default="outputs/bench/train.json")
 
 
-def _peak(device, given):
+def _peak(device, given, precision):
     if given is not None:
         return given
-    return next((peak for kind, peak in PEAK_TFLOPS.items() if kind in device.device_kind), None)
+    return next((peak for kind, peak in PEAK_TFLOPS[precision].items() if kind in device.device_kind), None)
 
 
 def run(args):
     device = jax.devices()[0]
     cases, torch_python = (GPU_CASES, None) if args.gpu else (CASES, args.torch_python)
-    peak = _peak(device, args.peak_tflops)
+    peak = _peak(device, args.peak_tflops, args.precision)
     print(f"train step: zkynet compiled vs plain JAX vs PyTorch eager (jax {jax.__version__}, "
-          f"{device.platform}: {device.device_kind}, {os.cpu_count()} cpus); medians of {args.rounds} rounds")
+          f"{device.platform}: {device.device_kind}, {os.cpu_count()} cpus, {args.precision}); "
+          f"medians of {args.rounds} rounds")
     print(f"targets: step ratio <= {STEP_TARGET}, compile ratio <= {COMPILE_TARGET}")
     print(f"{'model':<14}{'batch':>6}{'zkynet':>10}{'jax':>10}{'torch':>10}{'zk/jax':>8}{'zk/torch':>9}"
           f"{'compile zk':>12}{'jax':>8}{'ratio':>7}{'throughput':>22}{'TFLOP/s':>9}{'of peak':>8}")
     rows = []
     for name in args.models:
-        row = measure(name, cases[name], args.batch_scale, args.steps, args.rounds, torch_python)
+        row = measure(name, cases[name], args.batch_scale, args.steps, args.rounds, torch_python, args.precision)
         row["peak_share"] = row["achieved_tflops"] / peak if peak and row["achieved_tflops"] else None
         rows.append(row)
         torch_ms = f"{row['torch_step_ms']:.2f}ms" if row["torch_step_ms"] is not None else "n/a"
@@ -360,5 +380,6 @@ def run(args):
               f"{row['jax_compile_s']:>7.2f}s{row['compile_ratio']:>7.2f}"
               f"{row['throughput']:>12.4g} {row['unit']:<9}{tflops:>9}{share:>8}", flush=True)
     write_result(args.json, dict(benchmark="train", jax=jax.__version__, device=str(device), machine=platform.machine(),
-                                 cpus=os.cpu_count(), gpu_sizes=args.gpu, peak_tflops=peak, rounds=args.rounds,
+                                 cpus=os.cpu_count(), gpu_sizes=args.gpu, precision=args.precision,
+                                 peak_tflops=peak, rounds=args.rounds,
                                  rows=rows))

@@ -97,12 +97,24 @@ def test_the_objective_and_its_direction_come_from_the_task(runner):
     ("optimizer.lrr=1", "Key 'lrr' is not in struct"),
     ("model=resnet", "Could not find 'model/resnet'"),
     ("trainer.epochs=many", "Value 'many' of type 'str' could not be converted to Integer"),
-    ("trainer.precision=float16", "Invalid value 'float16', expected one of [float32, float64, bfloat16]"),
+    ("trainer.precision=float16", "Invalid value 'float16', expected one of [float32, float64, bf16, bfloat16]"),
 ])
 def test_typos_get_hydras_error(runner, override, message):
     with pytest.raises(Exception) as refused:
         runner.config(override, "trainer.epochs=1")  # composed as the command line composes
     assert message in "".join(str(e) for e in (refused.value, refused.value.__cause__) if e is not None)
+
+
+def test_a_mixed_precision_run_records_it_keeps_float32_weights_and_resumes(runner, tmp_path):
+    runner("trainer.precision=bf16", "trainer.epochs=1", "model.widths=[64,32,10]", "optimizer.lr=1e-2")
+    (run,) = runner.runs()
+    assert run.data.params["trainer/precision"] == "bf16" and run.data.metrics["val_accuracy"] > 0.3  # chance: 0.1
+    state = checkpoint.load(runner.client.download_artifacts(run.info.run_id, "checkpoints/last.npz", str(tmp_path)))
+    assert {v.dtype for v in state["params"].values()} == {np.dtype(np.float32)}
+    runner(f"trainer.resume={run.info.run_id}", "trainer.epochs=2")
+    (resumed,) = runner.runs()
+    assert resumed.info.status == "FINISHED" and resumed.data.metrics["epoch"] == 2
+    assert len(runner.client.get_metric_history(run.info.run_id, "val_loss")) == 2
 
 
 def test_a_typo_on_the_command_line_gets_hydras_error_not_our_traceback(cli):

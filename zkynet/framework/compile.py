@@ -10,34 +10,63 @@ truth: a step reads their values and writes the updated ones back, so
 `TrainStep.pure` / `EvalStep.pure` are the underlying pure functions of
 (parameter values, optimizer state, batch): jit, vmap or shard them as you like
 (zkynet.training.population vmaps them over the members of a population).
+
+Mixed precision (`precision="bf16"`): the parameters (the master weights) and the
+optimizer state stay float32; inside the traced step the floating parameters and
+inputs are cast to bfloat16, so the model's forward and backward pass compute in
+bfloat16 (matmuls at a GPU's bfloat16 peak). The model's output(s) are cast back to
+float32 before the loss (an op.astype node), so the loss, its log-softmax and its
+reductions over the batch, and the metrics, are float32: a bfloat16 sum (8 bits of
+mantissa) drops whatever of each term lies below 1/256 of the running total. The
+gradients, bfloat16 like the values they belong to, are cast to float32 before the
+optimizer, which updates float32 weights: an update below 1/256 of its weight, which
+a bfloat16 weight would round away, still counts. Targets and integer inputs (labels,
+token ids) are never cast.
 """
 import jax
 import jax.numpy as jnp
 
-from zkynet.framework import cg
+from zkynet.framework import cg, op
+
+PRECISIONS = {"float32": None, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16}  # the compute dtype (None: no casts)
+
+
+def compute_dtype(precision):
+    """The dtype a step with `precision` computes its model in: None for "float32" (no
+    casts: the parameters' own dtype, float32 unless the model was cast, e.g. to
+    float64), bfloat16 for "bf16" (or "bfloat16"); anything else is a ValueError."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    return PRECISIONS[precision]
 
 
 class Objective(cg.Module):
     """loss(model(*inputs), targets) as one graph, with the model's output(s) kept as
-    extra outputs for metrics."""
+    extra outputs for metrics; with `output_dtype`, the output(s) are cast to it first
+    (float32, for a model computing in bfloat16)."""
 
-    def __init__(self, model, loss):
+    def __init__(self, model, loss, output_dtype=None):
         super().__init__(inputs=[cg.Variable(v.short_name) for v in model.inputs] + [cg.Variable("targets")],
                          name=f"{model.functional_name}+loss")
-        self.model, self.loss = model, loss
+        self.model, self.loss, self.output_dtype = model, loss, output_dtype
 
     def call(self, *args):
         output = self.model(*args[:-1])
         outputs = output if isinstance(output, tuple) else (output,)
+        if self.output_dtype is not None:
+            outputs = tuple(op.astype(o, self.output_dtype) for o in outputs)
+            output = outputs if isinstance(output, tuple) else outputs[0]
         return (self.loss(output, args[-1]),) + outputs
 
 
 class _Compiled:
-    """Parameters by name, and the batch/argument plumbing shared by train and eval."""
+    """Parameters by name, the compute precision, and the batch/argument plumbing
+    shared by train and eval."""
 
-    def __init__(self, model, loss, metrics):
+    def __init__(self, model, loss, metrics, precision):
         self.model = model
-        self.objective = Objective(model, loss)
+        self.compute_dtype = compute_dtype(precision)
+        self.objective = Objective(model, loss, None if self.compute_dtype is None else jnp.float32)
         self.params = model.named_parameters()
         self.metrics = metrics
 
@@ -45,8 +74,18 @@ class _Compiled:
         return {name: p.value for name, p in self.params.items()}
 
     def _graph(self, params, batch, rng):
-        values = {p: params[name] for name, p in self.params.items()}
+        """The objective's graph on the batch, its parameters and inputs (not the targets)
+        in the compute dtype."""
+        values = {p: self._compute(params[name]) for name, p in self.params.items()}
+        batch = tuple(self._compute(b) for b in batch[:-1]) + tuple(batch[-1:])
         return cg.call_module(self.objective, batch, param_values=values, rng=rng)
+
+    def _compute(self, value):
+        """A floating array in the compute dtype; integers (token ids) and, without a
+        compute dtype, everything as given."""
+        if self.compute_dtype is None or not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+            return value
+        return jnp.asarray(value).astype(self.compute_dtype)
 
     def _metrics(self, graph, batch):
         loss, *outputs = graph.roots
@@ -65,10 +104,13 @@ class TrainStep(_Compiled):
     the same step eagerly, node by node (for debugging; same numbers). With
     `parallel` (a parallel.DataParallel), give it batches placed by
     `parallel.batch`: each device computes its part, gradients are all-reduced.
+    `precision="bf16"` computes the model in bfloat16 around float32 master weights
+    and optimizer state (see the module's docstring); "float32" casts nothing.
     """
 
-    def __init__(self, model, loss, optimizer, metrics=None, seed=0, jit=True, donate=True, parallel=None):
-        super().__init__(model, loss, metrics)
+    def __init__(self, model, loss, optimizer, metrics=None, seed=0, jit=True, donate=True, parallel=None,
+                 precision="float32"):
+        super().__init__(model, loss, metrics, precision)
         self.optimizer = optimizer
         self.parallel = parallel  # a DataParallel: parameters replicated, batches split over devices
         if parallel is not None:
@@ -86,8 +128,8 @@ class TrainStep(_Compiled):
         graph = self._graph(params, batch, jax.random.fold_in(rng, opt_state["step"]))
         loss = graph.roots[0]
         graph.back((jnp.ones((), loss.dtype),) + (None,) * (len(graph.roots) - 1))
-        grads = {name: graph.grad(p) if graph.uses(p) else jnp.zeros_like(params[name])
-                 for name, p in self.params.items()}
+        grads = {name: graph.grad(p).astype(params[name].dtype)  # the master weights' dtype (no-op without casts)
+                 if graph.uses(p) else jnp.zeros_like(params[name]) for name, p in self.params.items()}
         params, opt_state = self.optimizer.update(grads, opt_state, params, hyperparameters)
         return params, opt_state, self._metrics(graph, batch)
 
@@ -115,10 +157,10 @@ class TrainStep(_Compiled):
 
 class EvalStep(_Compiled):
     """Loss and metrics of the current parameters on a batch, without randomness
-    (dropout off)."""
+    (dropout off), computed in `precision` as TrainStep's are."""
 
-    def __init__(self, model, loss, metrics=None, jit=True):
-        super().__init__(model, loss, metrics)
+    def __init__(self, model, loss, metrics=None, jit=True, precision="float32"):
+        super().__init__(model, loss, metrics, precision)
         self._eval = jax.jit(self.pure) if jit else self.pure
 
     def pure(self, params, batch):

@@ -53,6 +53,8 @@ def as_value(x: ArrayLike, what: str = "value") -> jax.Array:
             raise ValueTypeError(f"{what}: cannot make an array of {x!r:.80}: {e}") from e
         if array.dtype.kind in "biufc":
             return jnp.asarray(_fitting(array, what))
+        if jnp.issubdtype(array.dtype, jnp.floating):  # bfloat16 and the other ml_dtypes floats (kind "V")
+            return jnp.asarray(array)
         if array.dtype == object and array.size and all(
                 isinstance(v, int) and not isinstance(v, bool) for v in array.flat):
             big = max(array.flat, key=abs)  # NumPy found no integer type for them

@@ -89,7 +89,7 @@ class VAE(cg.Module):
         stats = self.encoder(x)
         mean, logvar = stats[:, :self.latent], stats[:, self.latent:]
         key = cg.rng_key()
-        z = mean if key is None else mean + op.exp(logvar * 0.5) * jax.random.normal(key, mean.shape, mean.dtype)
+        z = mean if key is None else mean + op.exp(logvar * 0.5) * _noise(key, mean)
         return self.decoder(z), mean, logvar
 
     def sample(self, count, key):
@@ -105,3 +105,9 @@ def vae_loss(outputs, x):
     reconstruction = op.sum(losses.binary_cross_entropy_terms(logits, x))
     kl = 0.5 * op.sum(op.exp(logvar) + mean * mean - 1 - logvar)
     return (reconstruction + kl) / x.shape[0]
+
+
+def _noise(key, mean):
+    """N(0, 1) shaped like `mean`, drawn in float32 (or wider) and cast to its dtype: a
+    bfloat16 run samples the float32 run's noise, rounded (a draw in bfloat16 differs)."""
+    return jax.random.normal(key, mean.shape, jnp.promote_types(mean.dtype, jnp.float32)).astype(mean.dtype)

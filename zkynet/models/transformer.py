@@ -108,7 +108,8 @@ class _Trunk(cg.Module):
         steps = tokens.shape[1]
         if steps > self.max_length:
             raise ValueError(f"sequences of {steps} tokens are longer than max_length={self.max_length}")
-        x = self.dropout(self.embed(tokens) + op.getitem(self.positions, slice(None, steps)))
+        embedded = self.embed(tokens)  # sinusoidal positions are a float32 constant: in the embeddings' dtype
+        x = self.dropout(embedded + op.astype(op.getitem(self.positions, slice(None, steps)), embedded.dtype))
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)
@@ -142,7 +143,7 @@ class TransformerClassifier(_Trunk):
     def call(self, tokens):
         real = cg.as_node(tokens).value != self.pad  # (B, T)
         hidden = self.encode(tokens, real[:, None, None, :])
-        weights = (real / jnp.maximum(real.sum(axis=1, keepdims=True), 1))[:, :, None]
+        weights = (real / jnp.maximum(real.sum(axis=1, keepdims=True), 1))[:, :, None].astype(hidden.dtype)
         return self.head(op.sum(hidden * weights, axis=1))
 
 

@@ -45,10 +45,12 @@ class PopulationStep:
     running members live here, row i for member `slots[i]`. A member that
     `leave`s is taken out of the stack (its final state is kept aside): later
     steps train only the others, in a program compiled for their number (a
-    stopped member costs one compilation, not a share of every later step)."""
+    stopped member costs one compilation, not a share of every later step).
+    `precision` is TrainStep's, for every member."""
 
     def __init__(self, models: Sequence[cg.Module], loss: Callable, optimizers: Sequence[Optimizer],
-                 metrics: Optional[Callable] = None, seeds: Optional[Sequence[int]] = None, jit: bool = True):
+                 metrics: Optional[Callable] = None, seeds: Optional[Sequence[int]] = None, jit: bool = True,
+                 precision: str = "float32"):
         if not models or len(models) != len(optimizers):
             raise ValueError(f"a population needs one optimizer per model, got {len(models)} models and "
                              f"{len(optimizers)} optimizers")
@@ -58,8 +60,9 @@ class PopulationStep:
         _check_architectures(models, self.dropouts)
         _check_optimizers(optimizers)
         template = models[0]
-        self.train_step = TrainStep(template, loss, optimizers[0], metrics, jit=False)  # its pure(), vmapped
-        self.eval_step = EvalStep(template, loss, metrics, jit=False)
+        self.train_step = TrainStep(template, loss, optimizers[0], metrics, jit=False,  # its pure(), vmapped
+                                    precision=precision)
+        self.eval_step = EvalStep(template, loss, metrics, jit=False, precision=precision)
         self.params = {name: jnp.stack([m.named_parameters()[name].value for m in models])
                        for name in self.train_step.params}
         self.opt_state = jax.vmap(optimizers[0].init)(self.params)  # zero slots: each optimizer's own init
@@ -206,7 +209,8 @@ class PopulationTrainer:
     `on_member_end(member)` is told when a member ends, whatever its status;
     `on_epoch_end(population, epoch, records)` after each epoch, with the records of
     the members that trained it ({index: record}), before the members whose
-    should_stop is set end: where a scheduler compares members (a rung rule)."""
+    should_stop is set end: where a scheduler compares members (a rung rule).
+    `precision` is Trainer's, for every member."""
 
     def __init__(self, models: Sequence[cg.Module], loss: Callable, optimizers: Sequence[Optimizer], dataset: Dataset,
                  epochs: int, batch_size: int, metrics: Optional[Callable] = None,
@@ -214,7 +218,8 @@ class PopulationTrainer:
                  drop_last: bool = True, jit: bool = True,
                  callbacks: Optional[Sequence[Sequence[Callback]]] = None,
                  on_member_end: Optional[Callable[[Member], None]] = None,
-                 on_epoch_end: Optional[Callable[[PopulationTrainer, int, dict], None]] = None):
+                 on_epoch_end: Optional[Callable[[PopulationTrainer, int, dict], None]] = None,
+                 precision: str = "float32"):
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
         _check_finite(dataset)
@@ -224,7 +229,7 @@ class PopulationTrainer:
             raise ValueError(f"one seed and one list of callbacks per model: {len(models)} models, "
                              f"{len(seeds)} seeds, {len(callbacks)} callback lists")
         self.epochs, self.on_member_end, self.on_epoch_end = epochs, on_member_end, on_epoch_end
-        self.step = PopulationStep(models, loss, optimizers, metrics, seeds, jit)
+        self.step = PopulationStep(models, loss, optimizers, metrics, seeds, jit, precision)
         self.data = tuple(jnp.asarray(a) for a in (dataset.train.inputs, dataset.train.targets))
         self.members = [Member(self, k, model, seed, Batches(dataset.train, batch_size, shuffle=True, seed=seed,
                                                              drop_last=drop_last), callbacks[k])

@@ -50,11 +50,16 @@ class Trainer:
     The data order of every epoch is a function of `seed` alone, and the step
     count lives in the optimizer state, so a trainer restored with
     `load_state_dict` continues exactly where the saved one stopped.
+
+    `precision="bf16"` trains and evaluates in mixed precision: float32 master weights
+    and optimizer state, the model computed in bfloat16, the loss in float32 (see
+    zkynet.framework.compile); "float32" (the default) casts nothing.
     """
 
     def __init__(self, model, loss: Callable, optimizer: Optimizer, dataset: Dataset, epochs: int, batch_size: int,
                  metrics: Optional[Callable] = None, seed: int = 0, eval_batch_size: Optional[int] = None,
-                 drop_last: bool = True, jit: bool = True, callbacks: Sequence[Callback] = (), devices: int = 1):
+                 drop_last: bool = True, jit: bool = True, callbacks: Sequence[Callback] = (), devices: int = 1,
+                 precision: str = "float32"):
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
         _check_finite(dataset)
@@ -63,8 +68,9 @@ class Trainer:
         if parallel is not None and batch_size % parallel.size:
             raise ValueError(f"batch_size {batch_size} does not split over {parallel.size} devices")
         place = parallel.batch if parallel is not None else None
-        self.train_step = TrainStep(model, loss, optimizer, metrics, seed=seed, jit=jit, parallel=parallel)
-        self.eval_step = EvalStep(model, loss, metrics, jit=jit)
+        self.train_step = TrainStep(model, loss, optimizer, metrics, seed=seed, jit=jit, parallel=parallel,
+                                    precision=precision)
+        self.eval_step = EvalStep(model, loss, metrics, jit=jit, precision=precision)
         self.batches = Batches(dataset.train, batch_size, shuffle=True, seed=seed, drop_last=drop_last, place=place)
         self.eval_batches = Batches(dataset.validation, eval_batch_size or batch_size, shuffle=False, place=place)
         self.callbacks = list(callbacks)

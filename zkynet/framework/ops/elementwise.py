@@ -1,18 +1,20 @@
 """Elementwise operators. Binary ones broadcast like NumPy; their vjp may return
 cotangents with broadcast dimensions, which the graph sums back to each input's shape."""
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from zkynet.framework.builder import NodeLike
+from zkynet.framework.builder import NodeLike, as_node
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Binary, Fused, Unary
 
 __all__ = ["Add", "Sub", "Mult", "Div", "Pow", "Maximum", "Minimum", "Where", "Neg", "Square", "Sqrt",
-           "Exp", "Log", "Abs", "Tanh", "Sigmoid", "Softplus", "Relu", "LeakyRelu", "Gelu",
+           "Exp", "Log", "Abs", "Tanh", "Sigmoid", "Softplus", "Relu", "LeakyRelu", "Gelu", "Astype",
            "add", "sub", "mult", "div", "pow", "maximum", "minimum", "where", "neg", "square", "sqrt",
-           "exp", "log", "abs", "tanh", "sigmoid", "softplus", "relu", "leaky_relu", "gelu"]
+           "exp", "log", "abs", "tanh", "sigmoid", "softplus", "relu", "leaky_relu", "gelu",
+           "astype"]
 
 
 # ----------------------------------------------------------------------------- binary
@@ -198,6 +200,20 @@ class Gelu(Unary):
         return (g * slope,)
 
 
+class Astype(Unary):
+    """x in another dtype; the cotangent goes back in x's own (how mixed precision
+    hands a bfloat16 model's output to a float32 loss)."""
+    vjp_uses_inputs = False  # the input's dtype only
+    vjp_uses_out = False
+    fuse_vjp = False
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = jnp.dtype(dtype)
+
+    def call(self, x): return x.value.astype(self.dtype)
+    def vjp(self, g, out, x): return (g.astype(x.dtype),)
+
+
 # ----------------------------------------------------------------------------- what models call
 
 add, sub, mult, div, pow = Add(), Sub(), Mult(), Div(), Pow()
@@ -208,3 +224,9 @@ tanh, sigmoid, softplus, relu = Tanh(), Sigmoid(), Softplus(), Relu()
 
 def leaky_relu(x: NodeLike, negative_slope: float = 0.01) -> Node: return LeakyRelu(negative_slope)(x)
 def gelu(x: NodeLike, approximate: bool | str = False) -> Node: return Gelu(approximate)(x)
+
+
+def astype(x: NodeLike, dtype: Any) -> Node:
+    """`x` in `dtype` (`x` itself when it already is)."""
+    node = as_node(x)
+    return node if node.dtype == jnp.dtype(dtype) else Astype(dtype)(node)
