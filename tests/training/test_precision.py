@@ -190,7 +190,7 @@ def test_a_population_trains_each_member_in_bf16_as_it_would_alone(digits):
     step = population.step
     rows = jnp.zeros((2, BATCH), jnp.int32)
     assert matmul_operand_dtypes(step.pure, step.params, step.opt_state, step.hyperparameters, step.rates,
-                                 step.keys, jnp.ones(2, bool), population.data, rows) == {"bfloat16"}
+                                 step.keys, population.data, rows) == {"bfloat16"}
     member = population.fit()[0]
     np.testing.assert_allclose(curve(member, "train_loss"), curve(history, "train_loss"), rtol=RTOL, atol=ATOL)
     for name, p in models[0].named_parameters().items():
