@@ -1,4 +1,5 @@
 """Running the CLI as a user does, against a throwaway MLflow store."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +10,27 @@ from mlflow import MlflowClient
 ROOT = Path(__file__).parents[2]
 
 
+def new_store(folder, empty_store):
+    """The URI of a new, empty MLflow store in `folder` (a copy of `empty_store`: creating
+    a store's tables takes seconds, copying them milliseconds); one already there is kept."""
+    path = folder / "mlflow.db"
+    if not path.exists():
+        shutil.copyfile(empty_store, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory):
+    """A new MLflow store's file, its tables created once per test process."""
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the tables
+    return path
+
+
 class Cli:
-    def __init__(self, folder):
+    def __init__(self, folder, empty_store):
         self.folder = folder
-        self.store = f"sqlite:///{folder / 'mlflow.db'}"
+        self.store = new_store(folder, empty_store)
         self.client = MlflowClient(self.store)
         self.count = 0
 
@@ -51,17 +69,17 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path):
-    return Cli(tmp_path)
+def cli(tmp_path, empty_store):
+    return Cli(tmp_path, empty_store)
 
 
 class Runner:
     """`experiments.runner.run` in this process, on configs composed as the command
     line composes them (Hydra's compose API), against a throwaway MLflow store."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, empty_store):
         self.folder = folder
-        self.store = f"sqlite:///{folder / 'mlflow.db'}"
+        self.store = new_store(folder, empty_store)
         self.client = MlflowClient(self.store)
         self.count = 0
 
@@ -90,5 +108,5 @@ class Runner:
 
 
 @pytest.fixture
-def runner(tmp_path):
-    return Runner(tmp_path)
+def runner(tmp_path, empty_store):
+    return Runner(tmp_path, empty_store)
