@@ -1,6 +1,11 @@
-"""Running the CLI as a user does, against a throwaway MLflow store."""
+"""Running the CLI as a user does, against a throwaway MLflow store; a Ray cluster
+started as users start one, shared by the sweeps of one test process."""
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,10 +14,27 @@ from mlflow import MlflowClient
 ROOT = Path(__file__).parents[2]
 
 
+def new_store(folder, empty_store):
+    """The URI of a new, empty MLflow store in `folder` (a copy of `empty_store`: creating
+    a store's tables takes seconds, copying them milliseconds); one already there is kept."""
+    path = folder / "mlflow.db"
+    if not path.exists():
+        shutil.copyfile(empty_store, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory):
+    """A new MLflow store's file, its tables created once per test process."""
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the tables
+    return path
+
+
 class Cli:
-    def __init__(self, folder):
+    def __init__(self, folder, empty_store):
         self.folder = folder
-        self.store = f"sqlite:///{folder / 'mlflow.db'}"
+        self.store = new_store(folder, empty_store)
         self.client = MlflowClient(self.store)
         self.count = 0
 
@@ -51,17 +73,17 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path):
-    return Cli(tmp_path)
+def cli(tmp_path, empty_store):
+    return Cli(tmp_path, empty_store)
 
 
 class Runner:
     """`experiments.runner.run` in this process, on configs composed as the command
     line composes them (Hydra's compose API), against a throwaway MLflow store."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, empty_store):
         self.folder = folder
-        self.store = f"sqlite:///{folder / 'mlflow.db'}"
+        self.store = new_store(folder, empty_store)
         self.client = MlflowClient(self.store)
         self.count = 0
 
@@ -90,5 +112,37 @@ class Runner:
 
 
 @pytest.fixture
-def runner(tmp_path):
-    return Runner(tmp_path)
+def runner(tmp_path, empty_store):
+    return Runner(tmp_path, empty_store)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A Ray cluster started with `ray start --head`, as users start one; its address. One
+    per test process (pytest-xdist worker), shared by the sweeps that do not test starting
+    a local Ray: each such sweep saves a Ray start and stop (about ten seconds on 2 cores).
+    Its sweeps need `RAY_AUTH_MODE=token` (`ray start` turns on token authentication)."""
+    port = free_port()
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    session = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # this cluster's own (short: socket paths) folder
+    head = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats",
+                           f"--temp-dir={session}"], capture_output=True, text=True)
+    assert head.returncode == 0, head.stderr
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:  # stop this cluster, and nothing else on the machine
+        subprocess.run(["pkill", "-9", "-f", session], capture_output=True)
+        shutil.rmtree(session, ignore_errors=True)
+
+
+@pytest.fixture
+def on_cluster(ray_cluster):
+    """(overrides, env) that run a sweep's trials on the shared cluster instead of a local Ray."""
+    return (f"hydra.sweeper.ray.address={ray_cluster}",), {**os.environ, "PYTHONPATH": str(ROOT),
+                                                           "RAY_AUTH_MODE": "token"}

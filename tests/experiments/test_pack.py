@@ -65,12 +65,13 @@ def metric_history(client, run, key):
 
 
 @pytest.mark.slow
-def test_a_pack_trains_each_member_as_alone_and_a_member_that_turns_nan_fails_alone(cli, runner):
+def test_a_pack_trains_each_member_as_alone_and_a_member_that_turns_nan_fails_alone(cli, runner, on_cluster):
     """One pack of four: two learning rates that train and two (1e30) whose loss turns NaN.
     Each member is its own child run; the NaN ones fail alone; the others' metrics and final
     parameters equal the same configurations trained alone."""
     common = ["trainer.epochs=3", "model.dropout=0.2", "model.widths=[64,32,10]", "trainer.checkpoint_min_seconds=0"]
-    result = sweep(cli, "hydra.sweeper.pack=4", "seed=0,1", "optimizer.lr=3e-3,1e30", *common)
+    cluster, env = on_cluster
+    result = sweep(cli, "hydra.sweeper.pack=4", "seed=0,1", "optimizer.lr=3e-3,1e30", *common, *cluster, env=env)
     assert result.returncode == 1, result.stderr  # members failed: the sweep fails
     assert "4 trials in 1 pack(s) of up to 4" in result.stderr and "[pack 0] epoch 2/3: best val_loss" in result.stderr
     parent, members = sweep_runs(cli)
@@ -99,11 +100,12 @@ def test_a_pack_trains_each_member_as_alone_and_a_member_that_turns_nan_fails_al
 
 
 @pytest.mark.slow
-def test_asha_stops_a_member_early_inside_its_pack(cli):
+def test_asha_stops_a_member_early_inside_its_pack(cli, on_cluster):
     """A pack of two: at the first rung (epoch 1, reduction factor 2) the bad learning rate
     is below the cutoff: its run ends FINISHED, tagged stopped early; the good one trains on."""
+    cluster, env = on_cluster
     result = sweep(cli, "hydra.sweeper.pack=2", "hydra.sweeper.scheduler=asha", "hydra.sweeper.asha.reduction_factor=2",
-                   "trainer.epochs=4", "optimizer.lr=3e-3,1e-6")
+                   "trainer.epochs=4", "optimizer.lr=3e-3,1e-6", *cluster, env=env)
     assert result.returncode == 0, result.stderr
     parent, members = sweep_runs(cli)
     good, bad = members[0], members[1]

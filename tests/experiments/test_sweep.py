@@ -1,12 +1,10 @@
-"""-m sweeps on Ray Tune (a real local Ray), end to end, checked through MLflow's client."""
+"""-m sweeps on Ray Tune (a real local Ray, or a cluster started with `ray start`), end to end,
+checked through MLflow's client."""
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -17,6 +15,7 @@ from ray import tune
 from experiments import search_space
 from experiments.search_space import SearchSpaceError
 from experiments.sweep import rank
+from tests.experiments.conftest import free_port
 from zkynet import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -112,11 +111,13 @@ def test_trials_refill_the_machine_and_a_failing_trial_fails_the_sweep(cli, tmp_
 
 
 @pytest.mark.slow
-def test_asha_stops_a_bad_trial_early(cli):
+def test_asha_stops_a_bad_trial_early(cli, on_cluster):
     """One trial at a time, the good one first: at the first rung the bad trial meets
     the good one's result and is stopped; its run ends FINISHED, tagged."""
+    cluster, env = on_cluster
     result = sweep(cli, "hydra.sweeper.scheduler=asha", "hydra.sweeper.max_concurrent=1",
-                   "hydra.sweeper.asha.reduction_factor=2", "trainer.epochs=4", "optimizer.lr=3e-3,1e-6")
+                   "hydra.sweeper.asha.reduction_factor=2", "trainer.epochs=4", "optimizer.lr=3e-3,1e-6", *cluster,
+                   env=env)
     assert result.returncode == 0, result.stderr
     parent, trials = sweep_runs(cli)
     good, bad = trials[0], trials[1]
@@ -129,15 +130,15 @@ def test_asha_stops_a_bad_trial_early(cli):
 
 
 @pytest.mark.slow
-def test_an_interrupted_sweep_leaves_nothing_running_and_resumes(cli, tmp_path):
+def test_an_interrupted_sweep_leaves_nothing_running_and_resumes(cli, tmp_path, on_cluster):
     """SIGTERM to the driver while trial 1 trains (after its epoch-2 checkpoint): the
     sweep and trial 1 end KILLED, trial 2 never starts, the exact command to resume
     is printed; resuming finishes the sweep without training trial 0 again."""
     pid_file, marker = tmp_path / "driver.pid", tmp_path / "signalled"
+    cluster, env = on_cluster
     process = cli.start("-m", *QUIET, "hydra.sweeper.max_concurrent=1", "trainer.epochs=1,3,2",
                         f"+callbacks.stop._target_={FIXTURES}.SignalDriverOnce", "+callbacks.stop.after=2",
-                        f"+callbacks.stop.pid_file={pid_file}", f"+callbacks.stop.marker={marker}",
-                        env={**os.environ, "PYTHONPATH": ROOT})
+                        f"+callbacks.stop.pid_file={pid_file}", f"+callbacks.stop.marker={marker}", *cluster, env=env)
     pid_file.write_text(str(process.pid))
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 130, stderr
@@ -149,7 +150,7 @@ def test_an_interrupted_sweep_leaves_nothing_running_and_resumes(cli, tmp_path):
     assert "hydra.sweeper.resume=true" in command and f"hydra.sweep.dir={cli.folder}" in command
 
     resumed = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "PYTHONPATH": ROOT})
+                             env={**os.environ, "PYTHONPATH": ROOT})  # the command as printed
     assert resumed.returncode == 0, resumed.stderr
     parent, trials = sweep_runs(cli)
     assert parent.info.status == "FINISHED" and [trials[i].info.status for i in range(3)] == ["FINISHED"] * 3
@@ -160,9 +161,10 @@ def test_an_interrupted_sweep_leaves_nothing_running_and_resumes(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_bayesian_search_with_optuna_through_tune(cli):
+def test_bayesian_search_with_optuna_through_tune(cli, on_cluster):
+    cluster, env = on_cluster
     result = sweep(cli, "hydra.sweeper.search=optuna", "hydra.sweeper.num_samples=4",
-                   "optimizer.lr=tag(log, interval(1e-4, 1e-2))", "trainer.epochs=1")
+                   "optimizer.lr=tag(log, interval(1e-4, 1e-2))", "trainer.epochs=1", *cluster, env=env)
     assert result.returncode == 0, result.stderr
     parent, trials = sweep_runs(cli)
     rates = {float(r.data.params["optimizer/lr"]) for r in trials.values()}
@@ -172,38 +174,19 @@ def test_bayesian_search_with_optuna_through_tune(cli):
     assert parent.data.tags["best_run"] == best.info.run_id
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def ray_cluster():
-    """A Ray cluster started with `ray start --head`, as users start one; its address."""
-    port = free_port()
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    session = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # this cluster's own (short: socket paths) folder
-    head = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats",
-                           f"--temp-dir={session}"], capture_output=True, text=True)
-    assert head.returncode == 0, head.stderr
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:  # stop this cluster, and nothing else on the machine
-        subprocess.run(["pkill", "-9", "-f", session], capture_output=True)
-        shutil.rmtree(session, ignore_errors=True)
-
-
 @pytest.fixture
 def mlflow_server(cli, tmp_path):
     """An MLflow tracking server on the test's store (as trials on other machines need one);
     its URI. Artifacts go to a folder the test reads directly."""
     port = free_port()
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    # without MLflow's job runner (GenAI jobs, which no test uses): its processes take seconds to start
+    # and about ten to stop on 2 cores
     server = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                "--backend-store-uri", cli.store, "--no-serve-artifacts",
                                "--default-artifact-root", (tmp_path / "server-artifacts").as_uri()],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -271,12 +254,14 @@ def test_a_sweep_that_cannot_reach_its_cluster_fails_at_once_naming_it(cli):
 
 
 @pytest.mark.slow
-def test_population_based_training_exploits_through_tune_checkpoints(cli):
+def test_population_based_training_exploits_through_tune_checkpoints(cli, on_cluster):
     """After 2 epochs the hopeless trial (lr 1e-6) takes on the good trial's weights and a
     mutated copy of its learning rate: its loss drops at once, the rate is logged per
     epoch, and it is still one MLflow run with every epoch once."""
+    cluster, env = on_cluster
     result = sweep(cli, "hydra.sweeper.scheduler=pbt", "hydra.sweeper.pbt.interval=2", "trainer.epochs=4",
-                   "hydra.sweeper.pbt.quantile_fraction=0.5", "optimizer.lr=1e-6,3e-3", "trainer.lr_schedule=constant")
+                   "hydra.sweeper.pbt.quantile_fraction=0.5", "optimizer.lr=1e-6,3e-3", "trainer.lr_schedule=constant",
+                   *cluster, env=env)
     assert result.returncode == 0, result.stderr
     parent, trials = sweep_runs(cli)
     assert parent.info.status == "FINISHED" and sorted(trials) == [0, 1]
