@@ -313,7 +313,10 @@ class TuneSweep:
         return status
 
     def _resume_command(self, arguments):
-        kept = [a for a in arguments if not a.startswith(("hydra.sweep.dir=", "hydra.sweeper.resume="))]
+        """The command that continues this sweep: its overrides, Hydra's own included (the
+        sweeper's settings, a cluster's address), on its folder."""
+        given = [*self.config.hydra.overrides.hydra, *arguments]
+        kept = [a for a in given if not a.startswith(("hydra.sweep.dir=", "hydra.sweeper.resume=", "hydra.mode="))]
         return " ".join([sys.executable, "-m", "experiments.run", "-m", *map(_quoted, kept),
                          f"hydra.sweep.dir={self.sweep_dir}", "hydra.sweeper.resume=true"])
 

@@ -148,9 +148,10 @@ def test_an_interrupted_sweep_leaves_nothing_running_and_resumes(cli, tmp_path, 
     finished_once = trials[0].info.end_time
     command = re.search(r"resume it with:\n  (.*)", stderr).group(1)
     assert "hydra.sweeper.resume=true" in command and f"hydra.sweep.dir={cli.folder}" in command
+    assert "hydra.sweeper.max_concurrent=1" in command and cluster[0] in command  # Hydra's overrides kept
 
     resumed = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "PYTHONPATH": ROOT})  # the command as printed
+                             env=env)  # the command as printed, in the sweep's environment
     assert resumed.returncode == 0, resumed.stderr
     parent, trials = sweep_runs(cli)
     assert parent.info.status == "FINISHED" and [trials[i].info.status for i in range(3)] == ["FINISHED"] * 3
