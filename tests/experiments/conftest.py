@@ -2,6 +2,7 @@
 started as users start one, shared by the sweeps of one test process."""
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -138,7 +139,19 @@ def ray_cluster():
         yield f"127.0.0.1:{port}"
     finally:  # stop this cluster, and nothing else on the machine
         subprocess.run(["pkill", "-9", "-f", session], capture_output=True)
+        for pid in _holding(session):  # its agents, whose process titles do not name the folder
+            os.kill(pid, signal.SIGKILL)
         shutil.rmtree(session, ignore_errors=True)
+
+
+def _holding(folder):
+    """The processes with a file open under `folder`."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(folder) for fd in os.listdir(f"/proc/{pid}/fd")):
+                yield int(pid)
+        except OSError:  # it ended meanwhile, or is not ours to read
+            continue
 
 
 @pytest.fixture
