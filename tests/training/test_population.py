@@ -131,6 +131,16 @@ def test_a_member_whose_loss_turns_nan_fails_alone(digits):
         assert_same_training(histories[k], models[k], want, trained)
 
 
+def test_when_every_member_fails_the_population_ends_without_error(digits):
+    models = [MLP([64, 8, 10], key=k) for k in range(2)]
+    pack = PopulationTrainer(models, losses.softmax_cross_entropy, [optim.SGD(1e30), optim.SGD(2e30)], digits, EPOCHS,
+                             BATCH, losses.classification_metrics, seeds=[0, 1],
+                             callbacks=[[NanGuard(every=2)], [NanGuard(every=2)]])
+    assert pack.fit() == [[], []]  # both failed inside their first epoch: no record
+    assert [m.status for m in pack.members] == ["FAILED", "FAILED"] and pack.step.slots == []
+    assert all(isinstance(m.error, NonFiniteLossError) for m in pack.members)
+
+
 def test_members_must_share_an_architecture_and_an_optimizer_signature():
     loss = losses.softmax_cross_entropy
     with pytest.raises(ValueError, match="member 1 .*not the architecture"):
