@@ -29,8 +29,7 @@ class Dropout(Fused):
     def _kept(self, x, key, values):
         """`values` / (1 - rate) where the mask keeps, else 0. A traced rate (a Population
         member's own) is a float32 array: cast to x's dtype, so that bfloat16 stays bfloat16."""
-        keep = 1 - self.rate
-        return jnp.where(self._keep(x, key), values / (keep.astype(x.dtype) if hasattr(keep, "astype") else keep), 0)
+        return jnp.where(self._keep(x, key), values / jnp.asarray(1 - self.rate, x.dtype), 0)
 
     def call(self, x, key): return self._kept(x, key, x.value)
     def vjp(self, g, out, x, key): return self._kept(x, key, g), None
