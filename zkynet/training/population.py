@@ -126,11 +126,8 @@ class PopulationStep:
         """Member k stops training: its state is set aside and its row leaves every stack."""
         self.left[k] = self.member_state(k)
         keep = np.asarray([i for i, member in enumerate(self.slots) if member != k], np.int32)
-        take = lambda stacked: stacked[keep]  # noqa: E731
-        self.params, self.opt_state, self.keys = map(lambda t: jax.tree_util.tree_map(take, t),
-                                                      (self.params, self.opt_state, self.keys))
-        self.hyperparameters = {name: take(values) for name, values in self.hyperparameters.items()}
-        self.rates = {i: take(column) for i, column in self.rates.items()}
+        self.params, self.opt_state, self.keys, self.hyperparameters, self.rates = jax.tree_util.tree_map(
+            lambda stacked: stacked[keep], (self.params, self.opt_state, self.keys, self.hyperparameters, self.rates))
         self.slots = [member for member in self.slots if member != k]  # a new list: loops over the old one go on
 
     def write_back(self, k: int) -> None:
