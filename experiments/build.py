@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from experiments.schema import ConfigError
 from zkynet import optim
 from zkynet.data import DatasetFileError, DatasetNotFoundError
+from zkynet.framework.compile import PRECISIONS as STEP_PRECISIONS
 from zkynet.tasks import Task
 
 # trainer.precision -> the dtype of the weights (for bf16: the float32 master weights) and of the data
@@ -112,7 +113,8 @@ def weights_dtype(cfg):
 def step_precision(cfg):
     """The Trainer's precision: "bf16" (bfloat16 compute around float32 master weights),
     or "float32", which casts nothing (a float64 run's weights and data are float64)."""
-    return "bf16" if _name(cfg.trainer.precision) in ("bf16", "bfloat16") else "float32"
+    name = _name(cfg.trainer.precision)
+    return name if name in STEP_PRECISIONS else "float32"
 
 
 def _instantiate(spec, where, **arguments):
