@@ -313,6 +313,40 @@ def test_attention_against_jax_and_finite_differences(shapes, masked):
     assert report.inputs == ["q", "k", "v"]
 
 
+def _lstm_update_reference(gates, c):
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return jnp.concatenate([jax.nn.sigmoid(o) * jnp.tanh(c), c], axis=-1)
+
+
+@pytest.mark.parametrize("shapes", [[(3, 8), (3, 2)], [(2, 3, 12), (2, 1, 3)], [(3, 8), (2, 1, 2)], [(8,), (2,)]],
+                         ids=str)
+def test_lstm_update_against_jax_and_finite_differences(shapes):
+    """op.lstm_update's fused backward, batched, with the cell state broadcast against
+    the gates both ways."""
+    rng = np.random.default_rng(len(shapes[0]))
+    gates, c = (rng.normal(size=s) * 2 for s in shapes)
+    report = check_gradients(op.lstm_update, _lstm_update_reference, [gates, c])
+    assert report.inputs == ["gates", "c"]
+
+
+def test_lstm_update_float32_matches_the_textbook_formula_and_reads_no_output():
+    """Its sigmoids come from one tanh over the gates: in float32 the state agrees with
+    sigmoid/tanh evaluated separately to rounding, saturated gates included; its vjp
+    does not read its output (a loop need not keep it)."""
+    gates = jnp.asarray(np.random.default_rng(0).normal(size=(64, 4 * 16)) * 10, jnp.float32)
+    c = jnp.asarray(np.random.default_rng(1).normal(size=(64, 16)), jnp.float32)
+    got = op.lstm_update(gates, c)
+    np.testing.assert_allclose(got.value, _lstm_update_reference(gates, c), rtol=1e-6, atol=3e-7)
+    leaves = [cg.InputNode(v, cg.Variable(n)) for v, n in ((gates, "gates"), (c, "c"))]
+    for leaf in leaves:
+        leaf.requires_grad = True
+    g = jnp.ones(got.shape, jnp.float32)
+    expected = op.LSTMUpdate().vjp(g, got.value, *leaves)
+    for a, b in zip(op.LSTMUpdate().vjp(g, jnp.full(got.shape, 7.0), *leaves), expected):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_softmax_is_stable_for_huge_logits():
     logits = jnp.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]])
     np.testing.assert_allclose(op.softmax(logits).value, jax.nn.softmax(logits), atol=1e-7)
@@ -427,6 +461,20 @@ def test_getitem_basic(shape, data, seed):
     key = data.draw(basic_indices(shape, allow_newaxis=True))
     check_gradients(lambda x: x[key], lambda x: x[key],
                     [np.random.default_rng(seed).normal(size=shape)], seed)
+
+
+SLICE_KEYS = [  # keys of slices only, whose backward is a zero padding: each way a padding can be wrong
+    (slice(1, 3),), (slice(None), slice(0, 2)), (Ellipsis, slice(2, None)), (slice(0, 1), Ellipsis, slice(1, 4, 2)),
+    (slice(-3, -1), slice(None, None, 3)), (slice(None, 5), slice(1, 2), slice(0, 2)), (Ellipsis,),
+    (slice(2, 1),), (slice(None, None, -1),)]  # the last two: empty and reversed, the scatter's way
+
+
+@pytest.mark.parametrize("key", SLICE_KEYS, ids=str)
+def test_getitem_slices(key):
+    """Slices of a (4, 5, 3) array, the key shorter than the rank and with Ellipsis in
+    every position, steps, negative bounds: gradients against jax.vjp."""
+    x = np.random.default_rng(len(key)).normal(size=(4, 5, 3))
+    check_gradients(lambda x: x[key], lambda x: x[key], [x])
 
 
 @examples

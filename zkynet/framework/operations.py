@@ -10,6 +10,8 @@ This module only gathers them; they live in the ops package, one module per fami
   ops/convolution.py  conv2d max_pool2d avg_pool2d
   ops/randomness.py   dropout
   ops/loops.py        scan
+  ops/softmax_attention.py  attention
+  ops/cells.py        lstm_update
 Each lowercase function has its class (`op.add` is an `op.Add`), to subclass or
 to configure (`op.Sum(axis=1)`). Writing your own: see cg.Operator.
 `op.Multiply` is the original zkynet's name for `op.Mult` (see framework/original.py).

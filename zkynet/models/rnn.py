@@ -49,9 +49,8 @@ class LSTMCell(cg.Module):
         self.hidden = hidden
 
     def call(self, x, h, c):
-        i, f, g, o = _gates(x + h @ self.param("U"), 4, self.hidden)
-        c = op.sigmoid(f) * c + op.sigmoid(i) * op.tanh(g)
-        return op.sigmoid(o) * op.tanh(c), c
+        state = op.lstm_update(x + h @ self.param("U"), c)  # [h', c'] from the gates: one fused node
+        return state[..., :self.hidden], state[..., self.hidden:]
 
 
 class GRUCell(cg.Module):

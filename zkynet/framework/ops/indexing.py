@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from zkynet.framework.builder import NodeLike, as_node
 from zkynet.framework.errors import IndexOutOfRangeError, ShapeError, ValueTypeError
@@ -93,7 +94,32 @@ class Getitem(Fused):
         return x.value[key]
 
     def vjp(self, g, out, x, positions):
-        return jnp.zeros(x.shape, g.dtype).at[self._key(positions.value)].add(g), None  # drops out-of-range
+        key = self._key(positions.value)
+        padding = _slice_padding(key if isinstance(key, tuple) else (key,), x.shape)
+        if padding is not None:  # slices only: g zero-padded back to x's shape, no scatter
+            return lax.pad(g, jnp.zeros((), g.dtype), padding), None
+        return jnp.zeros(x.shape, g.dtype).at[key].add(g), None  # drops out-of-range
+
+
+def _slice_padding(key, shape):
+    """lax.pad's (low, high, interior) per axis that undoes x[key] for a key of forward
+    slices and Ellipsis only (what a model's x[..., a:b] is), else None."""
+    if any(k is not Ellipsis and not isinstance(k, slice) for k in key) or sum(k is Ellipsis for k in key) > 1:
+        return None
+    rest = len(shape) - (len(key) - (Ellipsis in key))  # the axes the key leaves whole
+    if Ellipsis not in key:
+        key = key + (Ellipsis,)
+    parts = []
+    for k in key:
+        parts += [slice(None)] * rest if k is Ellipsis else [k]
+    padding = []
+    for part, size in zip(parts, shape):
+        start, stop, step = part.indices(size)
+        count = len(range(start, stop, step))
+        if step < 1 or count == 0:
+            return None
+        padding.append((start, size - (start + (count - 1) * step + 1), step - 1))
+    return padding
 
 
 def _is_bool_array(k):
