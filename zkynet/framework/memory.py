@@ -7,21 +7,26 @@ blocks from about 128 KiB up are mapped fresh from the OS and unmapped when free
 and a heap whose free top passes 128 KiB is trimmed: each step then page-faults
 its memory in again (a 256x256 float32 array is 64 pages), which costs more than
 the arithmetic on it. Raising both thresholds keeps the memory for reuse, as
-caching allocators (PyTorch's on GPUs, XLA's on GPUs) do. Set ZKYNET_MALLOC=default
+caching allocators (PyTorch's on GPUs, XLA's on GPUs) do. The mmap threshold stops
+at 32 MiB (glibc's largest), and a compiled step's temporaries are one block that
+can be larger (the benchmark transformer's are 61 MB: 15,000 page faults, a quarter
+of its step time): so mmap is turned off too, and every block comes from the heap
+(glibc still maps one fresh when its heap cannot grow: a block over 64 MB allocated
+off the main thread, whose heaps are 64 MB each). Set ZKYNET_MALLOC=default
 before importing zkynet to keep glibc's defaults.
 """
 import ctypes
 import ctypes.util
 import os
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 * 2**20  # glibc's largest: blocks below this come from the reusable heap
 TRIM_THRESHOLD = 256 * 2**20  # free memory a heap keeps before returning any to the OS (at most its peak)
 
 
 def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds (see the module docstring); False where
-    this is not glibc or ZKYNET_MALLOC=default."""
+    """Raise glibc's mmap and trim thresholds and turn mmap off (see the module
+    docstring); False where this is not glibc or ZKYNET_MALLOC=default."""
     if os.environ.get("ZKYNET_MALLOC") == "default":
         return False
     try:
@@ -30,4 +35,5 @@ def keep_freed_memory() -> bool:
         libc.gnu_get_libc_version  # glibc only: other C libraries' mallopt differ
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return all(mallopt(option, value) for option, value in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+                                                           (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_MMAP_MAX, 0)))
