@@ -40,7 +40,8 @@ class RNNCell(cg.Module):
 
 class LSTMCell(cg.Module):
     """Long short-term memory: input, forget, cell and output gates from
-    x_proj + h U; c' = f c + i g, h' = o tanh(c')."""
+    x_proj + h U; c' = f c + i g, h' = o tanh(c'), as one op.lstm_update node (its
+    own backward rule: one array for the four gates' gradient, see op.LSTMUpdate)."""
     gates = 4
 
     def __init__(self, hidden, key=0):
@@ -49,7 +50,7 @@ class LSTMCell(cg.Module):
         self.hidden = hidden
 
     def call(self, x, h, c):
-        state = op.lstm_update(x + h @ self.param("U"), c)  # [h', c'] from the gates: one fused node
+        state = op.lstm_update(x + h @ self.param("U"), c)  # [h', c']
         return state[..., :self.hidden], state[..., self.hidden:]
 
 

@@ -30,6 +30,9 @@ class LSTMUpdate(Fused):
     vjp_uses_out = False
     input_names = ("gates", "c")
 
+    def __init__(self):
+        super().__init__(name="lstm_update")  # snake_case would run "LSTMUpdate" together
+
     def call(self, gates, c):
         i, f, g, o = jnp.split(_activations(gates.value), 4, axis=-1)
         c_new = f * c.value + i * g

@@ -71,12 +71,15 @@ class Conv2d(Fused):
         pads = self._pads(x, w)
         dx = dw = None
         if x.requires_grad:  # a transposed convolution: g dilated by the stride, kernel flipped
-            back_pads = [(k - 1 - lo, n - 1 - (m - 1) * s + lo)
+            back_pads = [(k - 1 - lo, n - 1 - (m - 1) * s + lo, s - 1)
                          for n, m, k, s, (lo, _) in zip(x.shape[2:], g.shape[2:], w.shape[2:],
                                                         self.stride, pads)]
             flipped = jnp.swapaxes(jnp.flip(w.value, (2, 3)), 0, 1)
-            dx = lax.conv_general_dilated(g, flipped, (1, 1), back_pads, lhs_dilation=self.stride,
-                                          dimension_numbers=_NCHW)
+            # the dilation and padding as an explicit lax.pad, not the convolution's lhs_dilation:
+            # XLA 0.10's CPU simplifier aborts the process on some strided ones (x 4x3, kernel
+            # 2x3, stride 2, padding 1: a failed CHECK, jax.vjp of lax.conv too)
+            dilated = lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), (0, 0, 0), *back_pads])
+            dx = lax.conv_general_dilated(dilated, flipped, (1, 1), ((0, 0), (0, 0)), dimension_numbers=_NCHW)
         if w.requires_grad:  # correlate x with g (dilated by the stride), batch as the sum axis
             dw = lax.conv_general_dilated(x.value, g, (1, 1), pads, rhs_dilation=self.stride,
                                           dimension_numbers=("CNHW", "IOHW", "CNHW"))
