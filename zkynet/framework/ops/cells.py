@@ -34,14 +34,12 @@ class LSTMUpdate(Fused):
         super().__init__(name="lstm_update")  # snake_case would run "LSTMUpdate" together
 
     def call(self, gates, c):
-        i, f, g, o = jnp.split(_activations(gates.value), 4, axis=-1)
-        c_new = f * c.value + i * g
-        return jnp.concatenate([o * jnp.tanh(c_new), c_new], axis=-1)
+        active, c_new = _update(gates.value, c.value)
+        return jnp.concatenate([jnp.split(active, 4, axis=-1)[3] * jnp.tanh(c_new), c_new], axis=-1)
 
     def vjp(self, grad, out, gates, c):
-        active = _activations(gates.value)
+        active, c_new = _update(gates.value, c.value)
         i, f, g, o = jnp.split(active, 4, axis=-1)
-        c_new = f * c.value + i * g
         tanh_c = jnp.tanh(c_new)
         d_h, d_c_new = jnp.split(grad, 2, axis=-1)
         d_c = d_c_new + d_h * o * (1 - tanh_c * tanh_c)
@@ -60,6 +58,13 @@ def _activations(gates):
     """sigmoid over the i, f, o blocks and tanh over g, as one tanh over the whole width."""
     half = jnp.where(_is_cell_block(gates), 1, 0.5).astype(gates.dtype)
     return lax.optimization_barrier(jnp.tanh(gates * half) * half + (1 - half))
+
+
+def _update(gates, c):
+    """(the four gates' activations, whole width; the new cell state f c + i g)."""
+    active = _activations(gates)
+    i, f, g, _ = jnp.split(active, 4, axis=-1)
+    return active, f * c + i * g
 
 
 def lstm_update(gates: NodeLike, c: NodeLike) -> Node:
