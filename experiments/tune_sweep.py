@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from omegaconf import OmegaConf, open_dict  # noqa: E402
 import numpy as np  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining  # noqa: E402
+from ray.tune.trainable import wrap_function  # noqa: E402
 
 from experiments import lineage, search_space  # noqa: E402
 from experiments.lifecycle import Paused  # noqa: E402
@@ -57,7 +59,7 @@ SCHEDULERS = ("fifo", "asha", "pbt")
 # what population-based training may change mid-trial: values that change neither shapes nor code
 PBT_MUTABLE = ("optimizer.", "model.dropout")
 STATE = "tune"  # Tune's own records of the sweep, inside the sweep folder
-TRIAL_THREAD_TIMEOUT_SECONDS = "120"  # how long Tune lets a stopped trial end its MLflow run before reusing its worker
+TRIAL_THREAD_TIMEOUT_SECONDS = "120"  # how long a stopped trial may take to end its MLflow run (its worker waits)
 CHECKPOINT_FILE = Path(lineage.CHECKPOINT).name  # what a trial's Tune checkpoint folder holds
 
 
@@ -195,9 +197,10 @@ class TuneSweep:
             options.update(include_dashboard=False, num_cpus=self.settings.ray.num_cpus)
         try:
             ray.init(**options)
-        except ConnectionError as e:
-            raise SweepStartError(f"{e}\n(a cluster started with `ray start` uses token authentication: "
-                                  "export RAY_AUTH_MODE=token, or pass address=auto on its head node)") from e
+        except (ConnectionError, ray.exceptions.AuthenticationError) as e:
+            raise SweepStartError(f"{e}\n(a cluster started with RAY_AUTH_MODE=token admits only holders of its "
+                                  "token: export RAY_AUTH_MODE=token with its ~/.ray/auth_token or RAY_AUTH_TOKEN, "
+                                  "or pass address=auto on its head node)") from e
         gpus = self.settings.resources.gpu
         return (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0) if gpus == "auto" else gpus
 
@@ -216,7 +219,7 @@ class TuneSweep:
             trials.packs = context.packs
             param_space, num_samples = {"pack": tune.grid_search(list(range(len(context.packs))))}, 1
             max_failures = 0  # a pack is not retried: its members' runs end FAILED with the reason
-        trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
+        trainable = tune.with_resources(_trainable(context), resources)
         if self.settings.resume:
             return tune.Tuner.restore(str(self.sweep_dir / STATE), trainable, resume_errored=True)
         run_config = tune.RunConfig(
@@ -480,11 +483,56 @@ def trial_number(name):
 
 # ---------------------------------------------------------------------- in the worker
 
+_reporting = threading.Event()  # this worker's trial waits in tune.report, where Tune stops or pauses it
+_returned = threading.Event()  # this worker's trial function has returned: its run is closed
+_returned.set()
+
+
+def _trainable(context):
+    """train_trial as Tune's trainable, whose stop lets a trial that Tune stopped or paused
+    in tune.report close its MLflow run (last metrics, pictures, model) before the worker
+    may end: Tune's own stop returns at once, and a sweep's last trial, stopped early,
+    lost its pictures and at times its last epoch's metrics. A trial stopped while it
+    trains (an interrupted sweep) is not waited for: its run ends KILLED, resumable."""
+
+    class Trial(wrap_function(tune.with_parameters(train_trial, context=context))):
+        def cleanup(self):
+            _stop_after_closing(super().cleanup)
+
+    return Trial
+
+
+def _stop_after_closing(cleanup):
+    """Tune's cleanup of this worker's trainable, then (if it released the trial from
+    tune.report, told to stop) the wait for the trial to close its run."""
+    stopped_in_report = _reporting.is_set()
+    cleanup()
+    if stopped_in_report and not _returned.wait(float(TRIAL_THREAD_TIMEOUT_SECONDS)):
+        print(f"a stopped trial did not close its run within {TRIAL_THREAD_TIMEOUT_SECONDS} s", file=sys.stderr)
+
+
+def _report(result, checkpoint=None):
+    """tune.report(result), marked as the place where Tune may stop this trial."""
+    _reporting.set()
+    try:
+        tune.report(result, checkpoint=checkpoint)
+    finally:
+        _reporting.clear()
+
+
 def train_trial(hyperparameters, context):
     """One trial, in a Ray worker: its configuration composed as the command line
     would, then trained by the runner, epoch by epoch reported to Tune. Its output
     goes to trial.log in its folder (the driver prints its epochs). An error ends
     the trial's MLflow run FAILED and is not retried: only a worker that dies is."""
+    _returned.clear()
+    try:
+        return _train_trial(hyperparameters, context)
+    finally:
+        _returned.set()
+
+
+def _train_trial(hyperparameters, context):
     started = time.perf_counter()
     from experiments.runner import run  # the worker's first trial pays this import, later ones do not
 
@@ -515,7 +563,7 @@ def train_trial(hyperparameters, context):
     if report.stopped:
         raise SystemExit(0)  # how a trial Tune stopped must end (its worker waits for it before the next trial)
     if report.last is not None:  # the last epoch, reported once its run is complete: Tune may end us at once
-        tune.report(report.last)  # (with SystemExit, which must leave this function: its worker waits for that)
+        _report(report.last)  # (with SystemExit, which must leave this function: its worker waits for that)
 
 
 def _trial_config(context, number, overrides, folder):
@@ -566,7 +614,7 @@ def _train_pack(run, members, number, context, started):
     if report.stopped:
         raise SystemExit(0)
     if report.last is not None:
-        tune.report(report.last)
+        _report(report.last)
 
 
 def _record_unbuilt_trial(context, number, overrides, error):
@@ -642,15 +690,16 @@ class TuneReport(Callback):
                 self.checkpointer.wait()
                 saved = tune.Checkpoint.from_directory(str(Path(self.checkpointer.path).parent))
         try:
-            tune.report(reported, checkpoint=saved)
+            _report(reported, checkpoint=saved)
         except SystemExit:  # Tune stops (or pauses) this trial here
             if self.pbt_interval:
                 print(f"paused by population-based training after epoch {epoch + 1}", file=sys.stderr)
                 raise Paused from None
             else:
                 trainer.should_stop = self.stopped = True
-                if self.tracker is not None:
+                if self.tracker is not None:  # durable first: what its worker may not outlive
                     self.tracker.set_tags({lineage.STOPPED_EARLY: "true", lineage.STOPPED_AT_EPOCH: epoch + 1})
+                    self.tracker.flush()
                 print(f"stopped early by the scheduler after epoch {epoch + 1}", file=sys.stderr)
 
 
@@ -700,7 +749,7 @@ class PackReport:
             self.last = reported
             return
         try:
-            tune.report(reported)
+            _report(reported)
         except SystemExit:  # Tune's scheduler stops the whole pack
             self.stopped = True
             for k in records:

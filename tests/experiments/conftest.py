@@ -1,6 +1,7 @@
 """Running the CLI as a user does, against a throwaway MLflow store; a Ray cluster
 started as users start one, shared by the sweeps of one test process."""
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -123,17 +124,22 @@ def free_port():
         return s.getsockname()[1]
 
 
+RAY_CLUSTER_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A Ray cluster started with `ray start --head`, as users start one; its address. One
     per test process (pytest-xdist worker), shared by the sweeps that do not test starting
     a local Ray: each such sweep saves a Ray start and stop (about ten seconds on 2 cores).
-    Its sweeps need `RAY_AUTH_MODE=token` (`ray start` turns on token authentication)."""
+    It uses token authentication, as the README starts one, with its own token (not the
+    machine's ~/.ray/auth_token): its sweeps need `RAY_CLUSTER_AUTH` in their environment."""
     port = free_port()
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     session = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # this cluster's own (short: socket paths) folder
     head = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats",
-                           f"--temp-dir={session}"], capture_output=True, text=True)
+                           f"--temp-dir={session}"], capture_output=True, text=True,
+                          env={**os.environ, **RAY_CLUSTER_AUTH})
     assert head.returncode == 0, head.stderr
     try:
         yield f"127.0.0.1:{port}"
@@ -158,4 +164,4 @@ def _holding(folder):
 def on_cluster(ray_cluster):
     """(overrides, env) that run a sweep's trials on the shared cluster instead of a local Ray."""
     return (f"hydra.sweeper.ray.address={ray_cluster}",), {**os.environ, "PYTHONPATH": str(ROOT),
-                                                           "RAY_AUTH_MODE": "token"}
+                                                           **RAY_CLUSTER_AUTH}

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from ray import tune
 
-from experiments import search_space
+from experiments import lineage, search_space
 from experiments.search_space import SearchSpaceError
 from experiments.sweep import rank
-from tests.experiments.conftest import free_port
+from tests.experiments.conftest import RAY_CLUSTER_AUTH, free_port
 from zkynet import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,11 +113,12 @@ def test_trials_refill_the_machine_and_a_failing_trial_fails_the_sweep(cli, tmp_
 @pytest.mark.slow
 def test_asha_stops_a_bad_trial_early(cli, on_cluster):
     """One trial at a time, the good one first: at the first rung the bad trial meets
-    the good one's result and is stopped; its run ends FINISHED, tagged."""
+    the good one's result and is stopped; its run ends FINISHED, tagged, closed by its own
+    worker (its metrics and pictures are all there) even when closing takes seconds."""
     cluster, env = on_cluster
     result = sweep(cli, "hydra.sweeper.scheduler=asha", "hydra.sweeper.max_concurrent=1",
                    "hydra.sweeper.asha.reduction_factor=2", "trainer.epochs=4", "optimizer.lr=3e-3,1e-6", *cluster,
-                   env=env)
+                   f"+callbacks.slow._target_={FIXTURES}.SlowClose", "+callbacks.slow.seconds=4", env=env)
     assert result.returncode == 0, result.stderr
     parent, trials = sweep_runs(cli)
     good, bad = trials[0], trials[1]
@@ -126,6 +127,7 @@ def test_asha_stops_a_bad_trial_early(cli, on_cluster):
     assert good.data.metrics["epoch"] == 4 and "stopped_early" not in good.data.tags
     assert bad.data.tags["stopped_early"] == "true" and bad.data.tags["stopped_at_epoch"] == "1"
     assert bad.data.metrics["epoch"] == 1 and len(cli.client.get_metric_history(bad.info.run_id, "val_loss")) == 1
+    assert lineage.CURVES in {a.path for a in cli.client.list_artifacts(bad.info.run_id)}
     assert "[trial 1] trained 1 of 4 epochs, stopped early by the scheduler" in result.stderr
 
 
@@ -209,7 +211,7 @@ def test_on_an_existing_cluster_a_trial_whose_worker_dies_continues_its_run_exac
                                                                                     ray_cluster, mlflow_server):
     marker = tmp_path / "died"
     settings = ("trainer.epochs=6", "trainer.batch_size=32", "model.dropout=0.2", "seed=3")
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token"}  # `ray start` turns on token authentication
+    env = {**os.environ, "PYTHONPATH": ROOT, **RAY_CLUSTER_AUTH}
     result = sweep(cli, *settings, f"+callbacks.die._target_={FIXTURES}.DieOnce", "+callbacks.die.after=3",
                    f"+callbacks.die.marker={marker}", "optimizer.lr=3e-3,1e-3", f"hydra.sweeper.ray.address={ray_cluster}",
                    f"tracking.uri={mlflow_server}", env=env)  # as across machines: a cluster and a tracking server
@@ -252,6 +254,21 @@ def test_a_sweep_that_cannot_reach_its_cluster_fails_at_once_naming_it(cli):
         result.stderr and "Traceback" not in result.stderr
     (parent,) = cli.runs()
     assert parent.info.status == "FAILED" and "cannot reach the Ray cluster" in parent.data.tags["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("token_mode", [False, True], ids=["without token mode", "token mode, no token file"])
+def test_a_sweep_without_its_clusters_token_fails_saying_so(cli, ray_cluster, token_mode, tmp_path):
+    """Without RAY_AUTH_MODE, Ray retries for ~20 s, then cannot connect; with it but no
+    token anywhere (a HOME without ~/.ray/auth_token), Ray refuses at once."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}, "PYTHONPATH": ROOT}
+    if token_mode:
+        env.update(RAY_AUTH_MODE="token", HOME=str(tmp_path))
+    result = sweep(cli, "trainer.epochs=1", "seed=0,1", f"hydra.sweeper.ray.address={ray_cluster}", env=env)
+    assert result.returncode == 1 and "admits only holders of its token" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    (parent,) = cli.runs()
+    assert parent.info.status == "FAILED" and "admits only holders of its token" in parent.data.tags["error"]
 
 
 @pytest.mark.slow
