@@ -5,7 +5,7 @@ pools fight over the cores. So `experiments.bench train` starts this file with a
 interpreter that has torch (`--torch-python`) and drives it over a pipe, one
 timing round at a time alternating with its own rounds:
     python torch_reference.py MODEL BATCH     then per stdin line "STEPS":
-    it runs STEPS training steps and prints the seconds per step.
+    it runs WARMUP untimed steps, then STEPS timed ones, and prints the seconds per step.
 Only torch and numpy are imported here (the other interpreter has nothing else).
 """
 import math
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 LR = 1e-3  # the same Adam as the zkynet and JAX steps
+WARMUP = 2  # untimed steps per round: experiments.bench.train.ROUND_WARMUP
 
 
 def sinusoidal_positions(length, dim):
@@ -93,6 +94,8 @@ def main(kind, batch):
     print("ready", flush=True)
     for line in sys.stdin:
         steps = int(line)
+        for _ in range(WARMUP):  # as the other contenders' rounds start
+            step()
         start = time.perf_counter()
         for _ in range(steps):
             step()
