@@ -46,7 +46,13 @@ STEP_TARGET, COMPILE_TARGET = 1.05, 2.0
 # untimed steps at the start of every round, every contender: the first steps after another
 # process's round ran up to 1.7x slower (caches refilled), which weighed on ~1 ms steps
 ROUND_WARMUP = 2
-SETTLE_S = 0.5  # pause after each PyTorch round (on a loaded machine, whoever ran next was up to 1.4x slower)
+# with PyTorch in the run, a short pause after every contender's round: PyTorch's idle OpenMP
+# threads spin up to ~10 ms after its round (measured), and on this machine a round that
+# follows a pause runs slower than one that follows work (the digits MLP's steps: 0.82-0.95
+# vs 0.61-0.72 ms), so every round follows the same pause (with 0.5 s after PyTorch's rounds
+# only, zkynet's came after one twice as often as JAX's: the autoencoder read 1.33x JAX with
+# PyTorch in the run, 0.95x without)
+SETTLE_S = 0.02
 LR = 1e-3
 
 
@@ -183,9 +189,7 @@ class TorchProcess:
     def __call__(self, steps):
         self.process.stdin.write(f"{steps}\n")
         self.process.stdin.flush()
-        seconds = float(self.process.stdout.readline())
-        time.sleep(SETTLE_S)  # its idle OpenMP threads spin a while: not on the next contender's clock
-        return seconds
+        return float(self.process.stdout.readline())
 
     def close(self):
         self.process.stdin.close()
@@ -321,6 +325,8 @@ def measure(name, case, scale, steps, rounds, torch_python, precision="float32")
         for r in range(rounds):  # interleaved, so a slow patch of the machine hits every contender,
             for n in names[r % len(names):] + names[:r % len(names)]:  # each one first in turn
                 samples[n].append(contenders[n]())
+                if torch is not None:
+                    time.sleep(SETTLE_S)
     finally:
         if torch is not None:
             torch.close()
