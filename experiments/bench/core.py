@@ -8,10 +8,11 @@ call of the same operation on the same shapes, timed in the same run. The
 backward rules must dispatch their own array calls (mult needs two), so a ratio
 near 1 + (calls in the rule) is the floor; the target is <= 4.
 
-That reference reads the same operands every time: at 256x256 they stay in the
-cache, while the K nodes' operands (K x 256 KB each) do not. A second reference
-runs the jnp call once on each node's own operands, as the graph touches them:
-the ratio to it (`per-node ratio`) is the cost of the framework itself.
+That reference frees each result before the next call, so its output buffer is
+reused, hot in the cache; the graph keeps every node's output and gradients, each
+fresh memory (at 256x256, K x 256 KB per array). A second reference makes the jnp
+call K times and keeps every result, as the graph keeps its nodes' values: the
+ratio to it (`per-node ratio`) leaves that memory traffic out.
 """
 import os
 import platform
@@ -83,10 +84,8 @@ def measure(name, fn, reference, shapes, nodes, repeats):
     def plain():
         return reference(*arrays)
 
-    operands = [[p.value for p in group] for group in model.groups]
-
     def plain_per_node():
-        return [reference(*group) for group in operands]
+        return [reference(*arrays) for _ in range(nodes)]
 
     best = dict(step=float("inf"), forward=float("inf"), plain=float("inf"), per_node=float("inf"))
     for _ in range(repeats):  # interleaved, so a slow patch of the machine hits them all

@@ -4,7 +4,7 @@ PyTorch is not a zkynet dependency, and in one process with JAX the two thread
 pools fight over the cores. So `experiments.bench train` starts this file with an
 interpreter that has torch (`--torch-python`) and drives it over a pipe, one
 timing round at a time alternating with its own rounds:
-    python torch_reference.py MODEL BATCH     then per stdin line "STEPS":
+    python torch_reference.py MODEL BATCH     then per stdin line "STEPS WARMUP":
     it runs WARMUP untimed steps, then STEPS timed ones, and prints the seconds per step.
 Only torch and numpy are imported here (the other interpreter has nothing else).
 """
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 LR = 1e-3  # the same Adam as the zkynet and JAX steps
-WARMUP = 2  # untimed steps per round: experiments.bench.train.ROUND_WARMUP
 
 
 def sinusoidal_positions(length, dim):
@@ -93,8 +92,8 @@ def main(kind, batch):
     step(), step()  # warm up
     print("ready", flush=True)
     for line in sys.stdin:
-        steps = int(line)
-        for _ in range(WARMUP):  # as the other contenders' rounds start
+        steps, warmup = map(int, line.split())
+        for _ in range(warmup):  # as the other contenders' rounds start
             step()
         start = time.perf_counter()
         for _ in range(steps):

@@ -187,7 +187,7 @@ class TorchProcess:
             raise RuntimeError(f"{python} could not run the PyTorch reference for {kind} (does it have torch?)")
 
     def __call__(self, steps):
-        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.write(f"{steps} {ROUND_WARMUP}\n")
         self.process.stdin.flush()
         return float(self.process.stdout.readline())
 
