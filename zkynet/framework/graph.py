@@ -17,6 +17,8 @@ import numpy as np
 
 from zkynet.framework.errors import BackwardRuleError, GradientError, NumericOverflowError, ValueTypeError
 from zkynet.framework.memory import keep_freed_memory
+from zkynet.framework.slice_cotangent import SliceCotangent, dense
+from zkynet.framework.slice_cotangent import add as add_cotangents
 
 keep_freed_memory()  # every graph allocates and frees arrays per step: keep that memory (see memory.py)
 
@@ -317,13 +319,17 @@ def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Nod
     """Reverse-mode sweep: {node: cotangent} for every node of `order` that the seed
     cotangents ({root: cotangent}) reach through differentiable inputs. Each operator's
     vjp must return one cotangent per input (None for no gradient), each shaped like
-    its input or broadcastable to it; anything else raises BackwardRuleError."""
+    its input or broadcastable to it (or a SliceCotangent, kept in blocks while only
+    slices' rules add to it); anything else raises BackwardRuleError."""
     grads = dict(seeds)
     get = grads.get
+    sliced = []  # nodes given a SliceCotangent: made arrays at the end if no rule read them
     for node in reversed(order):
         g = get(node)
         if g is None or not node.inputs or not node.requires_grad:
             continue
+        if type(g) is SliceCotangent:
+            g = grads[node] = g.dense()
         inputs = node.inputs
         cotangents = node.ref.pullback(g, node)
         if type(cotangents) is not tuple or len(cotangents) != len(inputs):
@@ -332,12 +338,16 @@ def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Nod
             inp = inputs[i]
             if ct is None or not inp.requires_grad:
                 continue
-            if not isinstance(ct, jax.Array):
+            if type(ct) is SliceCotangent:
+                sliced.append(inp)
+            elif not isinstance(ct, jax.Array):
                 ct = jnp.asarray(ct)
             if ct.shape != inp.value.shape:
                 ct = sum_to_shape(ct, _reducible(node, i, ct.shape))
             previous = get(inp)
-            grads[inp] = ct if previous is None else previous + ct
+            grads[inp] = ct if previous is None else add_cotangents(previous, ct)
+    for node in sliced:
+        grads[node] = dense(grads[node])
     return grads
 
 

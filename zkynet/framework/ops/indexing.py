@@ -28,6 +28,7 @@ from zkynet.framework.builder import NodeLike, as_node
 from zkynet.framework.errors import IndexOutOfRangeError, ShapeError, ValueTypeError
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Fused
+from zkynet.framework.slice_cotangent import SliceCotangent
 
 __all__ = ["Getitem", "Take", "getitem", "take"]
 
@@ -93,18 +94,41 @@ class Getitem(Fused):
             return x.value.at[key].get(mode="fill")  # traced indices: NaN, not a clamped element
         return x.value[key]
 
+    def pullback(self, g, node):
+        if all(k is Ellipsis or k is _POSITION or isinstance(k, slice) for k in self.key):
+            return self.vjp(g, node.value, *node.inputs)  # at most one pad (see vjp): nothing to fuse
+        return super().pullback(g, node)
+
     def vjp(self, g, out, x, positions):
+        if not isinstance(positions.value, jax.core.Tracer):  # always, but inside an eager fusion
+            key = self._key(np.asarray(positions.value))
+            cut = _slice_padding(key if isinstance(key, tuple) else (key,), x.shape)
+            if cut is not None:  # slices and integers only: g zero-padded back to x's shape, no scatter
+                padding, integer_axes = cut
+                return _padded(jnp.expand_dims(g, integer_axes), padding, x.shape), None
         key = self._key(positions.value)
-        padding = _slice_padding(key if isinstance(key, tuple) else (key,), x.shape)
-        if padding is not None:  # slices only: g zero-padded back to x's shape, no scatter
-            return lax.pad(g, jnp.zeros((), g.dtype), padding), None
         return jnp.zeros(x.shape, g.dtype).at[key].add(g), None  # drops out-of-range
 
 
+def _padded(g, padding, shape):
+    """g zero-padded back to `shape` (lax.pad's `padding`): a SliceCotangent where a single
+    axis is cut, contiguously, so that the cotangents of slices side by side (x[..., :h]
+    and x[..., h:], or x[0], x[1], ...) are joined by one concatenation instead of adding
+    padded arrays (see SliceCotangent)."""
+    cut = [axis for axis, p in enumerate(padding) if tuple(p) != (0, 0, 0)]
+    if not cut:
+        return g
+    if len(cut) == 1 and padding[cut[0]][2] == 0:
+        return SliceCotangent(tuple(shape), cut[0], (padding[cut[0]][0],), (g,))
+    return lax.pad(g, jnp.zeros((), g.dtype), padding)
+
+
 def _slice_padding(key, shape):
-    """lax.pad's (low, high, interior) per axis that undoes x[key] for a key of forward
-    slices and Ellipsis only (what a model's x[..., a:b] is), else None."""
-    if any(k is not Ellipsis and not isinstance(k, slice) for k in key) or sum(k is Ellipsis for k in key) > 1:
+    """(lax.pad's (low, high, interior) per axis that undoes x[key], the axes that the
+    key's integers removed) for a key of forward slices, in-range integers and Ellipsis
+    only (what a model's x[..., a:b] or x[:, t] is), else None."""
+    if any(k is not Ellipsis and not isinstance(k, (slice, numbers.Integral)) or isinstance(k, (bool, np.bool_))
+           for k in key) or sum(k is Ellipsis for k in key) > 1:
         return None
     rest = len(shape) - (len(key) - (Ellipsis in key))  # the axes the key leaves whole
     if Ellipsis not in key:
@@ -112,14 +136,19 @@ def _slice_padding(key, shape):
     parts = []
     for k in key:
         parts += [slice(None)] * rest if k is Ellipsis else [k]
-    padding = []
-    for part, size in zip(parts, shape):
+    padding, integer_axes = [], []
+    for axis, (part, size) in enumerate(zip(parts, shape)):
+        if not isinstance(part, slice):
+            if not -size <= part < size:
+                return None
+            integer_axes.append(axis)
+            part = slice(part % size, part % size + 1)
         start, stop, step = part.indices(size)
         count = len(range(start, stop, step))
         if step < 1 or count == 0:
             return None
         padding.append((start, size - (start + (count - 1) * step + 1), step - 1))
-    return padding
+    return padding, tuple(integer_axes)
 
 
 def _is_bool_array(k):

@@ -90,7 +90,7 @@ class Scan(Operator):
             products = _weight_products(graph, self.cell_params)
             for _, product in products:
                 product.inputs[1].requires_grad = False  # its gradient comes after the loop
-            graph.back(tuple(a + b for a, b in zip(split(g_t), d_carry)))
+            graph.back(tuple(a + b for a, b in zip(g_t, d_carry)))
             d_inputs = [graph.grad(v) for v in self.cell.inputs]
             hoisted = {index for index, _ in products}
             d_params = tuple(total + graph.grad(p) if graph.uses(p) and i not in hoisted else total
@@ -112,7 +112,7 @@ class Scan(Operator):
             return (tuple(d_inputs[self.n_xs:]), d_params), (tuple(d_inputs[:self.n_xs]), tuple(extra))
 
         zeros = (tuple(jnp.zeros_like(c) for c in carry), tuple(jnp.zeros_like(p) for p in params))
-        per_step = (tuple(xs), tuple(entering), saved, g)
+        per_step = (tuple(xs), tuple(entering), saved, tuple(split(g)))
         (d_carry, d_params), (d_xs, extra) = lax.scan(back_step, zeros, per_step, reverse=True)
         stacked = {"xs": xs, "carry": entering, "d_xs": d_xs, "extra": extra}
         d_params = list(d_params)
