@@ -9,6 +9,7 @@ blocks at their offsets along one axis; the graph's sum of two over disjoint blo
 keeps the blocks, and the array is built when a backward rule or the caller reads it:
 one concatenation, with zeros only in the gaps (slices that fit together leave none).
 """
+import functools
 from typing import Any
 
 import jax
@@ -47,26 +48,8 @@ class SliceCotangent:
 
     def dense(self) -> jax.Array:
         """The whole array: one pad for a single block, else one concatenation of the
-        blocks and the zeros between them."""
-        size = self.shape[self.axis]
-        if len(self.blocks) == 1:
-            padding = [(0, 0, 0)] * len(self.shape)
-            padding[self.axis] = (self.starts[0], size - self._stops()[0], 0)
-            return lax.pad(self.blocks[0], jnp.zeros((), self.dtype), padding)
-        pieces, at = [], 0
-        for start, stop, block in zip(self.starts, self._stops(), self.blocks):
-            if start > at:
-                pieces.append(self._zeros(start - at))
-            pieces.append(block)
-            at = stop
-        if at < size:
-            pieces.append(self._zeros(size - at))
-        return jnp.concatenate(pieces, axis=self.axis)
-
-    def _zeros(self, width: int) -> jax.Array:
-        shape = list(self.shape)
-        shape[self.axis] = width
-        return jnp.zeros(shape, self.dtype)
+        blocks and the zeros between them (one cached XLA computation when eager)."""
+        return _assemble(self.shape, self.axis, self.starts, *self.blocks)
 
     def tree_flatten(self) -> tuple[tuple[jax.Array, ...], tuple[Any, ...]]:
         return self.blocks, (self.shape, self.axis, self.starts)
@@ -74,6 +57,28 @@ class SliceCotangent:
     @classmethod
     def tree_unflatten(cls, aux: tuple[Any, ...], blocks: tuple[jax.Array, ...]) -> "SliceCotangent":
         return cls(*aux, tuple(blocks))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _assemble(shape: tuple[int, ...], axis: int, starts: tuple[int, ...], *blocks: jax.Array) -> jax.Array:
+    stops = [start + block.shape[axis] for start, block in zip(starts, blocks)]
+    if len(blocks) == 1:
+        padding = [(0, 0, 0)] * len(shape)
+        padding[axis] = (starts[0], shape[axis] - stops[0], 0)
+        return lax.pad(blocks[0], jnp.zeros((), blocks[0].dtype), padding)
+    pieces, at = [], 0
+    for start, stop, block in zip(starts, stops, blocks):
+        if start > at:
+            pieces.append(_zeros(shape, axis, start - at, block.dtype))
+        pieces.append(block)
+        at = stop
+    if at < shape[axis]:
+        pieces.append(_zeros(shape, axis, shape[axis] - at, blocks[0].dtype))
+    return jnp.concatenate(pieces, axis=axis)
+
+
+def _zeros(shape: tuple[int, ...], axis: int, width: int, dtype: Any) -> jax.Array:
+    return jnp.zeros(shape[:axis] + (width,) + shape[axis + 1:], dtype)
 
 
 def dense(g: "jax.Array | SliceCotangent") -> jax.Array:

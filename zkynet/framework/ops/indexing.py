@@ -40,6 +40,7 @@ class _Position:
 
 
 _POSITION = _Position()
+_NO_POSITIONS = np.zeros(0, np.int32)  # a key without integers, read without a device transfer
 
 
 class Getitem(Fused):
@@ -101,11 +102,11 @@ class Getitem(Fused):
 
     def vjp(self, g, out, x, positions):
         if not isinstance(positions.value, jax.core.Tracer):  # always, but inside an eager fusion
-            key = self._key(np.asarray(positions.value))
+            key = self._key(np.asarray(positions.value) if positions.shape[0] else _NO_POSITIONS)
             cut = _slice_padding(key if isinstance(key, tuple) else (key,), x.shape)
             if cut is not None:  # slices and integers only: g zero-padded back to x's shape, no scatter
                 padding, integer_axes = cut
-                return _padded(jnp.expand_dims(g, integer_axes), padding, x.shape), None
+                return _padded(jnp.expand_dims(g, integer_axes) if integer_axes else g, padding, x.shape), None
         key = self._key(positions.value)
         return jnp.zeros(x.shape, g.dtype).at[key].add(g), None  # drops out-of-range
 
