@@ -21,6 +21,8 @@ SLICED = {
     "dense use too": lambda m, x: x * 2.0 + m.sum(m.tanh(x[..., 2:4]), axis=-1, keepdims=True) + x[..., 1:2],
     "strided": lambda m, x: x[..., ::2] * x[..., 1::2],
     "a slice of a slice": lambda m, x: x[:, 1:][:, :2] * x[:, :1],
+    "an integer on a one-wide axis": lambda m, x: x[:, 1:2][:, 0] * x[:, 2],
+    "every row, one by one": lambda m, x: m.stack([m.tanh(x[:, t]) * t for t in range(4)], axis=1),
 }
 
 
@@ -63,7 +65,7 @@ def test_side_by_side_slices_are_joined_without_padding():
 
 def _block(start, width, fill, shape=(2, 6)):
     block = jnp.full((shape[0], width), fill, jnp.float32)
-    return SliceCotangent(shape, 1, (start,), (block,))
+    return SliceCotangent.block(shape, 1, start, block)
 
 
 def test_disjoint_blocks_stay_blocks_and_fill_gaps_with_zeros():
@@ -79,12 +81,23 @@ def test_overlapping_blocks_or_a_dense_array_sum_densely():
     np.testing.assert_array_equal(overlap, [[1, 1, 3, 2, 0, 0]] * 2)
     mixed = add(jnp.ones((2, 6)), _block(5, 1, 4.0))
     np.testing.assert_array_equal(mixed, [[1, 1, 1, 1, 1, 5]] * 2)
-    other_axis = add(_block(0, 1, 1.0), SliceCotangent((2, 6), 0, (1,), (jnp.full((1, 6), 2.0),)))
+    other_axis = add(_block(0, 1, 1.0), SliceCotangent.block((2, 6), 0, 1, jnp.full((1, 6), 2.0)))
     np.testing.assert_array_equal(other_axis, [[1, 0, 0, 0, 0, 0], [3, 2, 2, 2, 2, 2]])
+
+
+def test_blocks_read_by_integers_lack_their_axis_until_assembled():
+    rows = [jnp.full((2,), float(t)) for t in range(3)]
+    total = SliceCotangent.block((3, 2), 0, 2, rows[2], squeezed=True)
+    for t in (0, 1):
+        total = add(total, SliceCotangent.block((3, 2), 0, t, rows[t], squeezed=True))
+    assert isinstance(total, SliceCotangent) and total.starts == (0, 1, 2)
+    np.testing.assert_array_equal(dense(total), [[0, 0], [1, 1], [2, 2]])
+    again = add(total, SliceCotangent.block((3, 2), 0, 1, rows[1], squeezed=True))  # row 1 twice: a dense sum
+    np.testing.assert_array_equal(again, [[0, 0], [2, 2], [2, 2]])
 
 
 def test_a_jitted_rule_may_return_one():
     """A pytree: a fused (jitted) backward rule can hand one back."""
-    made = jax.jit(lambda g: SliceCotangent((2, 6), 1, (1,), (g,)))(jnp.ones((2, 2)))
+    made = jax.jit(lambda g: SliceCotangent.block((2, 6), 1, 1, g))(jnp.ones((2, 2)))
     assert isinstance(made, SliceCotangent) and made.starts == (1,)
     np.testing.assert_array_equal(dense(made), [[0, 1, 1, 0, 0, 0]] * 2)

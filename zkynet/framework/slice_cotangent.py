@@ -1,14 +1,15 @@
 """The cotangent a slice's backward rule gives: zero but for one block along one axis.
 
-Slices of one array (an LSTM's [h, c] state split in two, a VAE's mean and log-variance)
-each hand back their cotangent zero-padded to the whole array, and the graph adds them
-up: pad(a) + pad(b). XLA's CPU backend compiles that sum as a scalar loop, about ten
-times slower than a concatenation (two of them cost ~30 us of each ~140 us backward
-step of the benchmark's LSTM, measured). So a slice's rule returns a SliceCotangent,
-blocks at their offsets along one axis; the graph's sum of two over disjoint blocks
-keeps the blocks, and the array is built when a backward rule or the caller reads it:
-one concatenation, with zeros only in the gaps (slices that fit together leave none).
+Slices of one array (an LSTM's [h, c] state split in two, a VAE's mean and log-variance,
+attention's q, k, v) each hand back their cotangent zero-padded to the whole array, and
+the graph adds them up: pad(a) + pad(b). XLA's CPU backend compiles that sum as a scalar
+loop, and every fusion that reads a part of it re-slices it element by element. So a
+slice's rule returns a SliceCotangent, blocks at their offsets along one axis; the
+graph's sum of two over disjoint blocks keeps the blocks, and the array is built when a
+backward rule or the caller reads it: one concatenation, with zeros only in the gaps
+(slices that fit together leave none).
 """
+import bisect
 import functools
 from typing import Any
 
@@ -21,46 +22,67 @@ from jax import lax
 class SliceCotangent:
     """An array of `shape` that is zero but for `blocks` (arrays of one dtype), the i-th
     placed along `axis` at `starts[i]`; the starts are sorted and the blocks disjoint.
-    A pytree, so that a jitted backward rule can return one."""
-    __slots__ = ("shape", "axis", "starts", "blocks")
+    A block read by an integer index (x[:, t]) lacks the axis: its `squeezed` entry is
+    True and it is one wide there. A pytree, so that a jitted backward rule can return one."""
+    __slots__ = ("shape", "axis", "starts", "squeezed", "blocks")
 
-    def __init__(self, shape: tuple[int, ...], axis: int, starts: tuple[int, ...], blocks: tuple[jax.Array, ...]):
-        self.shape, self.axis, self.starts, self.blocks = shape, axis, starts, blocks
+    def __init__(self, shape: tuple[int, ...], axis: int, starts: tuple[int, ...], squeezed: tuple[bool, ...],
+                 blocks: tuple[jax.Array, ...]):
+        self.shape, self.axis, self.starts, self.squeezed, self.blocks = shape, axis, starts, squeezed, blocks
+
+    @classmethod
+    def block(cls, shape: tuple[int, ...], axis: int, start: int, block: jax.Array,
+              squeezed: bool = False) -> "SliceCotangent":
+        """Zero but for `block` at `start` along `axis`."""
+        return cls(shape, axis, (start,), (squeezed,), (block,))
 
     @property
     def dtype(self) -> Any:
         return self.blocks[0].dtype
 
-    def _stops(self) -> list[int]:
-        return [start + block.shape[self.axis] for start, block in zip(self.starts, self.blocks)]
+    def _stop(self, i: int) -> int:
+        return self.starts[i] + (1 if self.squeezed[i] else self.blocks[i].shape[self.axis])
 
     def plus(self, other: "jax.Array | SliceCotangent") -> "jax.Array | SliceCotangent":
         """self + other: blocks side by side when both are SliceCotangents over disjoint
         blocks of the same axis and dtype, else the dense sum."""
         if (isinstance(other, SliceCotangent) and other.axis == self.axis and other.dtype == self.dtype
                 and other.shape == self.shape):
-            pairs = sorted(zip(self.starts + other.starts, self.blocks + other.blocks), key=lambda p: p[0])
-            merged = SliceCotangent(self.shape, self.axis, tuple(s for s, _ in pairs), tuple(b for _, b in pairs))
-            stops = merged._stops()
-            if all(stop <= start for stop, start in zip(stops, merged.starts[1:])):
+            merged = self
+            for i in range(len(other.blocks)):
+                merged = merged._with(other.starts[i], other._stop(i), other.squeezed[i], other.blocks[i])
+                if merged is None:
+                    break
+            else:
                 return merged
         return self.dense() + (other.dense() if isinstance(other, SliceCotangent) else other)
+
+    def _with(self, start: int, stop: int, squeezed: bool, block: jax.Array) -> "SliceCotangent | None":
+        """This with one more block over start:stop, or None where that overlaps a block."""
+        at = bisect.bisect(self.starts, start)
+        if (at and self._stop(at - 1) > start) or (at < len(self.starts) and self.starts[at] < stop):
+            return None
+        insert = lambda values, value: values[:at] + (value,) + values[at:]  # noqa: E731
+        return SliceCotangent(self.shape, self.axis, insert(self.starts, start), insert(self.squeezed, squeezed),
+                              insert(self.blocks, block))
 
     def dense(self) -> jax.Array:
         """The whole array: one pad for a single block, else one concatenation of the
         blocks and the zeros between them (one cached XLA computation when eager)."""
-        return _assemble(self.shape, self.axis, self.starts, *self.blocks)
+        return _assemble(self.shape, self.axis, self.starts, self.squeezed, *self.blocks)
 
     def tree_flatten(self) -> tuple[tuple[jax.Array, ...], tuple[Any, ...]]:
-        return self.blocks, (self.shape, self.axis, self.starts)
+        return self.blocks, (self.shape, self.axis, self.starts, self.squeezed)
 
     @classmethod
     def tree_unflatten(cls, aux: tuple[Any, ...], blocks: tuple[jax.Array, ...]) -> "SliceCotangent":
         return cls(*aux, tuple(blocks))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _assemble(shape: tuple[int, ...], axis: int, starts: tuple[int, ...], *blocks: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _assemble(shape: tuple[int, ...], axis: int, starts: tuple[int, ...], squeezed: tuple[bool, ...],
+              *blocks: jax.Array) -> jax.Array:
+    blocks = tuple(jnp.expand_dims(b, axis) if s else b for b, s in zip(blocks, squeezed))
     stops = [start + block.shape[axis] for start, block in zip(starts, blocks)]
     if len(blocks) == 1:
         padding = [(0, 0, 0)] * len(shape)

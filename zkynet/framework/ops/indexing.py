@@ -105,23 +105,22 @@ class Getitem(Fused):
             key = self._key(np.asarray(positions.value) if positions.shape[0] else _NO_POSITIONS)
             cut = _slice_padding(key if isinstance(key, tuple) else (key,), x.shape)
             if cut is not None:  # slices and integers only: g zero-padded back to x's shape, no scatter
-                padding, integer_axes = cut
-                return _padded(jnp.expand_dims(g, integer_axes) if integer_axes else g, padding, x.shape), None
+                return _padded(g, *cut, x.shape), None
         key = self._key(positions.value)
         return jnp.zeros(x.shape, g.dtype).at[key].add(g), None  # drops out-of-range
 
 
-def _padded(g, padding, shape):
-    """g zero-padded back to `shape` (lax.pad's `padding`): a SliceCotangent where a single
-    axis is cut, contiguously, so that the cotangents of slices side by side (x[..., :h]
-    and x[..., h:], or x[0], x[1], ...) are joined by one concatenation instead of adding
-    padded arrays (see SliceCotangent)."""
+def _padded(g, padding, integer_axes, shape):
+    """g zero-padded back to `shape` (lax.pad's `padding`; the key's integers removed
+    `integer_axes`): a SliceCotangent where a single axis is cut, contiguously, so that
+    the cotangents of slices side by side (x[..., :h] and x[..., h:], or x[0], x[1], ...)
+    are joined by one concatenation instead of adding padded arrays (see SliceCotangent)."""
     cut = [axis for axis, p in enumerate(padding) if tuple(p) != (0, 0, 0)]
-    if not cut:
-        return g
-    if len(cut) == 1 and padding[cut[0]][2] == 0:
-        return SliceCotangent(tuple(shape), cut[0], (padding[cut[0]][0],), (g,))
-    return lax.pad(g, jnp.zeros((), g.dtype), padding)
+    if len(cut) == 1 and padding[cut[0]][2] == 0 and set(integer_axes) <= set(cut):
+        return SliceCotangent.block(tuple(shape), cut[0], padding[cut[0]][0], g, squeezed=bool(integer_axes))
+    if integer_axes:
+        g = jnp.expand_dims(g, integer_axes)
+    return lax.pad(g, jnp.zeros((), g.dtype), padding) if cut else g
 
 
 def _slice_padding(key, shape):
