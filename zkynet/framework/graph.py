@@ -321,7 +321,7 @@ def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Nod
     vjp must return one cotangent per input (None for no gradient), each shaped like
     its input or broadcastable to it (or a SliceCotangent, kept in blocks while only
     slices' rules add to it); anything else raises BackwardRuleError."""
-    grads = dict(seeds)
+    grads: dict[Node, Any] = dict(seeds)  # arrays, and SliceCotangents until the end
     get = grads.get
     sliced = []  # nodes given a SliceCotangent: made arrays at the end if no rule read them
     for node in reversed(order):

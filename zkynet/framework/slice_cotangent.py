@@ -50,9 +50,10 @@ class SliceCotangent:
                 and other.shape == self.shape):
             merged = self
             for i in range(len(other.blocks)):
-                merged = merged._with(other.starts[i], other._stop(i), other.squeezed[i], other.blocks[i])
-                if merged is None:
+                grown = merged._with(other.starts[i], other._stop(i), other.squeezed[i], other.blocks[i])
+                if grown is None:
                     break
+                merged = grown
             else:
                 return merged
         return self.dense() + (other.dense() if isinstance(other, SliceCotangent) else other)
@@ -76,7 +77,8 @@ class SliceCotangent:
 
     @classmethod
     def tree_unflatten(cls, aux: tuple[Any, ...], blocks: tuple[jax.Array, ...]) -> "SliceCotangent":
-        return cls(*aux, tuple(blocks))
+        shape, axis, starts, squeezed = aux
+        return cls(shape, axis, starts, squeezed, tuple(blocks))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
