@@ -2,19 +2,19 @@
 curves, and a look at what the model produces (generated text, sampled or
 reconstructed images). A Task names the looks worth drawing (`Task.artifacts`);
 SAMPLES maps each name to what draws it."""
+
 import jax
 import matplotlib
 import matplotlib.ticker
 import numpy as np
 
 matplotlib.use("Agg")  # headless
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from experiments.schema import ConfigError  # noqa: E402
-from zkynet.framework.compile import Objective, forward  # noqa: E402
-from zkynet.models.transformer import generate  # noqa: E402
-from zkynet.visual import plot_cg  # noqa: E402
-
+from experiments.schema import ConfigError
+from zkynet.framework.compile import Objective, forward
+from zkynet.models.transformer import generate
+from zkynet.visual import plot_cg
 
 GRAPH_MAX_WIDTH = 1200  # pixels: about what MLflow's artifact preview shows unscaled on a 1920-pixel screen
 
@@ -26,17 +26,21 @@ def graph_images(model, loss, batch, paths, title, depth="auto"):
     labels cannot be read (the SVG zooms without blurring)."""
     sample = [part[:2] for part in batch]
     graph = Objective(model, loss)(*sample)
-    return [plot_cg(graph, save_path=str(path), title=title, depth=depth, rankdir="TB", max_width=GRAPH_MAX_WIDTH)
-            for path in paths]
+    return [
+        plot_cg(graph, save_path=str(path), title=title, depth=depth, rankdir="TB", max_width=GRAPH_MAX_WIDTH)
+        for path in paths
+    ]
 
 
 def curves_image(history, path, title):
     """Train/validation loss (and any other shared metric) per epoch."""
-    names = sorted({k[len("train_"):] for k in history[0] if k.startswith("train_")}
-                   & {k[len("val_"):] for k in history[0] if k.startswith("val_")})
+    names = sorted(
+        {k[len("train_") :] for k in history[0] if k.startswith("train_")}
+        & {k[len("val_") :] for k in history[0] if k.startswith("val_")}
+    )
     figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
     epochs = [record["epoch"] for record in history]
-    for axis, name in zip(axes[0], names):
+    for axis, name in zip(axes[0], names, strict=True):
         for split in ("train", "val"):
             axis.plot(epochs, [record[f"{split}_{name}"] for record in history], marker=".", label=split)
         axis.set_xlabel("epoch")
@@ -56,15 +60,16 @@ def text_sample(model, tokenizer, prompt_ids, path, steps=300, temperature=0.8, 
     """The model continuing a validation prompt, sampled at `temperature`."""
     tokens = generate(model, np.asarray(prompt_ids)[None, :], steps, temperature, jax.random.PRNGKey(seed))
     prompt = tokenizer.decode(prompt_ids)
-    path.write_text(f"--- prompt ---\n{prompt}\n--- sampled continuation (temperature {temperature}) ---\n"
-                    f"{tokenizer.decode(np.asarray(tokens)[0, len(prompt_ids):])}\n")
+    path.write_text(
+        f"--- prompt ---\n{prompt}\n--- sampled continuation (temperature {temperature}) ---\n"
+        f"{tokenizer.decode(np.asarray(tokens)[0, len(prompt_ids) :])}\n"
+    )
     return path
 
 
 def image_grid(rows, image_shape, path, title, row_titles=None):
     """Rows of images (each row: (count, features)) as one picture."""
-    figure, axes = plt.subplots(len(rows), len(rows[0]), figsize=(len(rows[0]) * 0.8, len(rows) * 0.9),
-                                squeeze=False)
+    figure, axes = plt.subplots(len(rows), len(rows[0]), figsize=(len(rows[0]) * 0.8, len(rows) * 0.9), squeeze=False)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             axes[r][c].imshow(np.asarray(image).reshape(image_shape[-2:]), cmap="gray_r", vmin=0, vmax=1)
@@ -90,8 +95,9 @@ def _text_sample(model, dataset, folder, title, seed, image_shape):
 
 def _decoded_samples(model, dataset, folder, title, seed, image_shape):
     samples = model.sample(20, seed)
-    return image_grid([samples[:10], samples[10:]], image_shape, folder / "samples.png",
-                      f"{title}: decoded from z ~ N(0, I)")
+    return image_grid(
+        [samples[:10], samples[10:]], image_shape, folder / "samples.png", f"{title}: decoded from z ~ N(0, I)"
+    )
 
 
 def _reconstructions(model, dataset, folder, title, seed, image_shape):
@@ -99,8 +105,11 @@ def _reconstructions(model, dataset, folder, title, seed, image_shape):
 
 
 # name -> (draw(model, dataset, folder, title, seed, image_shape) -> path, what it needs)
-SAMPLES = {"text_sample": (_text_sample, "tokenizer"), "decoded_samples": (_decoded_samples, "image_shape"),
-           "reconstructions": (_reconstructions, "image_shape")}
+SAMPLES = {
+    "text_sample": (_text_sample, "tokenizer"),
+    "decoded_samples": (_decoded_samples, "image_shape"),
+    "reconstructions": (_reconstructions, "image_shape"),
+}
 
 
 def check(names):
@@ -114,5 +123,8 @@ def samples(names, model, dataset, folder, title, seed, image_shape):
     """The files of the looks `names` asks for, skipping those the data cannot give
     (no tokenizer, no image shape)."""
     available = {"tokenizer": "tokenizer" in dataset.info, "image_shape": bool(image_shape)}
-    return [SAMPLES[name][0](model, dataset, folder, title, seed, image_shape)
-            for name in names if available[SAMPLES[name][1]]]
+    return [
+        SAMPLES[name][0](model, dataset, folder, title, seed, image_shape)
+        for name in names
+        if available[SAMPLES[name][1]]
+    ]

@@ -1,6 +1,7 @@
 """Config -> objects: the task, dataset, model, optimizer and callbacks a run
 trains with. Anything with a `_target_` is built by Hydra, so a user's own
 model, task or callback is one class plus one yaml file."""
+
 import dataclasses
 
 import jax
@@ -35,8 +36,10 @@ def dataset(cfg, task):
         if isinstance(e.__cause__, (DatasetNotFoundError, DatasetFileError)):
             raise e.__cause__ from None
         if isinstance(e.__cause__, ValueError):  # e.g. digits asked for token ids (model.input_layout=tokens)
-            raise ConfigError(f"dataset {cfg.dataset.name} for model {cfg.model._target_.rsplit('.', 1)[-1]}: "
-                              f"{e.__cause__}; pick a dataset that fits (dataset=...)") from None
+            raise ConfigError(
+                f"dataset {cfg.dataset.name} for model {cfg.model._target_.rsplit('.', 1)[-1]}: "
+                f"{e.__cause__}; pick a dataset that fits (dataset=...)"
+            ) from None
         raise
     dtype = weights_dtype(cfg)
     data = dataclasses.replace(data, train=_cast(data.train, dtype), validation=_cast(data.validation, dtype))
@@ -70,8 +73,10 @@ def steps(cfg, dataset):
     """How many optimizer steps the run takes; refused when no full batch fits the data."""
     examples, batch_size = len(dataset.train), cfg.trainer.batch_size
     if batch_size > examples:
-        raise ConfigError(f"trainer.batch_size={batch_size} is more than the {examples} training examples of "
-                          f"dataset {dataset.name}: no full batch")
+        raise ConfigError(
+            f"trainer.batch_size={batch_size} is more than the {examples} training examples of "
+            f"dataset {dataset.name}: no full batch"
+        )
     return cfg.trainer.epochs * (examples // batch_size)
 
 
@@ -79,8 +84,10 @@ def optimizer(cfg, total_steps):
     """The optimizer with its learning rate following trainer.lr_schedule."""
     lr, warmup = cfg.optimizer.lr, cfg.trainer.warmup_steps
     if warmup >= total_steps:
-        raise ConfigError(f"trainer.warmup_steps={warmup} is not less than the run's {total_steps} steps: "
-                          "its learning rate would never reach optimizer.lr")
+        raise ConfigError(
+            f"trainer.warmup_steps={warmup} is not less than the run's {total_steps} steps: "
+            "its learning rate would never reach optimizer.lr"
+        )
     if _name(cfg.trainer.lr_schedule) == "cosine":
         schedule = optim.Cosine(lr, max(total_steps - warmup, 1))
     else:
@@ -93,9 +100,11 @@ def optimizer(cfg, total_steps):
 def check_devices(cfg):
     available = jax.local_devices()
     if cfg.trainer.devices > len(available):
-        raise ConfigError(f"trainer.devices={cfg.trainer.devices}: this machine has {len(available)} "
-                          f"({available[0].platform}); on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
-                          "makes N")
+        raise ConfigError(
+            f"trainer.devices={cfg.trainer.devices}: this machine has {len(available)} "
+            f"({available[0].platform}); on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+            "makes N"
+        )
 
 
 def callbacks(cfg):

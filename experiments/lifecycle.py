@@ -9,6 +9,7 @@ run FINISHED, KILLED (an interrupt), FAILED (an exception, with the traceback
 logged) or SCHEDULED (Paused: to be continued), after the last checkpoint is written, and prints the summary; the
 exception, if any, goes on to the caller.
 """
+
 import os
 import signal
 import sys
@@ -66,8 +67,15 @@ class Run:
         with self._signals.deferred(hold_all=True):  # a second Ctrl-C must not leave the run half-ended
             try:
                 interrupted = kind is not None and _interrupted(error)
-                self.status = ("FINISHED" if kind is None else "SCHEDULED" if issubclass(kind, Paused)
-                               else "KILLED" if interrupted else "FAILED")
+                self.status = (
+                    "FINISHED"
+                    if kind is None
+                    else "SCHEDULED"
+                    if issubclass(kind, Paused)
+                    else "KILLED"
+                    if interrupted
+                    else "FAILED"
+                )
                 if self.status == "FAILED":
                     self.error = error
                     self._log_error(error)
@@ -118,8 +126,10 @@ class Run:
         path.write_text(text)
         if self.tracker is None:
             return
-        for log in (lambda: self.tracker.set_tags({lineage.ERROR: text.strip().splitlines()[-1][:5000]}),
-                    lambda: self.tracker.log_artifact(path)):
+        for log in (
+            lambda: self.tracker.set_tags({lineage.ERROR: text.strip().splitlines()[-1][:5000]}),
+            lambda: self.tracker.log_artifact(path),
+        ):
             try:
                 log()
             except Exception as e:
@@ -131,20 +141,26 @@ class Run:
         last = history[-1] if history else {}
         shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("val_"))
         seconds = time.perf_counter() - self._started
-        lines = [f"\nrun {self.status} after {seconds:.1f}s"
-                 + (f" (epoch {last['epoch']}/{cfg.trainer.epochs}): {shown}" if last else "")]
+        lines = [
+            f"\nrun {self.status} after {seconds:.1f}s"
+            + (f" (epoch {last['epoch']}/{cfg.trainer.epochs}): {shown}" if last else "")
+        ]
         if self.error is not None:
             lines.append(f"  error: {type(self.error).__name__}: {self.error}")
         saved = self.checkpointer.saved_step if self.checkpointer is not None else None
         if saved is not None or self.status != "FINISHED":
             resumable = tracker is not None and self.status != "FINISHED" and saved is not None
-            lines.append(f"  last checkpoint: {f'step {saved}' if saved is not None else 'none yet'}"
-                         + (f" -> resume with trainer.resume={tracker.run_id}" if resumable else ""))
+            lines.append(
+                f"  last checkpoint: {f'step {saved}' if saved is not None else 'none yet'}"
+                + (f" -> resume with trainer.resume={tracker.run_id}" if resumable else "")
+            )
         if tracker is not None:
-            lines += [f"  MLflow run {tracker.run_id} in experiment '{tracker.experiment}'",
-                      f"  look at it: mlflow ui --backend-store-uri {self.uri}",
-                      f"              then open {lineage.ui_url(tracker.experiment_id)}",
-                      f"              (this run: {lineage.ui_url(tracker.experiment_id, tracker.run_id)})"]
+            lines += [
+                f"  MLflow run {tracker.run_id} in experiment '{tracker.experiment}'",
+                f"  look at it: mlflow ui --backend-store-uri {self.uri}",
+                f"              then open {lineage.ui_url(tracker.experiment_id)}",
+                f"              (this run: {lineage.ui_url(tracker.experiment_id, tracker.run_id)})",
+            ]
         lines.append(f"  files: {_shown_path(cfg.output_dir)}")
         print("\n".join(lines), file=sys.stderr)
 

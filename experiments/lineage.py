@@ -1,6 +1,7 @@
 """Every name this project writes into MLflow, and every lookup that reads them
 back: run tags, artifact paths, a sweep's run and its trials, earlier attempts
 of a trial, what a run needs to be resumed, and whether a RUNNING run is alive."""
+
 import os
 import secrets
 import socket
@@ -25,7 +26,10 @@ EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
 # tags of a sweep's run and its trials
 SWEEP = "sweep"  # on the sweep's run: its output folder
 SWEEP_JOB = "sweep_job"  # on a trial's run: its number in the sweep
-STOPPED_EARLY, STOPPED_AT_EPOCH = "stopped_early", "stopped_at_epoch"  # a trial the scheduler (or early stopping) stopped
+STOPPED_EARLY, STOPPED_AT_EPOCH = (
+    "stopped_early",
+    "stopped_at_epoch",
+)  # a trial the scheduler (or early stopping) stopped
 BEST_EPOCH = "best_epoch"  # the epoch best by the monitored metric (early stopping, best checkpoint)
 BEST_RUN = "best_run"
 
@@ -54,6 +58,7 @@ def run_name(model, dataset):
 def source_tags(root):
     """The git commit of the code at `root` and whether tracked files had uncommitted
     changes then (git_dirty true: the commit alone does not reproduce the run); {} outside git."""
+
     def git(*arguments):
         return subprocess.run(["git", *arguments], cwd=root, capture_output=True, text=True, timeout=30)
 
@@ -104,20 +109,26 @@ def sweep_run(client, experiment_ids, sweep_dir):
     """The MLflow run of the sweep writing to `sweep_dir` (in one experiment id or any of a
     list), or None."""
     ids = [experiment_ids] if isinstance(experiment_ids, str) else experiment_ids
-    found = client.search_runs(ids, max_results=1, order_by=["attributes.start_time DESC"],
-                               filter_string=f"tags.{SWEEP} = '{sweep_dir}'")
+    found = client.search_runs(
+        ids, max_results=1, order_by=["attributes.start_time DESC"], filter_string=f"tags.{SWEEP} = '{sweep_dir}'"
+    )
     return found[0] if found else None
 
 
 def trials(client, sweep):
     """The child runs of sweep run `sweep`."""
-    return client.search_runs([sweep.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{sweep.info.run_id}'")
+    return client.search_runs(
+        [sweep.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{sweep.info.run_id}'"
+    )
 
 
 def earlier_attempt(client, sweep_run_id, job):
     """The run of an earlier, unfinished attempt at trial `job` of a sweep, or None."""
     parent = client.get_run(sweep_run_id)
-    found = client.search_runs([parent.info.experiment_id], max_results=1,
-                               filter_string=f"tags.mlflow.parentRunId = '{sweep_run_id}' and "
-                                             f"tags.{SWEEP_JOB} = '{job}' and attributes.status != 'FINISHED'")
+    found = client.search_runs(
+        [parent.info.experiment_id],
+        max_results=1,
+        filter_string=f"tags.mlflow.parentRunId = '{sweep_run_id}' and "
+        f"tags.{SWEEP_JOB} = '{job}' and attributes.status != 'FINISHED'",
+    )
     return found[0] if found else None

@@ -12,6 +12,7 @@ member's error (that run ends FAILED; the others train on).
 The members' runs take turns outside training (building, logging, ending: one
 at a time, as MLflow's SQLite store and matplotlib prefer), and train together.
 """
+
 import threading
 import traceback
 
@@ -36,6 +37,7 @@ class Pack:
 
     def start_member(self, index, run):
         """`run()` (member `index`'s whole run) in a thread of its own, taking turns."""
+
         def member():
             self.turn.acquire()
             try:
@@ -48,6 +50,7 @@ class Pack:
                         self.left.add(index)
                     self.changed.notify_all()
                 self.turn.release()
+
         thread = threading.Thread(target=member, name=f"pack member {index}", daemon=True)
         thread.start()
         return thread
@@ -75,8 +78,24 @@ class _Seat:
     """What a member's run sees as its trainer: its Trainer arguments, kept until the
     pack trains; then its member (zkynet.training.population.Member) answers."""
 
-    def __init__(self, pack, index, model, loss, optimizer, dataset, epochs, batch_size, metrics=None, seed=0,
-                 eval_batch_size=None, jit=True, callbacks=(), devices=1, precision="float32"):
+    def __init__(
+        self,
+        pack,
+        index,
+        model,
+        loss,
+        optimizer,
+        dataset,
+        epochs,
+        batch_size,
+        metrics=None,
+        seed=0,
+        eval_batch_size=None,
+        jit=True,
+        callbacks=(),
+        devices=1,
+        precision="float32",
+    ):
         if devices != 1:
             raise PackError("a packed trial trains its members on one device each (trainer.devices=1)")
         self.pack, self.index = pack, index
@@ -110,8 +129,9 @@ class _Seat:
         if member is not None:
             self.history, self.step = member.history, member.step
         if member is None or (member.running and self.pack.error is not None):
-            raise PackError(f"the pack failed: {type(self.pack.error).__name__}: {self.pack.error}") \
-                from self.pack.error
+            raise PackError(
+                f"the pack failed: {type(self.pack.error).__name__}: {self.pack.error}"
+            ) from self.pack.error
         if member.error is not None:
             raise member.error
         return member.history
@@ -119,12 +139,23 @@ class _Seat:
 
 def _population(seats, arguments):
     first = seats[0]
-    population = PopulationTrainer([s.model for s in seats], first.loss, [s.optimizer for s in seats], first.dataset,
-                                   first.epochs, first.batch_size, first.metrics, seeds=[s.seed for s in seats],
-                                   eval_batch_size=first.eval_batch_size, jit=first.jit, precision=first.precision,
-                                   callbacks=[s.callbacks for s in seats],
-                                   on_member_end=lambda member: seats[member.index].ended.set(), **arguments)
-    for seat, member in zip(seats, population.members):
+    population = PopulationTrainer(
+        [s.model for s in seats],
+        first.loss,
+        [s.optimizer for s in seats],
+        first.dataset,
+        first.epochs,
+        first.batch_size,
+        first.metrics,
+        seeds=[s.seed for s in seats],
+        eval_batch_size=first.eval_batch_size,
+        jit=first.jit,
+        precision=first.precision,
+        callbacks=[s.callbacks for s in seats],
+        on_member_end=lambda member: seats[member.index].ended.set(),
+        **arguments,
+    )
+    for seat, member in zip(seats, population.members, strict=True):
         seat.member = member
         if seat.state is not None:
             member.load_state_dict(seat.state)

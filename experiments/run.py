@@ -6,6 +6,7 @@ adds what only Hydra knows (the output folder, the run's name, the command-line
 overrides, the sweep a -m job belongs to) to the config and hands it to
 `experiments.runner.run`, which is callable without Hydra too.
 """
+
 import logging
 import sys
 from pathlib import Path
@@ -42,7 +43,9 @@ def with_launch(cfg, hydra_config):
         cfg.launch.overrides = list(hydra_config.overrides.task)
         if hydra_config.mode == RunMode.MULTIRUN and cfg.tracking.enabled:
             client = connect(cfg.tracking.uri or default_tracking_uri())
-            experiments = [e.experiment_id for e in client.search_experiments()]  # a job's task may differ from the sweep's
+            experiments = [
+                e.experiment_id for e in client.search_experiments()
+            ]  # a job's task may differ from the sweep's
             sweep = lineage.sweep_run(client, experiments, str(hydra_config.sweep.dir))
             if sweep:
                 cfg.launch.sweep_run_id, cfg.launch.trial = sweep.info.run_id, hydra_config.job.num

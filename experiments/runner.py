@@ -7,6 +7,7 @@ order matters: every check that can refuse the configuration runs before an
 MLflow run exists, and from the moment one exists a Run (experiments.lifecycle)
 owns it, so it always ends FINISHED, KILLED or FAILED.
 """
+
 import copy
 import datetime
 import sys
@@ -54,9 +55,15 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
             tags = {lineage.OVERRIDES: " ".join(cfg.launch.overrides), **lineage.source_tags(PROJECT_ROOT)}
             if cfg.launch.trial is not None:
                 tags[lineage.SWEEP_JOB] = str(cfg.launch.trial)
-            tracker = current.track(experiment=cfg.tracking.experiment, run_name=cfg.run_name,
-                                    run_id=continued.run_id, parent_run_id=cfg.launch.sweep_run_id, tags=tags,
-                                    client=client, system_metrics=cfg.tracking.system_metrics)
+            tracker = current.track(
+                experiment=cfg.tracking.experiment,
+                run_name=cfg.run_name,
+                run_id=continued.run_id,
+                parent_run_id=cfg.launch.sweep_run_id,
+                tags=tags,
+                client=client,
+                system_metrics=cfg.tracking.system_metrics,
+            )
             if continued.run_id is None:
                 _log_config(tracker, cfg)
             else:
@@ -66,11 +73,21 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
         callbacks.insert(0, current.signal_check)
         if tracker is not None:  # first: the metrics of an epoch are queued before a checkpoint covers them
             callbacks.insert(0, MetricsLogger(tracker, cfg.trainer.log_every_n_steps))
-        trainer = current.trainer = trainer_class(model, task.loss, optimizer, dataset, cfg.trainer.epochs,
-                                            cfg.trainer.batch_size, task.metrics, seed=cfg.seed,
-                                            eval_batch_size=cfg.trainer.eval_batch_size, jit=cfg.trainer.jit,
-                                            callbacks=callbacks, devices=cfg.trainer.devices,
-                                            precision=build.step_precision(cfg))
+        trainer = current.trainer = trainer_class(
+            model,
+            task.loss,
+            optimizer,
+            dataset,
+            cfg.trainer.epochs,
+            cfg.trainer.batch_size,
+            task.metrics,
+            seed=cfg.seed,
+            eval_batch_size=cfg.trainer.eval_batch_size,
+            jit=cfg.trainer.jit,
+            callbacks=callbacks,
+            devices=cfg.trainer.devices,
+            precision=build.step_precision(cfg),
+        )
         current.checkpointer = next((c for c in callbacks if isinstance(c, Checkpointer)), None)
         if continued.state is not None:
             trainer.load_state_dict(continued.state)
@@ -102,10 +119,18 @@ def _checked(cfg, client):
 
 
 def _record_refused_trial(client, cfg, error):
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, run_name=cfg.run_name,
-                      parent_run_id=cfg.launch.sweep_run_id, client=client,
-                      tags={lineage.OVERRIDES: " ".join(cfg.launch.overrides), lineage.SWEEP_JOB: str(cfg.launch.trial),
-                            lineage.ERROR: f"{type(error).__name__}: {error}"})
+    tracker = Tracker(
+        cfg.tracking.uri,
+        cfg.tracking.experiment,
+        run_name=cfg.run_name,
+        parent_run_id=cfg.launch.sweep_run_id,
+        client=client,
+        tags={
+            lineage.OVERRIDES: " ".join(cfg.launch.overrides),
+            lineage.SWEEP_JOB: str(cfg.launch.trial),
+            lineage.ERROR: f"{type(error).__name__}: {error}",
+        },
+    )
     try:
         tracker.log_params(_params(cfg, resolve=True))
     except Exception:  # the refusal may be a reference that points nowhere
@@ -121,7 +146,7 @@ def _settled(cfg):
             stamp = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
             cfg.output_dir = str(PROJECT_ROOT / "outputs" / stamp)
         if not cfg.get("run_name"):
-            cfg.run_name = lineage.run_name(cfg.model._target_.rsplit('.', 1)[-1].lower(), cfg.dataset.name)
+            cfg.run_name = lineage.run_name(cfg.model._target_.rsplit(".", 1)[-1].lower(), cfg.dataset.name)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     return cfg
 
@@ -131,11 +156,15 @@ def _say_where_it_continues(continued, trainer, cfg):
     if continued.run_id is None:
         print(f"starting at step {trainer.step} (epoch {done + 1} of {cfg.trainer.epochs}) from the state it was given")
     elif continued.attempt > 1 and cfg.launch.trial is not None and not cfg.trainer.resume:
-        print(f"sweep job {cfg.launch.trial}: attempt {continued.attempt}, continuing run {continued.run_id} "
-              f"from step {trainer.step}")
+        print(
+            f"sweep job {cfg.launch.trial}: attempt {continued.attempt}, continuing run {continued.run_id} "
+            f"from step {trainer.step}"
+        )
     elif done >= cfg.trainer.epochs:
-        print(f"run {continued.run_id} already trained {done} epochs: nothing to do (pass a larger "
-              f"trainer.epochs to train on)")
+        print(
+            f"run {continued.run_id} already trained {done} epochs: nothing to do (pass a larger "
+            f"trainer.epochs to train on)"
+        )
     else:
         print(f"resuming run {continued.run_id} at step {trainer.step} (epoch {done + 1} of {cfg.trainer.epochs})")
 
@@ -167,13 +196,24 @@ def _params(cfg, resolve=True):
 
 
 def _log_setup(tracker, cfg, model, task, dataset):
-    tracker.set_tags({lineage.MODEL: type(model).__name__, lineage.DATASET: dataset.name,
-                      lineage.PARAMETERS: sum(p.value.size for p in model.named_parameters().values())})
+    tracker.set_tags(
+        {
+            lineage.MODEL: type(model).__name__,
+            lineage.DATASET: dataset.name,
+            lineage.PARAMETERS: sum(p.value.size for p in model.named_parameters().values()),
+        }
+    )
     if cfg.tracking.log_graph:
         sample = (dataset.train.inputs, dataset.train.targets)
         folder = Path(cfg.output_dir)
-        for path in artifacts.graph_images(model, task.loss, sample, [folder / lineage.GRAPH, folder / lineage.GRAPH_SVG],
-                                           cfg.run_name, cfg.tracking.graph_depth):
+        for path in artifacts.graph_images(
+            model,
+            task.loss,
+            sample,
+            [folder / lineage.GRAPH, folder / lineage.GRAPH_SVG],
+            cfg.run_name,
+            cfg.tracking.graph_depth,
+        ):
             tracker.log_artifact(path)
 
 
@@ -185,8 +225,11 @@ def _log_monitored(tracker, trainer):
     for callback in watchers:
         if isinstance(callback, EarlyStopping) and callback.stopped_epoch is not None:
             tracker.set_tags({lineage.STOPPED_EARLY: "true", lineage.STOPPED_AT_EPOCH: callback.stopped_epoch})
-            print(f"early stopping: {callback.monitor} did not improve for {callback.patience} epochs; stopped "
-                  f"after epoch {callback.stopped_epoch} (best: epoch {callback.best_epoch})", file=sys.stderr)
+            print(
+                f"early stopping: {callback.monitor} did not improve for {callback.patience} epochs; stopped "
+                f"after epoch {callback.stopped_epoch} (best: epoch {callback.best_epoch})",
+                file=sys.stderr,
+            )
         if isinstance(callback, BestCheckpoint):
             tracker.log_checkpoint(callback.path, lineage.BEST_CHECKPOINT)
     if watchers:
@@ -205,8 +248,9 @@ def _log_results(tracker, cfg, model, task, dataset, history):
         if tokenizer is not None:  # saved with the model: ids mean nothing without it
             (folder / "tokenizer.json").write_text(tokenizer.to_json())
             tracker.log_artifact(folder / "tokenizer.json")
-        for path in artifacts.samples(task.artifacts, model, dataset, folder, cfg.run_name, cfg.seed,
-                                      cfg.dataset.get("image_shape")):
+        for path in artifacts.samples(
+            task.artifacts, model, dataset, folder, cfg.run_name, cfg.seed, cfg.dataset.get("image_shape")
+        ):
             tracker.log_artifact(path)
     except Exception as e:
         print(f"warning: could not log the result pictures/samples: {type(e).__name__}: {e}", file=sys.stderr)
@@ -218,9 +262,14 @@ def _log_model(tracker, cfg, model, dataset):
     loaded back from it for the signature's outputs (what serving will answer)."""
     example = dataset.validation.inputs[:2]
     try:
-        folder = saved_model.save(model, Path(cfg.output_dir) / lineage.MODEL_ARTIFACT, build.model_spec(cfg),
-                                  example, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-                                  dataset.info.get("tokenizer"))
+        folder = saved_model.save(
+            model,
+            Path(cfg.output_dir) / lineage.MODEL_ARTIFACT,
+            build.model_spec(cfg),
+            example,
+            OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            dataset.info.get("tokenizer"),
+        )
         output = saved_model.Predictor(folder).predict(example)
         tracker.log_model(folder, example, output, cfg.tracking.registered_model)
     except Exception as e:

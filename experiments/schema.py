@@ -5,11 +5,11 @@ Typed schemas for config groups, so Hydra itself rejects a wrong type or value
 cannot make: settings nobody reads, values out of range, references that point
 nowhere. Every refusal is a ConfigError naming the setting and what to do.
 """
+
 import difflib
 import math
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -46,19 +46,19 @@ class Trainer:
     jit: bool = True
     devices: int = 1
     progress: bool = True
-    resume: Optional[str] = None
+    resume: str | None = None
 
 
 @dataclass
 class Tracking:
     enabled: bool = True
-    uri: Optional[str] = None
+    uri: str | None = None
     experiment: str = "${task.name}"
     log_graph: bool = True
-    graph_depth: Optional[str] = "auto"
+    graph_depth: str | None = "auto"
     log_model: bool = True
-    registered_model: Optional[str] = None
-    system_metrics: Optional[float] = None
+    registered_model: str | None = None
+    system_metrics: float | None = None
 
 
 def register():
@@ -67,12 +67,31 @@ def register():
     store.store(group="tracking", name="schema", node=Tracking)
 
 
-TOP_LEVEL = {"task", "model", "dataset", "optimizer", "trainer", "callbacks", "tracking", "seed", "run_name",
-             "output_dir", "launch"}
+TOP_LEVEL = {
+    "task",
+    "model",
+    "dataset",
+    "optimizer",
+    "trainer",
+    "callbacks",
+    "tracking",
+    "seed",
+    "run_name",
+    "output_dir",
+    "launch",
+}
 LAUNCH = {"overrides", "sweep_run_id", "trial"}  # filled by the entry point or a sweep engine
-AT_LEAST = {"trainer.epochs": 1, "trainer.batch_size": 1, "trainer.eval_batch_size": 1, "trainer.warmup_steps": 0,
-            "trainer.log_every_n_steps": 1, "trainer.checkpoint_every_n_epochs": 1,
-            "trainer.checkpoint_min_seconds": 0, "trainer.devices": 0, "tracking.system_metrics": 0.1}
+AT_LEAST = {
+    "trainer.epochs": 1,
+    "trainer.batch_size": 1,
+    "trainer.eval_batch_size": 1,
+    "trainer.warmup_steps": 0,
+    "trainer.log_every_n_steps": 1,
+    "trainer.checkpoint_every_n_epochs": 1,
+    "trainer.checkpoint_min_seconds": 0,
+    "trainer.devices": 0,
+    "tracking.system_metrics": 0.1,
+}
 
 
 def check(cfg):
@@ -86,11 +105,15 @@ def check_keys(cfg):
     """Refuse settings nobody reads (`+trainer.epoch=3` next to trainer.epochs), naming
     the closest real one: Hydra lets `+` add any key, and a typo must not train
     silently with the default."""
-    groups = {"": TOP_LEVEL, "trainer.": {f.name for f in fields(Trainer)},
-              "tracking.": {f.name for f in fields(Tracking)}, "launch.": LAUNCH}
+    groups = {
+        "": TOP_LEVEL,
+        "trainer.": {f.name for f in fields(Trainer)},
+        "tracking.": {f.name for f in fields(Tracking)},
+        "launch.": LAUNCH,
+    }
     for prefix, known in groups.items():
         node = cfg.get(prefix.rstrip(".")) if prefix else cfg
-        for key in (node.keys() if node is not None else ()):
+        for key in node.keys() if node is not None else ():
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {prefix}{close[0]}?" if close else ""
@@ -123,8 +146,13 @@ def check_references(cfg):
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as e:
-        choices = "" if cfg.get("model") is None or cfg.get("dataset") is None else (
-            f": model {cfg.model.get('_target_', '?').rsplit('.', 1)[-1]} does not fit dataset "
-            f"{cfg.dataset.get('name', '?')}; pick a dataset that provides it, or a preset "
-            "from conf/experiment/ (+experiment=...)")
+        choices = (
+            ""
+            if cfg.get("model") is None or cfg.get("dataset") is None
+            else (
+                f": model {cfg.model.get('_target_', '?').rsplit('.', 1)[-1]} does not fit dataset "
+                f"{cfg.dataset.get('name', '?')}; pick a dataset that provides it, or a preset "
+                "from conf/experiment/ (+experiment=...)"
+            )
+        )
         raise ConfigError(f"{e.full_key}: {e.msg.splitlines()[0]}{choices}") from None

@@ -10,12 +10,12 @@ trial as written.
 Packed trials (hydra.sweeper.pack) need the trials before any runs: `variants`
 draws them here, and `packs` groups those that differ only in PACKABLE values.
 """
+
 import itertools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from ray import tune
@@ -23,8 +23,17 @@ from ray import tune
 SEARCHES = ("grid", "random", "optuna")
 TAGS = {"log", "int"}
 # what members of one pack may differ in: values that change neither shapes nor code
-PACKABLE = ("optimizer.lr", "optimizer.weight_decay", "optimizer.momentum", "optimizer.b1", "optimizer.b2",
-            "optimizer.eps", "model.dropout", "model.key", "seed")
+PACKABLE = (
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "optimizer.momentum",
+    "optimizer.b1",
+    "optimizer.b2",
+    "optimizer.eps",
+    "model.dropout",
+    "model.key",
+    "seed",
+)
 ZERO_IS_CODE = ("optimizer.momentum", "model.dropout")  # 0: no velocity slot, no dropout layers
 
 
@@ -55,7 +64,8 @@ class SearchSpace:
     def mutations(self):
         """What population-based training may change: every swept key."""
         return {key: list(values) for key, values in self.choices.items()} | {
-            key: _domain(low, high, tags) for key, (low, high, tags) in self.intervals.items()}
+            key: _domain(low, high, tags) for key, (low, high, tags) in self.intervals.items()
+        }
 
     def overrides(self, values):
         """The override list of one trial, whose swept keys took `values` ({key: value})."""
@@ -67,24 +77,31 @@ class SearchSpace:
         random search draws everything num_samples times; intervals are sampled anew
         each time, from `seed`."""
         if search not in ("grid", "random"):
-            raise SearchSpaceError(f"packed trials are formed before any trial runs: hydra.sweeper.search must be "
-                                   f"grid or random, not {search!r} (Bayesian search picks each trial from the "
-                                   "results so far)")
+            raise SearchSpaceError(
+                f"packed trials are formed before any trial runs: hydra.sweeper.search must be "
+                f"grid or random, not {search!r} (Bayesian search picks each trial from the "
+                "results so far)"
+            )
         rng = np.random.default_rng(seed)
         grid = list(itertools.product(*self.choices.values())) if search == "grid" else [None]
         drawn = []
         for _ in range(num_samples):
             for point in grid:
-                values = (dict(zip(self.choices, point)) if point is not None else
-                          {key: options[rng.integers(len(options))] for key, options in self.choices.items()})
+                values = (
+                    dict(zip(self.choices, point, strict=True))
+                    if point is not None
+                    else {key: options[rng.integers(len(options))] for key, options in self.choices.items()}
+                )
                 values.update({key: _sample(rng, *interval) for key, interval in self.intervals.items()})
                 drawn.append(values)
         return drawn
 
     def describe(self):
         parts = [f"{key}: {len(values)} choices" for key, values in self.choices.items()]
-        parts += [f"{key}: {'log-' if 'log' in tags else ''}{'integer ' if 'int' in tags else ''}interval "
-                  f"[{low:g}, {high:g}]" for key, (low, high, tags) in self.intervals.items()]
+        parts += [
+            f"{key}: {'log-' if 'log' in tags else ''}{'integer ' if 'int' in tags else ''}interval [{low:g}, {high:g}]"
+            for key, (low, high, tags) in self.intervals.items()
+        ]
         return "; ".join(parts) or "no swept settings"
 
 
@@ -102,8 +119,10 @@ def parse(overrides):
         elif isinstance(value, IntervalSweep):
             unknown = set(value.tags) - TAGS
             if unknown:
-                raise SearchSpaceError(f"{override.input_line}: unknown tag {', '.join(sorted(unknown))} "
-                                       f"(known: {', '.join(sorted(TAGS))})")
+                raise SearchSpaceError(
+                    f"{override.input_line}: unknown tag {', '.join(sorted(unknown))} "
+                    f"(known: {', '.join(sorted(TAGS))})"
+                )
             if not value.start < value.end:
                 raise SearchSpaceError(f"{override.input_line}: an interval needs low < high")
             if "log" in value.tags and value.start <= 0:
@@ -121,7 +140,7 @@ def packs(variants, size):
     groups = {}
     for index, values in enumerate(variants):
         groups.setdefault(_code_and_shapes(values), []).append(index)
-    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
 def auto_pack_size(trials, slots):
@@ -133,8 +152,9 @@ def auto_pack_size(trials, slots):
 def _code_and_shapes(values):
     """What must be equal for trials to share a pack."""
     settled = {key.lstrip("+"): value for key, value in values.items()}
-    return (tuple((k, repr(v)) for k, v in settled.items() if k not in PACKABLE) +
-            tuple((k, v == 0) for k, v in settled.items() if k in ZERO_IS_CODE))
+    return tuple((k, repr(v)) for k, v in settled.items() if k not in PACKABLE) + tuple(
+        (k, v == 0) for k, v in settled.items() if k in ZERO_IS_CODE
+    )
 
 
 def _sample(rng, low, high, tags):
@@ -143,7 +163,9 @@ def _sample(rng, low, high, tags):
         if "log" in tags:
             return min(int(high), int(math.exp(rng.uniform(math.log(low), math.log(int(high) + 1)))))
         return int(rng.integers(int(low), int(high) + 1))
-    return float(math.exp(rng.uniform(math.log(low), math.log(high)))) if "log" in tags else float(rng.uniform(low, high))
+    return (
+        float(math.exp(rng.uniform(math.log(low), math.log(high)))) if "log" in tags else float(rng.uniform(low, high))
+    )
 
 
 def _domain(low, high, tags):

@@ -8,6 +8,7 @@ them, and a store that cannot be written fails the run loudly. The default
 store is an SQLite file under the project root, whatever the working
 directory: `MLFLOW_TRACKING_URI` or `tracking.uri=` override it.
 """
+
 import fcntl
 import importlib.metadata
 import logging
@@ -29,12 +30,12 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # MLflow's defaul
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own progress is enough
 
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from experiments import lineage  # noqa: E402
-from zkynet import checkpoint  # noqa: E402
-from zkynet.training import Callback  # noqa: E402
+from experiments import lineage
+from zkynet import checkpoint
+from zkynet.training import Callback
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
@@ -74,8 +75,10 @@ def connect(uri):
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
-                                "(mlflow server ...) or choose another tracking.uri") from None
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+                "(mlflow server ...) or choose another tracking.uri"
+            ) from None
     try:
         with _store_lock(uri):
             client = MlflowClient(uri)  # MLflow creates and migrates a new SQLite store here...
@@ -92,7 +95,7 @@ def _store_lock(uri):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    path = Path(uri[len("sqlite:///"):])
+    path = Path(uri[len("sqlite:///") :])
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -109,12 +112,13 @@ def experiment_id(client, uri, name):
     if experiment is None:
         location = None
         if uri.startswith("sqlite:///"):
-            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+            location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
         with _store_lock(uri):
             experiment = client.get_experiment_by_name(name)  # created meanwhile by a concurrent run?
             if experiment is None:
-                return client.create_experiment(name, artifact_location=location,
-                                                tags={lineage.EXPERIMENT_KIND: lineage.TRAINING})
+                return client.create_experiment(
+                    name, artifact_location=location, tags={lineage.EXPERIMENT_KIND: lineage.TRAINING}
+                )
     if lineage.EXPERIMENT_KIND not in experiment.tags:  # made before zkynet tagged its experiments
         client.set_experiment_tag(experiment.experiment_id, lineage.EXPERIMENT_KIND, lineage.TRAINING)
     return experiment.experiment_id
@@ -129,21 +133,34 @@ class Tracker:
     (seconds), MLflow samples CPU, memory, disk, network and (with nvidia-ml-py) GPU
     use that often, as system/* metrics."""
 
-    def __init__(self, uri=None, experiment="zkynet", run_name=None, run_id=None, parent_run_id=None,
-                 tags=None, client=None, system_metrics=None):
+    def __init__(
+        self,
+        uri=None,
+        experiment="zkynet",
+        run_name=None,
+        run_id=None,
+        parent_run_id=None,
+        tags=None,
+        client=None,
+        system_metrics=None,
+    ):
         self.uri = uri or default_tracking_uri()
         self.client = client or connect(self.uri)
         self._logged_through = {}
         if run_id is not None:
             run = self.client.get_run(run_id)
             self.previous_status = run.info.status
-            self._logged_through = {key: max(m.step for m in self.client.get_metric_history(run_id, key))
-                                    for key in run.data.metrics}
+            self._logged_through = {
+                key: max(m.step for m in self.client.get_metric_history(run_id, key)) for key in run.data.metrics
+            }
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
             tags = {**(tags or {}), **({lineage.PARENT: parent_run_id} if parent_run_id else {})}
-            home = (self.client.get_run(parent_run_id).info.experiment_id if parent_run_id
-                    else experiment_id(self.client, self.uri, experiment))
+            home = (
+                self.client.get_run(parent_run_id).info.experiment_id
+                if parent_run_id
+                else experiment_id(self.client, self.uri, experiment)
+            )
             run = self.client.create_run(home, run_name=run_name, tags=tags)
             self.previous_status = None
         self.run_id = run.info.run_id
@@ -159,14 +176,15 @@ class Tracker:
         if system_metrics is not None:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            self._system = SystemMetricsMonitor(self.run_id, system_metrics, resume_logging=run_id is not None,
-                                                tracking_uri=self.uri)
+            self._system = SystemMetricsMonitor(
+                self.run_id, system_metrics, resume_logging=run_id is not None, tracking_uri=self.uri
+            )
             self._system.start()
 
     def log_params(self, params):
         items = [Param(k, v[:6000]) for k, v in params.items()]
         for start in range(0, len(items), MAX_PARAMS_PER_CALL):
-            self.client.log_batch(self.run_id, params=items[start:start + MAX_PARAMS_PER_CALL])
+            self.client.log_batch(self.run_id, params=items[start : start + MAX_PARAMS_PER_CALL])
 
     def log_metrics(self, metrics, step):
         """Queue metrics (numbers or device arrays) at `step`; returns at once."""
@@ -180,8 +198,9 @@ class Tracker:
             if not self._writer.is_alive():
                 break
         if self._error is not None:
-            raise TrackingError(f"could not write metrics to the MLflow store {self.uri}: "
-                                f"{type(self._error).__name__}: {self._error}") from self._error
+            raise TrackingError(
+                f"could not write metrics to the MLflow store {self.uri}: {type(self._error).__name__}: {self._error}"
+            ) from self._error
 
     def log_artifact(self, path, artifact_path=None):
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -210,16 +229,25 @@ class Tracker:
 
         requirements = [f"{name}=={importlib.metadata.version(name)}" for name in CORE_REQUIREMENTS]
         # in this run's experiment (left to itself, Model.log picks MLflow's default one, under ./mlruns)
-        logged = self.client.create_logged_model(self.experiment_id, name=lineage.MODEL_ARTIFACT,
-                                                 source_run_id=self.run_id)
+        logged = self.client.create_logged_model(
+            self.experiment_id, name=lineage.MODEL_ARTIFACT, source_run_id=self.run_id
+        )
         environment = os.environ.get("MLFLOW_TRACKING_URI")  # _use_tracking_uri unsets it when done
         try:
             with _use_tracking_uri(self.uri):  # Model.log reads MLflow's global tracking URI
-                return Model.log(None, mlflow.pyfunc, name=lineage.MODEL_ARTIFACT, run_id=self.run_id,
-                                 model_id=logged.model_id,
-                                 loader_module="zkynet.saved_model", data_path=str(folder),
-                                 signature=infer_signature(example, output), input_example=example,
-                                 pip_requirements=requirements, registered_model_name=registered_name)
+                return Model.log(
+                    None,
+                    mlflow.pyfunc,
+                    name=lineage.MODEL_ARTIFACT,
+                    run_id=self.run_id,
+                    model_id=logged.model_id,
+                    loader_module="zkynet.saved_model",
+                    data_path=str(folder),
+                    signature=infer_signature(example, output),
+                    input_example=example,
+                    pip_requirements=requirements,
+                    registered_model_name=registered_name,
+                )
         finally:
             if environment is not None:
                 os.environ["MLFLOW_TRACKING_URI"] = environment
@@ -265,13 +293,16 @@ class Tracker:
             if isinstance(item, tuple) and item:
                 step, timestamp, metrics = item
                 values = jax.device_get(dict(metrics))  # device scalars fetched together, not one by one
-                pending += [Metric(k, float(np.asarray(v)), timestamp, step) for k, v in values.items()
-                            if step > self._logged_through.get(k, -1)]
+                pending += [
+                    Metric(k, float(np.asarray(v)), timestamp, step)
+                    for k, v in values.items()
+                    if step > self._logged_through.get(k, -1)
+                ]
             now = time.monotonic()
             if pending and (not isinstance(item, tuple) or now - last_flush >= FLUSH_SECONDS or len(pending) >= 900):
                 try:
                     for start in range(0, len(pending), 1000):
-                        self.client.log_batch(self.run_id, metrics=pending[start:start + 1000])
+                        self.client.log_batch(self.run_id, metrics=pending[start : start + 1000])
                 except Exception as e:  # raised by flush() and close(): never lost silently
                     self._error = e
                 pending, last_flush = [], now

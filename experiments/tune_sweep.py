@@ -17,6 +17,7 @@ tune.yaml); this module runs it:
     refused config, a dead worker, Ctrl-C) no run is left RUNNING; an interrupted
     sweep prints the command that resumes it, and finished trials are not rerun.
 """
+
 import contextlib
 import fcntl
 import functools
@@ -37,11 +38,11 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's quiet reporter: the s
 for chatty in ("ray", "ray.tune"):
     logging.getLogger(chatty).setLevel(logging.WARNING)
 
+import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from hydra.core.singleton import Singleton  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
-import numpy as np  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining  # noqa: E402
 from ray.tune.trainable import wrap_function  # noqa: E402
@@ -66,6 +67,7 @@ CHECKPOINT_FILE = Path(lineage.CHECKPOINT).name  # what a trial's Tune checkpoin
 @dataclass
 class Trial:
     """What a trial's worker needs to build and run its configuration."""
+
     hydra_context: object
     master_config: object
     singleton_state: dict
@@ -84,9 +86,13 @@ def jax_environment(gpus, compilation_cache):
     """How JAX must start in a trial's worker: on the GPU it was given (a missing one is
     an error, not a silent CPU run) with memory allocated as needed, or a fraction of
     it for a fractional GPU; and with the machine's persistent compilation cache."""
-    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "JAX_PLATFORMS": "cuda" if gpus else "cpu",
-           "JAX_COMPILATION_CACHE_DIR": str(Path(compilation_cache).expanduser()),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    env = {
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+        "JAX_PLATFORMS": "cuda" if gpus else "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(Path(compilation_cache).expanduser()),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
     if 0 < gpus < 1:  # fractions share a GPU: each trial takes its share of the memory
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * gpus:.3f}"
     return env
@@ -148,24 +154,32 @@ class TuneSweep:
         if s.scheduler == "pbt":
             fixed = [k for k in space.keys if not k.lstrip("+").startswith(PBT_MUTABLE)]
             if not space.keys or fixed:
-                raise ValueError(f"hydra.sweeper.scheduler=pbt mutates hyperparameters that change neither shapes "
-                                 f"nor code ({', '.join(PBT_MUTABLE)}...); sweep some of those"
-                                 + (f", not {', '.join(fixed)}" if fixed else ""))
+                raise ValueError(
+                    f"hydra.sweeper.scheduler=pbt mutates hyperparameters that change neither shapes "
+                    f"nor code ({', '.join(PBT_MUTABLE)}...); sweep some of those"
+                    + (f", not {', '.join(fixed)}" if fixed else "")
+                )
         if s.scheduler not in SCHEDULERS:
             raise ValueError(f"hydra.sweeper.scheduler must be one of {', '.join(SCHEDULERS)}, got {s.scheduler!r}")
         if not (isinstance(s.num_samples, int) and s.num_samples >= 1):
             raise ValueError(f"hydra.sweeper.num_samples must be a positive integer, got {s.num_samples!r}")
         if s.max_concurrent is not None and not (isinstance(s.max_concurrent, int) and s.max_concurrent >= 1):
-            raise ValueError(f"hydra.sweeper.max_concurrent must be a positive integer or null, got {s.max_concurrent!r}")
+            raise ValueError(
+                f"hydra.sweeper.max_concurrent must be a positive integer or null, got {s.max_concurrent!r}"
+            )
         pack = s.get("pack", 1)
         if pack != "auto" and not (isinstance(pack, int) and pack >= 1):
             raise ValueError(f"hydra.sweeper.pack must be a positive integer or auto, got {pack!r}")
         if pack != 1 and s.scheduler == "pbt":
-            raise ValueError("hydra.sweeper.pack cannot be combined with scheduler=pbt: population-based training "
-                             "moves weights between trials through Tune checkpoints, one per trial; use pack=1")
+            raise ValueError(
+                "hydra.sweeper.pack cannot be combined with scheduler=pbt: population-based training "
+                "moves weights between trials through Tune checkpoints, one per trial; use pack=1"
+            )
         if s.resume and not (self.sweep_dir / STATE).exists():
-            raise ValueError(f"hydra.sweeper.resume=true, but {self.sweep_dir} holds no sweep to resume "
-                             "(pass the hydra.sweep.dir of the interrupted sweep)")
+            raise ValueError(
+                f"hydra.sweeper.resume=true, but {self.sweep_dir} holds no sweep to resume "
+                "(pass the hydra.sweep.dir of the interrupted sweep)"
+            )
 
     def _sweep_run(self, client, arguments):
         """The sweep's MLflow run: created, or on resume the interrupted one, running again."""
@@ -175,12 +189,15 @@ class TuneSweep:
             if found is not None:
                 client.update_run(found.info.run_id, status="RUNNING")
                 return found
-        run = client.create_run(experiment, run_name=f"sweep {self.sweep_dir.name}",
-                                tags={lineage.SWEEP: str(self.sweep_dir), lineage.OVERRIDES: " ".join(arguments),
-                                      **lineage.owner_tags()})
+        run = client.create_run(
+            experiment,
+            run_name=f"sweep {self.sweep_dir.name}",
+            tags={lineage.SWEEP: str(self.sweep_dir), lineage.OVERRIDES: " ".join(arguments), **lineage.owner_tags()},
+        )
         settings = OmegaConf.to_container(self.settings, resolve=True)
-        client.log_batch(run.info.run_id, params=[
-            _param(f"sweeper/{k}", v) for k, v in settings.items() if not isinstance(v, dict)])
+        client.log_batch(
+            run.info.run_id, params=[_param(f"sweeper/{k}", v) for k, v in settings.items() if not isinstance(v, dict)]
+        )
         print(f"sweep: MLflow run {run.info.run_id}, one child run per trial", file=sys.stderr)
         return run
 
@@ -191,28 +208,43 @@ class TuneSweep:
         if address not in (None, "auto"):
             _check_reachable(address)
         os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = TRIAL_THREAD_TIMEOUT_SECONDS  # read by the workers too
-        options = dict(address=address, log_to_driver=False,  # each trial's output: <sweep dir>/<trial>/trial.log
-                       runtime_env={"env_vars": {"TUNE_FUNCTION_THREAD_TIMEOUT_S": TRIAL_THREAD_TIMEOUT_SECONDS}})
+        options = dict(
+            address=address,
+            log_to_driver=False,  # each trial's output: <sweep dir>/<trial>/trial.log
+            runtime_env={"env_vars": {"TUNE_FUNCTION_THREAD_TIMEOUT_S": TRIAL_THREAD_TIMEOUT_SECONDS}},
+        )
         if address is None:
             options.update(include_dashboard=False, num_cpus=self.settings.ray.num_cpus)
         try:
             ray.init(**options)
         except (ConnectionError, ray.exceptions.AuthenticationError) as e:
-            raise SweepStartError(f"{e}\n(a cluster started with RAY_AUTH_MODE=token admits only holders of its "
-                                  "token: export RAY_AUTH_MODE=token with its ~/.ray/auth_token or RAY_AUTH_TOKEN, "
-                                  "or pass address=auto on its head node)") from e
+            raise SweepStartError(
+                f"{e}\n(a cluster started with RAY_AUTH_MODE=token admits only holders of its "
+                "token: export RAY_AUTH_MODE=token with its ~/.ray/auth_token or RAY_AUTH_TOKEN, "
+                "or pass address=auto on its head node)"
+            ) from e
         gpus = self.settings.resources.gpu
         return (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0) if gpus == "auto" else gpus
 
     def _tuner(self, space, parent, trials, gpus):
         objective, mode = self.config.task.objective, self.config.task.mode
         resources = {"cpu": self.settings.resources.cpu, "gpu": gpus}
-        context = Trial(self.hydra_context, self.config, Singleton.get_state(), space, str(self.sweep_dir),
-                        parent.info.run_id if parent is not None else None, resources["cpu"],
-                        jax_environment(gpus, self.settings.compilation_cache),
-                        self.settings.pbt.interval if self.settings.scheduler == "pbt" else 0)
-        param_space, num_samples, max_failures = (space.tune_space(self.settings.search), self.settings.num_samples,
-                                                  self.settings.max_failures)
+        context = Trial(
+            self.hydra_context,
+            self.config,
+            Singleton.get_state(),
+            space,
+            str(self.sweep_dir),
+            parent.info.run_id if parent is not None else None,
+            resources["cpu"],
+            jax_environment(gpus, self.settings.compilation_cache),
+            self.settings.pbt.interval if self.settings.scheduler == "pbt" else 0,
+        )
+        param_space, num_samples, max_failures = (
+            space.tune_space(self.settings.search),
+            self.settings.num_samples,
+            self.settings.max_failures,
+        )
         if self.settings.get("pack", 1) != 1:
             context.packs = self._packs(space, gpus)
             context.rungs, context.reduction_factor = self._rungs()
@@ -223,12 +255,22 @@ class TuneSweep:
         if self.settings.resume:
             return tune.Tuner.restore(str(self.sweep_dir / STATE), trainable, resume_errored=True)
         run_config = tune.RunConfig(
-            name=STATE, storage_path=str(self.sweep_dir), verbose=0, callbacks=[trials], stop=trained_out,
-            failure_config=tune.FailureConfig(max_failures=max_failures))
+            name=STATE,
+            storage_path=str(self.sweep_dir),
+            verbose=0,
+            callbacks=[trials],
+            stop=trained_out,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        )
         tune_config = tune.TuneConfig(
-            metric=objective, mode=mode, num_samples=num_samples, reuse_actors=True,
-            scheduler=self._scheduler(space), trial_name_creator=trial_name,
-            search_alg=self._search(space, objective, mode))
+            metric=objective,
+            mode=mode,
+            num_samples=num_samples,
+            reuse_actors=True,
+            scheduler=self._scheduler(space),
+            trial_name_creator=trial_name,
+            search_alg=self._search(space, objective, mode),
+        )
         return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
     def _packs(self, space, gpus):
@@ -262,14 +304,22 @@ class TuneSweep:
     def _scheduler(self, space):
         if self.settings.scheduler == "pbt":
             pbt = self.settings.pbt
-            return PopulationBasedTraining(time_attr="epoch", perturbation_interval=pbt.interval, synch=True,
-                                           hyperparam_mutations=space.mutations(),
-                                           quantile_fraction=pbt.quantile_fraction,
-                                           resample_probability=pbt.resample_probability)
+            return PopulationBasedTraining(
+                time_attr="epoch",
+                perturbation_interval=pbt.interval,
+                synch=True,
+                hyperparam_mutations=space.mutations(),
+                quantile_fraction=pbt.quantile_fraction,
+                resample_probability=pbt.resample_probability,
+            )
         if self.settings.scheduler == "asha":
             asha = self.settings.asha
-            return ASHAScheduler(time_attr="epoch", max_t=self.config.trainer.epochs, grace_period=asha.grace_period,
-                                 reduction_factor=asha.reduction_factor)
+            return ASHAScheduler(
+                time_attr="epoch",
+                max_t=self.config.trainer.epochs,
+                grace_period=asha.grace_period,
+                reduction_factor=asha.reduction_factor,
+            )
         return FIFOScheduler()
 
     def _search(self, space, objective, mode):
@@ -277,17 +327,21 @@ class TuneSweep:
         if self.settings.search == "optuna":
             from ray.tune.search import ConcurrencyLimiter
             from ray.tune.search.optuna import OptunaSearch
+
             optuna = OptunaSearch(metric=objective, mode=mode, seed=self.settings.seed)
             return ConcurrencyLimiter(optuna, limit) if limit else optuna
         from ray.tune.search import BasicVariantGenerator
+
         return BasicVariantGenerator(random_state=self.settings.seed, max_concurrent=limit or 0)
 
     def _plan(self, gpus):
         s = self.settings
-        return (f"{s.search} search, {s.scheduler} scheduler, {s.num_samples} sample(s); every trial "
-                f"{'(a pack) ' if s.get('pack', 1) != 1 else ''}asks Ray for "
-                f"{s.resources.cpu} CPU and {gpus} GPU" +
-                (f", at most {s.max_concurrent} at once" if s.max_concurrent else ""))
+        return (
+            f"{s.search} search, {s.scheduler} scheduler, {s.num_samples} sample(s); every trial "
+            f"{'(a pack) ' if s.get('pack', 1) != 1 else ''}asks Ray for "
+            f"{s.resources.cpu} CPU and {gpus} GPU"
+            + (f", at most {s.max_concurrent} at once" if s.max_concurrent else "")
+        )
 
     # ------------------------------------------------------------------ ending
 
@@ -320,8 +374,17 @@ class TuneSweep:
         sweeper's settings, a cluster's address), on its folder."""
         given = [*self.config.hydra.overrides.hydra, *arguments]
         kept = [a for a in given if not a.startswith(("hydra.sweep.dir=", "hydra.sweeper.resume=", "hydra.mode="))]
-        return " ".join([sys.executable, "-m", "experiments.run", "-m", *map(_quoted, kept),
-                         f"hydra.sweep.dir={self.sweep_dir}", "hydra.sweeper.resume=true"])
+        return " ".join(
+            [
+                sys.executable,
+                "-m",
+                "experiments.run",
+                "-m",
+                *map(_quoted, kept),
+                f"hydra.sweep.dir={self.sweep_dir}",
+                "hydra.sweeper.resume=true",
+            ]
+        )
 
 
 class SweepStartError(RuntimeError):
@@ -334,9 +397,11 @@ def _check_reachable(address, seconds=5.0):
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=seconds).close()
     except (OSError, ValueError) as e:
-        raise SweepStartError(f"cannot reach the Ray cluster at hydra.sweeper.ray.address={address} ({e}); "
-                              "start it with `ray start --head`, or fix the address (HOST:6379, or auto "
-                              "on its head node)") from None
+        raise SweepStartError(
+            f"cannot reach the Ray cluster at hydra.sweeper.ray.address={address} ({e}); "
+            "start it with `ray start --head`, or fix the address (HOST:6379, or auto "
+            "on its head node)"
+        ) from None
 
 
 def _as_sigint(number, frame):
@@ -383,9 +448,12 @@ class _TrialBook(tune.Callback):
         if "epochs" not in result:  # one of Tune's own (a trial's final result), not an epoch
             return
         if "members" in result:
-            print(f"[pack {trial_number(str(trial))}] epoch {result['epoch']}/{result['epochs']}: best {result['best']} "
-                  f"{result[result['best']]:.4g} (member {result['best_member']}), {result['members']} training",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[pack {trial_number(str(trial))}] epoch {result['epoch']}/{result['epochs']}: best {result['best']} "
+                f"{result[result['best']]:.4g} (member {result['best_member']}), {result['members']} training",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         line = epoch_line({k: v for k, v in result.items() if isinstance(v, (int, float))}, result["epochs"])
         print(f"[trial {trial_number(str(trial))}] {line}", file=sys.stderr, flush=True)
@@ -403,16 +471,20 @@ class _TrialBook(tune.Callback):
             return
         run = self._run_of(number)  # it ended before its first epoch: its run says why
         if run is not None:
-            print(f"[trial {number}] {run.info.status}: {run.data.tags.get(lineage.ERROR, 'no epoch trained')}",
-                  file=sys.stderr)
+            print(
+                f"[trial {number}] {run.info.status}: {run.data.tags.get(lineage.ERROR, 'no epoch trained')}",
+                file=sys.stderr,
+            )
 
     def _run_of(self, number):
         if self.client is None:
             return None
         found = self.client.search_runs(
-            [self.client.get_run(self.sweep_run_id).info.experiment_id], max_results=1,
+            [self.client.get_run(self.sweep_run_id).info.experiment_id],
+            max_results=1,
             filter_string=f"tags.{lineage.PARENT} = '{self.sweep_run_id}' and tags.{lineage.SWEEP_JOB} = '{number}'",
-            order_by=["attributes.start_time DESC"])
+            order_by=["attributes.start_time DESC"],
+        )
         return found[0] if found else None
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -421,9 +493,10 @@ class _TrialBook(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.trials[trial.trial_id] = trial
 
-
     def reconcile(self, client, sweep_run_id, config):
-        by_number = {r.data.tags.get(lineage.SWEEP_JOB): r for r in lineage.trials(client, client.get_run(sweep_run_id))}
+        by_number = {
+            r.data.tags.get(lineage.SWEEP_JOB): r for r in lineage.trials(client, client.get_run(sweep_run_id))
+        }
         for trial in self.trials.values():
             number, status = str(trial_number(str(trial))), self.statuses.get(trial.trial_id, trial.status)
             error = trial.get_error() if status == "ERROR" else None
@@ -433,10 +506,15 @@ class _TrialBook(tune.Callback):
                 continue
             run = by_number.get(number)
             if run is None and error is not None:  # it failed before it had a run: composing its config
-                run = client.create_run(client.get_run(sweep_run_id).info.experiment_id,
-                                        run_name=f"{config.run_name or 'trial'} #{number}",
-                                        tags={lineage.PARENT: sweep_run_id, lineage.SWEEP_JOB: number,
-                                              lineage.OVERRIDES: " ".join(_trial_overrides(trial))})
+                run = client.create_run(
+                    client.get_run(sweep_run_id).info.experiment_id,
+                    run_name=f"{config.run_name or 'trial'} #{number}",
+                    tags={
+                        lineage.PARENT: sweep_run_id,
+                        lineage.SWEEP_JOB: number,
+                        lineage.OVERRIDES: " ".join(_trial_overrides(trial)),
+                    },
+                )
             _end_run(client, run, status, error, trial.last_result)
 
 
@@ -448,8 +526,10 @@ def _end_run(client, run, status, error, last_result):
         return
     epoch, epochs = (last_result or {}).get("epoch"), (last_result or {}).get("epochs")
     if error is None and status == "TERMINATED" and epoch is not None and epochs is not None and epoch < epochs:
-        client.log_batch(run.info.run_id, tags=[RunTag(lineage.STOPPED_EARLY, "true"),
-                                                RunTag(lineage.STOPPED_AT_EPOCH, str(int(epoch)))])
+        client.log_batch(
+            run.info.run_id,
+            tags=[RunTag(lineage.STOPPED_EARLY, "true"), RunTag(lineage.STOPPED_AT_EPOCH, str(int(epoch)))],
+        )
     if error is not None:
         client.set_tag(run.info.run_id, lineage.ERROR, str(error).strip().splitlines()[-1][:5000])
         client.set_terminated(run.info.run_id, "FAILED")
@@ -600,11 +680,19 @@ def _train_pack(run, members, number, context, started):
             if cfg is not None:
                 cfgs.append(cfg)
         pack = Pack(len(cfgs))
-        report = PackReport(cfgs[0].task.objective if cfgs else None, cfgs[0].task.mode if cfgs else "min",
-                            context.rungs, context.reduction_factor, [cfg.launch.trial for cfg in cfgs])
-        threads = [pack.start_member(k, functools.partial(run, cfg, callbacks=[MemberStart(started)],
-                                                          trainer_class=pack.seat(k)))
-                   for k, cfg in enumerate(cfgs)]
+        report = PackReport(
+            cfgs[0].task.objective if cfgs else None,
+            cfgs[0].task.mode if cfgs else "min",
+            context.rungs,
+            context.reduction_factor,
+            [cfg.launch.trial for cfg in cfgs],
+        )
+        threads = [
+            pack.start_member(
+                k, functools.partial(run, cfg, callbacks=[MemberStart(started)], trainer_class=pack.seat(k))
+            )
+            for k, cfg in enumerate(cfgs)
+        ]
         try:
             pack.train(on_epoch_end=report.on_epoch_end)
         except Exception:
@@ -623,18 +711,25 @@ def _record_unbuilt_trial(context, number, overrides, error):
         return
     config = context.master_config
     client = connect(config.tracking.uri or default_tracking_uri())
-    run = client.create_run(client.get_run(context.sweep_run_id).info.experiment_id, run_name=f"trial #{number}",
-                            tags={lineage.PARENT: context.sweep_run_id, lineage.SWEEP_JOB: str(number),
-                                  lineage.OVERRIDES: " ".join(overrides),
-                                  lineage.ERROR: _first_lines(error)})
+    run = client.create_run(
+        client.get_run(context.sweep_run_id).info.experiment_id,
+        run_name=f"trial #{number}",
+        tags={
+            lineage.PARENT: context.sweep_run_id,
+            lineage.SWEEP_JOB: str(number),
+            lineage.OVERRIDES: " ".join(overrides),
+            lineage.ERROR: _first_lines(error),
+        },
+    )
     client.set_terminated(run.info.run_id, "FAILED")
 
 
 def _first_lines(error):
     """`Type: message` of an error and of its cause (Hydra's say which override, their cause why)."""
     parts = [error] + ([error.__cause__] if error.__cause__ is not None else [])
-    return "; ".join(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                     for e in parts)[:5000]
+    return "; ".join(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}" for e in parts)[
+        :5000
+    ]
 
 
 def _tune_state(seed):
@@ -653,8 +748,8 @@ def _tune_state(seed):
 class TuneReport(Callback):
     """Reports every epoch's record to Tune (the last one once the run is complete, so
     that Tune never ends a trial's worker while its run is still being written),
-    and stops training when Tune's scheduler says so: ASHA stops a trial (its run ends FINISHED, tagged as stopped early);
-    population-based training pauses it (its run ends SCHEDULED, continued when the
+    and stops training when Tune's scheduler says so: ASHA stops a trial (its run ends FINISHED, tagged as
+    stopped early); population-based training pauses it (its run ends SCHEDULED, continued when the
     trial resumes, maybe from another trial's checkpoint with new hyperparameters,
     logged each epoch as hp/<key> metrics). With `pbt_interval`, every that many
     epochs the report carries the checkpoint PBT exploits."""
@@ -678,17 +773,17 @@ class TuneReport(Callback):
         reported = {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         reported["epochs"] = trainer.epochs
         if self.pbt_interval and self.tracker is not None:
-            self.tracker.log_metrics({f"hp/{k}": v for k, v in self.hyperparameters.items()
-                                      if isinstance(v, (int, float))}, trainer.step)
+            self.tracker.log_metrics(
+                {f"hp/{k}": v for k, v in self.hyperparameters.items() if isinstance(v, (int, float))}, trainer.step
+            )
         if epoch + 1 >= trainer.epochs:
             self.last = reported
             return
         saved = None
-        if self.pbt_interval:
-            if (epoch + 1) % self.pbt_interval == 0 and self.checkpointer is not None:
-                self.checkpointer.save(trainer)
-                self.checkpointer.wait()
-                saved = tune.Checkpoint.from_directory(str(Path(self.checkpointer.path).parent))
+        if self.pbt_interval and (epoch + 1) % self.pbt_interval == 0 and self.checkpointer is not None:
+            self.checkpointer.save(trainer)
+            self.checkpointer.wait()
+            saved = tune.Checkpoint.from_directory(str(Path(self.checkpointer.path).parent))
         try:
             _report(reported, checkpoint=saved)
         except SystemExit:  # Tune stops (or pauses) this trial here
@@ -732,8 +827,11 @@ class PackReport:
         self.rungs, self.reduction_factor, self.numbers = rungs, reduction_factor, numbers
 
     def on_epoch_end(self, population, epoch, records):
-        scores = {k: self.sign * r[self.objective] for k, r in records.items()
-                  if self.objective in r and math.isfinite(r[self.objective])}
+        scores = {
+            k: self.sign * r[self.objective]
+            for k, r in records.items()
+            if self.objective in r and math.isfinite(r[self.objective])
+        }
         if epoch + 1 in self.rungs and scores:
             cutoff = np.nanpercentile(list(scores.values()), (1 - 1 / self.reduction_factor) * 100)
             for k, score in scores.items():
@@ -743,8 +841,14 @@ class PackReport:
         if not running:
             return
         best = max(running, key=running.get)
-        reported = {self.objective: records[best][self.objective], "epoch": epoch + 1, "epochs": population.epochs,
-                    "members": len(running), "best_member": self.numbers[best], "best": self.objective}
+        reported = {
+            self.objective: records[best][self.objective],
+            "epoch": epoch + 1,
+            "epochs": population.epochs,
+            "members": len(running),
+            "best_member": self.numbers[best],
+            "best": self.objective,
+        }
         if epoch + 1 >= population.epochs:
             self.last = reported
             return
@@ -788,5 +892,5 @@ def _pin_to_cores(cpus):
             handle.close()
             continue
         _held_slot = handle
-        os.sched_setaffinity(0, available[slot * count:(slot + 1) * count])
+        os.sched_setaffinity(0, available[slot * count : (slot + 1) * count])
         return

@@ -1,4 +1,5 @@
 """Suite-wide settings."""
+
 import os
 import shutil
 import sys
@@ -24,8 +25,10 @@ def pytest_configure(config):
     if "jax" in sys.modules:  # imported before this hook (by a plugin): tell it too
         jax = sys.modules["jax"]
         jax.config.update("jax_compilation_cache_dir", folder)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                          float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+        jax.config.update(
+            "jax_persistent_cache_min_compile_time_secs",
+            float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+        )
 
 
 def pytest_unconfigure(config):

@@ -1,5 +1,6 @@
 """The train benchmark measures what it says: zkynet and the plain-JAX reference are
 the same model at CPU and GPU sizes (measure refuses a different first loss)."""
+
 import dataclasses
 
 import pytest
@@ -21,8 +22,9 @@ SLOW = pytest.mark.slow
 def test_in_bf16_too_zkynet_and_jax_are_the_same_model(name):
     """--precision bf16: both cast weights and inputs to bfloat16 and logits back to float32
     (measure refuses a first loss more than 2% apart), at a small batch."""
-    row = train.measure(name, dataclasses.replace(train.CASES[name], batch=2), 1, 1, 1, torch_python=None,
-                        precision="bf16")
+    row = train.measure(
+        name, dataclasses.replace(train.CASES[name], batch=2), 1, 1, 1, torch_python=None, precision="bf16"
+    )
     assert row["zkynet_step_ms"] > 0 and row["flops_per_step"] > 0
 
 

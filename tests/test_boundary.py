@@ -1,14 +1,32 @@
 """The library stands alone: `import zkynet` and training with it need only the core
 dependencies (jax, numpy, graphviz), never the runner or its extras."""
+
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).parents[1]
-EXTRAS = ("experiments", "hydra", "omegaconf", "mlflow", "ray", "optuna", "pandas", "matplotlib", "sklearn",
-          "tqdm", "pytest", "hypothesis", "nbclient", "nbformat", "ipykernel", "IPython")
+EXTRAS = (
+    "experiments",
+    "hydra",
+    "omegaconf",
+    "mlflow",
+    "ray",
+    "optuna",
+    "pandas",
+    "matplotlib",
+    "sklearn",
+    "tqdm",
+    "pytest",
+    "hypothesis",
+    "nbclient",
+    "nbformat",
+    "ipykernel",
+    "IPython",
+)
 
 # Runs in a fresh interpreter where the extras cannot be imported at all, as after
 # `pip install zkynet` alone: every zkynet module loads, and a model trains,

@@ -1,4 +1,5 @@
 """Batches and the embedded digits dataset."""
+
 import numpy as np
 import pytest
 
@@ -17,7 +18,7 @@ def test_every_example_once_per_epoch_and_seeded_order():
     assert [len(t) for t in epoch0] == [3, 3, 3, 1]
     assert sorted(np.concatenate(epoch0)) == list(range(10))
     again = [np.asarray(t) for _, t in Batches(split(10), batch_size=3, seed=7).epoch(0)]
-    assert all(np.array_equal(a, b) for a, b in zip(epoch0, again))
+    assert all(np.array_equal(a, b) for a, b in zip(epoch0, again, strict=True))
     epoch1 = np.concatenate([np.asarray(t) for _, t in batches.epoch(1)])
     assert not np.array_equal(np.concatenate(epoch0), epoch1)
 
@@ -48,7 +49,7 @@ def test_digits_is_real_and_split_is_fixed():
     assert (len(flat.train), len(flat.validation)) == (1438, 359)
     assert flat.input_shape == (64,) and images.input_shape == (1, 8, 8)
     assert flat.num_classes == 10 and set(np.unique(flat.train.targets)) == set(range(10))
-    assert 0.0 <= flat.train.inputs.min() and flat.train.inputs.max() <= 1.0
+    assert flat.train.inputs.min() >= 0.0 and flat.train.inputs.max() <= 1.0
     np.testing.assert_array_equal(flat.validation.targets, load_digits().validation.targets)
     np.testing.assert_array_equal(images.train.inputs.reshape(-1, 64), flat.train.inputs)
 

@@ -1,17 +1,25 @@
 """zkynet.gradcheck, the public gradient checker: right rules pass (operators with
 arguments, modules with parameters, broadcasting shapes), wrong ones are caught with
 the function, input, index and both values named, with or without a reference."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from zkynet.framework import cg, op
-from zkynet.gradcheck import (GradientCheckError, GradientReport, broadcasting_shapes, check_gradients,
-                              check_operator, positive)
+from zkynet.gradcheck import (
+    GradientCheckError,
+    GradientReport,
+    broadcasting_shapes,
+    check_gradients,
+    check_operator,
+    positive,
+)
 
 
 class Scale(cg.Operator):
     """factor * x: an operator with an argument."""
+
     input_names = ("x",)
 
     def __init__(self, factor, wrong=False):
@@ -44,6 +52,7 @@ class Clip(cg.Operator):
 
 class Hypot(cg.Operator):
     """sqrt(a^2 + b^2), broadcasting; `wrong` forgets the b term's factor."""
+
     input_names = ("a", "b")
 
     def __init__(self, wrong=False):
@@ -51,7 +60,7 @@ class Hypot(cg.Operator):
         self.wrong = wrong
 
     def call(self, a, b):
-        return jnp.sqrt(a.value ** 2 + b.value ** 2)
+        return jnp.sqrt(a.value**2 + b.value**2)
 
     def vjp(self, g, out, a, b):
         return g * a.value / out, g * (1 if self.wrong else b.value) / out
@@ -62,7 +71,7 @@ def test_right_rules_pass_on_broadcasting_shapes_with_and_without_a_reference():
     assert len(reports) == 3 and all(isinstance(r, GradientReport) for r in reports)
     assert max(reports[0].worst.values()) <= 1 and "scale passed, wrt x" in str(reports[0])
     check_operator(Clip(-0.5, 0.5), reference=lambda x: jnp.clip(x, -0.5, 0.5))
-    check_operator(Hypot(), reference=lambda a, b: jnp.sqrt(a ** 2 + b ** 2), trials=5)
+    check_operator(Hypot(), reference=lambda a, b: jnp.sqrt(a**2 + b**2), trials=5)
     check_operator(Hypot())  # finite differences only
 
 
@@ -85,7 +94,10 @@ def test_a_wrong_rule_is_named_with_input_index_and_both_values(reference):
     assert error.ours == pytest.approx(error.expected * 3.5 / 3)
     assert ("reference vjp" if reference else "finite differences") in error.check
     message = str(error)
-    assert message.startswith("scale: d/dx: vjp (back(cotangent)) vs") and f"at x[{error.index[0]}, {error.index[1]}]: ours" in message
+    assert (
+        message.startswith("scale: d/dx: vjp (back(cotangent)) vs")
+        and f"at x[{error.index[0]}, {error.index[1]}]: ours" in message
+    )
     assert "6 of 6 element(s) out of tolerance" in message and "Inputs: x float64[2, 3]" in message
 
 
@@ -98,8 +110,7 @@ def test_a_rule_wrong_only_in_part_of_its_domain_is_caught_there():
 
 def test_a_wrong_rule_for_the_second_input_under_broadcasting():
     with pytest.raises(GradientCheckError) as caught:
-        check_gradients(Hypot(wrong=True), lambda a, b: jnp.sqrt(a ** 2 + b ** 2),
-                        [np.ones((2, 3)), np.full((3,), 2.0)])
+        check_gradients(Hypot(wrong=True), lambda a, b: jnp.sqrt(a**2 + b**2), [np.ones((2, 3)), np.full((3,), 2.0)])
     assert caught.value.input == "b" and caught.value.function == "hypot"
 
 
@@ -140,10 +151,10 @@ def test_large_values_do_not_fail_on_rounding():
 
 def test_lambdas_are_named_by_their_operators_and_integer_args_are_left_alone():
     with pytest.raises(GradientCheckError, match=r"^lambda over take, scale: d/dx"):
-        check_gradients(lambda x, i: Scale(1.0, wrong=True)(op.take(x, i)), None,
-                        [np.ones((3, 2)), np.array([2, 0])])
-    report = check_gradients(lambda x, i: op.take(x, i), lambda x, i: jnp.take(x, i, axis=0),
-                             [np.ones((3, 2)), np.array([2, 0])])
+        check_gradients(lambda x, i: Scale(1.0, wrong=True)(op.take(x, i)), None, [np.ones((3, 2)), np.array([2, 0])])
+    report = check_gradients(
+        lambda x, i: op.take(x, i), lambda x, i: jnp.take(x, i, axis=0), [np.ones((3, 2)), np.array([2, 0])]
+    )
     assert report.inputs == ["x"]
 
 

@@ -1,4 +1,5 @@
 """Initializers: reproducible from a seed, with the variance each promises."""
+
 import jax
 import numpy as np
 import pytest
@@ -14,13 +15,16 @@ def test_same_seed_same_values_and_different_seed_differs():
     assert not np.array_equal(a, init.he_normal(1, (64, 32)))
 
 
-@pytest.mark.parametrize("name, shape, variance", [
-    ("he_normal", (400, 300), 2 / 400),
-    ("he_uniform", (400, 300), 2 / 400),
-    ("glorot_normal", (400, 300), 2 / 700),
-    ("glorot_uniform", (400, 300), 2 / 700),
-    ("he_normal", (64, 16, 3, 3), 2 / (16 * 9)),  # conv kernel (out, in, kh, kw)
-])
+@pytest.mark.parametrize(
+    "name, shape, variance",
+    [
+        ("he_normal", (400, 300), 2 / 400),
+        ("he_uniform", (400, 300), 2 / 400),
+        ("glorot_normal", (400, 300), 2 / 700),
+        ("glorot_uniform", (400, 300), 2 / 700),
+        ("he_normal", (64, 16, 3, 3), 2 / (16 * 9)),  # conv kernel (out, in, kh, kw)
+    ],
+)
 def test_variances(name, shape, variance):
     values = np.asarray(init.get(name)(0, shape))
     assert values.var() == pytest.approx(variance, rel=0.05)
@@ -41,5 +45,6 @@ def test_models_from_the_same_seed_are_identical():
         first, second, other = build(3), build(3), build(4)
         for name, p in first.named_parameters().items():
             np.testing.assert_array_equal(p.value, second.named_parameters()[name].value)
-        assert any(not np.array_equal(p.value, other.named_parameters()[n].value)
-                   for n, p in first.named_parameters().items())
+        assert any(
+            not np.array_equal(p.value, other.named_parameters()[n].value) for n, p in first.named_parameters().items()
+        )

@@ -1,12 +1,13 @@
 """Losses: values and gradients (through zkynet's back()) against JAX references,
 and stability for huge logits."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zkynet.gradcheck import check_gradients
 from zkynet import losses
+from zkynet.gradcheck import check_gradients
 
 rng = np.random.default_rng(0)
 
@@ -21,8 +22,12 @@ def reference_bce(logits, targets):
 
 def test_softmax_cross_entropy_value_and_gradient():
     labels = jnp.array([0, 3, 1, 3, 2])
-    check_gradients(lambda z: losses.softmax_cross_entropy(z, labels),
-                    lambda z: reference_softmax_ce(z, labels), [rng.normal(size=(5, 4))], seed=1)
+    check_gradients(
+        lambda z: losses.softmax_cross_entropy(z, labels),
+        lambda z: reference_softmax_ce(z, labels),
+        [rng.normal(size=(5, 4))],
+        seed=1,
+    )
 
 
 def test_softmax_cross_entropy_over_sequences():
@@ -34,14 +39,19 @@ def test_softmax_cross_entropy_over_sequences():
 
 def test_binary_cross_entropy_value_and_gradient():
     targets = jnp.array([0.0, 1.0, 1.0, 0.0, 0.3])
-    check_gradients(lambda z: losses.binary_cross_entropy(z, targets),
-                    lambda z: reference_bce(z, targets), [rng.normal(size=(5,)) * 3], seed=3)
+    check_gradients(
+        lambda z: losses.binary_cross_entropy(z, targets),
+        lambda z: reference_bce(z, targets),
+        [rng.normal(size=(5,)) * 3],
+        seed=3,
+    )
 
 
 def test_mse_value_and_gradient():
     target = rng.normal(size=(4, 3))
-    check_gradients(lambda p: losses.mse(p, target), lambda p: jnp.mean((p - target) ** 2),
-                    [rng.normal(size=(4, 3))], seed=4)
+    check_gradients(
+        lambda p: losses.mse(p, target), lambda p: jnp.mean((p - target) ** 2), [rng.normal(size=(4, 3))], seed=4
+    )
 
 
 @pytest.mark.parametrize("scale", [1e4, -1e4])
@@ -60,8 +70,7 @@ def test_cross_entropies_are_stable_for_huge_logits(scale):
     labels = jnp.array([2, 1])
     for fn, reference, args in [
         (lambda z: losses.softmax_cross_entropy(z, labels), reference_softmax_ce, (logits, labels)),
-        (lambda z: losses.binary_cross_entropy(z, jnp.ones_like(z)), reference_bce,
-         (logits, jnp.ones_like(logits))),
+        (lambda z: losses.binary_cross_entropy(z, jnp.ones_like(z)), reference_bce, (logits, jnp.ones_like(logits))),
     ]:
         m = Loss(fn)
         result = m(logits)

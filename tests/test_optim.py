@@ -1,5 +1,6 @@
 """Optimizers against the update rules written out in NumPy, schedules, clipping,
 and exact save/restore of optimizer state."""
+
 import math
 
 import jax
@@ -40,6 +41,7 @@ def sgd_momentum(lr, mu, nesterov=False, wd=0.0):
         g = g + wd * p
         v = state["v"][name] = mu * state["v"][name] + g
         return p - lr * (g + mu * v if nesterov else v)
+
     return update
 
 
@@ -49,24 +51,31 @@ def adam(lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, decoupled=False):
             g = g + wd * p
         m = state["m"][name] = b1 * state["m"][name] + (1 - b1) * g
         v = state["v"][name] = b2 * state["v"][name] + (1 - b2) * g * g
-        direction = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        direction = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
         return p - lr * (direction + (wd * p if decoupled else 0))
+
     return update
 
 
-@pytest.mark.parametrize("optimizer, update, slots", [
-    (optim.SGD(0.1), sgd_momentum(0.1, 0.0), ["v"]),
-    (optim.SGD(0.1, momentum=0.9), sgd_momentum(0.1, 0.9), ["v"]),
-    (optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
-     sgd_momentum(0.1, 0.9, nesterov=True, wd=0.01), ["v"]),
-    (optim.Adam(0.01), adam(0.01), ["m", "v"]),
-    (optim.Adam(0.01, weight_decay=0.1), adam(0.01, wd=0.1), ["m", "v"]),
-    (optim.AdamW(0.01, weight_decay=0.1), adam(0.01, wd=0.1, decoupled=True), ["m", "v"]),
-])
+@pytest.mark.parametrize(
+    "optimizer, update, slots",
+    [
+        (optim.SGD(0.1), sgd_momentum(0.1, 0.0), ["v"]),
+        (optim.SGD(0.1, momentum=0.9), sgd_momentum(0.1, 0.9), ["v"]),
+        (
+            optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+            sgd_momentum(0.1, 0.9, nesterov=True, wd=0.01),
+            ["v"],
+        ),
+        (optim.Adam(0.01), adam(0.01), ["m", "v"]),
+        (optim.Adam(0.01, weight_decay=0.1), adam(0.01, wd=0.1), ["m", "v"]),
+        (optim.AdamW(0.01, weight_decay=0.1), adam(0.01, wd=0.1, decoupled=True), ["m", "v"]),
+    ],
+)
 def test_updates_match_the_written_out_rules(optimizer, update, slots):
     grads = gradient_sequence()
     got, state = run(optimizer, grads)
-    want = reference(update, grads, **{k: None for k in slots})
+    want = reference(update, grads, **dict.fromkeys(slots))
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-12)
     assert int(state["step"]) == STEPS
@@ -102,8 +111,9 @@ def test_global_norm_clipping():
     np.testing.assert_allclose(clipped["a"], [0.6, 0.0], rtol=1e-5)
     untouched = optim.clip_by_global_norm(grads, 10.0)
     np.testing.assert_allclose(untouched["b"], [[4.0]])
-    params, _ = optim.SGD(1.0, clip_norm=1.0).update(grads, {"step": jnp.zeros((), jnp.int32)},
-                                                     {"a": jnp.zeros(2), "b": jnp.zeros((1, 1))})
+    params, _ = optim.SGD(1.0, clip_norm=1.0).update(
+        grads, {"step": jnp.zeros((), jnp.int32)}, {"a": jnp.zeros(2), "b": jnp.zeros((1, 1))}
+    )
     assert float(optim.global_norm(params)) == pytest.approx(1.0, rel=1e-5)
 
 
@@ -140,11 +150,14 @@ def sgd(lr=0.1, momentum=0.9, weight_decay=0.0):
     return optim.SGD(optim.Warmup(optim.Cosine(lr, 10), 2), momentum=momentum, weight_decay=weight_decay)
 
 
-@pytest.mark.parametrize("make, values", [
-    (sgd, dict(lr=0.3, momentum=0.5, weight_decay=0.01)),
-    (optim.Adam, dict(lr=0.03, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1)),
-    (optim.AdamW, dict(lr=0.03, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1)),
-])
+@pytest.mark.parametrize(
+    "make, values",
+    [
+        (sgd, dict(lr=0.3, momentum=0.5, weight_decay=0.01)),
+        (optim.Adam, dict(lr=0.03, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1)),
+        (optim.AdamW, dict(lr=0.03, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1)),
+    ],
+)
 def test_hyperparameters_given_to_update_act_as_the_constructor_s(make, values):
     """A population passes each member's numbers (traced) to one optimizer's update: that must
     equal the optimizer built with those numbers."""
@@ -156,8 +169,9 @@ def test_hyperparameters_given_to_update_act_as_the_constructor_s(make, values):
         given = jax.jit(default.update)
         traced_params, traced_state = params, default.init(params)
         for g in grads:
-            traced_params, traced_state = given(g, traced_state, traced_params,
-                                                {k: jnp.asarray(v) for k, v in wanted.hyperparameters().items()})
+            traced_params, traced_state = given(
+                g, traced_state, traced_params, {k: jnp.asarray(v) for k, v in wanted.hyperparameters().items()}
+            )
         want, _ = run(wanted, grads)
         for name in want:
             np.testing.assert_allclose(traced_params[name], want[name], rtol=1e-12)

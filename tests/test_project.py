@@ -1,4 +1,5 @@
 """The project's front door: README's commands are the ones CI runs."""
+
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
@@ -12,6 +13,15 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_top_level_layout_is_the_users():
-    for name in ["zkynet", "experiments", "conf", "tests", "notebooks", "pyproject.toml", "setup.sh",
-                 "download_datasets.sh", "README.md"]:
+    for name in [
+        "zkynet",
+        "experiments",
+        "conf",
+        "tests",
+        "notebooks",
+        "pyproject.toml",
+        "setup.sh",
+        "download_datasets.sh",
+        "README.md",
+    ]:
         assert (ROOT / name).exists(), name

@@ -1,4 +1,5 @@
 """README's Python examples run as written, in order, in one namespace."""
+
 import re
 from pathlib import Path
 

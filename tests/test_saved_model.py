@@ -1,4 +1,7 @@
 """A model saved as a folder comes back from it with plain Python: no Hydra, no MLflow."""
+
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,8 +12,14 @@ from zkynet.data import load_digits
 from zkynet.framework.compile import forward
 from zkynet.models.cnn import LeNet
 
-SPEC = {"_target_": "zkynet.models.cnn.LeNet", "input_shape": [1, 8, 8], "num_classes": 10, "channels": [4],
-        "hidden": [16], "key": 3}
+SPEC = {
+    "_target_": "zkynet.models.cnn.LeNet",
+    "input_shape": [1, 8, 8],
+    "num_classes": 10,
+    "channels": [4],
+    "hidden": [16],
+    "key": 3,
+}
 
 
 def test_a_saved_model_loads_with_its_weights_config_and_inputs(tmp_path):
@@ -26,7 +35,9 @@ def test_a_saved_model_loads_with_its_weights_config_and_inputs(tmp_path):
     predictor = saved_model._load_pyfunc(str(tmp_path / "m"))  # what MLflow's pyfunc flavor calls
     rows = images.reshape(4, 64).astype(np.float64)  # a table's rows: reshaped and cast to what the model takes
     np.testing.assert_allclose(predictor.predict(rows), forward(model)(images), rtol=1e-6)
-    with pytest.raises(ValueError, match=r"takes examples shaped \[1, 8, 8\] \(float32\); got a batch shaped \[4, 10\]"):
+    with pytest.raises(
+        ValueError, match=r"takes examples shaped \[1, 8, 8\] \(float32\); got a batch shaped \[4, 10\]"
+    ):
         predictor.predict(np.zeros((4, 10)))
 
 
@@ -49,10 +60,13 @@ def test_weights_keep_their_trained_precision(tmp_path):
     assert {p.value.dtype for p in zkynet.load(tmp_path).model.named_parameters().values()} == {jnp.dtype(jnp.bfloat16)}
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"widths": [4, 3]}, "a model spec is a dict with a '_target_'"),
-    ({"_target_": "zkynet.models.fcn.MLP", "_partial_": True}, "_partial_ are Hydra instantiate options"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"widths": [4, 3]}, "a model spec is a dict with a '_target_'"),
+        ({"_target_": "zkynet.models.fcn.MLP", "_partial_": True}, "_partial_ are Hydra instantiate options"),
+    ],
+)
 def test_a_spec_it_cannot_build_is_refused_when_saving(tmp_path, spec, message):
     with pytest.raises(ValueError, match=message):
         saved_model.save(None, tmp_path, spec, np.zeros((1, 4)))
@@ -61,7 +75,7 @@ def test_a_spec_it_cannot_build_is_refused_when_saving(tmp_path, spec, message):
 def test_a_class_that_cannot_be_imported_is_named(tmp_path):
     spec = {"_target_": "zkynet.models.fcn.MLP", "widths": [4, 3]}
     saved_model.save(saved_model.build(spec), tmp_path, {**spec, "_target_": "my_models.Gone"}, np.zeros((1, 4)))
-    with pytest.raises(ImportError, match="cannot import the model class 'my_models.Gone'"):
+    with pytest.raises(ImportError, match=re.escape("cannot import the model class 'my_models.Gone'")):
         zkynet.load(tmp_path)
-    with pytest.raises(FileNotFoundError, match="holds no model.json"):
+    with pytest.raises(FileNotFoundError, match=re.escape("holds no model.json")):
         zkynet.load(tmp_path.parent)

@@ -1,4 +1,5 @@
 """Synthetic sequence tasks, the text corpus and its tokenizer."""
+
 import numpy as np
 import pytest
 
@@ -20,9 +21,9 @@ def test_copy_and_reverse_format():
 def test_addition_sums_are_right():
     data = load_addition(digits=3, train_size=50, validation_size=10)
     vocabulary, start = data.info["vocabulary"], data.info["answer_start"]
-    for inputs, targets in zip(data.train.inputs, data.train.targets):
-        x, y = decode(inputs[:start - 1], vocabulary).split("+")
-        answer = decode(targets[start - 1:], vocabulary)[::-1]
+    for inputs, targets in zip(data.train.inputs, data.train.targets, strict=True):
+        x, y = decode(inputs[: start - 1], vocabulary).split("+")
+        answer = decode(targets[start - 1 :], vocabulary)[::-1]
         assert int(answer) == int(x) + int(y)
 
 

@@ -1,15 +1,20 @@
 """plot_cg draws real pictures: PNG by default, SVG on request, clusters per module
 call, shared nodes drawn once, big models collapsed to a readable depth."""
+
 import re
+from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
 
 from zkynet.framework import cg, op
-from zkynet.models.toy import (CompositeModel_NoWeightSharing_DifferentInputs,
-                               CompositeModel_NoWeightSharing_SameInputs,
-                               CompositeModel_WeightSharing_DifferentInputs,
-                               CompositeModel_WeightSharing_SameInputs, SimpleModel)
+from zkynet.models.toy import (
+    CompositeModel_NoWeightSharing_DifferentInputs,
+    CompositeModel_NoWeightSharing_SameInputs,
+    CompositeModel_WeightSharing_DifferentInputs,
+    CompositeModel_WeightSharing_SameInputs,
+    SimpleModel,
+)
 from zkynet.visual import plot_cg
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,11 +47,12 @@ def edges_from(svg, node_id):
 
 
 @pytest.mark.parametrize("model, inputs, n_inputs, n_weights, shared_out_edges", CASES)
-def test_composite_cases_render_to_png_with_shared_nodes_once(tmp_path, model, inputs, n_inputs,
-                                                              n_weights, shared_out_edges):
+def test_composite_cases_render_to_png_with_shared_nodes_once(
+    tmp_path, model, inputs, n_inputs, n_weights, shared_out_edges
+):
     result = model()(*inputs)
     path = plot_cg(result.root, save_path=str(tmp_path / f"{model.__name__}.png"), title=model.__name__)
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     assert path.endswith(".png") and data.startswith(PNG_MAGIC) and len(data) > 5000
 
     svg = svg_of(result.root, tmp_path)
@@ -60,18 +66,20 @@ def test_composite_cases_render_to_png_with_shared_nodes_once(tmp_path, model, i
 
 def test_default_path_format_and_title(tmp_path, monkeypatch):
     import tempfile
+
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     path = plot_cg(SimpleModel()(3).root, title="my graph: v1", wait=2)  # wait only applies with view
     assert path == str(tmp_path / "zkynet" / "my_graph_v1.png")
-    assert open(path, "rb").read().startswith(PNG_MAGIC)
+    assert Path(path).read_bytes().startswith(PNG_MAGIC)
     svg_path = plot_cg(SimpleModel()(3), save_path=str(tmp_path / "g"), format="svg")
-    assert svg_path.endswith("g.svg") and "<svg" in open(svg_path).read()
+    assert svg_path.endswith("g.svg") and "<svg" in Path(svg_path).read_text()
 
 
 class Block(cg.Module):
     def __init__(self, width):
-        super().__init__(inputs=(cg.Variable("h"),),
-                         params=(cg.Parameter("W", jnp.eye(width)), cg.Parameter("b", jnp.zeros(width))))
+        super().__init__(
+            inputs=(cg.Variable("h"),), params=(cg.Parameter("W", jnp.eye(width)), cg.Parameter("b", jnp.zeros(width)))
+        )
 
     def call(self, h):
         return op.relu(h @ self.param("W") + self.param("b")) + h
@@ -97,8 +105,11 @@ def test_collapse_to_module_depth(tmp_path):
     assert len(node_ids_labelled(collapsed, "W")) == 0  # hidden inside the boxes
     full = svg_of(result, tmp_path, depth=None, max_nodes=300)  # 242 shapes: above the default limit
     assert len(node_ids_labelled(full, "W")) == 40
-    with pytest.warns(UserWarning, match=r"depth=None takes 242 shapes, more than max_nodes=150.*"
-                                         r"collapsed to depth=1"):
+    with pytest.warns(
+        UserWarning,
+        match=r"depth=None takes 242 shapes, more than max_nodes=150.*"
+        r"collapsed to depth=1",
+    ):
         bounded = svg_of(result, tmp_path, depth=None)
     assert len(node_ids_labelled(bounded, "W")) == 0 and len(re.findall(r"(blocks\.\d+)</text>", bounded)) == 40
     auto = svg_of(result, tmp_path)  # "auto": too many nodes, so it collapses
@@ -106,9 +117,8 @@ def test_collapse_to_module_depth(tmp_path):
 
 
 def test_collapsed_picture_of_a_big_model_renders(tmp_path):
-    path = plot_cg(Deep(depth=8)(jnp.ones(4)), save_path=str(tmp_path / "deep.png"), depth=1,
-                   title="Deep, collapsed")
-    assert open(path, "rb").read().startswith(PNG_MAGIC)
+    path = plot_cg(Deep(depth=8)(jnp.ones(4)), save_path=str(tmp_path / "deep.png"), depth=1, title="Deep, collapsed")
+    assert Path(path).read_bytes().startswith(PNG_MAGIC)
 
 
 def test_plot_of_free_operators(tmp_path):
@@ -119,6 +129,7 @@ def test_plot_of_free_operators(tmp_path):
 
 def test_a_transformer_collapses_to_its_blocks(tmp_path):
     from zkynet.models.transformer import TransformerLM
+
     model = TransformerLM(16, dim=16, heads=2, layers=3, mlp=32, max_length=8)
     graph = model(jnp.ones((2, 8), jnp.int32))
     assert len(graph.nodes) > 100  # big: depth=1 draws it in under 20 shapes
@@ -127,11 +138,12 @@ def test_a_transformer_collapses_to_its_blocks(tmp_path):
     assert boxes == {"embed", "blocks.0", "blocks.1", "blocks.2", "norm", "head"}
     assert len(re.findall(r'class="node"', svg)) < 20
     path = plot_cg(graph, save_path=str(tmp_path / "transformer.png"), depth=1, title="TransformerLM")
-    assert open(path, "rb").read().startswith(PNG_MAGIC)
+    assert Path(path).read_bytes().startswith(PNG_MAGIC)
 
 
 def test_list_layers_are_boxed_by_their_names(tmp_path):
     from zkynet.models.fcn import MLP
+
     svg = svg_of(MLP([4, 8, 8, 2], key=0)(jnp.ones((1, 4))), tmp_path, depth=None)
     clusters = re.findall(r'<g id="clust\d+" class="cluster">.*?<text[^>]*>(.*?)</text>', svg, re.S)
     assert sorted(clusters) == ["MLP", "layers.0", "layers.1", "layers.2", "relu", "relu#2"]
@@ -139,7 +151,7 @@ def test_list_layers_are_boxed_by_their_names(tmp_path):
 
 def png_size(path):
     """(width, height) from a PNG's header."""
-    header = open(path, "rb").read(24)
+    header = Path(path).read_bytes()[:24]
     return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
 
 

@@ -1,6 +1,7 @@
 """Saving and loading nested dicts of arrays (parameters, optimizer state) as one
 .npz file: exact to the bit, readable with plain NumPy. Dtypes NumPy's format cannot
 name (bfloat16) are stored as their raw bits, their names beside them."""
+
 import json
 import os
 import shutil
@@ -78,8 +79,9 @@ def load(path):
     except FileNotFoundError:
         raise
     except Exception as e:  # zipfile's, pickle's and NumPy's errors never say which file
-        raise CheckpointError(f"cannot read the checkpoint {path} ({type(e).__name__}: {e}): it is not a "
-                              "complete .npz written by zkynet") from e
+        raise CheckpointError(
+            f"cannot read the checkpoint {path} ({type(e).__name__}: {e}): it is not a complete .npz written by zkynet"
+        ) from e
     for key, name in json.loads(str(flat.pop(DTYPES, "{}"))).items():
         flat[key] = flat[key].view(getattr(ml_dtypes, name))
     return unflatten(flat)

@@ -3,6 +3,7 @@
 Builds the seed document's SimpleModel, prints values, gradients and a
 Jacobian (checked against the calculus), and draws the four composite models' graphs.
 """
+
 import sys
 from pathlib import Path
 
@@ -28,17 +29,21 @@ def main(out_dir="outputs/demo"):
     result = m(x)
     result.back()
     jacobian = result.grad(m.input("x"))
-    by_hand = jnp.diag(3 * x ** 2 + 2 * x)  # d/dx (x + 1) x^2, elementwise: a diagonal Jacobian
-    print(f"  f([3, 4, 5]) = {np.asarray(result.value)}; df/dx is the 3x3 Jacobian\n"
-          f"{np.asarray(jacobian)}\n  equal to the calculus (3x^2 + 2x on the diagonal): "
-          f"{bool(jnp.allclose(jacobian, by_hand))}")
+    by_hand = jnp.diag(3 * x**2 + 2 * x)  # d/dx (x + 1) x^2, elementwise: a diagonal Jacobian
+    print(
+        f"  f([3, 4, 5]) = {np.asarray(result.value)}; df/dx is the 3x3 Jacobian\n"
+        f"{np.asarray(jacobian)}\n  equal to the calculus (3x^2 + 2x on the diagonal): "
+        f"{bool(jnp.allclose(jacobian, by_hand))}"
+    )
 
     print(f"\ngraph pictures in {out}/:")
     print("  ", plot_cg(m(3).root, save_path=str(out / "simple_model.png"), title="SimpleModel"))
-    for name in ("CompositeModel_NoWeightSharing_DifferentInputs",
-                 "CompositeModel_WeightSharing_DifferentInputs",
-                 "CompositeModel_NoWeightSharing_SameInputs",
-                 "CompositeModel_WeightSharing_SameInputs"):
+    for name in (
+        "CompositeModel_NoWeightSharing_DifferentInputs",
+        "CompositeModel_WeightSharing_DifferentInputs",
+        "CompositeModel_NoWeightSharing_SameInputs",
+        "CompositeModel_WeightSharing_SameInputs",
+    ):
         model = getattr(toy, name)()
         graph = model(*[3] * len(model.inputs))
         print("  ", plot_cg(graph.root, save_path=str(out / f"{name}.png"), title=name))

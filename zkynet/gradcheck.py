@@ -29,10 +29,12 @@ them away from kinks (relu at 0, ties of max).
 JAX's autodiff is applied only to the reference function you pass; zkynet's own
 derivatives never use it.
 """
+
 import inspect
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +46,15 @@ from zkynet.framework.module import Module, call_module
 from zkynet.framework.operator import Operator
 from zkynet.framework.templates import Variable
 
-__all__ = ["GradientCheckError", "GradientReport", "check_gradients", "check_operator", "broadcasting_shapes",
-           "normal", "positive"]
+__all__ = [
+    "GradientCheckError",
+    "GradientReport",
+    "check_gradients",
+    "check_operator",
+    "broadcasting_shapes",
+    "normal",
+    "positive",
+]
 
 RTOL, ATOL = 1e-9, 1e-11
 EPS, FD_RTOL, FD_ATOL = 1e-6, 1e-6, 1e-8
@@ -61,21 +70,34 @@ class GradientCheckError(AssertionError):
     worst element, a tuple; None for a directional check), ours, expected (the values
     there), tolerance, mismatches (how many elements are out of tolerance)."""
 
-    def __init__(self, function: str, input: str, check: str, index: tuple[int, ...] | None, ours: float,
-                 expected: float, tolerance: float, mismatches: int, total: int, context: str):
+    def __init__(
+        self,
+        function: str,
+        input: str,
+        check: str,
+        index: tuple[int, ...] | None,
+        ours: float,
+        expected: float,
+        tolerance: float,
+        mismatches: int,
+        total: int,
+        context: str,
+    ):
         self.function, self.input, self.check, self.index = function, input, check, index
         self.ours, self.expected, self.tolerance, self.mismatches = ours, expected, tolerance, mismatches
         where = f"{input}[{', '.join(map(str, index))}]" if index else input
         super().__init__(
             f"{function}: d/d{input}: {check} at {where}: ours {ours:.10g}, expected {expected:.10g} "
             f"(|difference| {abs(ours - expected):.3g} > tolerance {tolerance:.3g}); {mismatches} of {total} "
-            f"element(s) out of tolerance. {context}")
+            f"element(s) out of tolerance. {context}"
+        )
 
 
 @dataclass
 class GradientReport:
     """What check_gradients compared, and how close each comparison came: for each
     check, the worst |difference| / tolerance (at most 1 when it passed)."""
+
     function: str
     inputs: list[str]
     worst: dict[str, float] = field(default_factory=dict)
@@ -112,8 +134,7 @@ def _names(fn: Any, count: int) -> list[str]:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         parameters = []
-    if len(parameters) == count and all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                                        for p in parameters):
+    if len(parameters) == count and all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters):
         return [p.name for p in parameters]
     return [f"x{i}" for i in range(count)]
 
@@ -123,10 +144,22 @@ def _as64(value: Any) -> Any:
     return jnp.asarray(array, jnp.float64) if array.dtype.kind == "f" else jnp.asarray(array)
 
 
-def check_gradients(fn: Any, reference: Callable[..., Any] | None = None, args: Sequence[Any] = (), seed: int = 0,
-                    argnums: Sequence[int] | None = None, *, params: bool = True, name: str | None = None,
-                    eps: float = EPS, rtol: float = RTOL, atol: float = ATOL, fd_rtol: float = FD_RTOL,
-                    fd_atol: float = FD_ATOL, max_jacobian: int = MAX_JACOBIAN) -> GradientReport:
+def check_gradients(
+    fn: Any,
+    reference: Callable[..., Any] | None = None,
+    args: Sequence[Any] = (),
+    seed: int = 0,
+    argnums: Sequence[int] | None = None,
+    *,
+    params: bool = True,
+    name: str | None = None,
+    eps: float = EPS,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    fd_rtol: float = FD_RTOL,
+    fd_atol: float = FD_ATOL,
+    max_jacobian: int = MAX_JACOBIAN,
+) -> GradientReport:
     """Check `fn`'s backward rules at `args`; raise GradientCheckError on a mismatch.
 
     fn: an Operator (applied to args), a Module (called on args; with `params`, its
@@ -141,9 +174,16 @@ def check_gradients(fn: Any, reference: Callable[..., Any] | None = None, args: 
     seed: for the random cotangent and directions.
     The module docstring explains the checks and tolerances."""
     with jax.enable_x64(True):
-        return _check(fn, reference, [_as64(a) for a in args], seed, argnums, params, name,
-                      dict(eps=eps, rtol=rtol, atol=atol, fd_rtol=fd_rtol, fd_atol=fd_atol,
-                           max_jacobian=max_jacobian))
+        return _check(
+            fn,
+            reference,
+            [_as64(a) for a in args],
+            seed,
+            argnums,
+            params,
+            name,
+            dict(eps=eps, rtol=rtol, atol=atol, fd_rtol=fd_rtol, fd_atol=fd_atol, max_jacobian=max_jacobian),
+        )
 
 
 def _check(fn, reference, args, seed, argnums, with_params, name, tol):
@@ -153,8 +193,10 @@ def _check(fn, reference, args, seed, argnums, with_params, name, tol):
     argnums = list(argnums)
     module = fn if isinstance(fn, Module) else _Apply(fn, _names(fn, len(args)), _fn_name(fn))
     params = module.named_parameters() if isinstance(fn, Module) and with_params else {}
-    param_values = {n: jnp.asarray(p.value, jnp.float64) if jnp.issubdtype(p.value.dtype, jnp.floating)
-                    else p.value for n, p in params.items()}
+    param_values = {
+        n: jnp.asarray(p.value, jnp.float64) if jnp.issubdtype(p.value.dtype, jnp.floating) else p.value
+        for n, p in params.items()
+    }
     param_names = [n for n, v in param_values.items() if jnp.issubdtype(v.dtype, jnp.floating)]
     frozen = {params[n]: v for n, v in param_values.items()}
     labels = [module.inputs[i].short_name for i in argnums] + [f"param {n!r}" for n in param_names]
@@ -165,12 +207,14 @@ def _check(fn, reference, args, seed, argnums, with_params, name, tol):
         for k, i in enumerate(argnums):
             full[i] = values[k]
         substituted = dict(frozen)
-        substituted.update({params[n]: v for n, v in zip(param_names, values[len(argnums):])})
+        substituted.update({params[n]: v for n, v in zip(param_names, values[len(argnums) :], strict=True)})
         try:
             return call_module(module, full, param_values=substituted)
         except UnregisteredParameterError as e:
-            raise TypeError(f"check_gradients: the function uses parameters of a module it does not own; pass "
-                            f"that module to check_gradients instead ({e})") from e
+            raise TypeError(
+                f"check_gradients: the function uses parameters of a module it does not own; pass "
+                f"that module to check_gradients instead ({e})"
+            ) from e
 
     def grads_of(graph):
         found = []
@@ -192,12 +236,13 @@ def _check(fn, reference, args, seed, argnums, with_params, name, tol):
         raise TypeError(f"check_gradients: the output is {out.dtype}; only floating outputs have gradients")
     if name is None:
         name = _graph_name(fn, graph)
-    inputs_text = ", ".join(f"{label} {v.dtype}{list(v.shape)}" for label, v in zip(labels, start))
+    inputs_text = ", ".join(f"{label} {v.dtype}{list(v.shape)}" for label, v in zip(labels, start, strict=True))
     context = f"Inputs: {inputs_text}; output {out.dtype}{list(out.shape)}; seed {seed}."
 
     def fail(label, check, ours, expected, tolerance, index=None, mismatches=1, total=1):
-        raise GradientCheckError(name, label, check, index, float(ours), float(expected), float(tolerance),
-                                 mismatches, total, context)
+        raise GradientCheckError(
+            name, label, check, index, float(ours), float(expected), float(tolerance), mismatches, total, context
+        )
 
     report = GradientReport(name, labels)
 
@@ -205,8 +250,18 @@ def _check(fn, reference, args, seed, argnums, with_params, name, tol):
         ours, expected = np.asarray(ours, np.float64), np.asarray(expected, np.float64)
         noise = np.asarray(noise, np.float64)  # all NumPy: an eager jnp op compiles once per shape
         if ours.shape != expected.shape:
-            raise GradientCheckError(name, label, f"{check}: shape {ours.shape}, expected {expected.shape}",
-                                     None, math.nan, math.nan, 0.0, 1, 1, context)
+            raise GradientCheckError(
+                name,
+                label,
+                f"{check}: shape {ours.shape}, expected {expected.shape}",
+                None,
+                math.nan,
+                math.nan,
+                0.0,
+                1,
+                1,
+                context,
+            )
         tolerance = atol + rtol * np.abs(expected) + noise
         both_nan = np.isnan(ours) & np.isnan(expected)
         error = np.where(both_nan, 0.0, np.abs(ours - expected))
@@ -215,19 +270,28 @@ def _check(fn, reference, args, seed, argnums, with_params, name, tol):
         report.worst[f"{label}: {check}"] = worst
         if worst > 1:
             at = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
-            fail(label, check, ours[at], expected[at], np.broadcast_to(tolerance, ratio.shape)[at],
-                 tuple(int(i) for i in at), int((ratio > 1).sum()), ratio.size)
+            fail(
+                label,
+                check,
+                ours[at],
+                expected[at],
+                np.broadcast_to(tolerance, ratio.shape)[at],
+                tuple(int(i) for i in at),
+                int((ratio > 1).sum()),
+                ratio.size,
+            )
 
     cotangent = rng.normal(size=out.shape)  # NumPy on the host: eager jnp here would compile per shape
     graph.back(jax.device_put(cotangent))
     ours_vjp = grads_of(graph)
-    for label, g, x in zip(labels, ours_vjp, start):
+    for label, g, x in zip(labels, ours_vjp, start, strict=True):
         if g.shape != x.shape:
             fail(label, f"vjp shape {tuple(g.shape)} is not the input's {tuple(x.shape)}", math.nan, math.nan, 0)
 
     full = [i for i, x in enumerate(start) if out.size * x.size <= tol["max_jacobian"]]
-    directions = {i: [rng.normal(size=x.shape) for _ in range(DIRECTIONS)]
-                  for i, x in enumerate(start) if i not in full}
+    directions = {
+        i: [rng.normal(size=x.shape) for _ in range(DIRECTIONS)] for i, x in enumerate(start) if i not in full
+    }
     steps = [tol["eps"] * np.maximum(1.0, np.abs(np.asarray(x))) for x in start]
 
     def forward(values):
@@ -242,7 +306,8 @@ def _check(fn, reference, args, seed, argnums, with_params, name, tol):
             basis = (jnp.eye(x.size, dtype=x.dtype) * h.reshape(-1)).reshape((x.size,) + x.shape)
 
             def moved(d, i=i):
-                return forward(values[:i] + [values[i] + d] + values[i + 1:])
+                return forward(values[:i] + [values[i] + d] + values[i + 1 :])
+
             plus, minus = jax.vmap(moved)(basis), jax.vmap(moved)(-basis)
             scale = 2 * h.reshape((-1,) + (1,) * out.ndim)
             rows = (plus - minus) / scale  # (x.size, *out.shape)
@@ -253,10 +318,14 @@ def _check(fn, reference, args, seed, argnums, with_params, name, tol):
             h = tol["eps"]
             found = []
             for d in ds:
-                plus = forward(values[:i] + [values[i] + h * d] + values[i + 1:])
-                minus = forward(values[:i] + [values[i] - h * d] + values[i + 1:])
-                found.append((jnp.vdot(cotangent, plus - minus) / (2 * h),
-                              2 * _U * jnp.vdot(jnp.abs(cotangent), jnp.abs(plus) + jnp.abs(minus)) / (2 * h)))
+                plus = forward(values[:i] + [values[i] + h * d] + values[i + 1 :])
+                minus = forward(values[:i] + [values[i] - h * d] + values[i + 1 :])
+                found.append(
+                    (
+                        jnp.vdot(cotangent, plus - minus) / (2 * h),
+                        2 * _U * jnp.vdot(jnp.abs(cotangent), jnp.abs(plus) + jnp.abs(minus)) / (2 * h),
+                    )
+                )
             directional[i] = found
         if full:
             whole = graph_at(values)
@@ -265,8 +334,11 @@ def _check(fn, reference, args, seed, argnums, with_params, name, tol):
             ours = {i: grads[i] for i in full}
         return jacobians, noises, directional, ours
 
-    referenced = None if reference is None else _reference_parts(reference, fn, args, argnums, param_names,
-                                                                 param_values, full, out)
+    referenced = (
+        None
+        if reference is None
+        else _reference_parts(reference, fn, args, argnums, param_names, param_values, full, out)
+    )
 
     def everything(values):  # one compiled program: one compilation per check, not two
         return numeric(values), None if referenced is None else referenced(values, cotangent)
@@ -282,18 +354,45 @@ def _check(fn, reference, args, seed, argnums, with_params, name, tol):
         if k in jacobians:
             fd_vjp = np.tensordot(cotangent, np.asarray(jacobians[k]), axes=out.ndim)
             fd_noise = np.tensordot(np.abs(cotangent), np.asarray(noises[k]), axes=out.ndim)
-            compare(label, "vjp (back(cotangent)) vs finite differences", ours_vjp[k], fd_vjp,
-                    tol["fd_rtol"], tol["fd_atol"], fd_noise)
-            compare(label, "jacobian (back()) vs finite differences", ours_jacobians[k], jacobians[k],
-                    tol["fd_rtol"], tol["fd_atol"], noises[k])
+            compare(
+                label,
+                "vjp (back(cotangent)) vs finite differences",
+                ours_vjp[k],
+                fd_vjp,
+                tol["fd_rtol"],
+                tol["fd_atol"],
+                fd_noise,
+            )
+            compare(
+                label,
+                "jacobian (back()) vs finite differences",
+                ours_jacobians[k],
+                jacobians[k],
+                tol["fd_rtol"],
+                tol["fd_atol"],
+                noises[k],
+            )
             if reference is not None:
-                compare(label, "jacobian (back()) vs reference jacobian", ours_jacobians[k], ref_jac[k],
-                        tol["rtol"], tol["atol"])
+                compare(
+                    label,
+                    "jacobian (back()) vs reference jacobian",
+                    ours_jacobians[k],
+                    ref_jac[k],
+                    tol["rtol"],
+                    tol["atol"],
+                )
         else:
-            for d, (value, noise) in zip(directions[k], directional[k]):
+            for d, (value, noise) in zip(directions[k], directional[k], strict=True):
                 analytic = np.vdot(np.asarray(ours_vjp[k]), d)
-                compare(label, "vjp (back(cotangent)) vs finite differences along a random direction",
-                        analytic, value, tol["fd_rtol"], tol["fd_atol"], noise)
+                compare(
+                    label,
+                    "vjp (back(cotangent)) vs finite differences along a random direction",
+                    analytic,
+                    value,
+                    tol["fd_rtol"],
+                    tol["fd_atol"],
+                    noise,
+                )
     return report
 
 
@@ -308,7 +407,7 @@ def _reference_parts(reference, fn, args, argnums, param_names, param_values, fu
             arguments[i] = values[k]
         if is_module:
             named = dict(param_values)
-            named.update(zip(param_names, values[len(argnums):]))
+            named.update(zip(param_names, values[len(argnums) :], strict=True))
             return reference(named, *arguments)
         return reference(*arguments)
 
@@ -320,6 +419,7 @@ def _reference_parts(reference, fn, args, argnums, param_names, param_values, fu
             rows = jax.vmap(pull)(basis)
             jacobians = {i: rows[i].reshape(out.shape + values[i].shape) for i in full}
         return value, pull(jnp.asarray(cotangent, value.dtype)), jacobians
+
     return parts
 
 
@@ -340,8 +440,9 @@ def _graph_name(fn: Any, graph: Any) -> str:
     return f"lambda over {', '.join(used) or 'no operator'}"
 
 
-def broadcasting_shapes(arity: int, trials: int = 3, seed: int = 0, max_dims: int = 3,
-                        max_side: int = 3) -> list[list[tuple[int, ...]]]:
+def broadcasting_shapes(
+    arity: int, trials: int = 3, seed: int = 0, max_dims: int = 3, max_side: int = 3
+) -> list[list[tuple[int, ...]]]:
     """`trials` lists of `arity` shapes that broadcast together: the first all equal
     (2, 3); the second each with some axes 1 and some leading axes dropped against
     (3, 2, 4); the third with one input a scalar (one of each kind when arity is 1:
@@ -372,14 +473,19 @@ def broadcasting_shapes(arity: int, trials: int = 3, seed: int = 0, max_dims: in
 
 def _reduced(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
     """`shape` with some leading axes dropped and some sides made 1 (still broadcasts to it)."""
-    kept = shape[int(rng.integers(0, len(shape) + 1)):] if shape else ()
+    kept = shape[int(rng.integers(0, len(shape) + 1)) :] if shape else ()
     return tuple(1 if rng.random() < 0.4 else n for n in kept)
 
 
-def check_operator(operator: Any, reference: Callable[..., Any] | None = None,
-                   shapes: Sequence[Any] | None = None, trials: int = 3, seed: int = 0,
-                   sample: Callable[[np.random.Generator, tuple[int, ...]], Any] | Sequence[Any] = normal,
-                   **options: Any) -> list[GradientReport]:
+def check_operator(
+    operator: Any,
+    reference: Callable[..., Any] | None = None,
+    shapes: Sequence[Any] | None = None,
+    trials: int = 3,
+    seed: int = 0,
+    sample: Callable[[np.random.Generator, tuple[int, ...]], Any] | Sequence[Any] = normal,
+    **options: Any,
+) -> list[GradientReport]:
     """check_gradients on random inputs: `trials` sets of shapes that broadcast
     together (broadcasting_shapes: equal, size-1 axes and dropped leading axes, a
     scalar, random), or the given `shapes` (one list of shapes per input, or a list of
@@ -399,6 +505,6 @@ def check_operator(operator: Any, reference: Callable[..., Any] | None = None,
     for trial, plan in enumerate(plans):
         rng = np.random.default_rng([seed, trial])
         samplers: list[Any] = list(sample) if isinstance(sample, (list, tuple)) else [sample] * len(plan)
-        args = [draw(rng, tuple(s)) for draw, s in zip(samplers, plan)]
+        args = [draw(rng, tuple(s)) for draw, s in zip(samplers, plan, strict=True)]
         reports.append(check_gradients(operator, reference, args, seed=seed + trial, **options))
     return reports

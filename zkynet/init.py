@@ -4,6 +4,7 @@ same seed always gives the same model.
 Fans follow the layouts zkynet's layers use: dense weights are (in, out),
 convolution kernels (out_channels, in_channels, kh, kw).
 """
+
 import math
 import numbers
 
@@ -20,7 +21,7 @@ def key_of(seed_or_key):
         if seed_or_key < 0:
             raise ValueError(f"a seed must be a non-negative int, got {seed_or_key}")
         return jax.random.PRNGKey(int(seed_or_key))
-    if not hasattr(seed_or_key, "dtype") or isinstance(seed_or_key, np.ndarray) and seed_or_key.ndim == 0:
+    if not hasattr(seed_or_key, "dtype") or (isinstance(seed_or_key, np.ndarray) and seed_or_key.ndim == 0):
         raise TypeError(f"a seed must be a non-negative int (or a PRNG key), got {seed_or_key!r:.60}")
     return seed_or_key
 
@@ -90,5 +91,4 @@ def get(name_or_fn):
     try:
         return INITIALIZERS[name_or_fn]
     except KeyError:
-        raise ValueError(f"unknown initializer {name_or_fn!r}; choose one of "
-                         f"{', '.join(INITIALIZERS)}") from None
+        raise ValueError(f"unknown initializer {name_or_fn!r}; choose one of {', '.join(INITIALIZERS)}") from None

@@ -3,6 +3,7 @@ the model, and metrics computed on plain arrays.
 
 Cross-entropies work in log space from logits: stable for logits of any size.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,17 +54,23 @@ def softmax_cross_entropy(logits, labels, axis=-1):
     if not -len(shape) <= axis < len(shape):
         raise LabelError(f"softmax_cross_entropy: axis {axis} is out of range for logits shaped {shape}")
     classes = shape[axis]
-    expected = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    expected = shape[: axis % len(shape)] + shape[axis % len(shape) + 1 :]
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise LabelError(f"softmax_cross_entropy: labels must be integer class indices, got {labels.dtype}; "
-                         "cast them with labels.astype(int) (a float label is never a class)")
+        raise LabelError(
+            f"softmax_cross_entropy: labels must be integer class indices, got {labels.dtype}; "
+            "cast them with labels.astype(int) (a float label is never a class)"
+        )
     if tuple(labels.shape) != expected:
-        raise LabelError(f"softmax_cross_entropy: labels shaped {tuple(labels.shape)} do not fit logits shaped "
-                         f"{shape}: expected one label per row of logits, shaped {expected} (the logits without "
-                         f"their class axis {axis})")
+        raise LabelError(
+            f"softmax_cross_entropy: labels shaped {tuple(labels.shape)} do not fit logits shaped "
+            f"{shape}: expected one label per row of logits, shaped {expected} (the logits without "
+            f"their class axis {axis})"
+        )
     if labels.size == 0 or classes == 0:
-        raise LabelError(f"softmax_cross_entropy: empty batch (logits shaped {shape}): there is no loss to "
-                         "average; skip empty batches (e.g. Batches(..., drop_last=True))")
+        raise LabelError(
+            f"softmax_cross_entropy: empty batch (logits shaped {shape}): there is no loss to "
+            "average; skip empty batches (e.g. Batches(..., drop_last=True))"
+        )
     out_of_range = ((labels < 0) & (labels != IGNORE)) | (labels >= classes)
     valid = labels != IGNORE
     if isinstance(labels, jax.core.Tracer):
@@ -80,12 +87,16 @@ def _check_labels(labels, classes):
     bad = ((labels < 0) & (labels != IGNORE)) | (labels >= classes)
     if bad.any():
         at = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise LabelError(f"softmax_cross_entropy: label {int(labels[at])} at {list(at)} is not a class: "
-                         f"the logits have {classes} classes, so labels must be in 0..{classes - 1}, or "
-                         f"{IGNORE} (IGNORE) for a position that counts for nothing")
+        raise LabelError(
+            f"softmax_cross_entropy: label {int(labels[at])} at {list(at)} is not a class: "
+            f"the logits have {classes} classes, so labels must be in 0..{classes - 1}, or "
+            f"{IGNORE} (IGNORE) for a position that counts for nothing"
+        )
     if (labels == IGNORE).all():
-        raise LabelError(f"softmax_cross_entropy: every label of this batch is IGNORE ({IGNORE}): there is "
-                         "nothing to average; leave such batches out")
+        raise LabelError(
+            f"softmax_cross_entropy: every label of this batch is IGNORE ({IGNORE}): there is "
+            "nothing to average; leave such batches out"
+        )
 
 
 def accuracy(logits, labels, axis=-1):

@@ -13,6 +13,7 @@ trains members with their own values in one compiled program. What is not a
 hyperparameter (the type, clipping, the schedule's shape, whether SGD has
 momentum) is the optimizer's `signature()`: members must share it.
 """
+
 import math
 from typing import Any
 
@@ -24,9 +25,11 @@ tree_map = jax.tree_util.tree_map
 
 # ----------------------------------------------------------------------------- schedules
 
+
 class Schedule:
     """A learning rate as a function of the step, around a peak `lr`; `at(step, lr)` is
     the same schedule around another (maybe traced) peak."""
+
     lr: Any
 
     def __call__(self, step):
@@ -46,6 +49,7 @@ class Constant(Schedule):
 
 class StepDecay(Schedule):
     """lr * gamma ** (step // every)."""
+
     def __init__(self, lr, every, gamma=0.1):
         self.lr, self.every, self.gamma = lr, every, gamma
 
@@ -55,6 +59,7 @@ class StepDecay(Schedule):
 
 class Cosine(Schedule):
     """From lr down to final_lr over total_steps along half a cosine, then flat."""
+
     def __init__(self, lr, total_steps, final_lr=0.0):
         self.lr, self.total_steps, self.final_lr = lr, total_steps, final_lr
 
@@ -66,6 +71,7 @@ class Cosine(Schedule):
 class Warmup(Schedule):
     """Linear warmup from 0 over `steps`, then `schedule` (a schedule or a number),
     counted from the end of the warmup."""
+
     def __init__(self, schedule, steps):
         self.schedule, self.steps = as_schedule(schedule), steps
         self.lr = self.schedule.lr
@@ -77,6 +83,7 @@ class Warmup(Schedule):
 
 class _Given(Schedule):
     """A plain function of the step: it has no peak to vary."""
+
     lr = None
 
     def __init__(self, function):
@@ -111,6 +118,7 @@ def _non_negative(name, value):
 
 # ----------------------------------------------------------------------------- optimizers
 
+
 def global_norm(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
@@ -128,6 +136,7 @@ def _is_zero(value):
 
 class Optimizer:
     """Shared parts: step count, learning-rate schedule, gradient clipping."""
+
     hyperparameter_names: tuple = ()  # besides the learning rate's peak ("lr")
 
     def __init__(self, lr, clip_norm=None):
@@ -145,8 +154,11 @@ class Optimizer:
     def signature(self):
         """Everything but the hyperparameters, comparable with ==: optimizers with equal
         signatures run the same update code, whatever their hyperparameters."""
-        return (type(self).__name__, _settings(self, exclude=("lr", *self.hyperparameter_names)),
-                _settings(self.lr, exclude=("lr",)))
+        return (
+            type(self).__name__,
+            _settings(self, exclude=("lr", *self.hyperparameter_names)),
+            _settings(self.lr, exclude=("lr",)),
+        )
 
     def init(self, params):
         return {"step": jnp.zeros((), jnp.int32), **self._init_slots(params)}
@@ -171,13 +183,19 @@ class Optimizer:
 
 def _settings(thing, exclude):
     """An object's settings, nested schedules described the same way."""
-    return tuple(sorted((k, _settings(v, ("lr",)) if isinstance(v, Schedule) else v)
-                        for k, v in vars(thing).items() if k not in exclude))
+    return tuple(
+        sorted(
+            (k, _settings(v, ("lr",)) if isinstance(v, Schedule) else v)
+            for k, v in vars(thing).items()
+            if k not in exclude
+        )
+    )
 
 
 class SGD(Optimizer):
     """Gradient descent, optionally with (Nesterov) momentum and L2 weight decay,
     with PyTorch's conventions: v = momentum * v + g; p -= lr * v."""
+
     hyperparameter_names = ("momentum", "weight_decay")
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
@@ -208,6 +226,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight_decay is the coupled L2 kind
     (added to the gradient), as in PyTorch's Adam. Use AdamW for decoupled decay."""
+
     hyperparameter_names = ("b1", "b2", "eps", "weight_decay")
     decoupled = False  # AdamW: weight decay acts on the parameters, not through the gradient
 
@@ -234,17 +253,19 @@ class Adam(Optimizer):
         m = tree_map(lambda m, g: b1 * m + h["1-b1"] * g, state["m"], grads)
         v = tree_map(lambda v, g: b2 * v + h["1-b2"] * g * g, state["v"], grads)
         t = step.astype(float)  # the default float dtype: float64 under jax_enable_x64
-        m_scale, v_scale = 1 / (1 - b1 ** t), 1 / (1 - b2 ** t)
+        m_scale, v_scale = 1 / (1 - b1**t), 1 / (1 - b2**t)
 
         def direction(p, m, v):
             adam = m * m_scale / (jnp.sqrt(v * v_scale) + eps)
             return adam + decay * p if self.decoupled else adam
+
         return tree_map(lambda p, m, v: p - lr * direction(p, m, v), params, m, v), {"m": m, "v": v}
 
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter):
     p -= lr * (adam_direction + weight_decay * p)."""
+
     decoupled = True
 
     def __init__(self, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, clip_norm=None):

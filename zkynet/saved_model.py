@@ -4,13 +4,14 @@ trained with. `load` builds it back with plain Python (no Hydra); given an MLflo
 run id (or a runs:/ or models:/ URI) it first downloads the run's model, and only
 then imports MLflow. The folder is also the data of the MLflow pyfunc model each
 run logs: MLflow calls `_load_pyfunc` on it (`mlflow models serve`)."""
+
 import importlib
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,8 +35,11 @@ def save(model, folder, spec, example, config=None, tokenizer=None):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     example = np.asarray(example)
-    description = {"spec": spec, "input": {"dtype": str(example.dtype), "shape": list(example.shape[1:])},
-                   "config": config or {}}
+    description = {
+        "spec": spec,
+        "input": {"dtype": str(example.dtype), "shape": list(example.shape[1:])},
+        "config": config or {},
+    }
     (folder / MODEL_FILE).write_text(json.dumps(description, indent=1))
     checkpoint.save(folder / WEIGHTS_FILE, {k: np.asarray(v) for k, v in model.state_dict().items()})
     if tokenizer is not None:
@@ -43,7 +47,7 @@ def save(model, folder, spec, example, config=None, tokenizer=None):
     return folder
 
 
-def load(source, tracking_uri: Optional[str] = None) -> Loaded:
+def load(source, tracking_uri: str | None = None) -> Loaded:
     """The model saved at `source`: a folder written by `save`, an MLflow model folder
     holding one, an MLflow run id, or a runs:/... or models:/... URI. Run ids and URIs
     are looked up in `tracking_uri`, else $MLFLOW_TRACKING_URI, else the mlflow.db in
@@ -55,8 +59,10 @@ def load(source, tracking_uri: Optional[str] = None) -> Loaded:
     if RUN_ID.fullmatch(source):
         source = f"runs:/{source}/model"
     if not source.startswith(("runs:/", "models:/")):
-        raise FileNotFoundError(f"zkynet.load: {source!r} is neither a folder nor an MLflow run id "
-                                "(32 hex digits) nor a runs:/ or models:/ URI")
+        raise FileNotFoundError(
+            f"zkynet.load: {source!r} is neither a folder nor an MLflow run id "
+            "(32 hex digits) nor a runs:/ or models:/ URI"
+        )
     import mlflow  # only for run ids: `import zkynet` needs no MLflow
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _nearest_store()
@@ -64,8 +70,10 @@ def load(source, tracking_uri: Optional[str] = None) -> Loaded:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=folder, tracking_uri=uri)
         except Exception as e:
-            raise FileNotFoundError(f"zkynet.load: no model at {source} in the MLflow store {uri} "
-                                    f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+            raise FileNotFoundError(
+                f"zkynet.load: no model at {source} in the MLflow store {uri} "
+                f"({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from e
         return _load_folder(_model_folder(Path(local)))
 
 
@@ -85,8 +93,10 @@ def _check_spec(spec):
         raise ValueError(f"a model spec is a dict with a '_target_' (the class to build), got {spec!r}")
     hydra_only = [k for k in _keys(spec) if k.startswith("_") and k != "_target_"]
     if hydra_only:
-        raise ValueError(f"model spec: {', '.join(hydra_only)} are Hydra instantiate options that "
-                         "zkynet.load cannot follow; give plain constructor arguments")
+        raise ValueError(
+            f"model spec: {', '.join(hydra_only)} are Hydra instantiate options that "
+            "zkynet.load cannot follow; give plain constructor arguments"
+        )
 
 
 def _keys(spec):
@@ -104,8 +114,9 @@ def _imported(target):
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ImportError(f"zkynet.load: cannot import the model class {target!r} ({e}); is its package "
-                          "installed or on PYTHONPATH?") from e
+        raise ImportError(
+            f"zkynet.load: cannot import the model class {target!r} ({e}); is its package installed or on PYTHONPATH?"
+        ) from e
 
 
 def _model_folder(path):
@@ -115,8 +126,10 @@ def _model_folder(path):
     inside = sorted(path.glob(f"data/*/{MODEL_FILE}"))
     if len(inside) == 1:
         return inside[0].parent
-    raise FileNotFoundError(f"zkynet.load: {path} holds no {MODEL_FILE} (a folder written by "
-                            "zkynet.saved_model.save, or an MLflow model logged by a zkynet run)")
+    raise FileNotFoundError(
+        f"zkynet.load: {path} holds no {MODEL_FILE} (a folder written by "
+        "zkynet.saved_model.save, or an MLflow model logged by a zkynet run)"
+    )
 
 
 def _load_folder(folder, description=None):
@@ -141,8 +154,10 @@ def _nearest_store():
     for folder in (Path.cwd(), *Path.cwd().parents):
         if (folder / "mlflow.db").exists():
             return f"sqlite:///{folder / 'mlflow.db'}"
-    raise FileNotFoundError("zkynet.load: no MLflow store to look the run up in: pass tracking_uri=..., set "
-                            "MLFLOW_TRACKING_URI, or work in the folder that holds mlflow.db")
+    raise FileNotFoundError(
+        "zkynet.load: no MLflow store to look the run up in: pass tracking_uri=..., set "
+        "MLFLOW_TRACKING_URI, or work in the folder that holds mlflow.db"
+    )
 
 
 class Predictor:
@@ -170,8 +185,10 @@ class Predictor:
         x = np.asarray(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input)
         if x.shape[1:] != self.shape:
             if x.ndim < 1 or x[:1].size != int(np.prod(self.shape)):
-                raise ValueError(f"the model takes examples shaped {list(self.shape)} ({self.dtype}); "
-                                 f"got a batch shaped {list(x.shape)}")
+                raise ValueError(
+                    f"the model takes examples shaped {list(self.shape)} ({self.dtype}); "
+                    f"got a batch shaped {list(x.shape)}"
+                )
             x = x.reshape((len(x), *self.shape))
         return x.astype(self.dtype)
 

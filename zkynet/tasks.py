@@ -7,9 +7,11 @@ judged by and whether it is minimized or maximized, and the names of the
 pictures or samples worth keeping after training (which the experiment runner
 draws). Choose one by name (`tasks.get("classification")`) or build your own.
 """
+
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from zkynet import losses
 from zkynet.data import Dataset, Split
@@ -22,7 +24,7 @@ MODES = ("min", "max")
 class Task:
     name: str
     loss: Callable  # loss(model outputs, targets) -> scalar node
-    metrics: Optional[Callable] = None  # metrics(output arrays..., targets) -> {name: array}
+    metrics: Callable | None = None  # metrics(output arrays..., targets) -> {name: array}
     targets_are_inputs: bool = False  # self-supervised: reconstruct the inputs
     objective: str = "val_loss"  # the epoch metric that ranks runs and that sweeps optimize
     mode: str = "min"  # "min" or "max": which way the objective improves
@@ -37,10 +39,13 @@ class Task:
         self-supervised)."""
         if not self.targets_are_inputs:
             return dataset
-        return dataclasses.replace(dataset, train=Split(dataset.train.inputs, dataset.train.inputs),
-                                   validation=Split(dataset.validation.inputs, dataset.validation.inputs))
+        return dataclasses.replace(
+            dataset,
+            train=Split(dataset.train.inputs, dataset.train.inputs),
+            validation=Split(dataset.validation.inputs, dataset.validation.inputs),
+        )
 
-    def improved(self, new: float, best: Optional[float]) -> bool:
+    def improved(self, new: float, best: float | None) -> bool:
         """Whether objective value `new` is better than `best` (None: nothing yet)."""
         return best is None or (new < best if self.mode == "min" else new > best)
 
@@ -48,8 +53,9 @@ class Task:
 TASKS: dict[str, dict[str, Any]] = {
     "classification": dict(loss=losses.softmax_cross_entropy, metrics=losses.classification_metrics),
     "regression": dict(loss=losses.mse),
-    "language_model": dict(loss=losses.softmax_cross_entropy, metrics=losses.classification_metrics,
-                           artifacts=("text_sample",)),  # per-token classification of the next token
+    "language_model": dict(
+        loss=losses.softmax_cross_entropy, metrics=losses.classification_metrics, artifacts=("text_sample",)
+    ),  # per-token classification of the next token
     "reconstruction": dict(loss=losses.mse, targets_are_inputs=True, artifacts=("reconstructions",)),
     "vae": dict(loss=vae_loss, targets_are_inputs=True, artifacts=("decoded_samples",)),  # the negative ELBO
 }

@@ -12,6 +12,8 @@ deepest module depth that fits (with a warning that says so); edges out of (or i
 a node with many of them (a parameter shared by every step) do not steer the
 layout; and dot itself is stopped after `timeout` seconds (PlotError with advice).
 """
+
+import itertools
 import logging
 import os
 import re
@@ -42,8 +44,19 @@ DOT_DPI, MAX_INCHES = 96, 10_000  # dot's PNG resolution; a height bound that ne
 _log = logging.getLogger(__name__)
 
 
-def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, depth="auto",
-            rankdir="LR", max_nodes=MAX_NODES, timeout=60, max_width=None):
+def plot_cg(
+    root,
+    save_path=None,
+    wait=0,
+    title=None,
+    view=False,
+    format=None,
+    depth="auto",
+    rankdir="LR",
+    max_nodes=MAX_NODES,
+    timeout=60,
+    max_width=None,
+):
     """Render the graph behind `root` (a node, a ModuleGraph, or a tuple of nodes) and
     return the path of the image it wrote.
 
@@ -72,8 +85,11 @@ def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, d
     max_width: the widest a PNG may be, in pixels; a wider picture is scaled down to it
         (None: as laid out).
     """
-    roots = root.roots if isinstance(root, cg.ModuleGraph) else (
-        tuple(root) if isinstance(root, (tuple, list)) else (root,))
+    roots = (
+        root.roots
+        if isinstance(root, cg.ModuleGraph)
+        else (tuple(root) if isinstance(root, (tuple, list)) else (root,))
+    )
     roots = tuple(cg.as_node(r) for r in roots)
     nodes = [n for n in cg.topological_order(roots) if not _empty_constant(n)]
     if depth == "auto":
@@ -86,9 +102,12 @@ def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, d
 
     size = {} if max_width is None else dict(size=f"{(max_width - 1) / DOT_DPI:.4f},{MAX_INCHES}")  # shrinks only;
     # dot rounds the scaled width up, hence the pixel taken off
-    graph = graphviz.Digraph(format=format, graph_attr=dict(rankdir=rankdir, fontname="Helvetica", **size),
-                             node_attr=dict(fontname="Helvetica", fontsize="11"),
-                             edge_attr=dict(arrowsize="0.7"))
+    graph = graphviz.Digraph(
+        format=format,
+        graph_attr=dict(rankdir=rankdir, fontname="Helvetica", **size),
+        node_attr=dict(fontname="Helvetica", fontsize="11"),
+        edge_attr=dict(arrowsize="0.7"),
+    )
     if title:
         graph.attr(label=title, labelloc="t", fontsize="16")
     _draw(graph, nodes, roots, depth)
@@ -103,15 +122,20 @@ def plot_cg(root, save_path=None, wait=0, title=None, view=False, format=None, d
 def _render(source, format, path, timeout, count):
     dot = shutil.which("dot")
     if dot is None:
-        raise RuntimeError("plot_cg needs Graphviz's 'dot' program: run setup.sh, or install it "
-                           "(apt-get install graphviz / brew install graphviz)")
+        raise RuntimeError(
+            "plot_cg needs Graphviz's 'dot' program: run setup.sh, or install it "
+            "(apt-get install graphviz / brew install graphviz)"
+        )
     try:
-        done = subprocess.run([dot, f"-T{format}", "-o", path], input=source.encode(), capture_output=True,
-                              timeout=timeout)
+        done = subprocess.run(
+            [dot, f"-T{format}", "-o", path], input=source.encode(), capture_output=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
-        raise PlotError(f"plot_cg: Graphviz's dot did not finish drawing {count} nodes within {timeout} s "
-                        f"(stopped). Draw fewer: depth=1 (or 0) collapses module calls into boxes, a smaller "
-                        "max_nodes collapses more; or give it longer: timeout=None") from None
+        raise PlotError(
+            f"plot_cg: Graphviz's dot did not finish drawing {count} nodes within {timeout} s "
+            f"(stopped). Draw fewer: depth=1 (or 0) collapses module calls into boxes, a smaller "
+            "max_nodes collapses more; or give it longer: timeout=None"
+        ) from None
     if done.returncode != 0:
         raise PlotError(f"plot_cg: dot failed to write {path!r}: {done.stderr.decode(errors='replace').strip()}")
 
@@ -132,8 +156,10 @@ def _output(save_path, format, title, roots):
     else:  # no extension, or a dot that is part of the name ("cg.v2"): add one
         save_path = f"{save_path}.{format or 'png'}"
     if os.path.isdir(save_path):
-        raise PlotError(f"plot_cg: {save_path!r} is a directory; give a file name (or the directory "
-                        "itself, to write the picture inside it)")
+        raise PlotError(
+            f"plot_cg: {save_path!r} is a directory; give a file name (or the directory "
+            "itself, to write the picture inside it)"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(save_path)), exist_ok=True)
     return save_path, format or "png"
 
@@ -200,24 +226,32 @@ def _bounded_depth(nodes, depth, max_nodes):
     if ok:
         return depth
     cost = _layout_cost(nodes, depth, chains)
-    why = (f"takes {count} shapes, more than max_nodes={max_nodes}" if count > max_nodes else
-           f"takes {count} shapes whose edges span many ranks (a node shared by distant steps): about "
-           f"{cost} units of layout work, more than {budget} ({LAYOUT_COST_PER_NODE} x max_nodes)")
+    why = (
+        f"takes {count} shapes, more than max_nodes={max_nodes}"
+        if count > max_nodes
+        else f"takes {count} shapes whose edges span many ranks (a node shared by distant steps): about "
+        f"{cost} units of layout work, more than {budget} ({LAYOUT_COST_PER_NODE} x max_nodes)"
+    )
     deepest = max((n.scope.depth for n in nodes if n.scope is not None), default=-1)
     start = deepest if depth is None else min(depth - 1, deepest)
     for shallower in range(start, -1, -1):
         ok, fewer = fits(shallower)
         if ok:
-            warnings.warn(f"plot_cg: drawing depth={depth!r} {why} (dot's layout time grows much faster than "
-                          f"the graph); collapsed to depth={shallower} instead: each module call at that depth "
-                          f"is one box ({fewer} shapes). To see more, plot a smaller graph, or pass "
-                          "max_nodes=None (dot is still stopped after `timeout` seconds)", stacklevel=3)
+            warnings.warn(
+                f"plot_cg: drawing depth={depth!r} {why} (dot's layout time grows much faster than "
+                f"the graph); collapsed to depth={shallower} instead: each module call at that depth "
+                f"is one box ({fewer} shapes). To see more, plot a smaller graph, or pass "
+                "max_nodes=None (dot is still stopped after `timeout` seconds)",
+                stacklevel=3,
+            )
             return shallower
     outside = sum(1 for n in nodes if n.scope is None)
-    raise PlotError(f"plot_cg: drawing this graph {why}, and {outside} of its nodes were made outside any "
-                    "module call, so collapsing module calls into boxes cannot hide them. Build the "
-                    "computation inside a cg.Module (its calls can be drawn as boxes), plot a smaller part "
-                    "of it, or pass max_nodes=None to try anyway (dot is stopped after `timeout` seconds)")
+    raise PlotError(
+        f"plot_cg: drawing this graph {why}, and {outside} of its nodes were made outside any "
+        "module call, so collapsing module calls into boxes cannot hide them. Build the "
+        "computation inside a cg.Module (its calls can be drawn as boxes), plot a smaller part "
+        "of it, or pass max_nodes=None to try anyway (dot is stopped after `timeout` seconds)"
+    )
 
 
 def _draw(graph, nodes, roots, depth):
@@ -236,7 +270,7 @@ def _draw(graph, nodes, roots, depth):
     children = {}
     for scope in members:
         chain = [None] + _ancestors(scope)
-        for parent, child in zip(chain[:-1], chain[1:]):
+        for parent, child in itertools.pairwise(chain):
             children.setdefault(parent, set()).add(child)
 
     def ident(shape):
@@ -250,13 +284,18 @@ def _draw(graph, nodes, roots, depth):
                     style.update(penwidth="2.5")
                 target.node(ident(shape), _label(shape), **style)
             else:
-                target.node(ident(shape), f"{shape.name}\n{type(shape.module).__name__} · "
-                                          f"{counts[shape]} nodes", **_MODULE_BOX)
+                target.node(
+                    ident(shape), f"{shape.name}\n{type(shape.module).__name__} · {counts[shape]} nodes", **_MODULE_BOX
+                )
         for child in sorted(children.get(scope, ()), key=lambda s: s.path):
             with target.subgraph(name=f"cluster_{id(child)}") as cluster:
-                cluster.attr(label=child.name, labeljust="l", fontsize="11",
-                             style="rounded" if child.depth == 0 else "rounded,dashed",
-                             color="#444444" if child.depth == 0 else "#888888")
+                cluster.attr(
+                    label=child.name,
+                    labeljust="l",
+                    fontsize="11",
+                    style="rounded" if child.depth == 0 else "rounded,dashed",
+                    color="#444444" if child.depth == 0 else "#888888",
+                )
                 emit(cluster, child)
 
     emit(graph, None)

@@ -1,4 +1,5 @@
 """python -m experiments.bench {core,train,tracking,sweep} [options]"""
+
 import argparse
 
 from experiments.bench import core, sweep, tracking, train

@@ -14,6 +14,7 @@ fresh memory (at 256x256, K x 256 KB per array). A second reference makes the jn
 call K times and keeps every result, as the graph keeps its nodes' values: the
 ratio to it (`per-node ratio`) leaves that memory traffic out.
 """
+
 import os
 import platform
 import statistics
@@ -44,14 +45,18 @@ def cases(size):
         "softmax": (op.softmax, jax.nn.softmax, square),
         "matmul": (op.matmul, jnp.matmul, square * 2),
         "getitem[1:]": (lambda x: x[1:], lambda x: x[1:], square),
-        "conv2d": (op.conv2d,
-                   lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), ((0, 0), (0, 0)),
-                                                             dimension_numbers=("NCHW", "OIHW", "NCHW")),
-                   [(batch, 8, 16, 16), (8, 8, 3, 3)]),
-        "max_pool2d": (lambda x: op.max_pool2d(x, 2),
-                       lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2),
-                                                       (1, 1, 2, 2), "VALID"),
-                       [(batch, 8, 16, 16)]),
+        "conv2d": (
+            op.conv2d,
+            lambda x, w: jax.lax.conv_general_dilated(
+                x, w, (1, 1), ((0, 0), (0, 0)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+            ),
+            [(batch, 8, 16, 16), (8, 8, 3, 3)],
+        ),
+        "max_pool2d": (
+            lambda x: op.max_pool2d(x, 2),
+            lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID"),
+            [(batch, 8, 16, 16)],
+        ),
     }
 
 
@@ -93,15 +98,22 @@ def measure(name, fn, reference, shapes, nodes, repeats):
         best["forward"] = min(best["forward"], best_seconds_per_call(forward, 1, 3) / nodes)
         best["plain"] = min(best["plain"], best_seconds_per_call(plain, 1, 100))
         best["per_node"] = min(best["per_node"], best_seconds_per_call(plain_per_node, 1, 3) / nodes)
-    return dict(op=name, shapes=[list(s) for s in shapes], jnp_call_us=best["plain"] * 1e6,
-                jnp_call_per_node_us=best["per_node"] * 1e6, zkynet_forward_us=best["forward"] * 1e6,
-                zkynet_forward_backward_us=best["step"] * 1e6, ratio=best["step"] / best["plain"],
-                per_node_ratio=best["step"] / best["per_node"])
+    return dict(
+        op=name,
+        shapes=[list(s) for s in shapes],
+        jnp_call_us=best["plain"] * 1e6,
+        jnp_call_per_node_us=best["per_node"] * 1e6,
+        zkynet_forward_us=best["forward"] * 1e6,
+        zkynet_forward_backward_us=best["step"] * 1e6,
+        ratio=best["step"] / best["plain"],
+        per_node_ratio=best["step"] / best["per_node"],
+    )
 
 
 def add_arguments(parser):
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 256],
-                        help="side of the square operands (conv/pool batch = size/8)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[32, 256], help="side of the square operands (conv/pool batch = size/8)"
+    )
     parser.add_argument("--nodes", type=int, default=64, help="operator nodes per graph")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--only", nargs="*", help="operators to run (default: all)")
@@ -109,10 +121,14 @@ def add_arguments(parser):
 
 
 def run(args):
-    print(f"zkynet eager cost per operator node vs one jnp call (jax {jax.__version__}, "
-          f"{jax.devices()[0].platform}, {os.cpu_count()} cpus); target ratio <= {TARGET}")
-    print(f"{'op':<14}{'shapes':<26}{'jnp call':>10}{'per node':>10}{'zk fwd':>10}{'zk fwd+bwd':>12}{'ratio':>8}"
-          f"{'per-node ratio':>16}")
+    print(
+        f"zkynet eager cost per operator node vs one jnp call (jax {jax.__version__}, "
+        f"{jax.devices()[0].platform}, {os.cpu_count()} cpus); target ratio <= {TARGET}"
+    )
+    print(
+        f"{'op':<14}{'shapes':<26}{'jnp call':>10}{'per node':>10}{'zk fwd':>10}{'zk fwd+bwd':>12}{'ratio':>8}"
+        f"{'per-node ratio':>16}"
+    )
     rows = []
     for size in args.sizes:
         for name, (fn, reference, shapes) in cases(size).items():
@@ -121,12 +137,26 @@ def run(args):
             row = measure(name, fn, reference, shapes, args.nodes, args.repeats)
             rows.append(row)
             flag = "" if row["ratio"] <= TARGET else "  > target"
-            print(f"{name:<14}{' '.join('x'.join(map(str, s)) for s in shapes):<26}"
-                  f"{row['jnp_call_us']:>8.1f}us{row['jnp_call_per_node_us']:>8.1f}us{row['zkynet_forward_us']:>8.1f}us"
-                  f"{row['zkynet_forward_backward_us']:>10.1f}us{row['ratio']:>8.2f}{row['per_node_ratio']:>16.2f}{flag}",
-                  flush=True)
+            print(
+                f"{name:<14}{' '.join('x'.join(map(str, s)) for s in shapes):<26}"
+                f"{row['jnp_call_us']:>8.1f}us{row['jnp_call_per_node_us']:>8.1f}us{row['zkynet_forward_us']:>8.1f}us"
+                f"{row['zkynet_forward_backward_us']:>10.1f}us{row['ratio']:>8.2f}{row['per_node_ratio']:>16.2f}{flag}",
+                flush=True,
+            )
     ratios = [r["ratio"] for r in rows]
-    print(f"geometric mean ratio {statistics.geometric_mean(ratios):.2f}, worst {max(ratios):.2f} "
-          f"({max(rows, key=lambda r: r['ratio'])['op']})")
-    write_result(args.json, dict(benchmark="core", jax=jax.__version__, machine=platform.machine(),
-                                 cpus=os.cpu_count(), nodes=args.nodes, target=TARGET, rows=rows))
+    print(
+        f"geometric mean ratio {statistics.geometric_mean(ratios):.2f}, worst {max(ratios):.2f} "
+        f"({max(rows, key=lambda r: r['ratio'])['op']})"
+    )
+    write_result(
+        args.json,
+        dict(
+            benchmark="core",
+            jax=jax.__version__,
+            machine=platform.machine(),
+            cpus=os.cpu_count(),
+            nodes=args.nodes,
+            target=TARGET,
+            rows=rows,
+        ),
+    )

@@ -19,6 +19,7 @@ unpacked run's. `--pack-model cnn` packs the digits CNN instead; `--gpu` sizes
 either for a GPU (wider layers, larger batches, 32 configurations per pack, the
 trial on a GPU).
 """
+
 import os
 import statistics
 import subprocess
@@ -38,8 +39,18 @@ ENGINES = {"sequential": ["hydra/sweeper=basic", "hydra/launcher=basic"], "tune"
 
 def sweep_seconds(engine, seeds, overrides, folder):
     store = f"sqlite:///{folder}/{engine}.db"
-    command = [sys.executable, "-m", "experiments.run", "-m", *ENGINES[engine], f"seed={','.join(map(str, seeds))}",
-               f"tracking.uri={store}", f"hydra.sweep.dir={folder}/{engine}", "trainer.progress=false", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        "-m",
+        *ENGINES[engine],
+        f"seed={','.join(map(str, seeds))}",
+        f"tracking.uri={store}",
+        f"hydra.sweep.dir={folder}/{engine}",
+        "trainer.progress=false",
+        *overrides,
+    ]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -56,8 +67,9 @@ def every_run(client):
 def warm_starts(store):
     """startup_seconds of the trials that ran on a worker that had run one before."""
     client = MlflowClient(store)
-    runs = sorted((r for r in every_run(client)
-                   if "startup_seconds" in r.data.metrics), key=lambda r: r.info.start_time)
+    runs = sorted(
+        (r for r in every_run(client) if "startup_seconds" in r.data.metrics), key=lambda r: r.info.start_time
+    )
     seen, warm = set(), []
     for run in runs:
         pid = run.data.tags.get("pid")
@@ -67,8 +79,10 @@ def warm_starts(store):
     return warm
 
 
-ASHA_SPACE = ["optimizer.lr=tag(log, interval(1e-4, 3e-2))",
-              "model.widths=[64,16,10],[64,64,10],[64,256,10],[64,256,256,10]"]
+ASHA_SPACE = [
+    "optimizer.lr=tag(log, interval(1e-4, 3e-2))",
+    "model.widths=[64,16,10],[64,64,10],[64,256,10],[64,256,256,10]",
+]
 ASHA_ACCURACY_GAP, ASHA_EPOCH_SHARE = 0.005, 0.4
 
 
@@ -76,27 +90,42 @@ def asha_versus_fifo(args, folder):
     """(FIFO's best val_accuracy and epochs trained, ASHA's), on the same trials."""
     outcome = {}
     for scheduler in ("fifo", "asha"):
-        overrides = ["hydra.sweeper.search=random", f"hydra.sweeper.num_samples={args.asha_trials}",
-                     f"hydra.sweeper.scheduler={scheduler}",
-                     f"trainer.epochs={args.asha_epochs}", "task.objective=val_accuracy", "task.mode=max",
-                     *ASHA_SPACE]
+        overrides = [
+            "hydra.sweeper.search=random",
+            f"hydra.sweeper.num_samples={args.asha_trials}",
+            f"hydra.sweeper.scheduler={scheduler}",
+            f"trainer.epochs={args.asha_epochs}",
+            "task.objective=val_accuracy",
+            "task.mode=max",
+            *ASHA_SPACE,
+        ]
         store = f"sqlite:///{folder}/{scheduler}.db"
-        command = [sys.executable, "-m", "experiments.run", "-m", f"tracking.uri={store}",
-                   f"hydra.sweep.dir={folder}/{scheduler}", "trainer.progress=false", *overrides]
+        command = [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            "-m",
+            f"tracking.uri={store}",
+            f"hydra.sweep.dir={folder}/{scheduler}",
+            "trainer.progress=false",
+            *overrides,
+        ]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{scheduler} sweep failed:\n{result.stderr[-3000:]}")
         client = MlflowClient(store)
-        trials = [r for r in every_run(client)
-                  if "sweep_job" in r.data.tags]
-        outcome[scheduler] = (max(r.data.metrics["val_accuracy"] for r in trials),
-                              sum(int(r.data.metrics["epoch"]) for r in trials))
+        trials = [r for r in every_run(client) if "sweep_job" in r.data.tags]
+        outcome[scheduler] = (
+            max(r.data.metrics["val_accuracy"] for r in trials),
+            sum(int(r.data.metrics["epoch"]) for r in trials),
+        )
     return outcome
 
 
 PACK_SPACE = ["optimizer.lr=3e-4,1e-3,3e-3,1e-2", "seed=0,1"]
-PACK_GPU = dict(space=["optimizer.lr=1e-4,3e-4,1e-3,3e-3", "seed=range(0,8)"], pack=32,
-                sweeper=["hydra.sweeper.resources.gpu=1"])
+PACK_GPU = dict(
+    space=["optimizer.lr=1e-4,3e-4,1e-3,3e-3", "seed=range(0,8)"], pack=32, sweeper=["hydra.sweeper.resources.gpu=1"]
+)
 PACK_MODELS = {  # --pack-model -> (overrides on this CPU, overrides sized for a GPU)
     "mlp": (["model=mlp"], ["model=mlp", "model.widths=[64,2048,2048,10]", "trainer.batch_size=256"]),
     "cnn": (["model=cnn"], ["model=cnn", "model.channels=[64,128]", "model.hidden=[512]", "trainer.batch_size=256"]),
@@ -108,8 +137,11 @@ def training_throughput(store):
     """Each run's median samples/s over its epochs (the first one compiles), by run."""
     client = MlflowClient(store)
     runs = every_run(client)
-    return [statistics.median(m.value for m in client.get_metric_history(r.info.run_id, "samples_per_second")[1:])
-            for r in runs if "sweep_job" in r.data.tags]
+    return [
+        statistics.median(m.value for m in client.get_metric_history(r.info.run_id, "samples_per_second")[1:])
+        for r in runs
+        if "sweep_job" in r.data.tags
+    ]
 
 
 def population_versus_trainer(widths, members, epochs=20):
@@ -122,12 +154,21 @@ def population_versus_trainer(widths, members, epochs=20):
 
     digits = load_digits()
     steps = epochs * (len(digits.train) // 64)
-    common = dict(loss=losses.softmax_cross_entropy, dataset=digits, epochs=epochs, batch_size=64,
-                  metrics=losses.classification_metrics, eval_batch_size=512)
+    common = dict(
+        loss=losses.softmax_cross_entropy,
+        dataset=digits,
+        epochs=epochs,
+        batch_size=64,
+        metrics=losses.classification_metrics,
+        eval_batch_size=512,
+    )
     alone = Trainer(MLP(widths, key=0), optimizer=optim.Adam(optim.Cosine(1e-3, steps)), **common).fit()
-    population = PopulationTrainer([MLP(widths, key=k) for k in range(members)],
-                                   optimizers=[optim.Adam(optim.Cosine(1e-3 * (k + 1), steps)) for k in range(members)],
-                                   seeds=list(range(members)), **common).fit()
+    population = PopulationTrainer(
+        [MLP(widths, key=k) for k in range(members)],
+        optimizers=[optim.Adam(optim.Cosine(1e-3 * (k + 1), steps)) for k in range(members)],
+        seeds=list(range(members)),
+        **common,
+    ).fit()
     median = lambda history: statistics.median(r["samples_per_second"] for r in history[1:])  # noqa: E731
     return median(alone), sum(median(history) for history in population)
 
@@ -136,14 +177,27 @@ def pack_versus_sequential(args, folder):
     """(sequential seconds, packed seconds, one unpacked run's samples/s, the pack's summed)."""
     gpu = PACK_GPU if args.gpu else dict(space=PACK_SPACE, pack=8, sweeper=[])
     gpu = dict(gpu, overrides=PACK_MODELS[args.pack_model][1 if args.gpu else 0])
-    packed_settings = [f"hydra.sweeper.pack={gpu['pack']}", *gpu["sweeper"],
-                       f"hydra.sweeper.resources.cpu={os.cpu_count()}"]  # one pack: every core
+    packed_settings = [
+        f"hydra.sweeper.pack={gpu['pack']}",
+        *gpu["sweeper"],
+        f"hydra.sweeper.resources.cpu={os.cpu_count()}",
+    ]  # one pack: every core
     outcome = {}
     for engine, settings in (("sequential", ENGINES["sequential"]), ("packed", packed_settings)):
         store = f"sqlite:///{folder}/pack-{engine}.db"
-        command = [sys.executable, "-m", "experiments.run", "-m", *settings, f"tracking.uri={store}",
-                   f"hydra.sweep.dir={folder}/pack-{engine}", "trainer.progress=false",
-                   *(o for o in args.overrides if not o.startswith("model=")), *gpu["overrides"], *gpu["space"]]
+        command = [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            "-m",
+            *settings,
+            f"tracking.uri={store}",
+            f"hydra.sweep.dir={folder}/pack-{engine}",
+            "trainer.progress=false",
+            *(o for o in args.overrides if not o.startswith("model=")),
+            *gpu["overrides"],
+            *gpu["space"],
+        ]
         started = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - started
@@ -158,13 +212,26 @@ def add_arguments(parser):
     parser.add_argument("--part", choices=["wall", "asha", "pack", "all"], default="all")
     parser.add_argument("--gpu", action="store_true", help="pack part: sizes for a GPU (the pack trial asks for one)")
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--overrides", nargs="*", default=["model=mlp", "trainer.epochs=200"],
-                        help="what each trial of the wall-time part trains (default: the digits MLP, 200 epochs)")
-    parser.add_argument("--pack-model", choices=sorted(PACK_MODELS), default="mlp",
-                        help="pack part: the model of every configuration (with --gpu, sized for a GPU)")
-    parser.add_argument("--population-widths", type=int, nargs="*", default=[256, 256],
-                        help="pack part: hidden widths of the MLP trained in-process by a PopulationTrainer and by "
-                             "one Trainer (library throughput without the runner; default: the runner's MLP)")
+    parser.add_argument(
+        "--overrides",
+        nargs="*",
+        default=["model=mlp", "trainer.epochs=200"],
+        help="what each trial of the wall-time part trains (default: the digits MLP, 200 epochs)",
+    )
+    parser.add_argument(
+        "--pack-model",
+        choices=sorted(PACK_MODELS),
+        default="mlp",
+        help="pack part: the model of every configuration (with --gpu, sized for a GPU)",
+    )
+    parser.add_argument(
+        "--population-widths",
+        type=int,
+        nargs="*",
+        default=[256, 256],
+        help="pack part: hidden widths of the MLP trained in-process by a PopulationTrainer and by "
+        "one Trainer (library throughput without the runner; default: the runner's MLP)",
+    )
     parser.add_argument("--asha-trials", type=int, default=16)
     parser.add_argument("--asha-epochs", type=int, default=30)
     parser.add_argument("--json", default="outputs/bench/sweep.json")
@@ -180,36 +247,71 @@ def run(args):
             tune, store = sweep_seconds("tune", seeds, args.overrides, folder)
             warm = warm_starts(store)
             ratio = tune / sequential
-            print(f"sequential {sequential:.1f}s   tune {tune:.1f}s   tune / sequential {ratio:.2f} "
-                  f"(target <= {TARGET})")
+            print(
+                f"sequential {sequential:.1f}s   tune {tune:.1f}s   tune / sequential {ratio:.2f} (target <= {TARGET})"
+            )
             if warm:
-                print(f"warm workers: {len(warm)} trials reached their first step {statistics.median(warm):.2f}s "
-                      f"(median; max {max(warm):.2f}s) after reaching their worker (target <= {WARM_TARGET}s)")
-            result.update(trials=args.trials, overrides=args.overrides, sequential_s=sequential, tune_s=tune,
-                          ratio=ratio, warm_startup_s=warm)
+                print(
+                    f"warm workers: {len(warm)} trials reached their first step {statistics.median(warm):.2f}s "
+                    f"(median; max {max(warm):.2f}s) after reaching their worker (target <= {WARM_TARGET}s)"
+                )
+            result.update(
+                trials=args.trials,
+                overrides=args.overrides,
+                sequential_s=sequential,
+                tune_s=tune,
+                ratio=ratio,
+                warm_startup_s=warm,
+            )
         if args.part in ("asha", "all"):
             outcome = asha_versus_fifo(args, folder)
             (fifo_best, fifo_epochs), (asha_best, asha_epochs) = outcome["fifo"], outcome["asha"]
-            print(f"{args.asha_trials} random trials of {args.asha_epochs} epochs: FIFO best val_accuracy "
-                  f"{fifo_best:.4f} in {fifo_epochs} epochs; ASHA best {asha_best:.4f} in {asha_epochs} epochs "
-                  f"({asha_epochs / fifo_epochs:.0%} of FIFO's; targets: within {ASHA_ACCURACY_GAP:.1%} "
-                  f"with <= {ASHA_EPOCH_SHARE:.0%})")
-            result.update(asha=dict(trials=args.asha_trials, epochs=args.asha_epochs, fifo_best=fifo_best,
-                                    fifo_epochs=fifo_epochs, asha_best=asha_best, asha_epochs=asha_epochs))
+            print(
+                f"{args.asha_trials} random trials of {args.asha_epochs} epochs: FIFO best val_accuracy "
+                f"{fifo_best:.4f} in {fifo_epochs} epochs; ASHA best {asha_best:.4f} in {asha_epochs} epochs "
+                f"({asha_epochs / fifo_epochs:.0%} of FIFO's; targets: within {ASHA_ACCURACY_GAP:.1%} "
+                f"with <= {ASHA_EPOCH_SHARE:.0%})"
+            )
+            result.update(
+                asha=dict(
+                    trials=args.asha_trials,
+                    epochs=args.asha_epochs,
+                    fifo_best=fifo_best,
+                    fifo_epochs=fifo_epochs,
+                    asha_best=asha_best,
+                    asha_epochs=asha_epochs,
+                )
+            )
         if args.part in ("pack", "all"):
             sequential, packed, alone, summed, count = pack_versus_sequential(args, folder)
-            print(f"{'GPU sizes: ' if args.gpu else ''}{args.pack_model}: {count} configurations one after another {sequential:.1f}s, packed "
-                  f"{packed:.1f}s: packed / sequential {packed / sequential:.2f} (target <= {PACK_WALL_TARGET}); "
-                  f"training throughput {summed:,.0f} samples/s summed over the pack vs {alone:,.0f} for one "
-                  f"unpacked run: {summed / alone:.1f}x (target >= {PACK_THROUGHPUT_TARGET}x)")
-            result.update(pack=dict(gpu=args.gpu, model=args.pack_model, configurations=count, sequential_s=sequential, packed_s=packed,
-                                    ratio=packed / sequential, alone_samples_per_s=alone, pack_samples_per_s=summed,
-                                    throughput_ratio=summed / alone))
+            print(
+                f"{'GPU sizes: ' if args.gpu else ''}{args.pack_model}: {count} configurations one after another "
+                f"{sequential:.1f}s, packed "
+                f"{packed:.1f}s: packed / sequential {packed / sequential:.2f} (target <= {PACK_WALL_TARGET}); "
+                f"training throughput {summed:,.0f} samples/s summed over the pack vs {alone:,.0f} for one "
+                f"unpacked run: {summed / alone:.1f}x (target >= {PACK_THROUGHPUT_TARGET}x)"
+            )
+            result.update(
+                pack=dict(
+                    gpu=args.gpu,
+                    model=args.pack_model,
+                    configurations=count,
+                    sequential_s=sequential,
+                    packed_s=packed,
+                    ratio=packed / sequential,
+                    alone_samples_per_s=alone,
+                    pack_samples_per_s=summed,
+                    throughput_ratio=summed / alone,
+                )
+            )
             if not args.gpu and args.pack_model == "mlp":
                 widths = [64, *args.population_widths, 10]
                 one, population = population_versus_trainer(widths, count)
-                print(f"in this process, MLP {widths}: {count} members of a PopulationTrainer {population:,.0f} "
-                      f"samples/s summed vs one Trainer {one:,.0f}: {population / one:.1f}x")
-                result["pack"].update(population_widths=widths, population_samples_per_s=population,
-                                      trainer_samples_per_s=one)
+                print(
+                    f"in this process, MLP {widths}: {count} members of a PopulationTrainer {population:,.0f} "
+                    f"samples/s summed vs one Trainer {one:,.0f}: {population / one:.1f}x"
+                )
+                result["pack"].update(
+                    population_widths=widths, population_samples_per_s=population, trainer_samples_per_s=one
+                )
     write_result(args.json, result)

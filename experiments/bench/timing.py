@@ -1,4 +1,5 @@
 """Timing that holds up on a shared machine."""
+
 import time
 
 import jax

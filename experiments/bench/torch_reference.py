@@ -8,6 +8,7 @@ timing round at a time alternating with its own rounds:
     it runs WARMUP untimed steps, then STEPS timed ones, and prints the seconds per step.
 Only torch and numpy are imported here (the other interpreter has nothing else).
 """
+
 import math
 import sys
 import time
@@ -47,8 +48,9 @@ class TransformerLM(torch.nn.Module):
         super().__init__()
         self.embed = torch.nn.Embedding(64, 128)
         self.register_buffer("positions", torch.tensor(sinusoidal_positions(64, 128)))
-        layer = torch.nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, activation="gelu", batch_first=True,
-                                                 norm_first=True)
+        layer = torch.nn.TransformerEncoderLayer(
+            128, 4, 512, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.blocks = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
         self.norm, self.head = torch.nn.LayerNorm(128), torch.nn.Linear(128, 64)
         self.register_buffer("mask", torch.nn.Transformer.generate_square_subsequent_mask(64))
@@ -65,13 +67,29 @@ def build(kind, batch):
         model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
         return model, torch.randn(batch, 64), torch.randint(0, 10, (batch,)), functional.cross_entropy
     if kind == "cnn":
-        model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                              nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+        model = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 128),
+            nn.ReLU(),
+            nn.Linear(128, 10),
+        )
         return model, torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,)), functional.cross_entropy
     if kind == "autoencoder":
-        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 32), nn.Linear(32, 256), nn.ReLU(),
-                              nn.Linear(256, 784), nn.Sigmoid())
+        model = nn.Sequential(
+            nn.Linear(784, 256),
+            nn.ReLU(),
+            nn.Linear(256, 32),
+            nn.Linear(32, 256),
+            nn.ReLU(),
+            nn.Linear(256, 784),
+            nn.Sigmoid(),
+        )
         x = torch.rand(batch, 784)
         return model, x, x, functional.mse_loss
     steps, model = {"lstm": (32, LSTMLM), "transformer": (64, TransformerLM)}[kind]
@@ -89,6 +107,7 @@ def main(kind, batch):
         value.backward()
         optimizer.step()
         return value.item()
+
     step(), step()  # warm up
     print("ready", flush=True)
     for line in sys.stdin:

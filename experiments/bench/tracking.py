@@ -5,6 +5,7 @@ steps and per epoch), the NaN guard and checkpoints (every epoch, at most every
 the first epoch, which compiles, is left out) are compared within one run,
 alternating bare and watched trainings. Target: <= 3% slower.
 """
+
 import os
 import statistics
 import tempfile
@@ -34,7 +35,7 @@ class EpochClock(Callback):
         self.stamps.append(time.perf_counter())
 
     def seconds(self):
-        return [b - a for a, b in zip(self.stamps[:-1], self.stamps[1:])]
+        return [b - a for a, b in zip(self.stamps[:-1], self.stamps[1:], strict=True)]
 
 
 def train(model, dataset, epochs, folder, watched, log_every):
@@ -45,8 +46,16 @@ def train(model, dataset, epochs, folder, watched, log_every):
         tracker = Tracker(f"sqlite:///{folder}/mlflow.db", "bench-tracking")
         checkpointer = Checkpointer(os.path.join(folder, "last.npz"), every_n_epochs=1, min_seconds=30)
         callbacks = [MetricsLogger(tracker, log_every), ProgressReport(), NanGuard(log_every), checkpointer, clock]
-    trainer = Trainer(model(), losses.softmax_cross_entropy, optim.Adam(1e-3), dataset, epochs, 64,
-                      losses.classification_metrics, callbacks=callbacks)
+    trainer = Trainer(
+        model(),
+        losses.softmax_cross_entropy,
+        optim.Adam(1e-3),
+        dataset,
+        epochs,
+        64,
+        losses.classification_metrics,
+        callbacks=callbacks,
+    )
     trainer.fit()
     if tracker is not None:
         checkpointer.wait()
@@ -76,7 +85,12 @@ def run(args):
         rows.append(dict(model=name, bare_epoch_s=bare, watched_epoch_s=watched, overhead=watched / bare - 1))
     print(f"\nepoch wall time, median of {args.rounds} x {args.epochs - 1} epochs; target overhead <= {TARGET:.0%}")
     for row in rows:
-        print(f"{row['model']:<5} bare {row['bare_epoch_s'] * 1e3:7.2f} ms   watched {row['watched_epoch_s'] * 1e3:7.2f} ms"
-              f"   overhead {row['overhead']:+.1%} ({(row['watched_epoch_s'] - row['bare_epoch_s']) * 1e3:+.2f} ms)")
-    write_result(args.json, dict(benchmark="tracking", epochs=args.epochs, rounds=args.rounds, log_every=args.log_every,
-                                 rows=rows))
+        print(
+            f"{row['model']:<5} bare {row['bare_epoch_s'] * 1e3:7.2f} ms   "
+            f"watched {row['watched_epoch_s'] * 1e3:7.2f} ms"
+            f"   overhead {row['overhead']:+.1%} ({(row['watched_epoch_s'] - row['bare_epoch_s']) * 1e3:+.2f} ms)"
+        )
+    write_result(
+        args.json,
+        dict(benchmark="tracking", epochs=args.epochs, rounds=args.rounds, log_every=args.log_every, rows=rows),
+    )

@@ -16,6 +16,7 @@ its loop unrolled in the graph instead of scanned: compare its compile time with
 casts its weights and inputs to bfloat16 and its logits back to float32 the same way)
 against the device's bfloat16 matmul peak.
 """
+
 import dataclasses
 import importlib.util
 import math
@@ -25,8 +26,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -58,19 +59,23 @@ LR = 1e-3
 
 # ----------------------------------------------------------------------------- the references in plain JAX
 
+
 def adam_reference(lr=LR, b1=0.9, b2=0.999, eps=1e-8):
     def init(params):
-        return {"t": jnp.zeros((), jnp.int32), "m": jax.tree_util.tree_map(jnp.zeros_like, params),
-                "v": jax.tree_util.tree_map(jnp.zeros_like, params)}
+        return {
+            "t": jnp.zeros((), jnp.int32),
+            "m": jax.tree_util.tree_map(jnp.zeros_like, params),
+            "v": jax.tree_util.tree_map(jnp.zeros_like, params),
+        }
 
     def update(grads, state, params):
         t = state["t"] + 1
         m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state["m"], grads)
         v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state["v"], grads)
         mc, vc = 1 - b1 ** t.astype(jnp.float32), 1 - b2 ** t.astype(jnp.float32)
-        params = jax.tree_util.tree_map(lambda p, m, v: p - lr * (m / mc) / (jnp.sqrt(v / vc) + eps),
-                                        params, m, v)
+        params = jax.tree_util.tree_map(lambda p, m, v: p - lr * (m / mc) / (jnp.sqrt(v / vc) + eps), params, m, v)
         return params, {"t": t, "m": m, "v": v}
+
     return init, update
 
 
@@ -84,7 +89,7 @@ def mean_squared_error(prediction, target):
 
 def _layers(params, prefix):
     """["layers.0", "layers.1", ...]: the numbered modules under `prefix`, in order."""
-    indices = {int(n[len(prefix):].split("/")[0]) for n in params if n.startswith(prefix)}
+    indices = {int(n[len(prefix) :].split("/")[0]) for n in params if n.startswith(prefix)}
     return [f"{prefix}{i}" for i in sorted(indices)]
 
 
@@ -99,10 +104,15 @@ def jax_mlp(params, x, prefix=""):
 
 def jax_cnn(params, x):
     for layer in _layers({n: p for n, p in params.items() if p.ndim == 4}, "layers."):
-        x = jax.lax.conv_general_dilated(x, params[f"{layer}/W"], (1, 1), "SAME",
-                                         dimension_numbers=("NCHW", "OIHW", "NCHW")) + params[f"{layer}/b"]
-        x = jax.lax.reduce_window(jax.nn.relu(x), np.array(-np.inf, x.dtype), jax.lax.max, (1, 1, 2, 2),
-                                  (1, 1, 2, 2), "VALID")
+        x = (
+            jax.lax.conv_general_dilated(
+                x, params[f"{layer}/W"], (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")
+            )
+            + params[f"{layer}/b"]
+        )
+        x = jax.lax.reduce_window(
+            jax.nn.relu(x), np.array(-np.inf, x.dtype), jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID"
+        )
     dense = {n: p for n, p in params.items() if p.ndim in (1, 2)}
     return jax_mlp(dense, x.reshape(x.shape[0], -1))
 
@@ -142,7 +152,7 @@ def jax_transformer_lm(params, tokens, heads):
     causal = jnp.tril(jnp.ones((steps, steps), bool))
     for block in _layers(params, "blocks."):
         h = _layer_norm(x, p(f"{block}/norm1/scale"), p(f"{block}/norm1/shift"))
-        qkv = (h @ p(f"{block}/attention/qkv/W") + p(f"{block}/attention/qkv/b"))
+        qkv = h @ p(f"{block}/attention/qkv/W") + p(f"{block}/attention/qkv/b")
         qkv = qkv.reshape(batch, steps, 3, heads, dim // heads)
         q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B, heads, T, d_head)
         scores = jnp.where(causal, q @ jnp.swapaxes(k, -1, -2) / math.sqrt(dim // heads), -1e9)
@@ -170,10 +180,12 @@ def jax_train_step(apply, loss, compute_dtype=None):
         value, grads = jax.value_and_grad(objective)(params, x, y)
         params, state = update(grads, state, params)
         return params, state, value
+
     return init, jax.jit(step, donate_argnums=(0, 1))
 
 
 # ----------------------------------------------------------------------------- PyTorch, in its own process
+
 
 class TorchProcess:
     """The case's PyTorch model (torch_reference.py) in a process of its own, run by
@@ -181,8 +193,9 @@ class TorchProcess:
 
     def __init__(self, python, kind, batch):
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
-        self.process = subprocess.Popen([python, script, kind, str(batch)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [python, script, kind, str(batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         if self.process.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{python} could not run the PyTorch reference for {kind} (does it have torch?)")
 
@@ -203,6 +216,7 @@ def default_torch_python():
 
 # ----------------------------------------------------------------------------- the cases
 
+
 @dataclass
 class Case:
     build: Callable  # () -> zkynet model
@@ -210,7 +224,7 @@ class Case:
     data: Callable  # (rng, batch) -> (x, y)
     batch: int
     loss: str = "cross_entropy"  # or "mse"
-    torch: Optional[str] = None
+    torch: str | None = None
     tokens: int = 0  # a language model's sequence length: throughput in tokens/s (else samples/s)
 
 
@@ -232,22 +246,38 @@ def _features(rng, batch):
 
 
 def _lstm(vocabulary, embed, hidden, steps, batch, **kwargs):
-    return Case(lambda: RecurrentLM(vocabulary, embed=embed, hidden=hidden, key=0, **kwargs), jax_lstm_lm,
-                _tokens(steps, vocabulary), batch, tokens=steps)
+    return Case(
+        lambda: RecurrentLM(vocabulary, embed=embed, hidden=hidden, key=0, **kwargs),
+        jax_lstm_lm,
+        _tokens(steps, vocabulary),
+        batch,
+        tokens=steps,
+    )
 
 
 def _transformer(vocabulary, dim, heads, layers, steps, batch):
-    return Case(lambda: TransformerLM(vocabulary, dim=dim, heads=heads, layers=layers, mlp=4 * dim,
-                                      max_length=steps, key=0),
-                lambda p, x: jax_transformer_lm(p, x, heads=heads), _tokens(steps, vocabulary), batch, tokens=steps)
+    return Case(
+        lambda: TransformerLM(vocabulary, dim=dim, heads=heads, layers=layers, mlp=4 * dim, max_length=steps, key=0),
+        lambda p, x: jax_transformer_lm(p, x, heads=heads),
+        _tokens(steps, vocabulary),
+        batch,
+        tokens=steps,
+    )
 
 
 CASES = {
     "mlp": Case(lambda: MLP([64, 256, 256, 10], key=0), jax_mlp, _features, 256, torch="mlp"),
-    "cnn": Case(lambda: LeNet((1, 28, 28), channels=(16, 32), hidden=(128,), key=0), jax_cnn, _images, 128,
-                torch="cnn"),
-    "autoencoder": Case(lambda: DenseAutoencoder(784, bottleneck=32, hidden=(256,), key=0), jax_autoencoder,
-                        _pixels, 128, loss="mse", torch="autoencoder"),
+    "cnn": Case(
+        lambda: LeNet((1, 28, 28), channels=(16, 32), hidden=(128,), key=0), jax_cnn, _images, 128, torch="cnn"
+    ),
+    "autoencoder": Case(
+        lambda: DenseAutoencoder(784, bottleneck=32, hidden=(256,), key=0),
+        jax_autoencoder,
+        _pixels,
+        128,
+        loss="mse",
+        torch="autoencoder",
+    ),
     "lstm": dataclasses.replace(_lstm(64, 64, 128, 32, 32), torch="lstm"),
     "lstm-unrolled": _lstm(64, 64, 128, 32, 32, unroll=True),
     "transformer": dataclasses.replace(_transformer(64, 128, 4, 2, 64, 32), torch="transformer"),
@@ -265,8 +295,10 @@ LOSSES = {"cross_entropy": (losses.softmax_cross_entropy, cross_entropy), "mse":
 # Dense matmul peaks, TFLOP/s, by --precision: float32 runs on TF32 tensor cores (JAX's default
 # float32 matmul precision on these GPUs), bf16 at twice that (SXM parts' datasheets, without
 # sparsity): the yardstick for achieved FLOP/s. Others: --peak-tflops.
-PEAK_TFLOPS = {"float32": {"H100": 494.7, "H200": 494.7, "A100": 156.0, "L4": 60.0},
-               "bf16": {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}}
+PEAK_TFLOPS = {
+    "float32": {"H100": 494.7, "H200": 494.7, "A100": 156.0, "L4": 60.0},
+    "bf16": {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0},
+}
 # The first step's loss, zkynet's against the JAX reference's (same weights, same batch):
 # float32 agrees to rounding; bfloat16 (8 bits of mantissa, relative rounding 2**-9 = 0.2% per
 # operation) sums in another order in each, so to about a percent.
@@ -274,6 +306,7 @@ FIRST_LOSS_RTOL = {"float32": 1e-4, "bf16": 2e-2}
 
 
 # ----------------------------------------------------------------------------- timing
+
 
 def step_flops(train_step, *batch):
     """FLOPs of one zkynet step, by XLA's cost analysis of the lowered program (None if it
@@ -304,8 +337,9 @@ def measure(name, case, scale, steps, rounds, torch_python, precision="float32")
     jax.block_until_ready(loss)
     reference_compile = time.perf_counter() - started
     if not np.isclose(first_loss, float(loss), rtol=FIRST_LOSS_RTOL[precision]):  # same weights and batch
-        raise AssertionError(f"{name}: the JAX reference is not the same model (loss {float(loss)} vs "
-                             f"zkynet's {first_loss})")
+        raise AssertionError(
+            f"{name}: the JAX reference is not the same model (loss {float(loss)} vs zkynet's {first_loss})"
+        )
 
     def reference_run():
         state["params"], state["opt"], value = reference(state["params"], state["opt"], x, y)
@@ -313,17 +347,22 @@ def measure(name, case, scale, steps, rounds, torch_python, precision="float32")
 
     if steps is None:  # rounds of about 50 ms each
         steps = max(3, int(0.05 / best_seconds_per_call(reference_run, 1, 3, warmup=0)))
-    contenders = {"zkynet": lambda: best_seconds_per_call(lambda: ours(x, y)["loss"], 1, steps, warmup=ROUND_WARMUP),
-                  "jax": lambda: best_seconds_per_call(reference_run, 1, steps, warmup=ROUND_WARMUP)}
-    torch = (TorchProcess(torch_python, case.torch, batch)
-             if case.torch and torch_python and scale == 1 and precision == "float32" else None)
+    contenders = {
+        "zkynet": lambda: best_seconds_per_call(lambda: ours(x, y)["loss"], 1, steps, warmup=ROUND_WARMUP),
+        "jax": lambda: best_seconds_per_call(reference_run, 1, steps, warmup=ROUND_WARMUP),
+    }
+    torch = (
+        TorchProcess(torch_python, case.torch, batch)
+        if case.torch and torch_python and scale == 1 and precision == "float32"
+        else None
+    )
     if torch is not None:
         contenders["torch"] = lambda: torch(steps)
     samples = {n: [] for n in contenders}
     try:
         names = list(contenders)
         for r in range(rounds):  # interleaved, so a slow patch of the machine hits every contender,
-            for n in names[r % len(names):] + names[:r % len(names)]:  # each one first in turn
+            for n in names[r % len(names) :] + names[: r % len(names)]:  # each one first in turn
                 samples[n].append(contenders[n]())
                 if torch is not None:
                     time.sleep(SETTLE_S)
@@ -332,30 +371,50 @@ def measure(name, case, scale, steps, rounds, torch_python, precision="float32")
             torch.close()
     times = {n: statistics.median(t) for n, t in samples.items()}
     flops = step_flops(ours, x, y)
-    return dict(model=name, batch=batch, zkynet_step_ms=times["zkynet"] * 1e3, jax_step_ms=times["jax"] * 1e3,
-                torch_step_ms=times["torch"] * 1e3 if "torch" in times else None,
-                step_ratio=times["zkynet"] / times["jax"],
-                torch_ratio=times["zkynet"] / times["torch"] if "torch" in times else None,
-                zkynet_compile_s=ours_compile, jax_compile_s=reference_compile,
-                compile_ratio=ours_compile / reference_compile,
-                throughput=batch * (case.tokens or 1) / times["zkynet"], unit="tokens/s" if case.tokens else "samples/s",
-                flops_per_step=flops, achieved_tflops=flops / times["zkynet"] / 1e12 if flops else None)
+    return dict(
+        model=name,
+        batch=batch,
+        zkynet_step_ms=times["zkynet"] * 1e3,
+        jax_step_ms=times["jax"] * 1e3,
+        torch_step_ms=times["torch"] * 1e3 if "torch" in times else None,
+        step_ratio=times["zkynet"] / times["jax"],
+        torch_ratio=times["zkynet"] / times["torch"] if "torch" in times else None,
+        zkynet_compile_s=ours_compile,
+        jax_compile_s=reference_compile,
+        compile_ratio=ours_compile / reference_compile,
+        throughput=batch * (case.tokens or 1) / times["zkynet"],
+        unit="tokens/s" if case.tokens else "samples/s",
+        flops_per_step=flops,
+        achieved_tflops=flops / times["zkynet"] / 1e12 if flops else None,
+    )
 
 
 def add_arguments(parser):
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--gpu", action="store_true", help="GPU sizes (GPU_CASES); PyTorch is left out")
-    parser.add_argument("--precision", default="float32", choices=["float32", "bf16"],
-                        help="bf16: mixed precision (float32 weights, bfloat16 compute); PyTorch is left out")
-    parser.add_argument("--batch-scale", type=int, default=1,
-                        help="multiply every batch size (PyTorch is left out then)")
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=["float32", "bf16"],
+        help="bf16: mixed precision (float32 weights, bfloat16 compute); PyTorch is left out",
+    )
+    parser.add_argument(
+        "--batch-scale", type=int, default=1, help="multiply every batch size (PyTorch is left out then)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="steps per timing round (default: ~50 ms)")
     parser.add_argument("--rounds", type=int, default=15, help="timing rounds; each contender's median counts")
-    parser.add_argument("--torch-python", default=default_torch_python(),
-                        help="an interpreter with torch for the PyTorch reference (default: this one, if it has "
-                             "torch); it runs in its own process")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's matmul peak, to report achieved FLOP/s against (known GPUs: built in)")
+    parser.add_argument(
+        "--torch-python",
+        default=default_torch_python(),
+        help="an interpreter with torch for the PyTorch reference (default: this one, if it has "
+        "torch); it runs in its own process",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's matmul peak, to report achieved FLOP/s against (known GPUs: built in)",
+    )
     parser.add_argument("--json", default="outputs/bench/train.json")
 
 
@@ -369,12 +428,16 @@ def run(args):
     device = jax.devices()[0]
     cases, torch_python = (GPU_CASES, None) if args.gpu else (CASES, args.torch_python)
     peak = _peak(device, args.peak_tflops, args.precision)
-    print(f"train step: zkynet compiled vs plain JAX vs PyTorch eager (jax {jax.__version__}, "
-          f"{device.platform}: {device.device_kind}, {os.cpu_count()} cpus, {args.precision}); "
-          f"medians of {args.rounds} rounds")
+    print(
+        f"train step: zkynet compiled vs plain JAX vs PyTorch eager (jax {jax.__version__}, "
+        f"{device.platform}: {device.device_kind}, {os.cpu_count()} cpus, {args.precision}); "
+        f"medians of {args.rounds} rounds"
+    )
     print(f"targets: step ratio <= {STEP_TARGET}, compile ratio <= {COMPILE_TARGET}")
-    print(f"{'model':<14}{'batch':>6}{'zkynet':>10}{'jax':>10}{'torch':>10}{'zk/jax':>8}{'zk/torch':>9}"
-          f"{'compile zk':>12}{'jax':>8}{'ratio':>7}{'throughput':>22}{'TFLOP/s':>9}{'of peak':>8}")
+    print(
+        f"{'model':<14}{'batch':>6}{'zkynet':>10}{'jax':>10}{'torch':>10}{'zk/jax':>8}{'zk/torch':>9}"
+        f"{'compile zk':>12}{'jax':>8}{'ratio':>7}{'throughput':>22}{'TFLOP/s':>9}{'of peak':>8}"
+    )
     rows = []
     for name in args.models:
         row = measure(name, cases[name], args.batch_scale, args.steps, args.rounds, torch_python, args.precision)
@@ -384,11 +447,25 @@ def run(args):
         torch_ratio = f"{row['torch_ratio']:.2f}" if row["torch_ratio"] is not None else "n/a"
         tflops = f"{row['achieved_tflops']:.3f}" if row["achieved_tflops"] else "n/a"
         share = f"{row['peak_share']:.1%}" if row["peak_share"] else "n/a"
-        print(f"{name:<14}{row['batch']:>6}{row['zkynet_step_ms']:>8.2f}ms{row['jax_step_ms']:>8.2f}ms"
-              f"{torch_ms:>10}{row['step_ratio']:>8.2f}{torch_ratio:>9}{row['zkynet_compile_s']:>11.2f}s"
-              f"{row['jax_compile_s']:>7.2f}s{row['compile_ratio']:>7.2f}"
-              f"{row['throughput']:>12.4g} {row['unit']:<9}{tflops:>9}{share:>8}", flush=True)
-    write_result(args.json, dict(benchmark="train", jax=jax.__version__, device=str(device), machine=platform.machine(),
-                                 cpus=os.cpu_count(), gpu_sizes=args.gpu, precision=args.precision,
-                                 peak_tflops=peak, rounds=args.rounds,
-                                 rows=rows))
+        print(
+            f"{name:<14}{row['batch']:>6}{row['zkynet_step_ms']:>8.2f}ms{row['jax_step_ms']:>8.2f}ms"
+            f"{torch_ms:>10}{row['step_ratio']:>8.2f}{torch_ratio:>9}{row['zkynet_compile_s']:>11.2f}s"
+            f"{row['jax_compile_s']:>7.2f}s{row['compile_ratio']:>7.2f}"
+            f"{row['throughput']:>12.4g} {row['unit']:<9}{tflops:>9}{share:>8}",
+            flush=True,
+        )
+    write_result(
+        args.json,
+        dict(
+            benchmark="train",
+            jax=jax.__version__,
+            device=str(device),
+            machine=platform.machine(),
+            cpus=os.cpu_count(),
+            gpu_sizes=args.gpu,
+            precision=args.precision,
+            peak_tflops=peak,
+            rounds=args.rounds,
+            rows=rows,
+        ),
+    )

@@ -1,4 +1,5 @@
 """download_datasets.sh with a fake Kaggle CLI: checks first, idempotent, atomic."""
+
 import os
 import subprocess
 import textwrap
@@ -35,8 +36,14 @@ def env(tmp_path):
     fake = bin_dir / "kaggle"
     fake.write_text(FAKE_KAGGLE)
     fake.chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DATASETS_DIR": str(tmp_path / "datasets"),
-            "KAGGLE_USERNAME": "someone", "KAGGLE_KEY": "secret", "FAKE_KAGGLE_LOG": str(tmp_path / "calls.log")}
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DATASETS_DIR": str(tmp_path / "datasets"),
+        "KAGGLE_USERNAME": "someone",
+        "KAGGLE_KEY": "secret",
+        "FAKE_KAGGLE_LOG": str(tmp_path / "calls.log"),
+    }
 
 
 def download(env, *names):

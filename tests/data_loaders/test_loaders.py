@@ -1,12 +1,12 @@
 """The downloaded-dataset loaders, on small files the tests write in Kaggle's formats."""
+
 import wave
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from zkynet.data import (DatasetNotFoundError, load_boston, load_feedback, load_mnist, load_ravdess,
-                         load_sign_mnist)
+from zkynet.data import DatasetNotFoundError, load_boston, load_feedback, load_mnist, load_ravdess, load_sign_mnist
 
 rng = np.random.default_rng(0)
 
@@ -63,21 +63,26 @@ def write_wav(path, seconds=0.5, rate=16000, frequency=440.0):
 
 def test_ravdess_wavs_become_spectrograms_split_by_actor(tmp_path):
     for actor, emotion in [(1, 5), (2, 3), (21, 8), (24, 1)]:
-        write_wav(tmp_path / "ravdess" / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav",
-                  frequency=200.0 * emotion)
+        write_wav(
+            tmp_path / "ravdess" / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav",
+            frequency=200.0 * emotion,
+        )
     data = load_ravdess(tmp_path)
     assert data.train.inputs.shape == (2, 1, 64, 64) and data.validation.inputs.shape == (2, 1, 64, 64)
     assert sorted(data.train.targets.tolist()) == [2, 4] and sorted(data.validation.targets.tolist()) == [0, 7]
     assert data.num_classes == 8 and np.isfinite(data.train.inputs).all()
-    low, high = data.train.inputs[data.train.targets.tolist().index(2), 0], data.train.inputs[
-        data.train.targets.tolist().index(4), 0]
+    low, high = (
+        data.train.inputs[data.train.targets.tolist().index(2), 0],
+        data.train.inputs[data.train.targets.tolist().index(4), 0],
+    )
     assert low.mean(axis=1).argmax() < high.mean(axis=1).argmax()  # a higher tone peaks in a higher band
     assert load_ravdess(tmp_path, layout="flat").train.inputs.shape == (2, 4096)
 
 
 def test_feedback_texts_become_tokens_split_by_essay(tmp_path):
-    rows = [(f"E{i % 5}", f"Some claim, with commas, number {i}.", ["Claim", "Lead", "Evidence"][i % 3])
-            for i in range(30)]
+    rows = [
+        (f"E{i % 5}", f"Some claim, with commas, number {i}.", ["Claim", "Lead", "Evidence"][i % 3]) for i in range(30)
+    ]
     frame = pd.DataFrame(rows, columns=["id", "discourse_text", "discourse_type"])
     (tmp_path / "feedback").mkdir()
     frame.to_csv(tmp_path / "feedback" / "train.csv", index=False)
@@ -90,9 +95,16 @@ def test_feedback_texts_become_tokens_split_by_essay(tmp_path):
     assert words.info["vocabulary"][words.train.inputs[0, 0]] == "some"
 
 
-@pytest.mark.parametrize("loader, name", [(load_mnist, "mnist"), (load_sign_mnist, "sign_mnist"),
-                                          (load_boston, "boston"), (load_ravdess, "ravdess"),
-                                          (load_feedback, "feedback")])
+@pytest.mark.parametrize(
+    "loader, name",
+    [
+        (load_mnist, "mnist"),
+        (load_sign_mnist, "sign_mnist"),
+        (load_boston, "boston"),
+        (load_ravdess, "ravdess"),
+        (load_feedback, "feedback"),
+    ],
+)
 def test_missing_dataset_names_the_script_and_the_path(tmp_path, loader, name):
     with pytest.raises(DatasetNotFoundError) as error:
         loader(tmp_path)

@@ -1,5 +1,6 @@
 """Running the CLI as a user does, against a throwaway MLflow store; a Ray cluster
 started as users start one, shared by the sweeps of one test process."""
+
 import os
 import secrets
 import shutil
@@ -45,18 +46,31 @@ class Cli:
         self.count += 1
         output = self.folder / "outputs" / str(self.count)
         if "-m" in overrides:
-            return [sys.executable, "-m", "experiments.run", "-m", f"tracking.uri={self.store}",
-                    f"hydra.sweep.dir={output}", *(o for o in overrides if o != "-m")]
-        return [sys.executable, "-m", "experiments.run", f"tracking.uri={self.store}", f"hydra.run.dir={output}",
-                *overrides]
+            return [
+                sys.executable,
+                "-m",
+                "experiments.run",
+                "-m",
+                f"tracking.uri={self.store}",
+                f"hydra.sweep.dir={output}",
+                *(o for o in overrides if o != "-m"),
+            ]
+        return [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            f"tracking.uri={self.store}",
+            f"hydra.run.dir={output}",
+            *overrides,
+        ]
 
     def __call__(self, *overrides, env=None, timeout=900):
-        return subprocess.run(self.args(*overrides), cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(self.args(*overrides), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
     def start(self, *overrides, env=None):
-        return subprocess.Popen(self.args(*overrides), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self.args(*overrides), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def runs(self, experiment=None):
         """The runs of `experiment` (a name), or of every experiment, oldest first."""
@@ -137,9 +151,12 @@ def ray_cluster():
     port = free_port()
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     session = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # this cluster's own (short: socket paths) folder
-    head = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats",
-                           f"--temp-dir={session}"], capture_output=True, text=True,
-                          env={**os.environ, **RAY_CLUSTER_AUTH})
+    head = subprocess.run(
+        [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={session}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **RAY_CLUSTER_AUTH},
+    )
     assert head.returncode == 0, head.stderr
     try:
         yield f"127.0.0.1:{port}"
@@ -163,5 +180,4 @@ def _holding(folder):
 @pytest.fixture
 def on_cluster(ray_cluster):
     """(overrides, env) that run a sweep's trials on the shared cluster instead of a local Ray."""
-    return (f"hydra.sweeper.ray.address={ray_cluster}",), {**os.environ, "PYTHONPATH": str(ROOT),
-                                                           **RAY_CLUSTER_AUTH}
+    return (f"hydra.sweeper.ray.address={ray_cluster}",), {**os.environ, "PYTHONPATH": str(ROOT), **RAY_CLUSTER_AUTH}

@@ -1,5 +1,6 @@
 """Every configuration users are pointed at composes and builds, in-process with
 Hydra's compose API (as lightning-hydra-template's config tests do)."""
+
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -34,13 +35,16 @@ def test_every_preset_composes_and_builds(runner, preset):
     assert [type(c).__name__ for c in build.callbacks(cfg)] == ["ProgressReport", "NanGuard", "Checkpointer"]
 
 
-@pytest.mark.parametrize("overrides, task", [
-    ((), "classification"),
-    (("dataset=copy", "model=lstm"), "language_model"),
-    (("model=autoencoder",), "reconstruction"),  # the model's task wins over the dataset's
-    (("model=vae",), "vae"),
-    (("dataset=copy", "model=lstm", "task=classification"), "classification"),  # the command line wins
-])
+@pytest.mark.parametrize(
+    "overrides, task",
+    [
+        ((), "classification"),
+        (("dataset=copy", "model=lstm"), "language_model"),
+        (("model=autoencoder",), "reconstruction"),  # the model's task wins over the dataset's
+        (("model=vae",), "vae"),
+        (("dataset=copy", "model=lstm", "task=classification"), "classification"),  # the command line wins
+    ],
+)
 def test_the_task_comes_from_the_dataset_the_model_or_the_command_line(runner, overrides, task):
     assert runner.config(*overrides).task.name == task
 
@@ -67,6 +71,11 @@ def test_every_model_alone_picks_a_dataset_that_fits(runner):
             _, dataset, _, loss = built(cfg)
             assert np.isfinite(float(loss)) and len(dataset.train) > 0
     assert {m: d for m, d in datasets.items() if d != "digits"} == {
-        "gru": "copy", "lstm": "copy", "rnn": "copy", "transformer": "copy", "transformer_classifier": "feedback"}
+        "gru": "copy",
+        "lstm": "copy",
+        "rnn": "copy",
+        "transformer": "copy",
+        "transformer_classifier": "feedback",
+    }
     assert runner.config("model=gru", "dataset=reverse").dataset.name == "reverse"
     assert runner.config("+experiment=addition_transformer").dataset.name == "addition"

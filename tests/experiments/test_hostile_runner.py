@@ -3,6 +3,7 @@ comes before an MLflow run exists (the model, the data and the optimizer are bui
 first); files that cannot be read are named; the store itself failing is said
 plainly, within seconds. (What only training finds out, a loss turning NaN, ends
 the run FAILED with the reason: tests/experiments/test_run.py.)"""
+
 import re
 import subprocess
 import sys
@@ -17,7 +18,6 @@ from experiments.tracking import TrackingError
 from tests.experiments.conftest import ROOT
 from zkynet.checkpoint import CheckpointError
 from zkynet.data import DatasetFileError
-
 
 REFUSED = [  # (overrides, what the message must say); refused before any MLflow run exists
     (["trainer.epochs=-1"], "trainer.epochs must be at least 1, got -1"),
@@ -43,22 +43,29 @@ REFUSED = [  # (overrides, what the message must say); refused before any MLflow
     (["seed=-1"], "seed must be a non-negative integer, got -1"),
     (["seed=1.5"], "seed must be a non-negative integer, got 1.5"),
     (["tracking.experiment="], "tracking.experiment must name an MLflow experiment"),
-    (["model.widths=[64,-3,10]"], "model (zkynet.models.fcn.MLP): ValueError: cannot make a parameter of shape "
-                                  "(64, -3): every size must be at least 1"),
+    (
+        ["model.widths=[64,-3,10]"],
+        "model (zkynet.models.fcn.MLP): ValueError: cannot make a parameter of shape "
+        "(64, -3): every size must be at least 1",
+    ),
     (["model.widths=[64,0,10]"], "cannot make a parameter of shape (64, 0)"),
     (["model.dropout=1.5"], "model (zkynet.models.fcn.MLP): ValueError: dropout rate must be in [0, 1), got 1.5"),
     (["model.dropout=-0.1"], "dropout rate must be in [0, 1), got -0.1"),
     (["+tracking.experment=x"], "unknown setting tracking.experment; did you mean tracking.experiment?"),
     (["+sed=3"], "unknown setting sed; did you mean seed?"),
     (["task.mode=maximize"], "mode must be 'min' or 'max', got 'maximize'"),
-    (["trainer.resume=abc", "tracking.enabled=false"], "trainer.resume continues an MLflow run: it needs "
-                                                       "tracking.enabled=true"),
+    (
+        ["trainer.resume=abc", "tracking.enabled=false"],
+        "trainer.resume continues an MLflow run: it needs tracking.enabled=true",
+    ),
     (["tracking.graph_depth=abc"], "tracking.graph_depth must be null, auto or an integer >= 0, got 'abc'"),
     (["tracking.graph_depth=-1"], "tracking.graph_depth must be null, auto or an integer >= 0, got '-1'"),
     # what the data or the machine decides, still before a run exists (the data is read first)
     (["trainer.warmup_steps=100000"], "trainer.warmup_steps=100000 is not less than the run's 22 steps"),
-    (["trainer.batch_size=100000"], "trainer.batch_size=100000 is more than the 1438 training examples of "
-                                    "dataset digits"),
+    (
+        ["trainer.batch_size=100000"],
+        "trainer.batch_size=100000 is more than the 1438 training examples of dataset digits",
+    ),
     (["trainer.devices=64"], "trainer.devices=64: this machine has"),
 ]
 
@@ -86,8 +93,9 @@ def test_a_value_of_the_wrong_kind_is_hydras_error_naming_it(runner, override, m
     assert message in "".join(str(e) for e in (refused.value, refused.value.__cause__) if e is not None)
 
 
-@pytest.mark.parametrize("content", [b"", b"label,pixel0\n3,0\n", b"\x00\xff\x00garbage\n\x01"],
-                         ids=["empty", "wrong columns", "binary"])
+@pytest.mark.parametrize(
+    "content", [b"", b"label,pixel0\n3,0\n", b"\x00\xff\x00garbage\n\x01"], ids=["empty", "wrong columns", "binary"]
+)
 def test_a_dataset_file_that_cannot_be_read_is_named(runner, tmp_path, content):
     folder = tmp_path / "datasets" / "mnist"
     folder.mkdir(parents=True)
@@ -113,8 +121,7 @@ def test_a_resume_from_a_damaged_checkpoint_names_it_and_leaves_the_run_as_it_wa
 
 def test_an_unreachable_tracking_server_is_named_within_seconds(runner):
     started = time.perf_counter()
-    with pytest.raises(TrackingError, match=re.escape("cannot reach the MLflow tracking server at "
-                                                      "http://127.0.0.1:9")):
+    with pytest.raises(TrackingError, match=re.escape("cannot reach the MLflow tracking server at http://127.0.0.1:9")):
         runner("tracking.uri=http://127.0.0.1:9", "trainer.epochs=1")
     assert time.perf_counter() - started < 15
 
@@ -133,11 +140,19 @@ def test_on_the_command_line_a_store_problem_is_one_line_not_a_traceback(cli):
 
 @pytest.mark.slow
 def test_runs_started_at_once_on_a_new_store_all_succeed_in_their_own_folders(cli, tmp_path):
-    command = [sys.executable, "-m", "experiments.run", f"tracking.uri={cli.store}", "trainer.epochs=1",
-               "trainer.progress=false", "tracking.log_graph=false",
-               f"hydra.run.dir={tmp_path}/outputs/${{now:%Y-%m-%d}}/${{now:%H-%M-%S-%f}}"]  # the default folders
-    processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(4)]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        f"tracking.uri={cli.store}",
+        "trainer.epochs=1",
+        "trainer.progress=false",
+        "tracking.log_graph=false",
+        f"hydra.run.dir={tmp_path}/outputs/${{now:%Y-%m-%d}}/${{now:%H-%M-%S-%f}}",
+    ]  # the default folders
+    processes = [
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     outcomes = [p.communicate(timeout=600) + (p.returncode,) for p in processes]
     assert [code for _, _, code in outcomes] == [0] * 4, [err[-2000:] for _, err, _ in outcomes]
     folders = {re.search(r"files: (\S+)", out + err).group(1) for out, err, _ in outcomes}

@@ -1,5 +1,6 @@
 """No run is left RUNNING: signals and errors at any moment end it KILLED or FAILED
 (in-process, with the signal sent from inside the run: deterministic, no race)."""
+
 import os
 import signal
 

@@ -1,6 +1,7 @@
 """The MLflow UI, opened in headless Chromium over a store a real run wrote, at the
 link the run prints: the run table in MLflow's Model training view, the run, its
 metrics and its graph picture. The screenshots are kept in outputs/test-artifacts/."""
+
 import os
 import re
 import shutil
@@ -17,9 +18,18 @@ from tests.experiments.test_sweep import free_port
 
 ARTIFACTS = Path(__file__).parents[2] / "outputs" / "test-artifacts"
 CHROMIUM = shutil.which("chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--virtual-time-budget=20000", "--window-size=1400,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=20000",
+    "--window-size=1400,1000",
+]
 
 
 @pytest.fixture
@@ -28,10 +38,26 @@ def mlflow_ui(runner):
     # One server process, without MLflow's job runner (GenAI jobs, which no page here uses): by
     # default `mlflow ui` starts 4 workers and a job runner, 15 processes that take tens of
     # seconds to start and 15 to stop on 2 cores.
-    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", runner.store, "--host",
-                           "127.0.0.1", "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, start_new_session=True,
-                          env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    ui = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            runner.store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -40,7 +66,7 @@ def mlflow_ui(runner):
                     break
             except OSError:
                 if time.time() > deadline or ui.poll() is not None:
-                    raise RuntimeError("the MLflow UI did not start")
+                    raise RuntimeError("the MLflow UI did not start") from None
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -59,20 +85,29 @@ def browse(url, profile, screenshot):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium cannot be installed here: setup.sh installs Debian's "
-                                             "chromium package only as root with apt-get")
-def test_the_mlflow_ui_opens_on_the_run_table_and_shows_the_run_its_metrics_and_its_graph(runner, tmp_path, request,
-                                                                                          capsys):
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium cannot be installed here: setup.sh installs Debian's chromium package only as root with apt-get",
+)
+def test_the_mlflow_ui_opens_on_the_run_table_and_shows_the_run_its_metrics_and_its_graph(
+    runner, tmp_path, request, capsys
+):
     runner("model=mlp", "trainer.epochs=2")
     (run,) = runner.runs()
     printed = re.findall(r"open (http://127\.0\.0\.1:5000/\S+)", capsys.readouterr().err)
-    assert printed == [f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"]
+    assert printed == [
+        f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
+    ]
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert printed[0].replace(f"/{run.info.experiment_id}/", "/<id>/") in readme  # the README points to the same page
-    assert runner.client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert (
+        runner.client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    )
     ui = request.getfixturevalue("mlflow_ui")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    table = browse(printed[0].replace("http://127.0.0.1:5000", ui), tmp_path / "chrome", ARTIFACTS / "mlflow-ui-runs.png")
+    table = browse(
+        printed[0].replace("http://127.0.0.1:5000", ui), tmp_path / "chrome", ARTIFACTS / "mlflow-ui-runs.png"
+    )
     assert run.info.run_name in table and "Model registry" in table  # the runs table, in the Model training view
     assert "Judges" not in table and "Evaluation runs" not in table  # not the GenAI view a fresh browser starts in
     run_page = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"

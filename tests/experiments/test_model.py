@@ -1,5 +1,6 @@
 """A run's trained model comes back: `zkynet.load(<run id>)`, MLflow's pyfunc flavor, the
 model registry, and `mlflow models serve` answering HTTP on loopback."""
+
 import json
 import os
 import signal
@@ -34,8 +35,9 @@ def test_zkynet_load_and_mlflow_pyfunc_give_the_trained_model_back(trained, tmp_
     loaded = zkynet.load(run.info.run_id, tracking_uri=store)
     assert isinstance(loaded.model, MLP) and loaded.config["model"]["widths"] == [64, 256, 256, 10]
     assert loaded.config["trainer"]["epochs"] == 2 and loaded.tokenizer is None
-    final = checkpoint.load(mlflow.MlflowClient(store).download_artifacts(run.info.run_id, "checkpoints/last.npz",
-                                                                          str(tmp_path)))["params"]
+    final = checkpoint.load(
+        mlflow.MlflowClient(store).download_artifacts(run.info.run_id, "checkpoints/last.npz", str(tmp_path))
+    )["params"]
     for name, p in loaded.model.named_parameters().items():
         np.testing.assert_array_equal(np.asarray(p.value), final[name])
 
@@ -57,13 +59,31 @@ def test_zkynet_load_and_mlflow_pyfunc_give_the_trained_model_back(trained, tmp_
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_over_http(trained, tmp_path):
-    run, store = trained
+    run, _store = trained
     x = load_digits().validation.inputs[:3]
     expected = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(x)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run.info.run_id}/model",
-                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"runs:/{run.info.run_id}/model",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -73,9 +93,12 @@ def test_mlflow_models_serve_answers_over_http(trained, tmp_path):
             except OSError:
                 assert time.time() < deadline and server.poll() is None, "the model server did not start"
                 time.sleep(0.5)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                         data=json.dumps({"inputs": x.tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            method="POST",
+            data=json.dumps({"inputs": x.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             predictions = np.array(json.loads(response.read())["predictions"])
         np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-6)

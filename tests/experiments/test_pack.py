@@ -1,5 +1,6 @@
 """Packed trials (hydra.sweeper.pack): which trials share a pack, and packs on Ray Tune end
 to end, each member its own MLflow run, equal to its configuration trained alone."""
+
 import numpy as np
 import pytest
 
@@ -17,14 +18,16 @@ def packs_of(overrides, size, search="grid", num_samples=1):
 
 
 def test_only_shape_free_values_share_a_pack_and_a_pack_holds_at_most_k():
-    packs, variants = packs_of(["optimizer.lr=1e-3,3e-3", "seed=0,1,2", "model.widths=[64,8,10],[64,16,10]",
-                                "trainer.epochs=2"], size=4)
+    packs, variants = packs_of(
+        ["optimizer.lr=1e-3,3e-3", "seed=0,1,2", "model.widths=[64,8,10],[64,16,10]", "trainer.epochs=2"], size=4
+    )
     assert len(variants) == 12
     assert [len(p) for p in packs] == [4, 2, 4, 2]  # one group per width, chunked by 4
     for pack in packs:
         assert len({repr(v["model.widths"]) for v in pack}) == 1
     assert sorted((v["optimizer.lr"], v["seed"]) for p in packs[:2] for v in p) == sorted(
-        (lr, seed) for lr in (1e-3, 3e-3) for seed in (0, 1, 2))
+        (lr, seed) for lr in (1e-3, 3e-3) for seed in (0, 1, 2)
+    )
 
 
 def test_a_zero_dropout_or_momentum_is_other_code_and_intervals_pack():
@@ -32,17 +35,33 @@ def test_a_zero_dropout_or_momentum_is_other_code_and_intervals_pack():
     assert sorted(len(p) for p in packs) == [2, 4]  # no dropout layers at 0: its own pack
     packs, _ = packs_of(["optimizer=sgd", "optimizer.momentum=0,0.9", "optimizer.lr=0.1,0.2"], size=8)
     assert sorted(len(p) for p in packs) == [2, 2]
-    packs, variants = packs_of(["optimizer.lr=tag(log, interval(1e-4, 1e-2))", "optimizer.weight_decay=0,0.1",
-                                "+optimizer.b1=interval(0.8, 0.95)"], size=8, num_samples=3)
+    packs, variants = packs_of(
+        [
+            "optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+            "optimizer.weight_decay=0,0.1",
+            "+optimizer.b1=interval(0.8, 0.95)",
+        ],
+        size=8,
+        num_samples=3,
+    )
     assert [len(p) for p in packs] == [6] and len({v["optimizer.lr"] for v in variants}) == 6
     assert all(1e-4 <= v["optimizer.lr"] <= 1e-2 and 0.8 <= v["+optimizer.b1"] <= 0.95 for v in variants)
-    assert variants == packs_of(["optimizer.lr=tag(log, interval(1e-4, 1e-2))", "optimizer.weight_decay=0,0.1",
-                                 "+optimizer.b1=interval(0.8, 0.95)"], size=8, num_samples=3)[1]  # seeded
+    assert (
+        variants
+        == packs_of(
+            [
+                "optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+                "optimizer.weight_decay=0,0.1",
+                "+optimizer.b1=interval(0.8, 0.95)",
+            ],
+            size=8,
+            num_samples=3,
+        )[1]
+    )  # seeded
 
 
 def test_random_search_draws_choices_too_and_bayesian_search_cannot_pack():
-    _, variants = packs_of(["optimizer.lr=1e-3,3e-3,1e-2", "seed=range(0,100)"], size=8, search="random",
-                           num_samples=5)
+    _, variants = packs_of(["optimizer.lr=1e-3,3e-3,1e-2", "seed=range(0,100)"], size=8, search="random", num_samples=5)
     assert len(variants) == 5 and all(v["seed"] in range(100) for v in variants)
     with pytest.raises(SearchSpaceError, match="must be grid or random, not 'optuna'"):
         search_space.parse(["seed=0,1"]).variants("optuna", 1, 0)
@@ -74,7 +93,7 @@ def test_a_pack_trains_each_member_as_alone_and_a_member_that_turns_nan_fails_al
     result = sweep(cli, "hydra.sweeper.pack=4", "seed=0,1", "optimizer.lr=3e-3,1e30", *common, *cluster, env=env)
     assert result.returncode == 1, result.stderr  # members failed: the sweep fails
     assert "4 trials in 1 pack(s) of up to 4" in result.stderr and "[pack 0] epoch 2/3: best val_loss" in result.stderr
-    parent, members = sweep_runs(cli)
+    _parent, members = sweep_runs(cli)
     assert sorted(members) == [0, 1, 2, 3]
     good = {number: run for number, run in members.items() if run.data.params["optimizer/lr"] == "0.003"}
     bad = [run for run in members.values() if run.data.params["optimizer/lr"] != "0.003"]
@@ -89,11 +108,11 @@ def test_a_pack_trains_each_member_as_alone_and_a_member_that_turns_nan_fails_al
         for key in ("train_loss", "val_loss", "val_accuracy", "batch_loss", "batch_accuracy"):  # batch_: per step
             packed_values = metric_history(cli.client, run, key)
             assert len(packed_values) >= 3, key
-            np.testing.assert_allclose(packed_values, metric_history(runner.client, solo, key),
-                                       rtol=RTOL, atol=ATOL, err_msg=key)
+            np.testing.assert_allclose(
+                packed_values, metric_history(runner.client, solo, key), rtol=RTOL, atol=ATOL, err_msg=key
+            )
         packed = cli.client.download_artifacts(run.info.run_id, "checkpoints/last.npz", str(runner.folder))
-        single = runner.client.download_artifacts(solo.info.run_id, "checkpoints/last.npz",
-                                                  str(runner.folder / "solo"))
+        single = runner.client.download_artifacts(solo.info.run_id, "checkpoints/last.npz", str(runner.folder / "solo"))
         packed, single = checkpoint.load(packed), checkpoint.load(single)
         for name, value in single["params"].items():
             np.testing.assert_allclose(packed["params"][name], value, rtol=RTOL, atol=ATOL, err_msg=name)
@@ -104,8 +123,16 @@ def test_asha_stops_a_member_early_inside_its_pack(cli, on_cluster):
     """A pack of two: at the first rung (epoch 1, reduction factor 2) the bad learning rate
     is below the cutoff: its run ends FINISHED, tagged stopped early; the good one trains on."""
     cluster, env = on_cluster
-    result = sweep(cli, "hydra.sweeper.pack=2", "hydra.sweeper.scheduler=asha", "hydra.sweeper.asha.reduction_factor=2",
-                   "trainer.epochs=4", "optimizer.lr=3e-3,1e-6", *cluster, env=env)
+    result = sweep(
+        cli,
+        "hydra.sweeper.pack=2",
+        "hydra.sweeper.scheduler=asha",
+        "hydra.sweeper.asha.reduction_factor=2",
+        "trainer.epochs=4",
+        "optimizer.lr=3e-3,1e-6",
+        *cluster,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     parent, members = sweep_runs(cli)
     good, bad = members[0], members[1]

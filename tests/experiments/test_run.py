@@ -1,9 +1,8 @@
 """`python -m experiments.run` end to end, checked through MLflow's own client."""
+
 import os
 import re
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,13 +52,19 @@ def test_overrides_reach_the_run(runner):
     assert run.data.params["model/_target_"] == "zkynet.models.cnn.LeNet" and run.info.run_name == "mine"
     assert len(runner.client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
     assert value == run.data.metrics["val_loss"]  # run() returns the task's objective
-    assert run.data.tags["overrides"] == "model=cnn optimizer.lr=3e-3 trainer.epochs=2 trainer.batch_size=32 run_name=mine"
+    assert (
+        run.data.tags["overrides"] == "model=cnn optimizer.lr=3e-3 trainer.epochs=2 trainer.batch_size=32 run_name=mine"
+    )
 
 
 def test_early_stopping_and_the_best_checkpoint_come_from_config_and_are_recorded(runner, tmp_path, capsys):
-    runner("callbacks=[default,early_stopping,best_checkpoint]", "trainer.epochs=20",
-           "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=10",  # only epoch 1 counts
-           "callbacks.best_checkpoint.min_delta=10")
+    runner(
+        "callbacks=[default,early_stopping,best_checkpoint]",
+        "trainer.epochs=20",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=10",  # only epoch 1 counts
+        "callbacks.best_checkpoint.min_delta=10",
+    )
     (run,) = runner.runs()
     tags, metrics = run.data.tags, run.data.metrics
     assert run.info.status == "FINISHED" and metrics["epoch"] == 2
@@ -68,8 +73,10 @@ def test_early_stopping_and_the_best_checkpoint_come_from_config_and_are_recorde
     assert metrics["best_val_loss"] == pytest.approx(first_epoch)
     best = runner.client.download_artifacts(run.info.run_id, "checkpoints/best.npz", str(tmp_path))
     assert int(checkpoint.load(best)["meta"]["epoch"]) == 1
-    assert "early stopping: val_loss did not improve for 1 epochs; stopped after epoch 2 (best: epoch 1)" in \
-        capsys.readouterr().err
+    assert (
+        "early stopping: val_loss did not improve for 1 epochs; stopped after epoch 2 (best: epoch 1)"
+        in capsys.readouterr().err
+    )
 
 
 def test_system_metrics_are_an_option(runner):
@@ -81,7 +88,8 @@ def test_system_metrics_are_an_option(runner):
 def test_the_objective_and_its_direction_come_from_the_task(runner):
     value = runner("trainer.epochs=1", "task.objective=val_accuracy", "task.mode=max")
     assert value == runner.runs()[0].data.metrics["val_accuracy"]
-    with pytest.raises(ConfigError, match="task.objective=val_acc is not a metric of this run; it has: train_accuracy, train_loss"):
+    refused = "task.objective=val_acc is not a metric of this run; it has: train_accuracy, train_loss"
+    with pytest.raises(ConfigError, match=re.escape(refused)):
         runner("trainer.epochs=1", "task.objective=val_acc")
     first, failed = runner.runs()
     assert failed.info.status == "FAILED" and "task.objective=val_acc" in failed.data.tags["error"]
@@ -93,12 +101,15 @@ def test_the_objective_and_its_direction_come_from_the_task(runner):
     assert first.data.tags["git_dirty"] == str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optimizer.lrr=1", "Key 'lrr' is not in struct"),
-    ("model=resnet", "Could not find 'model/resnet'"),
-    ("trainer.epochs=many", "Value 'many' of type 'str' could not be converted to Integer"),
-    ("trainer.precision=float16", "Invalid value 'float16', expected one of [float32, float64, bf16, bfloat16]"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer.lrr=1", "Key 'lrr' is not in struct"),
+        ("model=resnet", "Could not find 'model/resnet'"),
+        ("trainer.epochs=many", "Value 'many' of type 'str' could not be converted to Integer"),
+        ("trainer.precision=float16", "Invalid value 'float16', expected one of [float32, float64, bf16, bfloat16]"),
+    ],
+)
 def test_typos_get_hydras_error(runner, override, message):
     with pytest.raises(Exception) as refused:
         runner.config(override, "trainer.epochs=1")  # composed as the command line composes
@@ -134,15 +145,23 @@ def test_a_model_alone_whose_dataset_is_a_download_names_it(runner, tmp_path):
     with pytest.raises(DatasetNotFoundError, match=re.escape("./download_datasets.sh feedback")):
         runner("model=transformer_classifier", f"dataset.loader.root={tmp_path}")
     assert runner.runs() == []
-    with pytest.raises(ConfigError, match="dataset digits for model RecurrentLM: digits come as layout 'flat' or "
-                                          "'image', not 'tokens'; pick a dataset that fits"):
+    with pytest.raises(
+        ConfigError,
+        match="dataset digits for model RecurrentLM: digits come as layout 'flat' or "
+        "'image', not 'tokens'; pick a dataset that fits",
+    ):
         runner("model=gru", "dataset=digits")
 
 
 def test_a_diverging_run_ends_failed_with_the_error_logged(runner):
     with pytest.raises(NonFiniteLossError):
-        runner("optimizer=sgd", "optimizer.lr=1e8", "trainer.lr_schedule=constant", "trainer.epochs=3",
-               "trainer.log_every_n_steps=1")
+        runner(
+            "optimizer=sgd",
+            "optimizer.lr=1e8",
+            "trainer.lr_schedule=constant",
+            "trainer.epochs=3",
+            "trainer.log_every_n_steps=1",
+        )
     run = runner.runs()[0]
     assert run.info.status == "FAILED" and "the loss became" in run.data.tags["error"]
     assert "error.txt" in runner.artifacts(run.info.run_id)
@@ -151,16 +170,22 @@ def test_a_diverging_run_ends_failed_with_the_error_logged(runner):
 @pytest.mark.slow
 def test_user_architecture_outside_zkynet_is_one_class_and_one_yaml(cli):
     env = {**os.environ, "PYTHONPATH": str(FIXTURES)}
-    result = cli(f"hydra.searchpath=[file://{FIXTURES / 'conf'}]", "model=tiny", "trainer.epochs=5",
-                 "optimizer.lr=1e-2", env=env)
+    result = cli(
+        f"hydra.searchpath=[file://{FIXTURES / 'conf'}]", "model=tiny", "trainer.epochs=5", "optimizer.lr=1e-2", env=env
+    )
     assert result.returncode == 0, result.stderr
     run = cli.client.get_run(run_id_of(result))
     assert run.data.tags["model"] == "TinyNet" and run.data.params["model/hidden"] == "32"
     assert run.data.metrics["val_accuracy"] > 0.5
 
 
-RESUMABLE = ("trainer.epochs=12", "trainer.batch_size=16", "model.dropout=0.2", "trainer.progress=false",
-             "trainer.checkpoint_min_seconds=0")
+RESUMABLE = (
+    "trainer.epochs=12",
+    "trainer.batch_size=16",
+    "model.dropout=0.2",
+    "trainer.progress=false",
+    "trainer.checkpoint_min_seconds=0",
+)
 
 
 @pytest.mark.slow
@@ -168,8 +193,11 @@ def test_a_killed_run_resumes_to_the_same_parameters_and_metrics(cli, runner, tm
     runner(*RESUMABLE)  # the uninterrupted reference, in this process
     (reference,) = runner.runs()
 
-    interrupted = cli(*RESUMABLE, "+callbacks.interrupt._target_=tests.fixtures.callbacks.InterruptAfterCheckpoint",
-                      "+callbacks.interrupt.after=5")  # Ctrl-C once epoch 5 is checkpointed
+    interrupted = cli(
+        *RESUMABLE,
+        "+callbacks.interrupt._target_=tests.fixtures.callbacks.InterruptAfterCheckpoint",
+        "+callbacks.interrupt.after=5",
+    )  # Ctrl-C once epoch 5 is checkpointed
     assert interrupted.returncode == 130, interrupted.stderr
     (killed,) = [r for r in cli.runs() if r.info.status == "KILLED"]
     assert "resume with trainer.resume=" in interrupted.stderr and killed.data.metrics["epoch"] == 5
@@ -177,7 +205,8 @@ def test_a_killed_run_resumes_to_the_same_parameters_and_metrics(cli, runner, tm
     resumed = cli(f"trainer.resume={killed.info.run_id}", "trainer.progress=false")
     assert resumed.returncode == 0, resumed.stderr
     assert [line.split(":")[0] for line in resumed.stderr.splitlines() if line.startswith("epoch ")] == [
-        f"epoch {n}/12" for n in range(6, 13)]  # trainer.progress=false: still one line per epoch
+        f"epoch {n}/12" for n in range(6, 13)
+    ]  # trainer.progress=false: still one line per epoch
     assert f"resuming run {killed.info.run_id} at step {5 * 89} (epoch 6 of 12)" in resumed.stdout
     finished = cli.client.get_run(killed.info.run_id)
     assert finished.info.status == "FINISHED" and finished.data.metrics["epoch"] == 12
@@ -202,17 +231,20 @@ def test_resume_of_an_unknown_run_is_a_clear_error(runner):
 
 
 def test_a_misspelt_added_key_is_refused_with_a_suggestion(runner):
-    with pytest.raises(ConfigError, match="unknown setting trainer.epoch; did you mean trainer.epochs?"):
+    with pytest.raises(ConfigError, match=re.escape("unknown setting trainer.epoch; did you mean trainer.epochs?")):
         runner("+trainer.epoch=3")
     assert runner.runs() == []
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trainer.epochs=0", "trainer.epochs must be at least 1, got 0"),
-    ("trainer.batch_size=0", "trainer.batch_size must be at least 1, got 0"),
-    ("optimizer.lr=abc", "optimizer.lr must be a positive number, got 'abc'"),
-    ("optimizer.lr=-1", "optimizer.lr must be a positive number, got -1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.epochs=0", "trainer.epochs must be at least 1, got 0"),
+        ("trainer.batch_size=0", "trainer.batch_size must be at least 1, got 0"),
+        ("optimizer.lr=abc", "optimizer.lr must be a positive number, got 'abc'"),
+        ("optimizer.lr=-1", "optimizer.lr must be a positive number, got -1"),
+    ],
+)
 def test_values_a_run_cannot_train_with_are_refused_before_it_starts(runner, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         runner(override)
@@ -222,8 +254,10 @@ def test_values_a_run_cannot_train_with_are_refused_before_it_starts(runner, ove
 def test_a_model_that_does_not_fit_the_dataset_is_refused_before_a_run_starts(cli):
     result = cli("model=transformer_classifier", "dataset=digits")  # token ids wanted; digits are pixels
     assert result.returncode == 2
-    assert ("model.vocabulary: Interpolation key 'dataset.vocabulary_size' not found: model TransformerClassifier "
-            "does not fit dataset digits") in result.stderr
+    assert (
+        "model.vocabulary: Interpolation key 'dataset.vocabulary_size' not found: model TransformerClassifier "
+        "does not fit dataset digits"
+    ) in result.stderr
     assert "Traceback" not in result.stderr and cli.runs() == []
 
 

@@ -1,5 +1,6 @@
 """-m sweeps on Ray Tune (a real local Ray, or a cluster started with `ray start`), end to end,
 checked through MLflow's client."""
+
 import os
 import re
 import signal
@@ -24,9 +25,17 @@ QUIET = ("trainer.progress=false", "trainer.checkpoint_min_seconds=0")
 
 
 def test_hydra_sweep_syntax_becomes_a_tune_search_space():
-    space = search_space.parse(["model=mlp,cnn", "seed=range(0,3)", "+x=choice(a,b)", "trainer.epochs=2",
-                                "optimizer.lr=tag(log, interval(1e-4, 1e-2))", "model.dropout=interval(0, 0.5)",
-                                "model.hidden=tag(int, interval(8, 64))"])
+    space = search_space.parse(
+        [
+            "model=mlp,cnn",
+            "seed=range(0,3)",
+            "+x=choice(a,b)",
+            "trainer.epochs=2",
+            "optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+            "model.dropout=interval(0, 0.5)",
+            "model.hidden=tag(int, interval(8, 64))",
+        ]
+    )
     assert space.fixed == ["trainer.epochs=2"]
     assert space.choices == {"model": ["mlp", "cnn"], "seed": [0, 1, 2], "+x": ["a", "b"]}
     grid = space.tune_space("grid")
@@ -37,16 +46,26 @@ def test_hydra_sweep_syntax_becomes_a_tune_search_space():
     assert isinstance(dropout.get_sampler(), tune.search.sample.Float._Uniform)
     assert isinstance(hidden, tune.search.sample.Integer) and (hidden.lower, hidden.upper) == (8, 65)  # 64 included
     values = {"model": "cnn", "seed": 2, "+x": "a", "optimizer.lr": 0.001, "model.dropout": 0.25, "model.hidden": 9}
-    assert space.overrides(values) == ["trainer.epochs=2", "model=cnn", "seed=2", "+x=a", "optimizer.lr=0.001",
-                                       "model.dropout=0.25", "model.hidden=9"]
+    assert space.overrides(values) == [
+        "trainer.epochs=2",
+        "model=cnn",
+        "seed=2",
+        "+x=a",
+        "optimizer.lr=0.001",
+        "model.dropout=0.25",
+        "model.hidden=9",
+    ]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optimizer.lr=tag(log, interval(0, 1))", "a log interval needs a positive low end"),
-    ("optimizer.lr=interval(1, 0.1)", "an interval needs low < high"),
-    ("optimizer.lr=tag(loq, interval(1e-4, 1e-2))", "unknown tag loq"),
-    ("seed=tag(log, choice(1, 2))", "tags apply to interval(...) only"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer.lr=tag(log, interval(0, 1))", "a log interval needs a positive low end"),
+        ("optimizer.lr=interval(1, 0.1)", "an interval needs low < high"),
+        ("optimizer.lr=tag(loq, interval(1e-4, 1e-2))", "unknown tag loq"),
+        ("seed=tag(log, choice(1, 2))", "tags apply to interval(...) only"),
+    ],
+)
 def test_a_search_space_tune_cannot_search_is_refused_naming_the_override(override, message):
     with pytest.raises(SearchSpaceError, match=re.escape(message)):
         search_space.parse([override])
@@ -59,9 +78,11 @@ class FakeRun:
 
 
 def test_ranking_puts_the_best_first_and_failures_last():
-    runs = [FakeRun(0, "FINISHED", {"val_loss": 0.5, "val_accuracy": 0.8}, "lr=1 epochs=2"),
-            FakeRun(1, "FAILED", {}, "lr=9 epochs=2"),
-            FakeRun(2, "FINISHED", {"val_loss": 0.2, "val_accuracy": 0.7}, "lr=2 epochs=2")]
+    runs = [
+        FakeRun(0, "FINISHED", {"val_loss": 0.5, "val_accuracy": 0.8}, "lr=1 epochs=2"),
+        FakeRun(1, "FAILED", {}, "lr=9 epochs=2"),
+        FakeRun(2, "FINISHED", {"val_loss": 0.2, "val_accuracy": 0.7}, "lr=2 epochs=2"),
+    ]
     table, best = rank(runs, "val_loss", "min")
     assert best.info.run_id == "run2" and table.splitlines()[0] == "all jobs: epochs=2"
     assert [line.split("|")[2].strip() for line in table.splitlines()[4:]] == ["2", "0", "1"]
@@ -91,10 +112,16 @@ def test_trials_refill_the_machine_and_a_failing_trial_fails_the_sweep(cli, tmp_
     """Four trials, two at a time: trial 2 starts as soon as trial 0 ends, while trial 1
     still trains (it waits for trial 2 to start: no batch barrier, or no meeting);
     trial 3's config cannot be composed: a FAILED child, exit code 1."""
-    result = sweep(cli, "hydra.sweeper.ray.num_cpus=2", "trainer.epochs=2,10,3,abc",
-                   f"+callbacks.meet._target_={FIXTURES}.Rendezvous", f"+callbacks.meet.path={tmp_path / 'arrived'}",
-                   "+callbacks.meet.waiter_epochs=10", "+callbacks.meet.arriver_epochs=3",
-                   env={**os.environ, "PYTHONPATH": ROOT})
+    result = sweep(
+        cli,
+        "hydra.sweeper.ray.num_cpus=2",
+        "trainer.epochs=2,10,3,abc",
+        f"+callbacks.meet._target_={FIXTURES}.Rendezvous",
+        f"+callbacks.meet.path={tmp_path / 'arrived'}",
+        "+callbacks.meet.waiter_epochs=10",
+        "+callbacks.meet.arriver_epochs=3",
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     assert result.returncode == 1, result.stderr
     parent, trials = sweep_runs(cli)
     assert parent.info.status == "FAILED" and sorted(trials) == [0, 1, 2, 3]
@@ -116,9 +143,18 @@ def test_asha_stops_a_bad_trial_early(cli, on_cluster):
     the good one's result and is stopped; its run ends FINISHED, tagged, closed by its own
     worker (its metrics and pictures are all there) even when closing takes seconds."""
     cluster, env = on_cluster
-    result = sweep(cli, "hydra.sweeper.scheduler=asha", "hydra.sweeper.max_concurrent=1",
-                   "hydra.sweeper.asha.reduction_factor=2", "trainer.epochs=4", "optimizer.lr=3e-3,1e-6", *cluster,
-                   f"+callbacks.slow._target_={FIXTURES}.SlowClose", "+callbacks.slow.seconds=4", env=env)
+    result = sweep(
+        cli,
+        "hydra.sweeper.scheduler=asha",
+        "hydra.sweeper.max_concurrent=1",
+        "hydra.sweeper.asha.reduction_factor=2",
+        "trainer.epochs=4",
+        "optimizer.lr=3e-3,1e-6",
+        *cluster,
+        f"+callbacks.slow._target_={FIXTURES}.SlowClose",
+        "+callbacks.slow.seconds=4",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     parent, trials = sweep_runs(cli)
     good, bad = trials[0], trials[1]
@@ -138,9 +174,18 @@ def test_an_interrupted_sweep_leaves_nothing_running_and_resumes(cli, tmp_path, 
     is printed; resuming finishes the sweep without training trial 0 again."""
     pid_file, marker = tmp_path / "driver.pid", tmp_path / "signalled"
     cluster, env = on_cluster
-    process = cli.start("-m", *QUIET, "hydra.sweeper.max_concurrent=1", "trainer.epochs=1,3,2",
-                        f"+callbacks.stop._target_={FIXTURES}.SignalDriverOnce", "+callbacks.stop.after=2",
-                        f"+callbacks.stop.pid_file={pid_file}", f"+callbacks.stop.marker={marker}", *cluster, env=env)
+    process = cli.start(
+        "-m",
+        *QUIET,
+        "hydra.sweeper.max_concurrent=1",
+        "trainer.epochs=1,3,2",
+        f"+callbacks.stop._target_={FIXTURES}.SignalDriverOnce",
+        "+callbacks.stop.after=2",
+        f"+callbacks.stop.pid_file={pid_file}",
+        f"+callbacks.stop.marker={marker}",
+        *cluster,
+        env=env,
+    )
     pid_file.write_text(str(process.pid))
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 130, stderr
@@ -152,8 +197,9 @@ def test_an_interrupted_sweep_leaves_nothing_running_and_resumes(cli, tmp_path, 
     assert "hydra.sweeper.resume=true" in command and f"hydra.sweep.dir={cli.folder}" in command
     assert "hydra.sweeper.max_concurrent=1" in command and cluster[0] in command  # Hydra's overrides kept
 
-    resumed = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                             env=env)  # the command as printed, in the sweep's environment
+    resumed = subprocess.run(
+        command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )  # the command as printed, in the sweep's environment
     assert resumed.returncode == 0, resumed.stderr
     parent, trials = sweep_runs(cli)
     assert parent.info.status == "FINISHED" and [trials[i].info.status for i in range(3)] == ["FINISHED"] * 3
@@ -166,8 +212,15 @@ def test_an_interrupted_sweep_leaves_nothing_running_and_resumes(cli, tmp_path, 
 @pytest.mark.slow
 def test_bayesian_search_with_optuna_through_tune(cli, on_cluster):
     cluster, env = on_cluster
-    result = sweep(cli, "hydra.sweeper.search=optuna", "hydra.sweeper.num_samples=4",
-                   "optimizer.lr=tag(log, interval(1e-4, 1e-2))", "trainer.epochs=1", *cluster, env=env)
+    result = sweep(
+        cli,
+        "hydra.sweeper.search=optuna",
+        "hydra.sweeper.num_samples=4",
+        "optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+        "trainer.epochs=1",
+        *cluster,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     parent, trials = sweep_runs(cli)
     rates = {float(r.data.params["optimizer/lr"]) for r in trials.values()}
@@ -185,11 +238,27 @@ def mlflow_server(cli, tmp_path):
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     # without MLflow's job runner (GenAI jobs, which no test uses): its processes take seconds to start
     # and about ten to stop on 2 cores
-    server = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", cli.store, "--no-serve-artifacts",
-                               "--default-artifact-root", (tmp_path / "server-artifacts").as_uri()],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    server = subprocess.Popen(
+        [
+            mlflow,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            cli.store,
+            "--no-serve-artifacts",
+            "--default-artifact-root",
+            (tmp_path / "server-artifacts").as_uri(),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -207,14 +276,23 @@ def mlflow_server(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_on_an_existing_cluster_a_trial_whose_worker_dies_continues_its_run_exactly(cli, runner, tmp_path,
-                                                                                    ray_cluster, mlflow_server):
+def test_on_an_existing_cluster_a_trial_whose_worker_dies_continues_its_run_exactly(
+    cli, runner, tmp_path, ray_cluster, mlflow_server
+):
     marker = tmp_path / "died"
     settings = ("trainer.epochs=6", "trainer.batch_size=32", "model.dropout=0.2", "seed=3")
     env = {**os.environ, "PYTHONPATH": ROOT, **RAY_CLUSTER_AUTH}
-    result = sweep(cli, *settings, f"+callbacks.die._target_={FIXTURES}.DieOnce", "+callbacks.die.after=3",
-                   f"+callbacks.die.marker={marker}", "optimizer.lr=3e-3,1e-3", f"hydra.sweeper.ray.address={ray_cluster}",
-                   f"tracking.uri={mlflow_server}", env=env)  # as across machines: a cluster and a tracking server
+    result = sweep(
+        cli,
+        *settings,
+        f"+callbacks.die._target_={FIXTURES}.DieOnce",
+        "+callbacks.die.after=3",
+        f"+callbacks.die.marker={marker}",
+        "optimizer.lr=3e-3,1e-3",
+        f"hydra.sweeper.ray.address={ray_cluster}",
+        f"tracking.uri={mlflow_server}",
+        env=env,
+    )  # as across machines: a cluster and a tracking server
     assert result.returncode == 0, result.stderr
     assert marker.exists()  # a worker did die, once
     parent, trials = sweep_runs(cli)
@@ -250,8 +328,11 @@ def test_the_basic_sweeper_runs_jobs_one_after_another_tracked_the_same_way(cli)
 @pytest.mark.slow
 def test_a_sweep_that_cannot_reach_its_cluster_fails_at_once_naming_it(cli):
     result = sweep(cli, "trainer.epochs=1", "seed=0,1", f"hydra.sweeper.ray.address=127.0.0.1:{free_port()}")
-    assert result.returncode == 1 and "cannot reach the Ray cluster at hydra.sweeper.ray.address=127.0.0.1:" in \
-        result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 1
+        and "cannot reach the Ray cluster at hydra.sweeper.ray.address=127.0.0.1:" in result.stderr
+        and "Traceback" not in result.stderr
+    )
     (parent,) = cli.runs()
     assert parent.info.status == "FAILED" and "cannot reach the Ray cluster" in parent.data.tags["error"]
 
@@ -277,9 +358,17 @@ def test_population_based_training_exploits_through_tune_checkpoints(cli, on_clu
     mutated copy of its learning rate: its loss drops at once, the rate is logged per
     epoch, and it is still one MLflow run with every epoch once."""
     cluster, env = on_cluster
-    result = sweep(cli, "hydra.sweeper.scheduler=pbt", "hydra.sweeper.pbt.interval=2", "trainer.epochs=4",
-                   "hydra.sweeper.pbt.quantile_fraction=0.5", "optimizer.lr=1e-6,3e-3", "trainer.lr_schedule=constant",
-                   *cluster, env=env)
+    result = sweep(
+        cli,
+        "hydra.sweeper.scheduler=pbt",
+        "hydra.sweeper.pbt.interval=2",
+        "trainer.epochs=4",
+        "hydra.sweeper.pbt.quantile_fraction=0.5",
+        "optimizer.lr=1e-6,3e-3",
+        "trainer.lr_schedule=constant",
+        *cluster,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     parent, trials = sweep_runs(cli)
     assert parent.info.status == "FINISHED" and sorted(trials) == [0, 1]

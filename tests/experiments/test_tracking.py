@@ -1,4 +1,5 @@
 """Tracking pieces in-process: store location, params, async metrics, checkpoints."""
+
 import numpy as np
 from mlflow import MlflowClient
 
@@ -16,7 +17,11 @@ def test_default_store_is_under_the_project_root_unless_the_environment_says(mon
 
 def test_flatten_config():
     assert flatten({"model": {"widths": [1, 2], "act": "relu"}, "seed": 0, "empty": {}}) == {
-        "model/widths": "[1, 2]", "model/act": "relu", "seed": "0", "empty": "{}"}
+        "model/widths": "[1, 2]",
+        "model/act": "relu",
+        "seed": "0",
+        "empty": "{}",
+    }
 
 
 def test_params_in_batches_metrics_async_and_status(tmp_path):

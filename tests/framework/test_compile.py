@@ -1,5 +1,6 @@
 """The compile path: one jitted XLA program per step, gradients from zkynet's back(),
 parameters written back, same numbers as eager, vmap, exact save/restore."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,8 +54,7 @@ def test_gradients_equal_jax_grad_of_the_same_model():
 
 def test_parameters_are_written_back_and_the_step_compiles_once():
     model = MLP([64, 8, 10], key=2)
-    step = TrainStep(model, losses.softmax_cross_entropy, optim.SGD(0.1),
-                     metrics=losses.classification_metrics)
+    step = TrainStep(model, losses.softmax_cross_entropy, optim.SGD(0.1), metrics=losses.classification_metrics)
     w = model.named_parameters()["layers.0/W"]
     start = np.asarray(w.value)
     for b in batches(4):
@@ -77,8 +77,10 @@ def test_eval_step_matches_an_eager_graph():
 def test_unused_parameters_get_zero_gradient():
     class PartlyUsed(cg.Module):
         def __init__(self):
-            super().__init__(inputs=(cg.Variable("x"),),
-                             params=(cg.Parameter("used", jnp.ones((64, 10))), cg.Parameter("spare", jnp.ones(3))))
+            super().__init__(
+                inputs=(cg.Variable("x"),),
+                params=(cg.Parameter("used", jnp.ones((64, 10))), cg.Parameter("spare", jnp.ones(3))),
+            )
 
         def call(self, x):
             return x @ self.param("used")
@@ -109,8 +111,7 @@ def test_save_and_restore_continue_exactly(tmp_path):
     data = batches(8, seed=3)
 
     def fresh():
-        return TrainStep(MLP([64, 16, 10], dropout=0.1, key=4), losses.softmax_cross_entropy,
-                         optim.AdamW(1e-2), seed=9)
+        return TrainStep(MLP([64, 16, 10], dropout=0.1, key=4), losses.softmax_cross_entropy, optim.AdamW(1e-2), seed=9)
 
     uninterrupted = fresh()
     for b in data:

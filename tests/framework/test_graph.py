@@ -1,19 +1,23 @@
 """Graph building, composition, back()/grad() semantics, custom operators,
 deep graphs and JAX transformations."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from zkynet.framework import cg, op
-from zkynet.models.toy import (CompositeModel_NoWeightSharing_DifferentInputs,
-                               CompositeModel_NoWeightSharing_SameInputs,
-                               CompositeModel_WeightSharing_DifferentInputs,
-                               CompositeModel_WeightSharing_SameInputs, SimpleModel)
+from zkynet.models.toy import (
+    CompositeModel_NoWeightSharing_DifferentInputs,
+    CompositeModel_NoWeightSharing_SameInputs,
+    CompositeModel_WeightSharing_DifferentInputs,
+    CompositeModel_WeightSharing_SameInputs,
+    SimpleModel,
+)
 
 
 def simple(x, w):
-    return (x + w) * x ** 2
+    return (x + w) * x**2
 
 
 def test_simple_model_value_and_gradients():
@@ -62,8 +66,9 @@ def test_cotangent_gives_vector_jacobian_product():
 def test_tensor_input_and_output_jacobian_of_rank_3():
     class Layer(cg.Module):
         def __init__(self):
-            super().__init__(inputs=(cg.Variable("x"),),
-                             params=(cg.Parameter("W", jnp.linspace(-1, 1, 12).reshape(4, 3)),))
+            super().__init__(
+                inputs=(cg.Variable("x"),), params=(cg.Parameter("W", jnp.linspace(-1, 1, 12).reshape(4, 3)),)
+            )
 
         def call(self, x):
             return op.tanh(x @ self.param("W"))
@@ -79,14 +84,14 @@ def test_tensor_input_and_output_jacobian_of_rank_3():
 
 
 COMPOSITES = [
-    (CompositeModel_NoWeightSharing_DifferentInputs, (3.0, 4.0),
-     lambda x1, x2, w1, w2: simple(x1, w1) + simple(x2, w2)),
-    (CompositeModel_WeightSharing_DifferentInputs, (3.0, 4.0),
-     lambda x1, x2, w1: simple(x1, w1) + simple(x2, w1)),
-    (CompositeModel_NoWeightSharing_SameInputs, (3.0,),
-     lambda x1, w1, w2: simple(x1, w1) + simple(x1, w2)),
-    (CompositeModel_WeightSharing_SameInputs, (3.0,),
-     lambda x1, w1: simple(x1, w1) + simple(x1, w1)),
+    (
+        CompositeModel_NoWeightSharing_DifferentInputs,
+        (3.0, 4.0),
+        lambda x1, x2, w1, w2: simple(x1, w1) + simple(x2, w2),
+    ),
+    (CompositeModel_WeightSharing_DifferentInputs, (3.0, 4.0), lambda x1, x2, w1: simple(x1, w1) + simple(x2, w1)),
+    (CompositeModel_NoWeightSharing_SameInputs, (3.0,), lambda x1, w1, w2: simple(x1, w1) + simple(x1, w2)),
+    (CompositeModel_WeightSharing_SameInputs, (3.0,), lambda x1, w1: simple(x1, w1) + simple(x1, w1)),
 ]
 
 
@@ -149,8 +154,8 @@ def test_module_graph_as_input_chains_graphs():
     second.back()
     assert second.grad(m2.param("w")) == 4
     x, w = 2, 2
-    assert second.grad(first.root) == x ** 2 + 2 * x * (x + w)  # d/dx (x + w) x^2
-    assert second.grad(m1.param("w")) == second.grad(first.root) * 1 ** 2  # d first / d w1 = x1^2
+    assert second.grad(first.root) == x**2 + 2 * x * (x + w)  # d/dx (x + w) x^2
+    assert second.grad(m1.param("w")) == second.grad(first.root) * 1**2  # d first / d w1 = x1^2
 
 
 def test_outputs_that_do_not_depend_on_a_used_parameter_get_zero_gradient():
@@ -188,9 +193,13 @@ def test_multiple_outputs_take_one_cotangent_each():
 def test_python_operators_on_nodes_and_parameters():
     class Syntax(cg.Module):
         def __init__(self):
-            super().__init__(inputs=(cg.Variable("x"),),
-                             params=(cg.Parameter("W", jnp.arange(6.0).reshape(2, 3) / 6),
-                                     cg.Parameter("b", jnp.array([0.5, -0.5, 1.0]))))
+            super().__init__(
+                inputs=(cg.Variable("x"),),
+                params=(
+                    cg.Parameter("W", jnp.arange(6.0).reshape(2, 3) / 6),
+                    cg.Parameter("b", jnp.array([0.5, -0.5, 1.0])),
+                ),
+            )
 
         def call(self, x):
             W, b = self.param("W"), self.param("b")
@@ -211,13 +220,16 @@ def test_python_operators_on_nodes_and_parameters():
     result.back()
     W, b = m.param("W").value, m.param("b").value
     np.testing.assert_allclose(result.value, reference(x, W, b), rtol=1e-6)
-    for got, want in zip([result.grad(m.input("x")), result.grad(m.param("W")), result.grad(m.param("b"))],
-                         jax.grad(reference, argnums=(0, 1, 2))(x, W, b)):
+    for got, want in zip(
+        [result.grad(m.input("x")), result.grad(m.param("W")), result.grad(m.param("b"))],
+        jax.grad(reference, argnums=(0, 1, 2))(x, W, b),
+        strict=True,
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_iterating_over_a_node_unstacks_its_first_axis():
-    a, b = cg.as_node(jnp.array([[1.0, 2.0], [3.0, 4.0]]))
+    _a, b = cg.as_node(jnp.array([[1.0, 2.0], [3.0, 4.0]]))
     np.testing.assert_allclose(b.value, [3.0, 4.0])
 
 
@@ -236,6 +248,7 @@ class Multiply(cg.Operator):
 
         def _b_grad(a, b):
             return a.value
+
         if inpt.short_name == "a":
             return _a_grad
         elif inpt.short_name == "b":
@@ -245,10 +258,11 @@ class Multiply(cg.Operator):
 
 class RowNorm(cg.Operator):
     """A non-elementwise custom operator with a hand-written vector-Jacobian product."""
+
     input_names = ("x",)
 
     def call(self, x):
-        return jnp.sqrt(jnp.sum(x.value ** 2, axis=-1))
+        return jnp.sqrt(jnp.sum(x.value**2, axis=-1))
 
     def vjp(self, g, out, x):
         return (g[..., None] * x.value / out[..., None],)
@@ -256,6 +270,7 @@ class RowNorm(cg.Operator):
 
 class SoftPlus(cg.Operator):
     """A custom operator composed of built-in ones: no derivative needed."""
+
     input_names = ("x",)
 
     def call(self, x):
@@ -265,8 +280,9 @@ class SoftPlus(cg.Operator):
 def test_custom_operators():
     class UsesCustom(cg.Module):
         def __init__(self):
-            super().__init__(inputs=(cg.Variable("x"),),
-                             params=(cg.Parameter("w", jnp.array([[1.0, -2.0], [0.5, 3.0]])),))
+            super().__init__(
+                inputs=(cg.Variable("x"),), params=(cg.Parameter("w", jnp.array([[1.0, -2.0], [0.5, 3.0]])),)
+            )
 
         def call(self, x):
             return op.sum(SoftPlus()(RowNorm()(Multiply()(x, self.param("w")))))
@@ -319,7 +335,7 @@ def test_backward_over_a_100k_node_chain():
     result = m(1.0)
     result.back()
     assert len(result.nodes) == 200_001  # the input, 100k constants and 100k products
-    np.testing.assert_allclose(result.grad(m.input("x")), 1.0001 ** 100_000, rtol=1e-2)
+    np.testing.assert_allclose(result.grad(m.input("x")), 1.0001**100_000, rtol=1e-2)
 
 
 def test_module_under_vmap_matches_a_loop():
@@ -347,11 +363,12 @@ def test_graph_building_traces_under_jit():
         return result.grad(m.param("w"))
 
     x = jnp.array([1.0, 2.0])
-    np.testing.assert_allclose(grad_w(x), jnp.sum(x ** 2))
+    np.testing.assert_allclose(grad_w(x), jnp.sum(x**2))
 
 
 def test_fused_operators_compile_once_per_operator_attributes_and_shape():
     from zkynet.framework.operator import _fused_call
+
     x = jnp.ones((3, 5, 7))
     before = _fused_call._cache_size()
     for _ in range(3):
@@ -381,6 +398,7 @@ def test_changing_an_operator_attribute_takes_effect():
 
 def test_integer_indexing_in_a_loop_compiles_once():
     from zkynet.framework.operator import _fused_call
+
     x = cg.as_node(jnp.ones((7, 2, 3)))
     before = _fused_call._cache_size()
     steps = [x[t] for t in range(7)] + list(x)
@@ -403,6 +421,7 @@ def test_a_returned_parameter_uses_the_substituted_value():
 
 def test_scalar_back_under_jit_leaves_no_tracer_behind():
     from zkynet.framework.graph import _ONES
+
     m = SimpleModel(w0=0.5)
 
     @jax.jit
@@ -433,15 +452,17 @@ def test_fused_and_traced_paths_agree():
         result.back(ct)
         return result.grad(m.param("w")), result.grad(m.input("x"))
 
-    for eager, traced in zip(grads(x), jax.jit(grads)(x)):
+    for eager, traced in zip(grads(x), jax.jit(grads)(x), strict=True):
         np.testing.assert_allclose(eager, traced, rtol=1e-6)
 
 
 def test_a_scan_applied_twice_keeps_each_forward_on_its_own_node():
     class Cell(cg.Module):
         def __init__(self):
-            super().__init__(inputs=(cg.Variable("x"), cg.Variable("h")),
-                             params=(cg.Parameter("U", jnp.array([[0.5, -0.3], [0.2, 0.9]])),))
+            super().__init__(
+                inputs=(cg.Variable("x"), cg.Variable("h")),
+                params=(cg.Parameter("U", jnp.array([[0.5, -0.3], [0.2, 0.9]])),),
+            )
 
         def call(self, x, h):
             return op.tanh(x + h @ self.param("U"))
@@ -462,6 +483,7 @@ def test_a_scan_applied_twice_keeps_each_forward_on_its_own_node():
     def reference(a, b, U):
         def run(xs):
             return jax.lax.scan(lambda h, x: (jnp.tanh(x + h @ U),) * 2, jnp.zeros((1, 2)), xs)[1]
+
         return jnp.sum(run(a) * run(b))
 
     a = jnp.linspace(-1, 1, 8).reshape(4, 1, 2)
@@ -470,7 +492,8 @@ def test_a_scan_applied_twice_keeps_each_forward_on_its_own_node():
     result = m(a, b)
     result.back()
     expected = jax.grad(reference, argnums=(0, 1, 2))(a, b, cell.param("U").value)
-    for got, want in zip([result.grad(m.input("a")), result.grad(m.input("b")), result.grad(cell.param("U"))],
-                         expected):
+    for got, want in zip(
+        [result.grad(m.input("a")), result.grad(m.input("b")), result.grad(cell.param("U"))], expected, strict=True
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert vars(loop) == state  # the operator itself was never written to

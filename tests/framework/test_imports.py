@@ -1,5 +1,6 @@
 """The framework's modules import each other without a cycle, and none imports
 another inside a function (a way to hide one). Read from the source with `ast`."""
+
 import ast
 from pathlib import Path
 
@@ -21,8 +22,8 @@ def imported(node, importer, known, is_package):
         return {a.name for a in node.names} & known
     base = node.module
     if node.level:  # relative: from the importer's package, one level up per extra dot
-        package = importer.split(".")[:None if is_package else -1]
-        base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+        package = importer.split(".")[: None if is_package else -1]
+        base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
     return {f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names} & known
 
 
@@ -39,9 +40,11 @@ def import_graph(root=FRAMEWORK):
         edges[name] = set().union(*[imported(n, name, known, package[name]) for n in statements]) - {name}
         for function in ast.walk(tree):
             if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                in_functions += [f"{name}.{function.name}" for n in ast.walk(function)
-                                 if isinstance(n, (ast.Import, ast.ImportFrom))
-                                 and imported(n, name, known, package[name])]
+                in_functions += [
+                    f"{name}.{function.name}"
+                    for n in ast.walk(function)
+                    if isinstance(n, (ast.Import, ast.ImportFrom)) and imported(n, name, known, package[name])
+                ]
     return edges, in_functions
 
 
@@ -53,7 +56,7 @@ def find_cycle(edges):
         state[module] = "open"
         for target in sorted(edges.get(module, ())):
             if state.get(target) == "open":
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state:
                 cycle = visit(target, path + [target])
                 if cycle:

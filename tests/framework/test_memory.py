@@ -1,4 +1,5 @@
 """zkynet keeps freed memory in the process on glibc (see zkynet.framework.memory)."""
+
 import os
 import platform
 import subprocess
@@ -29,8 +30,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 
 
 def _faults(**env):
-    result = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True,
-                            env={**os.environ, **env})
+    result = subprocess.run(
+        [sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True, env={**os.environ, **env}
+    )
     return int(result.stdout.split()[-1])
 
 

@@ -5,6 +5,7 @@ template and value, fcn.Linear(W0, b0) from initial arrays, and plot_cg with a s
 path without extension. The code below is in the original's style (its tests:
 test_basic_operations, test_cg_framework, test_model_linear, test_cg_forward,
 test_cg_backward), run end to end."""
+
 import copy
 import os
 
@@ -20,10 +21,10 @@ from zkynet.visual import plot_cg
 
 class MyTestModel1(cg.Module):
     """f(x,w) = (x+w)*x^2, as the original tests wrote it (w a one-element array)."""
-    def __init__(self, w0=1.):
+
+    def __init__(self, w0=1.0):
         w0 = jnp.array([w0])
-        super().__init__(inputs=(cg.Variable("x"),),
-                         params=(cg.Parameter("w", w0),))
+        super().__init__(inputs=(cg.Variable("x"),), params=(cg.Parameter("w", w0),))
 
     def call(self, x):
         a = op.add(x, self.param("w"))
@@ -34,9 +35,8 @@ class MyTestModel1(cg.Module):
 
 class CompositeModel_WeightSharing_DifferentInputs(cg.Module):
     def __init__(self):
-        super().__init__(inputs=(cg.Variable("x1"),
-                                 cg.Variable("x2")))
-        self._m1 = MyTestModel1(w0=2.)
+        super().__init__(inputs=(cg.Variable("x1"), cg.Variable("x2")))
+        self._m1 = MyTestModel1(w0=2.0)
 
     def call(self, x1, x2):
         a = self._m1(x1)
@@ -51,28 +51,29 @@ def model1fun(x, w):
 def test_operator_classes_called_on_values_and_their_gradient_functions():
     add_op = op.Add()
     dfda_fn = add_op.gradfn(cg.Variable("a"))
-    assert dfda_fn(jnp.array(1.), jnp.array(2.)).value == 1
+    assert dfda_fn(jnp.array(1.0), jnp.array(2.0)).value == 1
 
     mult_op = op.Multiply()
     dfda_fn = mult_op.gradfn(cg.Variable("a"))
-    assert dfda_fn(jnp.array(1.), jnp.array(2.)).value == 2
+    assert dfda_fn(jnp.array(1.0), jnp.array(2.0)).value == 2
     dfdb_fn = mult_op.gradfn(cg.Variable("b"))
-    assert dfdb_fn(jnp.array(1.), jnp.array(2.)).value == 1
+    assert dfdb_fn(jnp.array(1.0), jnp.array(2.0)).value == 1
 
     square_op = op.Square()
     dfdx_fn = square_op.gradfn(cg.Variable("x"))
-    assert dfdx_fn(jnp.array(2.)).value == 4
+    assert dfdx_fn(jnp.array(2.0)).value == 4
 
-    result = mult_op(jnp.array(3.), jnp.array(4.))
+    result = mult_op(jnp.array(3.0), jnp.array(4.0))
     assert result.value == 12
     num = result.grad(result.children[0])
     assert num == 4
 
 
 def test_gradfn_of_tensors_is_the_jacobian_and_of_seed_style_operators_the_partial():
-    x = jnp.array([1., 2., 3.])
-    np.testing.assert_array_equal(op.Square().gradfn(cg.Variable("x"))(x).value,
-                                  jacrev(jnp.square)(x))  # what the original computed
+    x = jnp.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(
+        op.Square().gradfn(cg.Variable("x"))(x).value, jacrev(jnp.square)(x)
+    )  # what the original computed
     np.testing.assert_array_equal(op.Multiply().gradfn("b")(x, 2.0).value, jacrev(jnp.multiply, 1)(x, 2.0))
 
     class SeedMultiply(cg.Operator):  # the seed document's operator: _gradfn gives the local partial
@@ -129,6 +130,7 @@ def test_distinct_nodes_of_one_graph_stay_distinct():
     """x * x + x * x: two products of the same operator, inputs and value in one call
     are still two nodes (the original gave each application its own template): sets
     keep both and the gradient counts both."""
+
     class Twice(cg.Module):
         def __init__(self):
             super().__init__(inputs=(cg.Variable("x"),))
@@ -145,8 +147,7 @@ def test_distinct_nodes_of_one_graph_stay_distinct():
 
 
 def test_linear_from_initial_arrays():
-    W0 = jnp.array([[1, -1, 5],
-                    [0, 14, -9]], dtype=jnp.float32)
+    W0 = jnp.array([[1, -1, 5], [0, 14, -9]], dtype=jnp.float32)
     b0 = jnp.array([1, 4, -1], dtype=jnp.float32)
     linfn = fcn.Linear(W0, b0)
     x = jnp.array([1, -12], dtype=jnp.float32)
@@ -171,14 +172,24 @@ def test_plot_with_a_save_path_without_extension(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "cg-simple.png").read_bytes().startswith(b"\x89PNG")
     m = CompositeModel_WeightSharing_DifferentInputs()
     result = m(jnp.array(3), jnp.array(3))
-    path = plot_cg(result.root, save_path=str(tmp_path / "cg-comp-YN"), wait=2,
-                   title="test_visualize_CompositeModel_WeightSharing_**Different**Inputs")
+    path = plot_cg(
+        result.root,
+        save_path=str(tmp_path / "cg-comp-YN"),
+        wait=2,
+        title="test_visualize_CompositeModel_WeightSharing_**Different**Inputs",
+    )
     assert path == str(tmp_path / "cg-comp-YN.png") and os.path.getsize(path) > 1000
 
 
-@pytest.mark.parametrize("x", [jnp.array(3.), jnp.array([3., 4., 5.]),
-                               jnp.array([[3., 4., 5.], [5., 8., 10.], [3., 3., -7.], [5., 4., 10.]])],
-                         ids=["scalar", "vector", "matrix"])
+@pytest.mark.parametrize(
+    "x",
+    [
+        jnp.array(3.0),
+        jnp.array([3.0, 4.0, 5.0]),
+        jnp.array([[3.0, 4.0, 5.0], [5.0, 8.0, 10.0], [3.0, 3.0, -7.0], [5.0, 4.0, 10.0]]),
+    ],
+    ids=["scalar", "vector", "matrix"],
+)
 def test_backward_against_jacrev(x):
     m = MyTestModel1()
     result = m(x)
@@ -189,7 +200,7 @@ def test_backward_against_jacrev(x):
 
 def test_composite_model_gradient():
     cm3 = CompositeModel_WeightSharing_DifferentInputs()
-    result = cm3(jnp.array(3.), jnp.array(4.))
+    result = cm3(jnp.array(3.0), jnp.array(4.0))
     result.back()
-    assert result.grad(cm3._m1.param("w")) == 9. + 16.
+    assert result.grad(cm3._m1.param("w")) == 9.0 + 16.0
     assert result.grad(cm3.input("x1")) == 3 * 9 + 2 * 2 * 3

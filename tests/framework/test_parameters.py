@@ -1,6 +1,7 @@
 """Parameters cannot be missed: wherever a module keeps its submodules, their
 parameters are trained and checkpointed, or the call says why not; names are
 stable; state_dict round trips and refuses what does not fit."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -72,12 +73,15 @@ def layer_names(*prefixes):
     return {f"{p}/{w}" for p in prefixes for w in ("W", "b")}
 
 
-@pytest.mark.parametrize("model, names", [
-    (Appended, layer_names("layers.0", "layers.1")),
-    (InADict, layer_names("heads.a", "heads.b")),
-    (Nested, layer_names("blocks.0.0", "blocks.0.1", "blocks.1.0")),
-    (InATuple, layer_names("pair.0", "pair.1")),
-])
+@pytest.mark.parametrize(
+    "model, names",
+    [
+        (Appended, layer_names("layers.0", "layers.1")),
+        (InADict, layer_names("heads.a", "heads.b")),
+        (Nested, layer_names("blocks.0.0", "blocks.0.1", "blocks.1.0")),
+        (InATuple, layer_names("pair.0", "pair.1")),
+    ],
+)
 def test_submodules_in_containers_are_trained_and_checkpointed(model, names):
     model = model()
     assert set(model.named_parameters()) == names
@@ -138,13 +142,19 @@ def test_hidden_submodules_are_refused_with_what_to_do(model):
     model = model()
     assert model.named_parameters() == {}
     name = model.functional_name
-    with pytest.raises(cg.UnregisteredParameterError,
-                       match=(rf"{name} used parameters that are not in its named_parameters\(\).*"
-                              rf"parameter 'W' used at {name}/Linear/W; "
-                              rf"parameter 'b' used at {name}/Linear/b\. .*a list, tuple or dict")):
+    with pytest.raises(
+        cg.UnregisteredParameterError,
+        match=(
+            rf"{name} used parameters that are not in its named_parameters\(\).*"
+            rf"parameter 'W' used at {name}/Linear/W; "
+            rf"parameter 'b' used at {name}/Linear/b\. .*a list, tuple or dict"
+        ),
+    ):
         model(X)
-    with pytest.raises(cg.UnregisteredParameterError,  # compiled: refused while tracing the step
-                       match=rf"parameter 'W' used at {name}\+loss/model/Linear/W"):
+    with pytest.raises(
+        cg.UnregisteredParameterError,  # compiled: refused while tracing the step
+        match=rf"parameter 'W' used at {name}\+loss/model/Linear/W",
+    ):
         TrainStep(model, losses.mse, optim.SGD(0.5))(X, Y)
 
 
@@ -216,14 +226,21 @@ def test_state_dict_round_trip_copies_values():
         assert not np.array_equal(np.asarray(target.named_parameters()[name].value), kept[name])
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s.pop("layers.1/b"), r"lacks \['layers.1/b'\] and has unexpected nothing"),
-    (lambda s: s.update(extra=jnp.ones(2)), r"lacks nothing and has unexpected \['extra'\]"),
-    (lambda s: s.update({"layers.0/W": jnp.ones((3, 4))}),
-     r"'layers.0/W' is shaped \(2, 4\), the state's value \(3, 4\)"),
-    (lambda s: s.update({"layers.0/b": jnp.ones(4, jnp.int32)}),
-     r"'layers.0/b' is float32, the state's value int32"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.pop("layers.1/b"), r"lacks \['layers.1/b'\] and has unexpected nothing"),
+        (lambda s: s.update(extra=jnp.ones(2)), r"lacks nothing and has unexpected \['extra'\]"),
+        (
+            lambda s: s.update({"layers.0/W": jnp.ones((3, 4))}),
+            r"'layers.0/W' is shaped \(2, 4\), the state's value \(3, 4\)",
+        ),
+        (
+            lambda s: s.update({"layers.0/b": jnp.ones(4, jnp.int32)}),
+            r"'layers.0/b' is float32, the state's value int32",
+        ),
+    ],
+)
 def test_load_state_dict_refuses_what_does_not_fit_and_changes_nothing(change, message):
     model = MLP([2, 4, 2], key=1)
     before = {n: np.asarray(p.value) for n, p in model.named_parameters().items()}

@@ -1,6 +1,7 @@
 """The user's original document (a verbatim copy in tests/data) runs as written:
 its Python blocks in order, in one namespace, and each expression followed by a
 ``# value`` comment evaluates to that value."""
+
 import ast
 import re
 import tempfile
@@ -12,10 +13,13 @@ import numpy as np
 import pytest
 
 SEED = Path(__file__).parents[1] / "data" / "seed-README.md"
-PLOT_TITLES = ["simpel model", "NoWeightSharing_DifferentInputs",
-               "test_visualize_CompositeModel_WeightSharing_**Different**Inputs",
-               "test_visualize_CompositeModel_**No**WeightSharing_**Same**Inputs",
-               "test_visualize_CompositeModel_WeightSharing_**Same**Inputs"]
+PLOT_TITLES = [
+    "simpel model",
+    "NoWeightSharing_DifferentInputs",
+    "test_visualize_CompositeModel_WeightSharing_**Different**Inputs",
+    "test_visualize_CompositeModel_**No**WeightSharing_**Same**Inputs",
+    "test_visualize_CompositeModel_WeightSharing_**Same**Inputs",
+]
 
 
 def python_blocks(markdown):
@@ -54,6 +58,7 @@ def test_seed_examples_run_as_written_and_print_what_they_say(plot_dir):
                     exec(compile(code, "seed", "exec"), namespace)
     assert checked == ["36", "array([ 36,  80, 150])", "9", "33"]
     assert sorted(p.name for p in plot_dir.glob("*.png")) == sorted(
-        re.sub(r"[^A-Za-z0-9_.-]+", "_", t).strip("_") + ".png" for t in PLOT_TITLES)
+        re.sub(r"[^A-Za-z0-9_.-]+", "_", t).strip("_") + ".png" for t in PLOT_TITLES
+    )
     assert all(p.stat().st_size > 1000 for p in plot_dir.glob("*.png"))
     assert "Multiply" in namespace  # the custom operator block defined its class

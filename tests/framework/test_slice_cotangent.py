@@ -1,6 +1,7 @@
 """Cotangents of slices: side-by-side slices of one array are joined by one
 concatenation, never by adding zero-padded arrays, and every mix of slices (gaps,
 overlaps, other axes, integers, dense uses) still gives jax.vjp's gradient."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +49,7 @@ def _grad_of(module):
         result = module(x)
         result.back()
         return result.grad(module.input("x"))
+
     return grad
 
 
@@ -58,8 +60,7 @@ def test_side_by_side_slices_are_joined_without_padding():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6)), jnp.float32)
     program = jax.jit(grad).lower(x).as_text()
     assert "stablehlo.pad" not in program and "stablehlo.concatenate" in program, program
-    np.testing.assert_allclose(grad(x), jax.grad(lambda x: jnp.sum(jnp.tanh(x[..., :3]) * x[..., 3:]))(x),
-                               rtol=1e-6)
+    np.testing.assert_allclose(grad(x), jax.grad(lambda x: jnp.sum(jnp.tanh(x[..., :3]) * x[..., 3:]))(x), rtol=1e-6)
     np.testing.assert_allclose(jax.jit(grad)(x), grad(x), rtol=1e-6)
 
 

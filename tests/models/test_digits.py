@@ -1,4 +1,5 @@
 """The MLP and the CNN really learn: real digits, seeded, CPU budget of seconds."""
+
 import pytest
 
 from zkynet import losses, optim
@@ -12,8 +13,16 @@ EPOCHS, BATCH = 20, 64
 
 def train(model, dataset, lr):
     steps = EPOCHS * (len(dataset.train) // BATCH)
-    trainer = Trainer(model, losses.softmax_cross_entropy, optim.Adam(optim.Cosine(lr, steps)), dataset,
-                      epochs=EPOCHS, batch_size=BATCH, metrics=losses.classification_metrics, seed=0)
+    trainer = Trainer(
+        model,
+        losses.softmax_cross_entropy,
+        optim.Adam(optim.Cosine(lr, steps)),
+        dataset,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        metrics=losses.classification_metrics,
+        seed=0,
+    )
     return trainer.fit()
 
 

@@ -1,5 +1,6 @@
 """Sequence and generative models really learn (seeded, CPU budget of seconds to a
 minute each)."""
+
 import dataclasses
 
 import numpy as np
@@ -9,7 +10,7 @@ from zkynet import losses, optim
 from zkynet.data import Split, load_digits
 from zkynet.data.sequences import decode, load_addition
 from zkynet.framework.compile import forward
-from zkynet.models.autoencoder import ConvAutoencoder, DenseAutoencoder, VAE, vae_loss
+from zkynet.models.autoencoder import VAE, ConvAutoencoder, DenseAutoencoder, vae_loss
 from zkynet.models.transformer import TransformerLM, generate
 from zkynet.training import Trainer
 
@@ -28,8 +29,9 @@ def fit(model, dataset, loss, lr, epochs, batch, metrics=None, warmup=0):
 @pytest.mark.slow
 def test_transformer_learns_multi_digit_addition():
     data = load_addition(digits=3)
-    model = TransformerLM(data.num_classes, dim=64, heads=4, layers=2, mlp=128,
-                          max_length=data.train.inputs.shape[1], key=0)
+    model = TransformerLM(
+        data.num_classes, dim=64, heads=4, layers=2, mlp=128, max_length=data.train.inputs.shape[1], key=0
+    )
     history = fit(model, data, losses.softmax_cross_entropy, 3e-3, 10, 64, losses.classification_metrics, warmup=100)
     assert history[-1]["val_accuracy"] >= 0.99
     # and it really adds: greedy decoding of unseen sums
@@ -37,15 +39,18 @@ def test_transformer_learns_multi_digit_addition():
     prompts = data.validation.inputs[:50, :start]
     answers = np.asarray(generate(model, prompts, 4))[:, start:]
     vocabulary = data.info["vocabulary"]
-    for prompt, answer in zip(prompts[:50], answers):
+    for prompt, answer in zip(prompts[:50], answers, strict=True):
         x, y = decode(prompt[:-1], vocabulary).split("+")
         assert decode(answer, vocabulary)[::-1] == str(int(x) + int(y)).zfill(4), (x, y)
 
 
 def reconstruction_data(layout):
     data = load_digits(layout)
-    return dataclasses.replace(data, train=Split(data.train.inputs, data.train.inputs),
-                               validation=Split(data.validation.inputs, data.validation.inputs))
+    return dataclasses.replace(
+        data,
+        train=Split(data.train.inputs, data.train.inputs),
+        validation=Split(data.validation.inputs, data.validation.inputs),
+    )
 
 
 def pca_mse(data, components):
@@ -75,6 +80,6 @@ def test_vae_elbo_improves_and_samples_decode():
     assert history[-1]["val_loss"] < 0.8 * history[0]["val_loss"]  # the negative ELBO fell
     samples = model.sample(16, key=1)
     assert samples.shape == (16, 64) and np.isfinite(samples).all()
-    assert 0 <= samples.min() and samples.max() <= 1 and samples.std(axis=0).mean() > 0.05  # varied, not one blob
+    assert samples.min() >= 0 and samples.max() <= 1 and samples.std(axis=0).mean() > 0.05  # varied, not one blob
     rebuilt = 1 / (1 + np.exp(-np.asarray(forward(model)(data.validation.inputs)[0])))
     assert ((rebuilt - data.validation.inputs) ** 2).mean() < 0.05

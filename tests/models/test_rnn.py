@@ -1,4 +1,5 @@
 """Recurrent layers against plain-JAX references; scanned == unrolled; masks."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +32,7 @@ def reference(cell, params, x, mask):
             r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
             n = jnp.tanh(xn + r * (hn + params["cell/b_n"]))
             new = ((1 - z) * n + z * h,)
-        new = tuple(jnp.where(m[:, None], a, s) for a, s in zip(new, state))
+        new = tuple(jnp.where(m[:, None], a, s) for a, s in zip(new, state, strict=True))
         return new, new[0]
 
     state = tuple(jnp.zeros((x.shape[0], hidden)) for _ in range(2 if cell == "lstm" else 1))
@@ -70,6 +71,7 @@ def test_padding_leaves_the_state_alone():
 def test_scanned_compile_time_does_not_grow_with_length():
     from zkynet import losses, optim
     from zkynet.models.rnn import RecurrentLM
+
     sizes = {}
     for steps in (8, 64):
         model = RecurrentLM(10, embed=8, hidden=16, key=0)
@@ -83,7 +85,6 @@ def test_scanned_compile_time_does_not_grow_with_length():
 def test_unknown_cell():
     with pytest.raises(ValueError, match="unknown cell 'lstn'"):
         Recurrent("lstn", 3, 4)
-
 
 
 def _dot_shapes(jaxpr):
@@ -113,6 +114,7 @@ def test_the_reverse_loop_computes_no_weight_gradient(cell):
         result = layer(x)
         result.back((result.roots[0].value,) + (None,) * (len(result.roots) - 1))
         return result.grad(layer.cell.param("U"))
+
     np.testing.assert_allclose(jax.jit(gradient)(x), gradient(x), rtol=1e-5, atol=1e-6)
     jaxpr = jax.make_jaxpr(gradient)(x).jaxpr
     (reverse,) = [e for e in jaxpr.eqns if e.primitive.name == "scan" and e.params["reverse"]]

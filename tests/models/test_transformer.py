@@ -1,12 +1,18 @@
 """Transformer semantics: attention against a JAX reference, causal and padding
 masks, positions, sampling."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zkynet.models.transformer import (MultiHeadAttention, TransformerClassifier, TransformerLM, generate,
-                                       sinusoidal_positions)
+from zkynet.models.transformer import (
+    MultiHeadAttention,
+    TransformerClassifier,
+    TransformerLM,
+    generate,
+    sinusoidal_positions,
+)
 
 rng = np.random.default_rng(0)
 

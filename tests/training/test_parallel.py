@@ -1,5 +1,6 @@
 """Data-parallel training over the devices of one machine (on the CPU, XLA makes
 two host devices when asked before JAX starts, hence the subprocess)."""
+
 import os
 import subprocess
 import sys
@@ -44,6 +45,12 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_training_split_over_two_devices_matches_one():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
     assert result.returncode == 0 and "data parallel ok" in result.stdout, result.stderr

@@ -1,5 +1,6 @@
 """Populations: every member trains as the same configuration would alone, stops or
 fails alone, and members that are not one architecture are refused."""
+
 import numpy as np
 import pytest
 
@@ -44,8 +45,17 @@ def solo(digits, seed, dropout, lr, decay, b1, epochs=EPOCHS, callbacks=()):
     """The configuration trained alone (for `epochs` of the schedule made for EPOCHS)."""
     steps = EPOCHS * (len(digits.train) // BATCH)
     trained = model(seed, dropout)
-    trainer = Trainer(trained, losses.softmax_cross_entropy, optimizer(lr, decay, b1, steps), digits, epochs, BATCH,
-                      losses.classification_metrics, seed=seed, callbacks=callbacks)
+    trainer = Trainer(
+        trained,
+        losses.softmax_cross_entropy,
+        optimizer(lr, decay, b1, steps),
+        digits,
+        epochs,
+        BATCH,
+        losses.classification_metrics,
+        seed=seed,
+        callbacks=callbacks,
+    )
     return trainer.fit(), trained
 
 
@@ -53,33 +63,43 @@ def population(digits, configs, callbacks=None, sgd=False):
     steps = EPOCHS * (len(digits.train) // BATCH)
     models = [model(seed, dropout) for seed, dropout, *_ in configs]
     optimizers = [optim.SGD(lr) if sgd else optimizer(lr, decay, b1, steps) for _, _, lr, decay, b1 in configs]
-    return PopulationTrainer(models, losses.softmax_cross_entropy, optimizers, digits, EPOCHS, BATCH,
-                             losses.classification_metrics, seeds=[c[0] for c in configs], callbacks=callbacks), models
+    return PopulationTrainer(
+        models,
+        losses.softmax_cross_entropy,
+        optimizers,
+        digits,
+        EPOCHS,
+        BATCH,
+        losses.classification_metrics,
+        seeds=[c[0] for c in configs],
+        callbacks=callbacks,
+    ), models
 
 
 def assert_same_training(history, trained, solo_history, solo_model):
     assert len(history) == len(solo_history)
-    for got, want in zip(history, solo_history):
+    for got, want in zip(history, solo_history, strict=True):
         assert got.keys() == want.keys()
         for key in want:
             if key not in ("samples_per_second", "compile_seconds"):  # timings, not results
                 np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL, err_msg=key)
     for name, p in solo_model.named_parameters().items():
-        np.testing.assert_allclose(trained.named_parameters()[name].value, p.value, rtol=RTOL, atol=ATOL,
-                                   err_msg=name)
+        np.testing.assert_allclose(trained.named_parameters()[name].value, p.value, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
 def test_every_member_equals_its_configuration_trained_alone(digits):
     pack, models = population(digits, CONFIGS)
     histories = pack.fit()
-    for config, history, trained in zip(CONFIGS, histories, models):
+    for config, history, trained in zip(CONFIGS, histories, models, strict=True):
         assert_same_training(history, trained, *solo(digits, *config))
     assert [m.status for m in pack.members] == ["FINISHED"] * 3
     finals = [h[-1]["train_loss"] for h in histories]
     assert len(set(finals)) == 3  # the members really differ
     _, other_rate = solo(digits, 0, 0.2, *CONFIGS[0][2:])  # member 0 but for its dropout rate: far outside
-    gaps = [np.max(np.abs(models[0].named_parameters()[n].value - p.value))
-            for n, p in other_rate.named_parameters().items()]
+    gaps = [
+        np.max(np.abs(models[0].named_parameters()[n].value - p.value))
+        for n, p in other_rate.named_parameters().items()
+    ]
     assert max(gaps) > 100 * ATOL
 
 
@@ -104,8 +124,9 @@ def test_a_stopped_member_keeps_the_state_it_stopped_with_and_the_others_go_on(d
     told = []
     pack, models = population(digits, CONFIGS, callbacks=[[], [StopAfter(1), ends], []])
     rows = lambda: {len(stacked) for stacked in pack.step.params.values()}  # noqa: E731
-    pack.on_member_end = lambda member: told.append((member.index, member.status, member.epoch,
-                                                     pack.step.slots, rows()))
+    pack.on_member_end = lambda member: told.append(
+        (member.index, member.status, member.epoch, pack.step.slots, rows())
+    )
     histories = pack.fit()
     assert [m.status for m in pack.members] == ["FINISHED", "STOPPED", "FINISHED"]
     assert told[0] == (1, "STOPPED", 1, [0, 2], {2})  # it left the compiled step: two members train on
@@ -126,16 +147,32 @@ def test_a_member_whose_loss_turns_nan_fails_alone(digits):
     for k in (0, 2):
         seed, dropout, lr, *_ = configs[k]
         trained = model(seed, dropout)
-        want = Trainer(trained, losses.softmax_cross_entropy, optim.SGD(lr), digits, EPOCHS, BATCH,
-                       losses.classification_metrics, seed=seed).fit()
+        want = Trainer(
+            trained,
+            losses.softmax_cross_entropy,
+            optim.SGD(lr),
+            digits,
+            EPOCHS,
+            BATCH,
+            losses.classification_metrics,
+            seed=seed,
+        ).fit()
         assert_same_training(histories[k], models[k], want, trained)
 
 
 def test_when_every_member_fails_the_population_ends_without_error(digits):
     models = [MLP([64, 8, 10], key=k) for k in range(2)]
-    pack = PopulationTrainer(models, losses.softmax_cross_entropy, [optim.SGD(1e30), optim.SGD(2e30)], digits, EPOCHS,
-                             BATCH, losses.classification_metrics, seeds=[0, 1],
-                             callbacks=[[NanGuard(every=2)], [NanGuard(every=2)]])
+    pack = PopulationTrainer(
+        models,
+        losses.softmax_cross_entropy,
+        [optim.SGD(1e30), optim.SGD(2e30)],
+        digits,
+        EPOCHS,
+        BATCH,
+        losses.classification_metrics,
+        seeds=[0, 1],
+        callbacks=[[NanGuard(every=2)], [NanGuard(every=2)]],
+    )
     assert pack.fit() == [[], []]  # both failed inside their first epoch: no record
     assert [m.status for m in pack.members] == ["FAILED", "FAILED"] and pack.step.slots == []
     assert all(isinstance(m.error, NonFiniteLossError) for m in pack.members)
@@ -143,14 +180,18 @@ def test_when_every_member_fails_the_population_ends_without_error(digits):
 
 def test_members_must_share_an_architecture_and_an_optimizer_signature():
     loss = losses.softmax_cross_entropy
-    with pytest.raises(ValueError, match="member 1 .*not the architecture"):
+    with pytest.raises(ValueError, match=r"member 1 .*not the architecture"):
         PopulationStep([MLP([64, 8, 10]), MLP([64, 16, 10])], loss, [optim.Adam(), optim.Adam()])
-    with pytest.raises(ValueError, match="member 1 .*not the architecture"):  # dropout 0 has no dropout layer
+    with pytest.raises(ValueError, match=r"member 1 .*not the architecture"):  # dropout 0 has no dropout layer
         PopulationStep([MLP([64, 8, 10], dropout=0.1), MLP([64, 8, 10])], loss, [optim.Adam(), optim.Adam()])
-    with pytest.raises(ValueError, match="member 1's optimizer .*more than its hyperparameters"):
+    with pytest.raises(ValueError, match=r"member 1's optimizer .*more than its hyperparameters"):
         PopulationStep([MLP([64, 8, 10]), MLP([64, 8, 10])], loss, [optim.Adam(), optim.SGD(0.1)])
     with pytest.raises(ValueError, match="member 1's optimizer"):
-        PopulationStep([MLP([64, 8, 10]), MLP([64, 8, 10])], loss,
-                       [optim.SGD(0.1, momentum=0.9), optim.SGD(0.1)])  # no momentum: no velocity slot
-    PopulationStep([MLP([64, 8, 10], key=0), MLP([64, 8, 10], key=1)], loss,
-                   [optim.SGD(0.1, momentum=0.9), optim.SGD(0.3, momentum=0.5)])
+        PopulationStep(
+            [MLP([64, 8, 10]), MLP([64, 8, 10])], loss, [optim.SGD(0.1, momentum=0.9), optim.SGD(0.1)]
+        )  # no momentum: no velocity slot
+    PopulationStep(
+        [MLP([64, 8, 10], key=0), MLP([64, 8, 10], key=1)],
+        loss,
+        [optim.SGD(0.1, momentum=0.9), optim.SGD(0.3, momentum=0.5)],
+    )

@@ -5,6 +5,7 @@ bfloat16 keeps 8 bits of mantissa: each rounding is off by up to 2**-9 = 0.2% re
 (about 3 significant digits), against float32's 6e-8. So a bf16 run is compared with
 the same float32 run (same seed, weights and data order) within tolerances a few
 hundred times float32's: each one below is stated with what was measured."""
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -46,8 +47,17 @@ def digits():
 
 def train(digits, precision, epochs=EPOCHS, dropout=0.0):
     model = MLP([64, 64, 10], dropout=dropout, key=0)
-    trainer = Trainer(model, losses.softmax_cross_entropy, optim.Adam(LR), digits, epochs, BATCH,
-                      losses.classification_metrics, seed=0, precision=precision)
+    trainer = Trainer(
+        model,
+        losses.softmax_cross_entropy,
+        optim.Adam(LR),
+        digits,
+        epochs,
+        BATCH,
+        losses.classification_metrics,
+        seed=0,
+        precision=precision,
+    )
     return trainer, trainer.fit()
 
 
@@ -72,8 +82,11 @@ def test_the_digits_mlp_in_bf16_follows_float32s_loss_curve(runs):
 def test_master_weights_and_optimizer_state_stay_float32(runs):
     trainer, _ = runs["bf16"]
     state = trainer.state_dict()
-    floats = {np.asarray(v).dtype for v in jax.tree_util.tree_leaves((state["params"], state["optimizer"]))
-              if jnp.issubdtype(np.asarray(v).dtype, jnp.floating)}
+    floats = {
+        np.asarray(v).dtype
+        for v in jax.tree_util.tree_leaves((state["params"], state["optimizer"]))
+        if jnp.issubdtype(np.asarray(v).dtype, jnp.floating)
+    }
     assert floats == {np.dtype(np.float32)}
     assert {p.value.dtype for p in trainer.model.named_parameters().values()} == {jnp.dtype(jnp.float32)}
 
@@ -88,6 +101,7 @@ def matmul_operand_dtypes(function, *args):
                 found.update(str(v.aval.dtype) for v in equation.invars)
             for inner in jax.extend.core.jaxprs_in_params(equation.params):  # scan bodies
                 walk(inner)
+
     walk(jax.make_jaxpr(function)(*args).jaxpr)
     return found
 
@@ -113,14 +127,16 @@ def test_every_cotangent_comes_back_in_its_primals_dtype(name):
     params = model.named_parameters()
 
     def gradients(values, inputs):
-        graph = cg.call_module(model, inputs, param_values={p: values[n] for n, p in params.items()},
-                               rng=jax.random.PRNGKey(0))
+        graph = cg.call_module(
+            model, inputs, param_values={p: values[n] for n, p in params.items()}, rng=jax.random.PRNGKey(0)
+        )
         graph.back(tuple(jnp.ones(r.shape, r.dtype) for r in graph.roots))
         return [r.value for r in graph.roots], {n: graph.grad(p) for n, p in params.items() if graph.uses(p)}
 
     bf16 = lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
-    outputs, grads = jax.eval_shape(gradients, {n: bf16(p.value) for n, p in params.items()},
-                                    tuple(bf16(jnp.asarray(b)) for b in batch[:-1]))
+    outputs, grads = jax.eval_shape(
+        gradients, {n: bf16(p.value) for n, p in params.items()}, tuple(bf16(jnp.asarray(b)) for b in batch[:-1])
+    )
     assert {o.dtype for o in outputs} == {jnp.dtype(jnp.bfloat16)}
     assert grads and {g.dtype for g in grads.values()} == {jnp.dtype(jnp.bfloat16)}
 
@@ -168,8 +184,17 @@ def test_a_bf16_run_checkpoints_and_resumes_exactly(digits, runs, tmp_path):
     first, _ = train(digits, "bf16", epochs=2)
     checkpoint.save(tmp_path / "state.npz", first.state_dict())
     model = MLP([64, 64, 10], key=1)  # other weights: the checkpoint's must replace them
-    resumed = Trainer(model, losses.softmax_cross_entropy, optim.Adam(LR), digits, EPOCHS, BATCH,
-                      losses.classification_metrics, seed=0, precision="bf16")
+    resumed = Trainer(
+        model,
+        losses.softmax_cross_entropy,
+        optim.Adam(LR),
+        digits,
+        EPOCHS,
+        BATCH,
+        losses.classification_metrics,
+        seed=0,
+        precision="bf16",
+    )
     resumed.load_state_dict(checkpoint.load(tmp_path / "state.npz"))
     rest = resumed.fit()
     assert [r["epoch"] for r in rest] == [3, 4]
@@ -185,12 +210,22 @@ def test_a_population_trains_each_member_in_bf16_as_it_would_alone(digits):
     bfloat16 activations they scale into float32 (see the matmul test above, here too)."""
     alone, history = train(digits, "bf16", epochs=1, dropout=0.1)
     models = [MLP([64, 64, 10], dropout=rate, key=0) for rate in (0.1, 0.2)]
-    population = PopulationTrainer(models, losses.softmax_cross_entropy, [optim.Adam(LR), optim.Adam(LR)], digits,
-                                   1, BATCH, losses.classification_metrics, seeds=[0, 1], precision="bf16")
+    population = PopulationTrainer(
+        models,
+        losses.softmax_cross_entropy,
+        [optim.Adam(LR), optim.Adam(LR)],
+        digits,
+        1,
+        BATCH,
+        losses.classification_metrics,
+        seeds=[0, 1],
+        precision="bf16",
+    )
     step = population.step
     rows = jnp.zeros((2, BATCH), jnp.int32)
-    assert matmul_operand_dtypes(step.pure, step.params, step.opt_state, step.hyperparameters, step.rates,
-                                 step.keys, population.data, rows) == {"bfloat16"}
+    assert matmul_operand_dtypes(
+        step.pure, step.params, step.opt_state, step.hyperparameters, step.rates, step.keys, population.data, rows
+    ) == {"bfloat16"}
     member = population.fit()[0]
     np.testing.assert_allclose(curve(member, "train_loss"), curve(history, "train_loss"), rtol=RTOL, atol=ATOL)
     for name, p in models[0].named_parameters().items():

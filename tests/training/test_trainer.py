@@ -1,4 +1,5 @@
 """The library's training loop and its standard callbacks, without the runner."""
+
 import io
 
 import numpy as np
@@ -7,14 +8,30 @@ import pytest
 from zkynet import checkpoint, losses, optim
 from zkynet.data import Dataset, Split, load_digits
 from zkynet.models.fcn import MLP
-from zkynet.training import (BestCheckpoint, Callback, Checkpointer, EarlyStopping, NanGuard, NonFiniteLossError,
-                             ProgressReport, Trainer)
+from zkynet.training import (
+    BestCheckpoint,
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    NanGuard,
+    NonFiniteLossError,
+    ProgressReport,
+    Trainer,
+)
 
 
 def mlp_trainer(epochs=2, callbacks=(), seed=0, dataset=None):
-    return Trainer(MLP([64, 16, 10], key=seed), losses.softmax_cross_entropy, optim.Adam(1e-3),
-                   dataset or load_digits(), epochs=epochs, batch_size=64, metrics=losses.classification_metrics,
-                   seed=seed, callbacks=callbacks)
+    return Trainer(
+        MLP([64, 16, 10], key=seed),
+        losses.softmax_cross_entropy,
+        optim.Adam(1e-3),
+        dataset or load_digits(),
+        epochs=epochs,
+        batch_size=64,
+        metrics=losses.classification_metrics,
+        seed=seed,
+        callbacks=callbacks,
+    )
 
 
 class Poison(Callback):
@@ -66,10 +83,18 @@ def test_callbacks_run_in_order_and_hear_of_each_checkpoint(tmp_path):
     checkpointer.wait()
     steps = trainer.steps_per_epoch
     assert [e for e in log if "checkpoint" not in e[1]] == [
-        ("a", "fit_start"), ("b", "fit_start"), ("a", "epoch 0"), ("b", "epoch 0"), ("a", "epoch 1"),
-        ("b", "epoch 1"), ("a", "fit_end"), ("b", "fit_end")]
-    assert [e for e in log if "checkpoint" in e[1]] == [(n, f"checkpoint {s}") for s in (steps, 2 * steps)
-                                                        for n in "ab"]
+        ("a", "fit_start"),
+        ("b", "fit_start"),
+        ("a", "epoch 0"),
+        ("b", "epoch 0"),
+        ("a", "epoch 1"),
+        ("b", "epoch 1"),
+        ("a", "fit_end"),
+        ("b", "fit_end"),
+    ]
+    assert [e for e in log if "checkpoint" in e[1]] == [
+        (n, f"checkpoint {s}") for s in (steps, 2 * steps) for n in "ab"
+    ]
 
 
 class StopAfter(Callback):

@@ -1,6 +1,7 @@
 """Mini-batches of arrays: reshuffled each epoch from a seed (so any epoch's order
 can be replayed, e.g. to resume), optionally dropping a short last batch, and
 copied to the device(s) a few batches ahead of use (`place` decides where)."""
+
 import collections
 
 import jax
@@ -38,7 +39,7 @@ class Batches:
         order = self.order(epoch)
         pending = collections.deque()
         for index in range(start, len(self)):
-            rows = order[index * self.batch_size:(index + 1) * self.batch_size]
+            rows = order[index * self.batch_size : (index + 1) * self.batch_size]
             pending.append(self.place([a[rows] for a in self.arrays]))  # an asynchronous copy
             if len(pending) > self.prefetch:
                 yield pending.popleft()

@@ -1,4 +1,5 @@
 """A dataset: train and validation splits of (inputs, targets) arrays."""
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,7 +10,7 @@ SPLIT_SEED = 0  # fixed, so every run and every user sees the same split
 def split_rows(count, validation_fraction=0.2):
     """(train rows, validation rows): a fixed random split of range(count)."""
     order = np.random.default_rng(SPLIT_SEED).permutation(count)
-    cut = count - int(round(validation_fraction * count))
+    cut = count - round(validation_fraction * count)
     return order[:cut], order[cut:]
 
 
@@ -39,5 +40,7 @@ class Dataset:
         return tuple(self.train.inputs.shape[1:])
 
     def __str__(self):
-        return (f"{self.name}: {len(self.train)} train / {len(self.validation)} validation, "
-                f"inputs {self.input_shape}" + (f", {self.num_classes} classes" if self.num_classes else ""))
+        return (
+            f"{self.name}: {len(self.train)} train / {len(self.validation)} validation, "
+            f"inputs {self.input_shape}" + (f", {self.num_classes} classes" if self.num_classes else "")
+        )

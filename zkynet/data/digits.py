@@ -2,6 +2,7 @@
 0-9 (the UCI "Optical Recognition of Handwritten Digits" test set, CC BY 4.0,
 the same array scikit-learn ships as `load_digits`), so nothing is downloaded.
 The train/validation split is fixed."""
+
 from pathlib import Path
 
 import numpy as np
@@ -21,5 +22,6 @@ def load_digits(layout="flat"):
     images = (pixels / np.float32(16)).astype(np.float32)
     images = images.reshape(-1, 1, 8, 8) if layout == "image" else images.reshape(len(images), -1)
     train, validation = split_rows(len(labels))
-    return Dataset("digits", Split(images[train], labels[train]),
-                   Split(images[validation], labels[validation]), num_classes=10)
+    return Dataset(
+        "digits", Split(images[train], labels[train]), Split(images[validation], labels[validation]), num_classes=10
+    )

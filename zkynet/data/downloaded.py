@@ -11,6 +11,7 @@ A missing file raises DatasetNotFoundError naming the script to run and the path
 it expected; a file that cannot be read (cut short, not CSV, wrong columns)
 raises DatasetFileError naming the file.
 """
+
 import collections
 import re
 import wave
@@ -41,9 +42,11 @@ def reading(path, dataset):
     except (DatasetNotFoundError, ImportError):
         raise
     except Exception as e:
-        raise DatasetFileError(f"{dataset}: cannot read {path} ({type(e).__name__}: {e}); the file may be "
-                               f"cut short or not the expected one: download it again with "
-                               f"`./download_datasets.sh {dataset}`") from e
+        raise DatasetFileError(
+            f"{dataset}: cannot read {path} ({type(e).__name__}: {e}); the file may be "
+            f"cut short or not the expected one: download it again with "
+            f"`./download_datasets.sh {dataset}`"
+        ) from e
 
 
 def require(path, dataset):
@@ -52,7 +55,8 @@ def require(path, dataset):
         raise DatasetNotFoundError(
             f"{dataset} not found: expected {path}. Download it with `./download_datasets.sh {dataset}` "
             f"(needs the Kaggle CLI and an API token), or give the folder that holds {dataset}/ as root "
-            f"(dataset.loader.root=... on the command line).")
+            f"(dataset.loader.root=... on the command line)."
+        )
     return path
 
 
@@ -64,8 +68,9 @@ def _read_csv(path):
     try:
         import pandas as pd  # only these loaders need it: not a dependency of the library
     except ImportError:
-        raise ImportError(f"reading {path} needs pandas: pip install pandas "
-                          "(or zkynet[experiments], which has it)") from None
+        raise ImportError(
+            f"reading {path} needs pandas: pip install pandas (or zkynet[experiments], which has it)"
+        ) from None
     return pd.read_csv(path)
 
 
@@ -114,8 +119,12 @@ def load_boston(root=None, layout="flat"):
     features = np.where(np.isnan(features), mean, features)
     std = features[train].std(axis=0) + 1e-8
     features = ((features - mean) / std).astype(np.float32)
-    return Dataset("boston", Split(features[train], target[train]),
-                   Split(features[validation], target[validation]), info={"features": list(frame.columns[:-1])})
+    return Dataset(
+        "boston",
+        Split(features[train], target[train]),
+        Split(features[validation], target[validation]),
+        info={"features": list(frame.columns[:-1])},
+    )
 
 
 RAVDESS_EMOTIONS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -127,7 +136,7 @@ def spectrogram(samples, rate, size=64, seconds=3.0, frame=1024):
     (size must divide frame // 2)."""
     samples = np.pad(samples[: int(seconds * rate)], (0, max(0, int(seconds * rate) - len(samples))))
     hop = max(1, (len(samples) - frame) // (size - 1))
-    frames = np.stack([samples[i * hop:i * hop + frame] for i in range(size)])
+    frames = np.stack([samples[i * hop : i * hop + frame] for i in range(size)])
     magnitude = np.abs(np.fft.rfft(frames * np.hanning(frame), axis=1))[:, : frame // 2]
     bands = magnitude.reshape(size, size, -1).mean(axis=2)
     return np.log1p(bands).T.astype(np.float32)  # (frequency, time)
@@ -155,8 +164,9 @@ def load_ravdess(root=None, layout="image", validation_actors=(21, 22, 23, 24)):
     folder = require(_root(root) / "ravdess", "ravdess")
     files = sorted(folder.glob("Actor_*/*.wav"))
     if not files:
-        raise DatasetNotFoundError(f"ravdess: no Actor_*/*.wav files under {folder}; run "
-                                   "`./download_datasets.sh ravdess`")
+        raise DatasetNotFoundError(
+            f"ravdess: no Actor_*/*.wav files under {folder}; run `./download_datasets.sh ravdess`"
+        )
     features, labels, actors = [], [], []
     for path in files:
         with reading(path, "ravdess"):
@@ -166,9 +176,13 @@ def load_ravdess(root=None, layout="image", validation_actors=(21, 22, 23, 24)):
             actors.append(int(fields[6]))
     features = np.stack(features)[:, None] if layout == "image" else np.stack(features).reshape(len(files), -1)
     labels, held_out = np.array(labels, np.int32), np.isin(actors, validation_actors)
-    return Dataset("ravdess", Split(features[~held_out], labels[~held_out]),
-                   Split(features[held_out], labels[held_out]), num_classes=len(RAVDESS_EMOTIONS),
-                   info={"classes": RAVDESS_EMOTIONS})
+    return Dataset(
+        "ravdess",
+        Split(features[~held_out], labels[~held_out]),
+        Split(features[held_out], labels[held_out]),
+        num_classes=len(RAVDESS_EMOTIONS),
+        info={"classes": RAVDESS_EMOTIONS},
+    )
 
 
 def tokenize(texts, level):
@@ -186,7 +200,7 @@ def encode(token_lists, vocabulary, length):
     out = np.zeros((len(token_lists), length), np.int32)
     for row, tokens in enumerate(token_lists):
         ids = [index.get(t, 1) for t in tokens[:length]]
-        out[row, :len(ids)] = ids
+        out[row, : len(ids)] = ids
     return out
 
 
@@ -204,8 +218,13 @@ def load_feedback(root=None, layout="tokens", level="char", max_length=256, voca
     train_essays, _ = split_rows(len(essays))
     in_train = frame["id"].isin(essays[train_essays]).to_numpy()
     tokens = tokenize(frame["discourse_text"].astype(str).tolist(), level)
-    vocabulary = build_vocabulary([t for t, keep in zip(tokens, in_train) if keep], vocabulary_size)
+    vocabulary = build_vocabulary([t for t, keep in zip(tokens, in_train, strict=True) if keep], vocabulary_size)
     ids = encode(tokens, vocabulary, max_length)
     labels = frame["discourse_type"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int32)
-    return Dataset("feedback", Split(ids[in_train], labels[in_train]), Split(ids[~in_train], labels[~in_train]),
-                   num_classes=len(classes), info={"classes": classes, "vocabulary": vocabulary, "level": level})
+    return Dataset(
+        "feedback",
+        Split(ids[in_train], labels[in_train]),
+        Split(ids[~in_train], labels[~in_train]),
+        num_classes=len(classes),
+        info={"classes": classes, "vocabulary": vocabulary, "level": level},
+    )

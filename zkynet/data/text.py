@@ -2,6 +2,7 @@
 Python standard library's own source code (real text, no download), or any
 folder/file given. Characters are printable ASCII plus newline and tab; anything
 else reads as <unk>."""
+
 import json
 import string
 import sysconfig
@@ -75,12 +76,17 @@ def load_text(path=None, length=128, max_chars=1_000_000, validation_fraction=0.
 
     def windows(part):
         count = (len(part) - 1) // length
-        inputs = part[:count * length].reshape(count, length)
-        targets = part[1:count * length + 1].reshape(count, length)
+        inputs = part[: count * length].reshape(count, length)
+        targets = part[1 : count * length + 1].reshape(count, length)
         return Split(inputs, targets)
 
-    return Dataset("text", windows(ids[:cut]), windows(ids[cut:]), num_classes=len(tokenizer),
-                   info={"tokenizer": tokenizer, "vocabulary": tokenizer.vocabulary})
+    return Dataset(
+        "text",
+        windows(ids[:cut]),
+        windows(ids[cut:]),
+        num_classes=len(tokenizer),
+        info={"tokenizer": tokenizer, "vocabulary": tokenizer.vocabulary},
+    )
 
 
 def bigram_cross_entropy(train, validation, vocabulary_size):

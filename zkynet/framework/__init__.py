@@ -1,4 +1,5 @@
 """The autodiff core: `cg` (graphs, modules, back()) and `op` (operators)."""
+
 from zkynet.framework import computation_graph as cg
 from zkynet.framework import operations as op
 

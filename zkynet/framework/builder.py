@@ -5,19 +5,20 @@ used, the nodes each input was bound to, the PRNG key) and a ModuleCall scope;
 calls nested inside open child scopes in the same builder, so one top-level call
 gives one flat graph. `graph.context` says which builder and scope are active.
 """
+
 import itertools
-from typing import Any, Iterable, Iterator, Mapping, Union
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import jax
 
 from zkynet.framework.errors import UnregisteredParameterError, ValueTypeError
-from zkynet.framework.graph import (ArrayLike, ConstantNode, InputNode, Node, ParameterNode, as_value,
-                                    context)
+from zkynet.framework.graph import ArrayLike, ConstantNode, InputNode, Node, ParameterNode, as_value, context
 from zkynet.framework.module_graph import ModuleGraph
 from zkynet.framework.templates import Constant, Parameter, Variable
 from zkynet.init import key_of
 
-NodeLike = Union[Node, Parameter, Constant, ModuleGraph, ArrayLike]  # what an operator accepts
+NodeLike = Node | Parameter | Constant | ModuleGraph | ArrayLike  # what an operator accepts
 
 _next_call_id = itertools.count(1).__next__
 
@@ -37,13 +38,13 @@ def as_node(x: NodeLike, what: str = "value") -> Node:
     if isinstance(x, Constant):
         return ConstantNode(x.value, x)
     if isinstance(x, Variable):
-        raise ValueTypeError(f"{x!r} is an input slot, not a value: inside call(), use the "
-                             "node call() received for it")
+        raise ValueTypeError(f"{x!r} is an input slot, not a value: inside call(), use the node call() received for it")
     return ConstantNode(as_value(x, what))
 
 
 class ModuleCall:
     """One call of a module while a graph is built; nodes it creates point to it."""
+
     __slots__ = ("module", "name", "parent", "call_id", "depth", "_calls_by_name", "_child_names")
 
     def __init__(self, module: Any, name: str, parent: "ModuleCall | None", call_id: int):
@@ -95,16 +96,14 @@ class GraphBuilder:
     def param_node(self, param: Parameter) -> ParameterNode:
         node = self.param_nodes.get(param)
         if node is None:
-            node = self.param_nodes[param] = ParameterNode(self.param_values.get(param, param.value),
-                                                           param)
+            node = self.param_nodes[param] = ParameterNode(self.param_values.get(param, param.value), param)
         return node
 
     def bind(self, variable: Variable, value: Any, module: Any) -> Node:
         if isinstance(value, (Node, Parameter, ModuleGraph, Constant)):
             node = as_node(value)
         else:
-            node = InputNode(as_value(value, f"input '{variable.short_name}' of "
-                                             f"{module.functional_name}"), variable)
+            node = InputNode(as_value(value, f"input '{variable.short_name}' of {module.functional_name}"), variable)
         nodes = self.bindings.setdefault(variable, [])
         if node not in nodes:
             nodes.append(node)
@@ -125,22 +124,23 @@ class GraphBuilder:
                 f"never update them and state_dict() would leave them out: {used}. Declare each in "
                 f"its module's params=(...) and make that module reachable from {top} through "
                 "attributes: self.name = module, or a list, tuple or dict of modules (a set or "
-                "another object hides it). A parameter meant as an input is passed as an argument.")
+                "another object hides it). A parameter meant as an input is passed as an argument."
+            )
 
 
-def run(module: Any, values: list[Any], builder: GraphBuilder, scope: ModuleCall,
-        as_root: bool = False) -> Any:
+def run(module: Any, values: list[Any], builder: GraphBuilder, scope: ModuleCall, as_root: bool = False) -> Any:
     """`module.call()` on `values` with `builder` and `scope` active; as the root of a graph,
     its outputs made nodes of this graph (a returned Parameter included)."""
     saved = context.builder, context.scope
     context.builder, context.scope = builder, scope
     try:
-        nodes = [None if value is None and v.optional else builder.bind(v, value, module)
-                 for v, value in zip(module.inputs, values)]
+        nodes = [
+            None if value is None and v.optional else builder.bind(v, value, module)
+            for v, value in zip(module.inputs, values, strict=True)
+        ]
         output = module.call(*nodes)
         if as_root:
-            output = (tuple(as_node(o) for o in _flat(output)) if isinstance(output, (tuple, list))
-                      else as_node(output))
+            output = tuple(as_node(o) for o in _flat(output)) if isinstance(output, (tuple, list)) else as_node(output)
         return output
     finally:
         context.builder, context.scope = saved

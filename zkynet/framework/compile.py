@@ -23,6 +23,7 @@ optimizer, which updates float32 weights: an update below 1/256 of its weight, w
 a bfloat16 weight would round away, still counts. Targets and integer inputs (labels,
 token ids) are never cast.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -46,8 +47,10 @@ class Objective(cg.Module):
     (float32, for a model computing in bfloat16)."""
 
     def __init__(self, model, loss, output_dtype=None):
-        super().__init__(inputs=[cg.Variable(v.short_name) for v in model.inputs] + [cg.Variable("targets")],
-                         name=f"{model.functional_name}+loss")
+        super().__init__(
+            inputs=[cg.Variable(v.short_name) for v in model.inputs] + [cg.Variable("targets")],
+            name=f"{model.functional_name}+loss",
+        )
         self.model, self.loss, self.output_dtype = model, loss, output_dtype
 
     def call(self, *args):
@@ -108,8 +111,9 @@ class TrainStep(_Compiled):
     and optimizer state (see the module's docstring); "float32" casts nothing.
     """
 
-    def __init__(self, model, loss, optimizer, metrics=None, seed=0, jit=True, donate=True, parallel=None,
-                 precision="float32"):
+    def __init__(
+        self, model, loss, optimizer, metrics=None, seed=0, jit=True, donate=True, parallel=None, precision="float32"
+    ):
         super().__init__(model, loss, metrics, precision)
         self.optimizer = optimizer
         self.parallel = parallel  # a DataParallel: parameters replicated, batches split over devices
@@ -128,8 +132,12 @@ class TrainStep(_Compiled):
         graph = self._graph(params, batch, jax.random.fold_in(rng, opt_state["step"]))
         loss = graph.roots[0]
         graph.back((jnp.ones((), loss.dtype),) + (None,) * (len(graph.roots) - 1))
-        grads = {name: graph.grad(p).astype(params[name].dtype)  # the master weights' dtype (no-op without casts)
-                 if graph.uses(p) else jnp.zeros_like(params[name]) for name, p in self.params.items()}
+        grads = {
+            name: graph.grad(p).astype(params[name].dtype)  # the master weights' dtype (no-op without casts)
+            if graph.uses(p)
+            else jnp.zeros_like(params[name])
+            for name, p in self.params.items()
+        }
         params, opt_state = self.optimizer.update(grads, opt_state, params, hyperparameters)
         return params, opt_state, self._metrics(graph, batch)
 

@@ -19,24 +19,87 @@ inputs, returned as a ModuleGraph. ``back()`` walks that graph in reverse
 topological order and applies each operator's hand-written vector-Jacobian
 rule; JAX is only the array library underneath.
 """
+
 from zkynet.framework.builder import ModuleCall, NodeLike, as_node, rng_key
-from zkynet.framework.errors import (BackwardNotRunError, BackwardRuleError, GradientError, IndexOutOfRangeError,
-                                     InputCountError, LabelError, NameCollisionError, NestingDepthError,
-                                     NumericOverflowError, PlotError, ShapeError, StateDictError, UnknownNameError,
-                                     UnregisteredParameterError, ValueTypeError, ZkynetError)
-from zkynet.framework.graph import (ArrayLike, ConstantNode, InputNode, Node, OperatorNode, ParameterNode,
-                                    as_value, backprop, jacobian, sum_to_shape, topological_order)
+from zkynet.framework.errors import (
+    BackwardNotRunError,
+    BackwardRuleError,
+    GradientError,
+    IndexOutOfRangeError,
+    InputCountError,
+    LabelError,
+    NameCollisionError,
+    NestingDepthError,
+    NumericOverflowError,
+    PlotError,
+    ShapeError,
+    StateDictError,
+    UnknownNameError,
+    UnregisteredParameterError,
+    ValueTypeError,
+    ZkynetError,
+)
+from zkynet.framework.graph import (
+    ArrayLike,
+    ConstantNode,
+    InputNode,
+    Node,
+    OperatorNode,
+    ParameterNode,
+    as_value,
+    backprop,
+    jacobian,
+    sum_to_shape,
+    topological_order,
+)
 from zkynet.framework.module import Module, build_graph, call_module
 from zkynet.framework.module_graph import ModuleGraph
 from zkynet.framework.operator import Operator
 from zkynet.framework.original import get_all_nodes, get_input_nodes
 from zkynet.framework.templates import Constant, Function, Parameter, Template, Variable
 
-__all__ = ["ArrayLike", "NodeLike", "as_value", "as_node", "Template", "Variable", "Parameter", "Constant",
-           "Node", "InputNode", "ParameterNode", "ConstantNode", "OperatorNode", "Function", "Operator",
-           "Module", "ModuleCall", "ModuleGraph", "call_module", "build_graph", "rng_key",
-           "topological_order", "sum_to_shape", "backprop", "jacobian", "get_all_nodes", "get_input_nodes",
-           "ZkynetError", "InputCountError", "UnknownNameError", "ValueTypeError", "ShapeError",
-           "GradientError", "BackwardNotRunError", "UnregisteredParameterError", "NameCollisionError",
-           "StateDictError", "IndexOutOfRangeError", "LabelError", "BackwardRuleError", "NumericOverflowError",
-           "NestingDepthError", "PlotError"]
+__all__ = [
+    "ArrayLike",
+    "NodeLike",
+    "as_value",
+    "as_node",
+    "Template",
+    "Variable",
+    "Parameter",
+    "Constant",
+    "Node",
+    "InputNode",
+    "ParameterNode",
+    "ConstantNode",
+    "OperatorNode",
+    "Function",
+    "Operator",
+    "Module",
+    "ModuleCall",
+    "ModuleGraph",
+    "call_module",
+    "build_graph",
+    "rng_key",
+    "topological_order",
+    "sum_to_shape",
+    "backprop",
+    "jacobian",
+    "get_all_nodes",
+    "get_input_nodes",
+    "ZkynetError",
+    "InputCountError",
+    "UnknownNameError",
+    "ValueTypeError",
+    "ShapeError",
+    "GradientError",
+    "BackwardNotRunError",
+    "UnregisteredParameterError",
+    "NameCollisionError",
+    "StateDictError",
+    "IndexOutOfRangeError",
+    "LabelError",
+    "BackwardRuleError",
+    "NumericOverflowError",
+    "NestingDepthError",
+    "PlotError",
+]

@@ -5,11 +5,13 @@ graph's nodes in reverse topological order and asks each OperatorNode's
 operator for its vector-Jacobian product. Nothing here knows about modules:
 templates (templates.py) and module calls (builder.py) sit on top of this.
 """
+
 import itertools
 import operator
 import threading
 import types
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,7 @@ from zkynet.framework.slice_cotangent import add as add_cotangents
 
 keep_freed_memory()  # every graph allocates and frees arrays per step: keep that memory (see memory.py)
 
-ArrayLike = Union[jax.typing.ArrayLike, Sequence[Any]]  # what as_value accepts: nested lists too
+ArrayLike = jax.typing.ArrayLike | Sequence[Any]  # what as_value accepts: nested lists too
 
 _next_node_id = itertools.count(1).__next__
 
@@ -57,18 +59,22 @@ def as_value(x: ArrayLike, what: str = "value") -> jax.Array:
             return jnp.asarray(_fitting(array, what))
         if jnp.issubdtype(array.dtype, jnp.floating):  # bfloat16 and the other ml_dtypes floats (kind "V")
             return jnp.asarray(array)
-        if array.dtype == object and array.size and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in array.flat):
+        if (
+            array.dtype == object
+            and array.size
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in array.flat)
+        ):
             big = max(array.flat, key=abs)  # NumPy found no integer type for them
             _check_int_range(big, big, jax.dtypes.canonicalize_dtype(np.int64), what)
-    raise ValueTypeError(f"{what}: expected a number or a numeric array, "
-                         f"got {type(x).__name__} {x!r:.80}")
+    raise ValueTypeError(f"{what}: expected a number or a numeric array, got {type(x).__name__} {x!r:.80}")
 
 
-_SAFE = 2 ** 31 - 1  # a Python number smaller than this in magnitude fits int32 and float32
+_SAFE = 2**31 - 1  # a Python number smaller than this in magnitude fits int32 and float32
 
-_X64_ADVICE = ("pass floats instead (e.g. 2.0**40, or np.asarray(x, np.float32)), or turn on JAX's "
-               "64-bit mode at startup: jax.config.update('jax_enable_x64', True)")
+_X64_ADVICE = (
+    "pass floats instead (e.g. 2.0**40, or np.asarray(x, np.float32)), or turn on JAX's "
+    "64-bit mode at startup: jax.config.update('jax_enable_x64', True)"
+)
 
 
 def _check_int_range(low: int, high: int, dtype: Any, what: str) -> None:
@@ -77,7 +83,8 @@ def _check_int_range(low: int, high: int, dtype: Any, what: str) -> None:
         bad = low if low < info.min else high
         raise NumericOverflowError(
             f"{what}: the integer {bad} does not fit {np.dtype(dtype).name} ({info.min}..{info.max}), the "
-            f"integer type JAX gives it here; it would wrap around silently. To fix: {_X64_ADVICE}")
+            f"integer type JAX gives it here; it would wrap around silently. To fix: {_X64_ADVICE}"
+        )
 
 
 def _refuse_float(value: Any, dtype: Any, what: str) -> None:
@@ -85,7 +92,8 @@ def _refuse_float(value: Any, dtype: Any, what: str) -> None:
     raise NumericOverflowError(
         f"{what}: {value!r:.40} is beyond {np.dtype(dtype).name}'s largest value "
         f"({np.finfo(dtype).max:.4g}), the float type JAX gives it here; it would become inf. "
-        f"To fix: rescale it, or {_X64_ADVICE.split(', or ')[-1]}")
+        f"To fix: rescale it, or {_X64_ADVICE.split(', or ')[-1]}"
+    )
 
 
 def _fitting(array: np.ndarray, what: str) -> np.ndarray:
@@ -106,6 +114,7 @@ def _fitting(array: np.ndarray, what: str) -> np.ndarray:
 
 class ValueView:
     """`shape`, `ndim` and `dtype` of whatever holds a `value`."""
+
     __slots__ = ()
     value: jax.Array
 
@@ -137,23 +146,51 @@ def define_syntax(**operators: Callable[..., "Node"]) -> None:
 
 class OperatorSyntax(ValueView):
     """Python operators (`x + w`, `x @ W`, `x[0]`, `-x`, `x.T`) on nodes and parameters."""
+
     __slots__ = ()
     __array_ufunc__ = None  # NumPy arrays defer to our reflected operators (np_array + node)
 
-    def __add__(self, other: Any) -> "Node": return _syntax.add(self, other)
-    def __radd__(self, other: Any) -> "Node": return _syntax.add(other, self)
-    def __sub__(self, other: Any) -> "Node": return _syntax.sub(self, other)
-    def __rsub__(self, other: Any) -> "Node": return _syntax.sub(other, self)
-    def __mul__(self, other: Any) -> "Node": return _syntax.mult(self, other)
-    def __rmul__(self, other: Any) -> "Node": return _syntax.mult(other, self)
-    def __truediv__(self, other: Any) -> "Node": return _syntax.div(self, other)
-    def __rtruediv__(self, other: Any) -> "Node": return _syntax.div(other, self)
-    def __pow__(self, other: Any) -> "Node": return _syntax.pow(self, other)
-    def __rpow__(self, other: Any) -> "Node": return _syntax.pow(other, self)
-    def __matmul__(self, other: Any) -> "Node": return _syntax.matmul(self, other)
-    def __rmatmul__(self, other: Any) -> "Node": return _syntax.matmul(other, self)
-    def __neg__(self) -> "Node": return _syntax.neg(self)
-    def __getitem__(self, key: Any) -> "Node": return _syntax.getitem(self, key)
+    def __add__(self, other: Any) -> "Node":
+        return _syntax.add(self, other)
+
+    def __radd__(self, other: Any) -> "Node":
+        return _syntax.add(other, self)
+
+    def __sub__(self, other: Any) -> "Node":
+        return _syntax.sub(self, other)
+
+    def __rsub__(self, other: Any) -> "Node":
+        return _syntax.sub(other, self)
+
+    def __mul__(self, other: Any) -> "Node":
+        return _syntax.mult(self, other)
+
+    def __rmul__(self, other: Any) -> "Node":
+        return _syntax.mult(other, self)
+
+    def __truediv__(self, other: Any) -> "Node":
+        return _syntax.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> "Node":
+        return _syntax.div(other, self)
+
+    def __pow__(self, other: Any) -> "Node":
+        return _syntax.pow(self, other)
+
+    def __rpow__(self, other: Any) -> "Node":
+        return _syntax.pow(other, self)
+
+    def __matmul__(self, other: Any) -> "Node":
+        return _syntax.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> "Node":
+        return _syntax.matmul(other, self)
+
+    def __neg__(self) -> "Node":
+        return _syntax.neg(self)
+
+    def __getitem__(self, key: Any) -> "Node":
+        return _syntax.getitem(self, key)
 
     def __iter__(self) -> Iterator["Node"]:  # without this, Python would iterate via __getitem__ forever
         if not self.shape:
@@ -168,6 +205,7 @@ class OperatorSyntax(ValueView):
 class _BuildContext(threading.local):
     """What is being built right now: the top-level call's graph builder and the module
     call running (a builder.ModuleCall). builder.py sets both; nodes record the scope."""
+
     builder: Any = None
     scope: Any = None
 
@@ -182,12 +220,12 @@ class Node(OperatorSyntax):
     of a leaf, or the Operator of an OperatorNode. `scope` is the module call
     that created it (`scope.path` reads like ``composite/m1``).
     """
+
     __slots__ = ("value", "ref", "inputs", "requires_grad", "scope", "id")
     ref: Any
     inputs: tuple["Node", ...]
 
-    def __init__(self, value: jax.Array, ref: Any, inputs: tuple["Node", ...] = (),
-                 requires_grad: bool = True):
+    def __init__(self, value: jax.Array, ref: Any, inputs: tuple["Node", ...] = (), requires_grad: bool = True):
         self.value = value
         self.ref = ref
         self.inputs = inputs
@@ -224,8 +262,12 @@ class Node(OperatorSyntax):
             return True
         if not isinstance(other, Node) or type(self) is not type(other):
             return False
-        return (self.id == other.id and self.call_id == other.call_id and self.ref is other.ref
-                and _same_value(self.value, other.value))
+        return (
+            self.id == other.id
+            and self.call_id == other.call_id
+            and self.ref is other.ref
+            and _same_value(self.value, other.value)
+        )
 
     def __hash__(self) -> int:
         return self.id
@@ -244,16 +286,19 @@ def _same_value(a: jax.Array, b: jax.Array) -> bool:
 
 class InputNode(Node):
     """The value given for an input Variable in one call."""
+
     __slots__ = ()
 
 
 class ParameterNode(Node):
     """A Parameter's value in one graph."""
+
     __slots__ = ()
 
 
 class ConstantNode(Node):
     """A value that gets no gradient: a Constant, or a raw number an operator was given."""
+
     __slots__ = ()
 
     def __init__(self, value: jax.Array, ref: Any = None):
@@ -264,6 +309,7 @@ class OperatorNode(Node):
     """The output of applying `ref` (an Operator) to `inputs`. `saved` is what the
     operator's forward kept for its backward rule (see Operator.forward): it lives on
     the node, one per application, because operators are shared, immutable templates."""
+
     __slots__ = ("saved",)
 
     def __init__(self, op: Any, inputs: tuple[Node, ...], value: jax.Array, saved: Any = None):
@@ -310,8 +356,7 @@ _creation_order = operator.attrgetter("id")
 def sum_to_shape(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Undo broadcasting: sum `g` over the axes broadcasting added or stretched to reach `shape`."""
     lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
-                                      if n == 1 and g.shape[lead + i] != 1)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
     return jnp.sum(g, axis=axes).reshape(shape) if axes else g.reshape(shape)
 
 
@@ -367,12 +412,14 @@ def _counted(node: Node, cotangents: Any) -> tuple[Any, ...]:
         raise BackwardRuleError(
             f"{_rule(node)} returned {type(cotangents).__name__}, not a tuple of cotangents: return "
             f"one per input ({count}), e.g. `return (g * 2,)` for a one-input operator, None for an "
-            "input that gets no gradient")
+            "input that gets no gradient"
+        )
     if len(cotangents) != count:
         names = ", ".join(_input_name(node, i).split(" ", 1)[1].strip("'") for i in range(count))
         raise BackwardRuleError(
             f"{_rule(node)} returned {len(cotangents)} cotangent(s) for {count} input(s) ({names}): "
-            "return exactly one per input, in the order of the inputs, None for one that gets no gradient")
+            "return exactly one per input, in the order of the inputs, None for one that gets no gradient"
+        )
     return tuple(cotangents)
 
 
@@ -381,12 +428,13 @@ def _reducible(node: Node, i: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     back to it (broadcasting's leading axes and stretched 1s); else BackwardRuleError."""
     target = node.inputs[i].value.shape
     lead = len(shape) - len(target)
-    if lead < 0 or any(t != s and t != 1 for t, s in zip(target, shape[lead:])):
+    if lead < 0 or any(t != s and t != 1 for t, s in zip(target, shape[lead:], strict=True)):
         raise BackwardRuleError(
             f"{_rule(node)} returned a cotangent shaped {tuple(shape)} for {_input_name(node, i)}, "
             f"which is shaped {tuple(target)}: a cotangent must have its input's shape, or a shape "
             "that broadcasting the input gives (extra leading axes, n where the input has 1), which "
-            "back() sums away")
+            "back() sums away"
+        )
     return target
 
 
@@ -416,5 +464,6 @@ def jacobian(order: Sequence[Node], root: Node) -> dict[Node, jax.Array]:
         return [grads.get(node) for node in order]
 
     rows = jax.vmap(pull)(basis)
-    return {node: row.reshape(root.shape + node.shape)
-            for node, row in zip(order, rows) if row is not None}
+    return {
+        node: row.reshape(root.shape + node.shape) for node, row in zip(order, rows, strict=True) if row is not None
+    }

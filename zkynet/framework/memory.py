@@ -19,6 +19,7 @@ left empty unless the pad asks to keep room): with a 64 MB pad they keep it (a s
 with a 50 MB temporary faulted it in again on 0-190 of 190 calls, 0-2 now). Set
 ZKYNET_MALLOC=default before importing zkynet to keep glibc's defaults.
 """
+
 import ctypes
 import ctypes.util
 import os
@@ -37,9 +38,15 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # glibc only: other C libraries' mallopt differ
+        _ = libc.gnu_get_libc_version  # glibc only: other C libraries' mallopt differ
     except (OSError, AttributeError):
         return False
-    return all(mallopt(option, value) for option, value in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-                                                           (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD),
-                                                           (_M_MMAP_MAX, 0)))
+    return all(
+        mallopt(option, value)
+        for option, value in (
+            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            (_M_TOP_PAD, TOP_PAD),
+            (_M_MMAP_MAX, 0),
+        )
+    )

@@ -6,16 +6,17 @@ extends that graph. Submodules are found in the module's attributes whenever the
 are needed, so every parameter a call uses is one the module can name, save and
 load, or the call says so.
 """
+
 import sys
 import warnings
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from zkynet.framework.builder import GraphBuilder, ModuleCall, run
-from zkynet.framework.errors import (InputCountError, NameCollisionError, NestingDepthError, StateDictError,
-                                     ZkynetError)
+from zkynet.framework.errors import InputCountError, NameCollisionError, NestingDepthError, StateDictError, ZkynetError
 from zkynet.framework.graph import ArrayLike, as_value, context
 from zkynet.framework.module_graph import ModuleGraph
 from zkynet.framework.templates import Function, Parameter
@@ -65,8 +66,12 @@ class Module(Function):
             builder.deepest = scope.depth
         context.scope = scope
         try:
-            return self.call(*[None if value is None and v.optional else builder.bind(v, value, self)
-                               for v, value in zip(self._inputs, values)])
+            return self.call(
+                *[
+                    None if value is None and v.optional else builder.bind(v, value, self)
+                    for v, value in zip(self._inputs, values, strict=True)
+                ]
+            )
         finally:
             context.scope = caller
 
@@ -87,7 +92,8 @@ class Module(Function):
             if name in holder:
                 raise NameCollisionError(
                     f"{self.functional_name}: attributes {holder[name]!r} and {attribute!r} both hold "
-                    f"modules named {name!r} (a leading underscore is dropped); rename one of them")
+                    f"modules named {name!r} (a leading underscore is dropped); rename one of them"
+                )
             holder[name] = attribute
             found.update(modules)
         return found
@@ -131,17 +137,19 @@ class Module(Function):
         where = f"{self.functional_name}.load_state_dict"
         missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         if missing or unexpected:
-            raise StateDictError(f"{where}: the state lacks {missing or 'nothing'} and has unexpected "
-                                 f"{unexpected or 'nothing'}")
+            raise StateDictError(
+                f"{where}: the state lacks {missing or 'nothing'} and has unexpected {unexpected or 'nothing'}"
+            )
         values = {}
         for name, p in params.items():
             value = jnp.array(as_value(state[name], f"{where}: {name!r}"))  # a copy
             if value.shape != p.value.shape:
-                raise StateDictError(f"{where}: parameter {name!r} is shaped {tuple(p.value.shape)}, "
-                                     f"the state's value {tuple(value.shape)}")
+                raise StateDictError(
+                    f"{where}: parameter {name!r} is shaped {tuple(p.value.shape)}, "
+                    f"the state's value {tuple(value.shape)}"
+                )
             if value.dtype != p.value.dtype:
-                raise StateDictError(f"{where}: parameter {name!r} is {p.value.dtype}, "
-                                     f"the state's value {value.dtype}")
+                raise StateDictError(f"{where}: parameter {name!r} is {p.value.dtype}, the state's value {value.dtype}")
             values[name] = value
         for name, value in values.items():
             params[name].value = value
@@ -152,10 +160,13 @@ class Module(Function):
             return list(args)
         names = ", ".join(v.short_name for v in expected) or "no inputs"
         if len(args) > len(expected):
-            warnings.warn(f"{self.functional_name} takes {len(expected)} input(s) ({names}) but was "
-                          f"called with {len(args)}; ignoring the extra value(s)", stacklevel=stacklevel)
-            args = args[:len(expected)]
-        values = dict(zip(expected, args))
+            warnings.warn(
+                f"{self.functional_name} takes {len(expected)} input(s) ({names}) but was "
+                f"called with {len(args)}; ignoring the extra value(s)",
+                stacklevel=stacklevel,
+            )
+            args = args[: len(expected)]
+        values = dict(zip(expected, args, strict=True))
         for key, value in kwargs.items():
             variable = self.input(key)
             if variable in values:
@@ -166,8 +177,9 @@ class Module(Function):
                 values.setdefault(v, None)
         missing = [v.short_name for v in expected if v not in values]
         if missing:
-            raise InputCountError(f"{self.functional_name} takes {len(expected)} input(s) ({names}); "
-                                  f"missing: {', '.join(missing)}")
+            raise InputCountError(
+                f"{self.functional_name} takes {len(expected)} input(s) ({names}); missing: {', '.join(missing)}"
+            )
         return [values[v] for v in expected]
 
 
@@ -207,7 +219,7 @@ def _owns_parameters(value: object, owners: dict[Module, bool]) -> bool:
     `owners` remembers the answer for every module the walk settles, so one pass over
     a tree asks about each module once."""
     roots = _held_modules(value)
-    parent: dict[Module, Module | None] = {m: None for m in roots}
+    parent: dict[Module, Module | None] = dict.fromkeys(roots)
     stack, settled = list(roots), []
     while stack:
         module = stack.pop()
@@ -231,9 +243,13 @@ def _owns_parameters(value: object, owners: dict[Module, bool]) -> bool:
     return False
 
 
-def call_module(module: Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
-                param_values: Mapping[Parameter, jax.Array] | None = None,
-                rng: int | jax.Array | None = None) -> Any:
+def call_module(
+    module: Module,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None = None,
+    param_values: Mapping[Parameter, jax.Array] | None = None,
+    rng: int | jax.Array | None = None,
+) -> Any:
     """Call `module`. At top level this builds a new graph and returns its ModuleGraph;
     `param_values` ({Parameter: value}) then stands in for parameters' own values
     (how compiled training feeds traced parameters), and `rng` (a PRNG key or an
@@ -247,8 +263,9 @@ def call_module(module: Module, args: Sequence[Any], kwargs: Mapping[str, Any] |
         return run(module, values, builder, context.scope.enter(module))
     builder = GraphBuilder(param_values, rng)
     try:
-        output = run(module, values, builder, ModuleCall(module, module.functional_name, None, builder.call_id),
-                     as_root=True)
+        output = run(
+            module, values, builder, ModuleCall(module, module.functional_name, None, builder.call_id), as_root=True
+        )
     except RecursionError as e:
         if isinstance(e, NestingDepthError):
             raise
@@ -258,13 +275,15 @@ def call_module(module: Module, args: Sequence[Any], kwargs: Mapping[str, Any] |
             f"graph, with module calls nested {builder.deepest} deep (each level uses about three levels of "
             "that limit, plus whatever its call() calls). If the nesting is meant to be this deep, raise the limit "
             f"before calling, e.g. sys.setrecursionlimit({max(4 * limit, 4 * builder.deepest + 1000)}); or "
-            "flatten it: keep repeated layers in a list and loop over them in one call().") from e
+            "flatten it: keep repeated layers in a list and loop over them in one call()."
+        ) from e
     builder.check_ownership(module, values)
     return ModuleGraph(module, output, builder)
 
 
-def build_graph(module: Module, args: Sequence[Any],
-                param_values: Mapping[Parameter, jax.Array] | None = None) -> ModuleGraph:
+def build_graph(
+    module: Module, args: Sequence[Any], param_values: Mapping[Parameter, jax.Array] | None = None
+) -> ModuleGraph:
     """A new graph of `module` on `args` (a ModuleGraph), independent of any graph being
     built around it: how an operator runs a whole module inside itself (scan)."""
     saved = context.builder, context.scope

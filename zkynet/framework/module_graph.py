@@ -1,13 +1,23 @@
 """ModuleGraph: what a top-level module call returns. It holds the graph's output
 node(s) and answers `back()` and `grad()` over the graph's nodes."""
+
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from zkynet.framework.errors import BackwardNotRunError, GradientError, ShapeError, ValueTypeError
-from zkynet.framework.graph import (ArrayLike, InputNode, Node, ParameterNode, as_value, backprop, jacobian,
-                                    one, topological_order)
+from zkynet.framework.graph import (
+    ArrayLike,
+    InputNode,
+    Node,
+    ParameterNode,
+    as_value,
+    backprop,
+    jacobian,
+    one,
+    topological_order,
+)
 from zkynet.framework.templates import Parameter, Template, Variable
 
 
@@ -50,8 +60,9 @@ class ModuleGraph:
         roots = self.roots
         if cotangent is None:
             if len(roots) != 1:
-                raise GradientError(f"this graph has {len(roots)} outputs: back() needs a tuple "
-                                    "with one cotangent per output")
+                raise GradientError(
+                    f"this graph has {len(roots)} outputs: back() needs a tuple with one cotangent per output"
+                )
             root = roots[0]
             if root.shape == ():
                 self._grads, self._jacobian_shape = backprop(self.nodes, {root: one(root.dtype)}), ()
@@ -62,13 +73,14 @@ class ModuleGraph:
         if len(cotangents) != len(roots):
             raise GradientError(f"back() got {len(cotangents)} cotangent(s) for {len(roots)} output(s)")
         seeds: dict[Node, jax.Array] = {}
-        for root, ct in zip(roots, cotangents):
+        for root, ct in zip(roots, cotangents, strict=True):
             if ct is None:  # no gradient flows from this output
                 continue
             ct = as_value(ct, "cotangent")
             if ct.shape != root.shape:
-                raise ShapeError(f"back(): the cotangent must be shaped like the output "
-                                 f"{tuple(root.shape)}, got {tuple(ct.shape)}")
+                raise ShapeError(
+                    f"back(): the cotangent must be shaped like the output {tuple(root.shape)}, got {tuple(ct.shape)}"
+                )
             seeds[root] = seeds[root] + ct if root in seeds else ct
         self._grads, self._jacobian_shape = backprop(self.nodes, seeds), ()
 
@@ -84,9 +96,10 @@ class ModuleGraph:
             raise BackwardNotRunError("call back() on this graph before asking for grad()")
         grads, shape = self._grads, self._jacobian_shape
         # zero where the output does not depend on a node (or only via non-differentiable paths)
-        total, *others = [grads[node] if node in grads else
-                          jnp.zeros(shape + node.shape, jnp.result_type(node.dtype, float))
-                          for node in self._nodes_of(x)]
+        total, *others = [
+            grads[node] if node in grads else jnp.zeros(shape + node.shape, jnp.result_type(node.dtype, float))
+            for node in self._nodes_of(x)
+        ]
         for g in others:
             total = total + g
         return total
@@ -112,12 +125,13 @@ class ModuleGraph:
             if not nodes:
                 raise GradientError(f"input {x.short_name!r} was not used by {where}")
             if len(nodes) > 1:
-                raise GradientError(f"input {x.short_name!r} was bound to {len(nodes)} different "
-                                    f"values in {where}; ask for grad() of the node or outer input "
-                                    "you mean")
+                raise GradientError(
+                    f"input {x.short_name!r} was bound to {len(nodes)} different "
+                    f"values in {where}; ask for grad() of the node or outer input "
+                    "you mean"
+                )
             return nodes
-        raise ValueTypeError(f"grad() takes a Parameter, an input Variable or a node, got "
-                             f"{type(x).__name__}")
+        raise ValueTypeError(f"grad() takes a Parameter, an input Variable or a node, got {type(x).__name__}")
 
     def _foreign_leaves(self) -> dict[Template, list[Node]]:
         """{Parameter or Variable: its nodes from other graphs that feed this one (a graph

@@ -16,6 +16,15 @@ Each lowercase function has its class (`op.add` is an `op.Add`), to subclass or
 to configure (`op.Sum(axis=1)`). Writing your own: see cg.Operator.
 `op.Multiply` is the original zkynet's name for `op.Mult` (see framework/original.py).
 """
-from zkynet.framework.ops import *  # noqa: F401,F403
-from zkynet.framework.ops import __all__  # noqa: F401
-from zkynet.framework.original import Multiply  # noqa: F401
+
+from zkynet.framework.ops.cells import *
+from zkynet.framework.ops.convolution import *
+from zkynet.framework.ops.elementwise import *
+from zkynet.framework.ops.indexing import *
+from zkynet.framework.ops.linalg import *
+from zkynet.framework.ops.loops import *
+from zkynet.framework.ops.randomness import *
+from zkynet.framework.ops.reductions import *
+from zkynet.framework.ops.shapes import *
+from zkynet.framework.ops.softmax_attention import *
+from zkynet.framework.original import Multiply as Multiply

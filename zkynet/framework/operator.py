@@ -1,8 +1,10 @@
 """The Operator base class: a function whose derivative is written by hand, and the
 fusion that runs a built-in operator's eager forward or backward as one cached
 XLA computation."""
+
 import functools
-from typing import Any, Callable, Iterable, cast
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +12,21 @@ import numpy as np
 
 from zkynet.framework.builder import NodeLike, as_node
 from zkynet.framework.errors import InputCountError, NumericOverflowError, ShapeError, ValueTypeError, ZkynetError
-from zkynet.framework.graph import (ConstantNode, InputNode, Node, OperatorNode, ValueView, as_value, context,
-                                    jacobian, topological_order)
+from zkynet.framework.graph import (
+    ConstantNode,
+    InputNode,
+    Node,
+    OperatorNode,
+    ValueView,
+    as_value,
+    context,
+    jacobian,
+    topological_order,
+)
 from zkynet.framework.templates import Constant, Function, Variable, snake_case
 
 Cotangents = tuple[Any, ...]  # one per input: an array, or None for an input without a gradient
+VJP = Callable[..., Cotangents]  # vjp(g, out, *inputs[, saved=...]): the one signature every rule honours
 
 
 class Operator(Function):
@@ -55,6 +67,7 @@ class Operator(Function):
     The original zkynet API: `gradfn(inpt)` gives d(output)/d(inpt) as a function of
     the inputs, and `node.grad(child)` evaluates it for one of a node's inputs.
     """
+
     input_names: tuple[str, ...] = ()  # built-in operators name their inputs here instead of in __init__
     variadic = False  # True: takes any number of inputs (concat, stack)
     fuse_call = fuse_vjp = False
@@ -84,8 +97,9 @@ class Operator(Function):
     def __call__(self, *args: NodeLike) -> Node:
         if not self.variadic and len(args) != len(self._inputs):
             names = ", ".join(v.short_name for v in self._inputs)
-            raise InputCountError(f"{self.functional_name} takes {len(self._inputs)} input(s) "
-                                  f"({names}), got {len(args)}")
+            raise InputCountError(
+                f"{self.functional_name} takes {len(self._inputs)} input(s) ({names}), got {len(args)}"
+            )
         try:
             nodes = tuple([as_node(a) for a in args])
         except (ValueTypeError, NumericOverflowError):
@@ -102,14 +116,14 @@ class Operator(Function):
         except ZkynetError:
             raise
         except (TypeError, ValueError) as e:
-            raise ShapeError(f"{self._where()}: cannot apply to inputs "
-                             f"{' and '.join(_describe(n) for n in nodes)}: {e}") from e
+            raise ShapeError(
+                f"{self._where()}: cannot apply to inputs {' and '.join(_describe(n) for n in nodes)}: {e}"
+            ) from e
         if isinstance(value, Node):  # composed of other operators: their nodes carry the graph
             return value
         if not isinstance(value, jax.Array):
             value = as_value(value, f"output of {self.functional_name}")
-        if (self.check_integer_overflow and value.dtype.kind in "iu"
-                and not isinstance(value, jax.core.Tracer)):
+        if self.check_integer_overflow and value.dtype.kind in "iu" and not isinstance(value, jax.core.Tracer):
             self._refuse_overflow(nodes, value)
         return OperatorNode(self, nodes, value, saved)
 
@@ -126,23 +140,30 @@ class Operator(Function):
     def _refuse_overflow(self, nodes: tuple[Node, ...], value: jax.Array) -> None:
         """NumericOverflowError if the integer `value` (concrete) differs from the exact
         result, computed by running `call` again in float64 (exact below 2**53)."""
-        if type(self).forward is not Operator.forward or any(isinstance(n.value, jax.core.Tracer)
-                                                                for n in nodes):
+        if type(self).forward is not Operator.forward or any(isinstance(n.value, jax.core.Tracer) for n in nodes):
             return
         with jax.enable_x64(True):
             try:
-                exact = self.call(*[_Leaf(jnp.asarray(np.asarray(n.value), jnp.float64)
-                                          if n.dtype.kind in "iu" else n.value) for n in nodes])
+                exact = self.call(
+                    *[
+                        _Leaf(jnp.asarray(np.asarray(n.value), jnp.float64) if n.dtype.kind in "iu" else n.value)
+                        for n in nodes
+                    ]
+                )
                 exact = np.asarray(exact.value if isinstance(exact, Node) else exact, np.float64)
-            except Exception:  # noqa: BLE001 - no float version of this computation: nothing to compare
+            except Exception:
                 return
         got = np.asarray(value)
         if exact.shape != got.shape:
             return
         info = np.iinfo(value.dtype)
         with np.errstate(invalid="ignore"):
-            bad = (~np.isfinite(exact) | (exact < info.min) | (exact > info.max)
-                   | ((np.abs(exact) < 2.0 ** 53) & (exact != got)))
+            bad = (
+                ~np.isfinite(exact)
+                | (exact < info.min)
+                | (exact > info.max)
+                | ((np.abs(exact) < 2.0**53) & (exact != got))
+            )
         if not bad.any():
             return
         at = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -154,7 +175,8 @@ class Operator(Function):
             f"{got[at]} instead. The inputs are integers ({inputs}); Python ints become int32 arrays "
             "(JAX's default integer type). To fix: pass floats (e.g. 2000.0 for 2000), or turn on "
             "JAX's 64-bit mode at startup: jax.config.update('jax_enable_x64', True). Under jit "
-            "nothing checks: integers wrap, as in JAX.")
+            "nothing checks: integers wrap, as in JAX."
+        )
 
     def gradfn(self, inpt: Variable | str) -> Callable[..., Node]:
         """The original zkynet API: d(output)/d(`inpt`) as a function of this operator's
@@ -171,11 +193,16 @@ class Operator(Function):
 
         def partial(*args: NodeLike) -> Node:
             if len(args) != len(self._inputs):
-                raise InputCountError(f"{label} takes the {len(self._inputs)} input(s) of "
-                                      f"{self.functional_name}, got {len(args)}")
-            values = [a.value if isinstance(a, (Node, ValueView)) else
-                      as_value(cast(Any, a), f"{label}: {self._input_label(i)}") for i, a in enumerate(args)]
-            leaves = [InputNode(v, s) for v, s in zip(values, self._inputs)]
+                raise InputCountError(
+                    f"{label} takes the {len(self._inputs)} input(s) of {self.functional_name}, got {len(args)}"
+                )
+            values = [
+                a.value
+                if isinstance(a, (Node, ValueView))
+                else as_value(cast(Any, a), f"{label}: {self._input_label(i)}")
+                for i, a in enumerate(args)
+            ]
+            leaves = [InputNode(v, s) for v, s in zip(values, self._inputs, strict=True)]
             if type(self)._gradfn is not Operator._gradfn:
                 result = self._gradfn(variable)(*leaves)
                 value = as_value(result.value if isinstance(result, Node) else result, label)
@@ -183,9 +210,14 @@ class Operator(Function):
                 out = self(*leaves)
                 rows = jacobian(topological_order([out]), out)
                 found = rows.get(leaves[index])
-                value = found if found is not None else (  # zero where the output does not depend on it
-                    jnp.zeros(out.shape + leaves[index].shape, jnp.result_type(out.dtype, float)))
+                value = (
+                    found
+                    if found is not None
+                    # zero where the output does not depend on it
+                    else (jnp.zeros(out.shape + leaves[index].shape, jnp.result_type(out.dtype, float)))
+                )
             return ConstantNode(value, Constant(label, value))
+
         return partial
 
     def forward(self, *inputs: Node) -> tuple[Any, Any]:
@@ -194,14 +226,21 @@ class Operator(Function):
         (call(*inputs), None)."""
         return self.call(*inputs), None
 
-    def vjp(self, g: jax.Array, out: jax.Array, *inputs: Node, saved: Any = None) -> Cotangents:
-        """The input cotangents for output cotangent `g`; by default from `_gradfn`.
-        `saved` is what `forward` kept, given only to operators whose forward keeps something."""
+    def _vjp_from_gradfn(self, g: jax.Array, out: jax.Array, *inputs: Node) -> Cotangents:
+        """The default rule: each input's elementwise partial (`_gradfn`) times `g`."""
         return tuple(g * self._gradfn(variable)(*inputs) for variable in self._inputs)
 
+    vjp: VJP = _vjp_from_gradfn
+    """`vjp(g, out, *inputs[, saved=...]) -> Cotangents`: the input cotangents for output
+    cotangent `g`, one per input, in order. Operators name their inputs
+    (`vjp(self, g, out, a, b)`); one whose `forward` keeps something takes it as the
+    keyword `saved`. The type is `VJP` so that each operator can name its own inputs."""
+
     def _gradfn(self, inpt: Variable) -> Any:
-        raise NotImplementedError(f"operator {self.functional_name} defines neither _gradfn "
-                                  "(elementwise partials) nor vjp (vector-Jacobian product)")
+        raise NotImplementedError(
+            f"operator {self.functional_name} defines neither _gradfn "
+            "(elementwise partials) nor vjp (vector-Jacobian product)"
+        )
 
     def pullback(self, g: jax.Array, node: OperatorNode) -> Cotangents:
         """The input cotangents of `node` (an application of this operator) for its
@@ -236,6 +275,7 @@ class _FusionKey:
     """An operator as a jit static argument: equal to another when type and public
     attributes are (types included: 1, True and 1.0 differ, so do lists and tuples),
     so `op.sum(x, axis=1)` reuses one compiled computation per shape."""
+
     __slots__ = ("op", "key", "hash")
 
     def __init__(self, op: Operator, key: tuple[Any, ...]):
@@ -244,8 +284,7 @@ class _FusionKey:
     @classmethod
     def of(cls, op: Operator) -> "_FusionKey | None":
         try:
-            attributes = tuple((k, _frozen(v)) for k, v in sorted(vars(op).items())
-                               if not k.startswith("_"))
+            attributes = tuple((k, _frozen(v)) for k, v in sorted(vars(op).items()) if not k.startswith("_"))
             return cls(op, (type(op), attributes))
         except TypeError:  # unhashable attribute, e.g. an array used as an index
             return None
@@ -270,6 +309,7 @@ def _frozen(value: Any) -> Any:
 class _Leaf(ValueView):
     """An input as a fused operator's call/vjp sees it: a traced value, and whether
     it needs a gradient (all that call and vjp may read of a Node)."""
+
     __slots__ = ("value", "requires_grad")
 
     def __init__(self, value: jax.Array, requires_grad: bool = False):
@@ -282,9 +322,10 @@ def _fused_call(fusion: _FusionKey, *values: jax.Array) -> Any:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _fused_vjp(fusion: _FusionKey, needs: tuple[bool, ...], g: jax.Array, out: jax.Array,
-               *values: jax.Array) -> Cotangents:
-    return fusion.op.vjp(g, out, *cast(list[Node], [_Leaf(v, need) for v, need in zip(values, needs)]))
+def _fused_vjp(
+    fusion: _FusionKey, needs: tuple[bool, ...], g: jax.Array, out: jax.Array, *values: jax.Array
+) -> Cotangents:
+    return fusion.op.vjp(g, out, *cast(list[Node], [_Leaf(v, need) for v, need in zip(values, needs, strict=True)]))
 
 
 def _describe(node: Node) -> str:

@@ -11,6 +11,7 @@ API is small, and gathered here (or noted where it lives):
     `plot_cg(..., save_path="out/cg-simple")` without an extension, which writes
     ``out/cg-simple.png`` and returns that path (zkynet.visual).
 """
+
 from typing import Any
 
 from zkynet.framework.graph import InputNode, Node, ParameterNode, topological_order

@@ -2,6 +2,7 @@
 its first axis over the devices, parameters and optimizer state are replicated,
 and jax.jit (GSPMD) turns the gradient sums into an all-reduce. The training code
 stays the same; only where the arrays live changes."""
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -14,9 +15,11 @@ class DataParallel:
         available = jax.local_devices()
         count = len(available) if devices == 0 else devices
         if not 1 <= count <= len(available):
-            raise ValueError(f"asked for {devices} devices; this machine has {len(available)} "
-                             f"({available[0].platform}); on a CPU, XLA_FLAGS="
-                             f"--xla_force_host_platform_device_count=N makes N")
+            raise ValueError(
+                f"asked for {devices} devices; this machine has {len(available)} "
+                f"({available[0].platform}); on a CPU, XLA_FLAGS="
+                f"--xla_force_host_platform_device_count=N makes N"
+            )
         self.mesh = Mesh(np.array(available[:count]), ("data",))
         self.split = NamedSharding(self.mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())

@@ -9,6 +9,7 @@ graph's sum of two over disjoint blocks keeps the blocks, and the array is built
 backward rule or the caller reads it: one concatenation, with zeros only in the gaps
 (slices that fit together leave none).
 """
+
 import bisect
 import functools
 from typing import Any
@@ -24,15 +25,23 @@ class SliceCotangent:
     placed along `axis` at `starts[i]`; the starts are sorted and the blocks disjoint.
     A block read by an integer index (x[:, t]) lacks the axis: its `squeezed` entry is
     True and it is one wide there. A pytree, so that a jitted backward rule can return one."""
+
     __slots__ = ("shape", "axis", "starts", "squeezed", "blocks")
 
-    def __init__(self, shape: tuple[int, ...], axis: int, starts: tuple[int, ...], squeezed: tuple[bool, ...],
-                 blocks: tuple[jax.Array, ...]):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        axis: int,
+        starts: tuple[int, ...],
+        squeezed: tuple[bool, ...],
+        blocks: tuple[jax.Array, ...],
+    ):
         self.shape, self.axis, self.starts, self.squeezed, self.blocks = shape, axis, starts, squeezed, blocks
 
     @classmethod
-    def block(cls, shape: tuple[int, ...], axis: int, start: int, block: jax.Array,
-              squeezed: bool = False) -> "SliceCotangent":
+    def block(
+        cls, shape: tuple[int, ...], axis: int, start: int, block: jax.Array, squeezed: bool = False
+    ) -> "SliceCotangent":
         """Zero but for `block` at `start` along `axis`."""
         return cls(shape, axis, (start,), (squeezed,), (block,))
 
@@ -46,8 +55,12 @@ class SliceCotangent:
     def plus(self, other: "jax.Array | SliceCotangent") -> "jax.Array | SliceCotangent":
         """self + other: blocks side by side when both are SliceCotangents over disjoint
         blocks of the same axis and dtype, else the dense sum."""
-        if (isinstance(other, SliceCotangent) and other.axis == self.axis and other.dtype == self.dtype
-                and other.shape == self.shape):
+        if (
+            isinstance(other, SliceCotangent)
+            and other.axis == self.axis
+            and other.dtype == self.dtype
+            and other.shape == self.shape
+        ):
             merged = self
             for i in range(len(other.blocks)):
                 grown = merged._with(other.starts[i], other._stop(i), other.squeezed[i], other.blocks[i])
@@ -64,8 +77,13 @@ class SliceCotangent:
         if (at and self._stop(at - 1) > start) or (at < len(self.starts) and self.starts[at] < stop):
             return None
         insert = lambda values, value: values[:at] + (value,) + values[at:]  # noqa: E731
-        return SliceCotangent(self.shape, self.axis, insert(self.starts, start), insert(self.squeezed, squeezed),
-                              insert(self.blocks, block))
+        return SliceCotangent(
+            self.shape,
+            self.axis,
+            insert(self.starts, start),
+            insert(self.squeezed, squeezed),
+            insert(self.blocks, block),
+        )
 
     def dense(self) -> jax.Array:
         """The whole array: one pad for a single block, else one concatenation of the
@@ -82,16 +100,17 @@ class SliceCotangent:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _assemble(shape: tuple[int, ...], axis: int, starts: tuple[int, ...], squeezed: tuple[bool, ...],
-              *blocks: jax.Array) -> jax.Array:
-    blocks = tuple(jnp.expand_dims(b, axis) if s else b for b, s in zip(blocks, squeezed))
-    stops = [start + block.shape[axis] for start, block in zip(starts, blocks)]
+def _assemble(
+    shape: tuple[int, ...], axis: int, starts: tuple[int, ...], squeezed: tuple[bool, ...], *blocks: jax.Array
+) -> jax.Array:
+    blocks = tuple(jnp.expand_dims(b, axis) if s else b for b, s in zip(blocks, squeezed, strict=True))
+    stops = [start + block.shape[axis] for start, block in zip(starts, blocks, strict=True)]
     if len(blocks) == 1:
         padding = [(0, 0, 0)] * len(shape)
         padding[axis] = (starts[0], shape[axis] - stops[0], 0)
         return lax.pad(blocks[0], jnp.zeros((), blocks[0].dtype), padding)
     pieces, at = [], 0
-    for start, stop, block in zip(starts, stops, blocks):
+    for start, stop, block in zip(starts, stops, blocks, strict=True):
         if start > at:
             pieces.append(_zeros(shape, axis, start - at, block.dtype))
         pieces.append(block)
@@ -104,7 +123,7 @@ def _assemble(shape: tuple[int, ...], axis: int, starts: tuple[int, ...], squeez
 
 
 def _zeros(shape: tuple[int, ...], axis: int, width: int, dtype: Any) -> jax.Array:
-    return jnp.zeros(shape[:axis] + (width,) + shape[axis + 1:], dtype)
+    return jnp.zeros(shape[:axis] + (width,) + shape[axis + 1 :], dtype)
 
 
 def dense(g: "jax.Array | SliceCotangent") -> jax.Array:

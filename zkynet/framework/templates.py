@@ -4,9 +4,11 @@
 `Constant` a named value without a gradient. A Function (a Module or an
 Operator) declares them once; each call fills them with nodes of a new graph.
 """
+
 import functools
 import re
-from typing import Any, Iterable, TypeVar
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import jax
 
@@ -57,8 +59,10 @@ class Parameter(OperatorSyntax, Template):
         array = as_value(value, f"parameter '{self.short_name}'")
         current = self.__dict__.get("_value")
         if current is not None and array.shape != current.shape:
-            raise ShapeError(f"parameter '{self.short_name}' is shaped {tuple(current.shape)}; "
-                             f"a new value must keep that shape, got {tuple(array.shape)}")
+            raise ShapeError(
+                f"parameter '{self.short_name}' is shaped {tuple(current.shape)}; "
+                f"a new value must keep that shape, got {tuple(array.shape)}"
+            )
         self._value = array
 
 
@@ -70,7 +74,7 @@ class Constant(Template):
         self.value = as_value(value, f"constant '{name}'")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
@@ -81,12 +85,12 @@ T = TypeVar("T", bound=Template)
 class Function:
     """Something applied to named inputs: a Module (composes operators) or an Operator
     (a hand-differentiated primitive)."""
+
     _inputs: tuple[Variable, ...]
     _params: tuple[Parameter, ...]
     _name: str | None
 
-    def __init__(self, inputs: Iterable[Variable] = (), params: Iterable[Parameter] = (),
-                 name: str | None = None):
+    def __init__(self, inputs: Iterable[Variable] = (), params: Iterable[Parameter] = (), name: str | None = None):
         self._inputs = self._checked(inputs, Variable, "inputs")
         self._params = self._checked(params, Parameter, "params")
         self._name = name
@@ -95,8 +99,7 @@ class Function:
         checked = tuple(templates)
         names = [t.short_name for t in checked if isinstance(t, kind)]
         if len(names) != len(checked):
-            raise TypeError(f"{type(self).__name__}: every one of {what} must be a cg.{kind.__name__}, "
-                            f"got {checked!r}")
+            raise TypeError(f"{type(self).__name__}: every one of {what} must be a cg.{kind.__name__}, got {checked!r}")
         if len(set(names)) != len(names):
             raise ValueError(f"{type(self).__name__}: {what} names must be unique, got {names}")
         return checked
@@ -126,8 +129,7 @@ class Function:
             if template.short_name == name:
                 return template
         known = ", ".join(t.short_name for t in templates) or "none"
-        raise UnknownNameError(f"{self.functional_name} has no {kind} named {name!r}; "
-                               f"its {kind}s are: {known}")
+        raise UnknownNameError(f"{self.functional_name} has no {kind} named {name!r}; its {kind}s are: {known}")
 
     def call(self, *inputs: Any) -> Any:
         """The computation, on the nodes bound to the inputs (None for a left-out optional one)."""
@@ -135,4 +137,3 @@ class Function:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.functional_name}>"
-

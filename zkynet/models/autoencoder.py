@@ -1,6 +1,7 @@
 """Autoencoders: dense and convolutional ones that squeeze inputs through a small
 code and rebuild them, and a variational autoencoder (VAE) whose code is a
 distribution, sampled with the reparameterization trick from explicit PRNG keys."""
+
 import jax
 import jax.numpy as jnp
 
@@ -58,7 +59,7 @@ class ConvAutoencoder(cg.Module):
         self.encoder = Sequential(encoder + [Flatten(), Linear(c * h * w, bottleneck, key=next(keys))])
         self.expand = Linear(bottleneck, c * h * w, key=next(keys))
         decoder = []
-        for (out, _, _) in reversed(shapes[1:]):
+        for out, _, _ in reversed(shapes[1:]):
             decoder += [Upsample2d(2), Conv2d(c, out, 3, padding="same", key=next(keys)), Activation("relu")]
             c = out
         decoder += [Upsample2d(2), Conv2d(c, input_shape[0], 3, padding="same", key=next(keys))]
@@ -87,7 +88,7 @@ class VAE(cg.Module):
 
     def call(self, x):
         stats = self.encoder(x)
-        mean, logvar = stats[:, :self.latent], stats[:, self.latent:]
+        mean, logvar = stats[:, : self.latent], stats[:, self.latent :]
         key = cg.rng_key()
         z = mean if key is None else mean + op.exp(logvar * 0.5) * _noise(key, mean)
         return self.decoder(z), mean, logvar

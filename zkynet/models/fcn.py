@@ -1,4 +1,6 @@
 """Fully connected networks: Linear layers and the multi-layer perceptron."""
+
+import itertools
 import numbers
 
 import jax
@@ -27,8 +29,10 @@ class Linear(cg.Module):
     def __init__(self, in_features, out_features=None, bias=True, init_fn="glorot_uniform", key=0):
         if _is_size(in_features):
             if not _is_size(out_features):
-                raise TypeError(f"Linear({in_features!r}, ...): with in_features an int, out_features must be "
-                                f"an int too, got {type(out_features).__name__} {out_features!r:.60}")
+                raise TypeError(
+                    f"Linear({in_features!r}, ...): with in_features an int, out_features must be "
+                    f"an int too, got {type(out_features).__name__} {out_features!r:.60}"
+                )
             weights = init.get(init_fn)(init.key_of(key), (int(in_features), int(out_features)))
             initial_bias = jnp.zeros(int(out_features)) if bias else None
         else:
@@ -61,8 +65,10 @@ def _is_size(value):
 def _initial_arrays(weights, bias_values, bias, init_fn, key):
     """(W0, b0 or None) of Linear(W0, b0), checked."""
     what = "Linear(W0, b0)"
-    usage = ("Linear takes (in_features, out_features) as ints, or (W0, b0) as initial arrays (the original "
-             f"zkynet API); got {type(weights).__name__} {weights!r:.60}")
+    usage = (
+        "Linear takes (in_features, out_features) as ints, or (W0, b0) as initial arrays (the original "
+        f"zkynet API); got {type(weights).__name__} {weights!r:.60}"
+    )
     try:
         weights = cg.as_value(weights, f"{what}: W0")
     except cg.ValueTypeError:
@@ -70,22 +76,29 @@ def _initial_arrays(weights, bias_values, bias, init_fn, key):
     if weights.ndim == 0:
         raise TypeError(usage)
     if weights.ndim != 2:
-        raise cg.ShapeError(f"{what}: W0 must be a matrix shaped (in_features, out_features), got shape "
-                            f"{tuple(weights.shape)}")
+        raise cg.ShapeError(
+            f"{what}: W0 must be a matrix shaped (in_features, out_features), got shape {tuple(weights.shape)}"
+        )
     if init_fn != "glorot_uniform" or not (isinstance(key, int) and key == 0):
-        raise TypeError(f"{what}: init_fn and key draw weights from sizes; with initial arrays they would be "
-                        "ignored: leave them out")
+        raise TypeError(
+            f"{what}: init_fn and key draw weights from sizes; with initial arrays they would be "
+            "ignored: leave them out"
+        )
     if _is_size(bias_values):
-        raise TypeError(f"{what}: W0 is an array, so the second argument is the initial bias b0 (an array "
-                        f"shaped ({weights.shape[1]},)), not a size: {bias_values!r}")
+        raise TypeError(
+            f"{what}: W0 is an array, so the second argument is the initial bias b0 (an array "
+            f"shaped ({weights.shape[1]},)), not a size: {bias_values!r}"
+        )
     if bias_values is None:
         return weights, None
     if not bias:
         raise TypeError(f"{what}: bias=False contradicts the initial bias b0 given; pass b0=None for no bias")
     bias_values = cg.as_value(bias_values, f"{what}: b0")
     if bias_values.shape != (weights.shape[1],):
-        raise cg.ShapeError(f"{what}: W0 is shaped {tuple(weights.shape)}, so b0 must be shaped "
-                            f"({weights.shape[1]},), got {tuple(bias_values.shape)}")
+        raise cg.ShapeError(
+            f"{what}: W0 is shaped {tuple(weights.shape)}, so b0 must be shaped "
+            f"({weights.shape[1]},), got {tuple(bias_values.shape)}"
+        )
     return weights, bias_values
 
 
@@ -100,7 +113,7 @@ class MLP(Sequential):
         init_fn = init_fn or ("he_normal" if activation in RELU_LIKE else "glorot_uniform")
         keys = jax.random.split(init.key_of(key), len(widths) - 1)
         layers = []
-        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
             layers.append(Linear(n_in, n_out, init_fn=init_fn, key=keys[i]))
             if i < len(widths) - 2:
                 layers.append(Activation(activation))

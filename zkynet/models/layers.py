@@ -1,5 +1,6 @@
 """Generic building blocks: a chain of layers, activations, dropout, flatten,
 token embeddings, layer normalization."""
+
 import jax
 import jax.numpy as jnp
 
@@ -7,8 +8,12 @@ from zkynet import init
 from zkynet.framework import cg, op
 
 ACTIVATIONS = {
-    "relu": op.relu, "tanh": op.tanh, "sigmoid": op.sigmoid, "gelu": op.gelu,
-    "leaky_relu": op.leaky_relu, "identity": lambda x: x,
+    "relu": op.relu,
+    "tanh": op.tanh,
+    "sigmoid": op.sigmoid,
+    "gelu": op.gelu,
+    "leaky_relu": op.leaky_relu,
+    "identity": lambda x: x,
 }
 
 
@@ -75,8 +80,10 @@ class Embedding(cg.Module):
     """Token ids (any shape) -> vectors: rows of a (vocabulary, dim) table."""
 
     def __init__(self, vocabulary, dim, key=0):
-        super().__init__(inputs=(cg.Variable("tokens"),),
-                         params=(cg.Parameter("E", init.normal(key, (vocabulary, dim), stddev=dim ** -0.5)),))
+        super().__init__(
+            inputs=(cg.Variable("tokens"),),
+            params=(cg.Parameter("E", init.normal(key, (vocabulary, dim), stddev=dim**-0.5)),),
+        )
 
     def call(self, tokens):
         return op.take(self.param("E"), tokens, axis=0)
@@ -86,8 +93,10 @@ class LayerNorm(cg.Module):
     """Normalize the last axis to zero mean and unit variance, then scale and shift."""
 
     def __init__(self, dim, eps=1e-5):
-        super().__init__(inputs=(cg.Variable("x"),),
-                         params=(cg.Parameter("scale", jnp.ones(dim)), cg.Parameter("shift", jnp.zeros(dim))))
+        super().__init__(
+            inputs=(cg.Variable("x"),),
+            params=(cg.Parameter("scale", jnp.ones(dim)), cg.Parameter("shift", jnp.zeros(dim))),
+        )
         self.eps = eps
 
     def call(self, x):

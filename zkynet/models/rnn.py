@@ -12,6 +12,9 @@ step in Python: the graph shows every step (good for pictures and for learning)
 and the compiled program grows with the sequence length (see
 `python -m experiments.bench train --models lstm` for both compile times).
 """
+
+import itertools
+
 import jax
 import jax.numpy as jnp
 
@@ -23,16 +26,19 @@ from zkynet.models.layers import Embedding
 
 def _gates(x, count, size):
     """The `count` consecutive blocks of `size` features of x's last axis."""
-    return [x[..., i * size:(i + 1) * size] for i in range(count)]
+    return [x[..., i * size : (i + 1) * size] for i in range(count)]
 
 
 class RNNCell(cg.Module):
     """Elman: h' = tanh(x_proj + h U)."""
+
     gates = 1
 
     def __init__(self, hidden, key=0):
-        super().__init__(inputs=(cg.Variable("x"), cg.Variable("h")),
-                         params=(cg.Parameter("U", init.glorot_uniform(key, (hidden, hidden))),))
+        super().__init__(
+            inputs=(cg.Variable("x"), cg.Variable("h")),
+            params=(cg.Parameter("U", init.glorot_uniform(key, (hidden, hidden))),),
+        )
 
     def call(self, x, h):
         return op.tanh(x + h @ self.param("U"))
@@ -42,27 +48,35 @@ class LSTMCell(cg.Module):
     """Long short-term memory: input, forget, cell and output gates from
     x_proj + h U; c' = f c + i g, h' = o tanh(c'), as one op.lstm_update node (its
     own backward rule: one array for the four gates' gradient, see op.LSTMUpdate)."""
+
     gates = 4
 
     def __init__(self, hidden, key=0):
-        super().__init__(inputs=(cg.Variable("x"), cg.Variable("h"), cg.Variable("c")),
-                         params=(cg.Parameter("U", init.glorot_uniform(key, (hidden, 4 * hidden))),))
+        super().__init__(
+            inputs=(cg.Variable("x"), cg.Variable("h"), cg.Variable("c")),
+            params=(cg.Parameter("U", init.glorot_uniform(key, (hidden, 4 * hidden))),),
+        )
         self.hidden = hidden
 
     def call(self, x, h, c):
         state = op.lstm_update(x + h @ self.param("U"), c)  # [h', c']
-        return state[..., :self.hidden], state[..., self.hidden:]
+        return state[..., : self.hidden], state[..., self.hidden :]
 
 
 class GRUCell(cg.Module):
     """Gated recurrent unit (PyTorch's formulation): r and z gates, candidate
     n = tanh(x_n + r (h U_n + b_n)), h' = (1 - z) n + z h."""
+
     gates = 3
 
     def __init__(self, hidden, key=0):
-        super().__init__(inputs=(cg.Variable("x"), cg.Variable("h")),
-                         params=(cg.Parameter("U", init.glorot_uniform(key, (hidden, 3 * hidden))),
-                                 cg.Parameter("b_n", jnp.zeros(hidden))))
+        super().__init__(
+            inputs=(cg.Variable("x"), cg.Variable("h")),
+            params=(
+                cg.Parameter("U", init.glorot_uniform(key, (hidden, 3 * hidden))),
+                cg.Parameter("b_n", jnp.zeros(hidden)),
+            ),
+        )
         self.hidden = hidden
 
     def call(self, x, h):
@@ -80,16 +94,17 @@ class _Masked(cg.Module):
     """A cell that keeps its state where the mask is False (padding)."""
 
     def __init__(self, cell):
-        super().__init__(inputs=[cg.Variable("x"), cg.Variable("mask")] + [cg.Variable(v.short_name)
-                                                                           for v in cell.inputs[1:]],
-                         name=cell.functional_name)
+        super().__init__(
+            inputs=[cg.Variable("x"), cg.Variable("mask")] + [cg.Variable(v.short_name) for v in cell.inputs[1:]],
+            name=cell.functional_name,
+        )
         self.cell = cell
 
     def call(self, x, mask, *state):
         new = self.cell(x, *state)
         new = new if isinstance(new, tuple) else (new,)
         keep = op.reshape(mask, mask.shape + (1,))
-        return tuple(op.where(keep, n, s) for n, s in zip(new, state))
+        return tuple(op.where(keep, n, s) for n, s in zip(new, state, strict=True))
 
 
 class Recurrent(cg.Module):
@@ -127,8 +142,8 @@ class Recurrent(cg.Module):
         time_major = [projected] if mask is None else [projected, op.transpose(mask, (1, 0))]
         stacked = op.scan(step, state, time_major)
         widths = [self.hidden * i for i in range(len(state) + 1)]
-        final = tuple(stacked[-1, :, a:b] for a, b in zip(widths[:-1], widths[1:]))
-        return op.transpose(stacked[:, :, :self.hidden], (1, 0, 2)), final
+        final = tuple(stacked[-1, :, a:b] for a, b in itertools.pairwise(widths))
+        return op.transpose(stacked[:, :, : self.hidden], (1, 0, 2)), final
 
 
 class RecurrentLM(cg.Module):

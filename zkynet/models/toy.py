@@ -1,5 +1,6 @@
 """The seed document's proof-of-concept model and its four compositions
 (weights shared or not, inputs shared or not): small graphs to learn from."""
+
 from zkynet.framework import cg, op
 
 

@@ -1,6 +1,7 @@
 """Transformers from zkynet operators: token and position embeddings, multi-head
 attention with causal and padding masks, pre-norm blocks, a decoder-only
 language model and an encoder for classification, plus sampling."""
+
 import math
 
 import jax
@@ -119,8 +120,18 @@ class TransformerLM(_Trunk):
     """Decoder-only language model: next-token logits (B, T, vocabulary) from token
     ids (B, T), each position attending to itself and earlier positions only."""
 
-    def __init__(self, vocabulary, dim=128, heads=4, layers=2, mlp=512, max_length=256,
-                 positions="sinusoidal", dropout=0.0, key=0):
+    def __init__(
+        self,
+        vocabulary,
+        dim=128,
+        heads=4,
+        layers=2,
+        mlp=512,
+        max_length=256,
+        positions="sinusoidal",
+        dropout=0.0,
+        key=0,
+    ):
         super().__init__(vocabulary, dim, heads, layers, mlp, max_length, positions, dropout, key)
         self.head = Linear(dim, vocabulary, key=jax.random.fold_in(init.key_of(key), 7))
 
@@ -134,8 +145,20 @@ class TransformerClassifier(_Trunk):
     """Encoder for classification: class logits from padded token ids (B, T), each
     token attending to every non-padding token, mean-pooled over the real tokens."""
 
-    def __init__(self, vocabulary, num_classes, dim=128, heads=4, layers=2, mlp=512, max_length=256,
-                 positions="sinusoidal", dropout=0.0, pad=0, key=0):
+    def __init__(
+        self,
+        vocabulary,
+        num_classes,
+        dim=128,
+        heads=4,
+        layers=2,
+        mlp=512,
+        max_length=256,
+        positions="sinusoidal",
+        dropout=0.0,
+        pad=0,
+        key=0,
+    ):
         super().__init__(vocabulary, dim, heads, layers, mlp, max_length, positions, dropout, key)
         self.head = Linear(dim, num_classes, key=jax.random.fold_in(init.key_of(key), 7))
         self.pad = pad
@@ -161,7 +184,7 @@ def generate(model, prompt, steps, temperature=0.0, key=None, pad=0):
     logits_of = forward(model)
     for position in range(start, start + steps):
         first = max(0, position - window)
-        logits = logits_of(tokens[:, first:first + window])[:, position - 1 - first]
+        logits = logits_of(tokens[:, first : first + window])[:, position - 1 - first]
         if temperature > 0:
             key, draw = jax.random.split(key)
             chosen = jax.random.categorical(draw, logits / temperature)

@@ -1,5 +1,6 @@
 """The standard callbacks: a progress report, a guard against NaN/inf losses,
 checkpoints (the last and the best), and early stopping."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,6 @@ import shutil
 import sys
 import threading
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -39,8 +39,10 @@ class ProgressReport(Callback):
             done = trainer.step % trainer.steps_per_epoch or trainer.steps_per_epoch
             throughput = self.steps * trainer.batches.batch_size / max(now - self.started, 1e-9)
             width = shutil.get_terminal_size().columns - 1
-            text = (f"{self.prefix}epoch {trainer.epoch + 1}/{trainer.epochs} {done}/{trainer.steps_per_epoch} "
-                    f"{_shown(metrics)} {throughput:.0f} samples/s")
+            text = (
+                f"{self.prefix}epoch {trainer.epoch + 1}/{trainer.epochs} {done}/{trainer.steps_per_epoch} "
+                f"{_shown(metrics)} {throughput:.0f} samples/s"
+            )
             self.stream.write("\r" + text[:width].ljust(width))
             self.stream.flush()
             self._shown = True
@@ -56,8 +58,7 @@ class ProgressReport(Callback):
 def epoch_line(record, epochs):
     """`epoch 3/20: train_acc 0.91 train_loss 0.3 val_acc 0.9 val_loss 0.33 (61234 samples/s)`"""
     metrics = {k: v for k, v in record.items() if k.startswith(("train_", "val_"))}
-    return (f"epoch {record['epoch']}/{epochs}: {_shown(metrics)} "
-            f"({record.get('samples_per_second', 0):.0f} samples/s)")
+    return f"epoch {record['epoch']}/{epochs}: {_shown(metrics)} ({record.get('samples_per_second', 0):.0f} samples/s)"
 
 
 def _shown(metrics):
@@ -91,11 +92,13 @@ class NanGuard(Callback):
     @staticmethod
     def _check(loss, step):
         if not math.isfinite(loss):
-            raise NonFiniteLossError(f"the loss became {loss} at step {step}; the last good checkpoint "
-                                     "is kept (try a lower learning rate or gradient clipping; if the data may "
-                                     "be at fault, such as a label >= the number of classes or a token id "
-                                     "beyond the vocabulary, which read NaN under jit, run that batch eagerly "
-                                     "with TrainStep(..., jit=False) to have it named)")
+            raise NonFiniteLossError(
+                f"the loss became {loss} at step {step}; the last good checkpoint "
+                "is kept (try a lower learning rate or gradient clipping; if the data may "
+                "be at fault, such as a label >= the number of classes or a token id "
+                "beyond the vocabulary, which read NaN under jit, run that batch eagerly "
+                "with TrainStep(..., jit=False) to have it named)"
+            )
 
 
 class Checkpointer(Callback):
@@ -114,9 +117,9 @@ class Checkpointer(Callback):
         self.path, self.every, self.min_seconds = path, max(1, every_n_epochs), min_seconds
         self.last_time = time.monotonic()
         self.saved_step = None  # the step of the last checkpoint completed
-        self._writer: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
-        self._started_step: Optional[int] = None
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._started_step: int | None = None
 
     def on_epoch_end(self, trainer, epoch, record):
         if (epoch + 1) % self.every == 0 and time.monotonic() - self.last_time >= self.min_seconds:
@@ -164,18 +167,20 @@ class _Monitor:
         if min_delta < 0:
             raise ValueError(f"min_delta must be >= 0, got {min_delta}")
         self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
-        self.best: Optional[float] = None
-        self.best_epoch: Optional[int] = None
+        self.best: float | None = None
+        self.best_epoch: int | None = None
 
     def improved(self, record) -> bool:
         """Whether this epoch's record is the best so far (then it is remembered)."""
         if self.monitor not in record:
             known = ", ".join(k for k in record if k != "epoch")
-            raise ValueError(f"{type(self).__name__}: monitor={self.monitor!r} is not a metric of this run; "
-                             f"it has: {known}")
+            raise ValueError(
+                f"{type(self).__name__}: monitor={self.monitor!r} is not a metric of this run; it has: {known}"
+            )
         value = float(record[self.monitor])
-        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
-                                       else value > self.best + self.min_delta)
+        better = self.best is None or (
+            value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        )
         if better:
             self.best, self.best_epoch = value, record["epoch"]
         return better
@@ -191,7 +196,7 @@ class EarlyStopping(_Monitor, Callback):
         if patience < 1:
             raise ValueError(f"patience must be at least 1, got {patience}")
         self.patience, self.waited = patience, 0
-        self.stopped_epoch: Optional[int] = None
+        self.stopped_epoch: int | None = None
 
     def on_epoch_end(self, trainer, epoch, record):
         self.waited = 0 if self.improved(record) else self.waited + 1

@@ -15,13 +15,14 @@ tests/training/test_population.py) and can stop, or fail, without the others.
     population = PopulationTrainer(models, loss, optimizers, dataset, epochs=20, batch_size=64, seeds=[0, 1, 2])
     histories = population.fit()   # one Trainer-style history per member
 """
+
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,35 +49,54 @@ class PopulationStep:
     stopped member costs one compilation, not a share of every later step).
     `precision` is TrainStep's, for every member."""
 
-    def __init__(self, models: Sequence[cg.Module], loss: Callable, optimizers: Sequence[Optimizer],
-                 metrics: Optional[Callable] = None, seeds: Optional[Sequence[int]] = None, jit: bool = True,
-                 precision: str = "float32"):
+    def __init__(
+        self,
+        models: Sequence[cg.Module],
+        loss: Callable,
+        optimizers: Sequence[Optimizer],
+        metrics: Callable | None = None,
+        seeds: Sequence[int] | None = None,
+        jit: bool = True,
+        precision: str = "float32",
+    ):
         if not models or len(models) != len(optimizers):
-            raise ValueError(f"a population needs one optimizer per model, got {len(models)} models and "
-                             f"{len(optimizers)} optimizers")
+            raise ValueError(
+                f"a population needs one optimizer per model, got {len(models)} models and {len(optimizers)} optimizers"
+            )
         self.size = len(models)
         self.models = list(models)
         self.dropouts = [_dropout_layers(m) for m in models]
         _check_architectures(models, self.dropouts)
         _check_optimizers(optimizers)
         template = models[0]
-        self.train_step = TrainStep(template, loss, optimizers[0], metrics, jit=False,  # its pure(), vmapped
-                                    precision=precision)
+        self.train_step = TrainStep(
+            template,
+            loss,
+            optimizers[0],
+            metrics,
+            jit=False,  # its pure(), vmapped
+            precision=precision,
+        )
         self.eval_step = EvalStep(template, loss, metrics, jit=False, precision=precision)
-        self.params = {name: jnp.stack([m.named_parameters()[name].value for m in models])
-                       for name in self.train_step.params}
+        self.params = {
+            name: jnp.stack([m.named_parameters()[name].value for m in models]) for name in self.train_step.params
+        }
         self.opt_state = jax.vmap(optimizers[0].init)(self.params)  # zero slots: each optimizer's own init
         # What every member shares stays a constant of the program, as in a Trainer's step (a
         # weight decay of 0 then costs nothing, and the step reads and writes less memory);
         # only what differs is traced, one value per member.
         hyperparameters = _columns([o.hyperparameters() for o in optimizers])
         self.shared = {name: values[0] for name, values in hyperparameters.items() if _same(values)}
-        self.hyperparameters = {name: jnp.asarray(values) for name, values in hyperparameters.items()
-                                if name not in self.shared}
+        self.hyperparameters = {
+            name: jnp.asarray(values) for name, values in hyperparameters.items() if name not in self.shared
+        }
         dtype = jnp.result_type(float)
         rates = _columns([{i: layer.rate for i, layer in enumerate(layers)} for layers in self.dropouts])
-        self.rates = {i: jnp.asarray([_traced_rate(rate, dtype) for rate in column], dtype)
-                      for i, column in rates.items() if not _same(column)}  # shared rates: member 0's layers'
+        self.rates = {
+            i: jnp.asarray([_traced_rate(rate, dtype) for rate in column], dtype)
+            for i, column in rates.items()
+            if not _same(column)
+        }  # shared rates: member 0's layers'
         seeds = list(range(self.size)) if seeds is None else list(seeds)
         self.keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
         self.slots = list(range(self.size))  # the member index of each row of the stacks
@@ -99,7 +119,8 @@ class PopulationStep:
         """Train on `data` (device arrays) at `rows` (one row of indices per slot); returns
         the step's metrics, stacked by slot."""
         self.params, self.opt_state, metrics = self._train(
-            self.params, self.opt_state, self.hyperparameters, self.rates, self.keys, data, jnp.asarray(rows))
+            self.params, self.opt_state, self.hyperparameters, self.rates, self.keys, data, jnp.asarray(rows)
+        )
         return metrics
 
     def evaluate(self, batch):
@@ -127,7 +148,8 @@ class PopulationStep:
         self.left[k] = self.member_state(k)
         keep = np.asarray([i for i, member in enumerate(self.slots) if member != k], np.int32)
         self.params, self.opt_state, self.keys, self.hyperparameters, self.rates = jax.tree_util.tree_map(
-            lambda stacked: stacked[keep], (self.params, self.opt_state, self.keys, self.hyperparameters, self.rates))
+            lambda stacked: stacked[keep], (self.params, self.opt_state, self.keys, self.hyperparameters, self.rates)
+        )
         self.slots = [member for member in self.slots if member != k]  # a new list: loops over the old one go on
 
     def write_back(self, k: int) -> None:
@@ -143,15 +165,22 @@ class Member:
     state_dict), for this member alone. `status` is "RUNNING", then "FINISHED",
     "STOPPED" (should_stop) or "FAILED" (a callback raised: `error`)."""
 
-    def __init__(self, population: PopulationTrainer, index: int, model, seed: int, batches: Batches,
-                 callbacks: Sequence[Callback]):
+    def __init__(
+        self,
+        population: PopulationTrainer,
+        index: int,
+        model,
+        seed: int,
+        batches: Batches,
+        callbacks: Sequence[Callback],
+    ):
         self.population, self.index, self.model, self.seed = population, index, model, seed
         self.batches, self.callbacks = batches, list(callbacks)
         self.history: list[Record] = []
         self.step = 0
         self.should_stop = False
         self.status = "RUNNING"
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
     epochs = property(lambda self: self.population.epochs)
     steps_per_epoch = property(lambda self: self.population.steps_per_epoch)
@@ -162,8 +191,10 @@ class Member:
         return self.status == "RUNNING"
 
     def state_dict(self) -> dict:
-        return {**self.population.step.member_state(self.index),
-                "meta": {"step": self.step, "epoch": self.epoch, "seed": self.seed}}
+        return {
+            **self.population.step.member_state(self.index),
+            "meta": {"step": self.step, "epoch": self.epoch, "seed": self.seed},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Before fit(): continue this member from `state` (a Trainer's or a Member's)."""
@@ -181,7 +212,7 @@ class Member:
         except Exception as e:
             self.end("FAILED", e)
 
-    def end(self, status: str, error: Optional[BaseException] = None) -> None:
+    def end(self, status: str, error: BaseException | None = None) -> None:
         """Stop training this member: its parameters freeze, its model gets them, and
         (unless it failed) its callbacks' on_fit_end runs, as at the end of Trainer.fit."""
         self.status, self.error = status, error
@@ -209,28 +240,48 @@ class PopulationTrainer:
     should_stop is set end: where a scheduler compares members (a rung rule).
     `precision` is Trainer's, for every member."""
 
-    def __init__(self, models: Sequence[cg.Module], loss: Callable, optimizers: Sequence[Optimizer], dataset: Dataset,
-                 epochs: int, batch_size: int, metrics: Optional[Callable] = None,
-                 seeds: Optional[Sequence[int]] = None, eval_batch_size: Optional[int] = None,
-                 drop_last: bool = True, jit: bool = True,
-                 callbacks: Optional[Sequence[Sequence[Callback]]] = None,
-                 on_member_end: Optional[Callable[[Member], None]] = None,
-                 on_epoch_end: Optional[Callable[[PopulationTrainer, int, dict], None]] = None,
-                 precision: str = "float32"):
+    def __init__(
+        self,
+        models: Sequence[cg.Module],
+        loss: Callable,
+        optimizers: Sequence[Optimizer],
+        dataset: Dataset,
+        epochs: int,
+        batch_size: int,
+        metrics: Callable | None = None,
+        seeds: Sequence[int] | None = None,
+        eval_batch_size: int | None = None,
+        drop_last: bool = True,
+        jit: bool = True,
+        callbacks: Sequence[Sequence[Callback]] | None = None,
+        on_member_end: Callable[[Member], None] | None = None,
+        on_epoch_end: Callable[[PopulationTrainer, int, dict], None] | None = None,
+        precision: str = "float32",
+    ):
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
         _check_finite(dataset)
         seeds = list(range(len(models))) if seeds is None else list(seeds)
         callbacks = [[] for _ in models] if callbacks is None else callbacks
         if not len(seeds) == len(callbacks) == len(models):
-            raise ValueError(f"one seed and one list of callbacks per model: {len(models)} models, "
-                             f"{len(seeds)} seeds, {len(callbacks)} callback lists")
+            raise ValueError(
+                f"one seed and one list of callbacks per model: {len(models)} models, "
+                f"{len(seeds)} seeds, {len(callbacks)} callback lists"
+            )
         self.epochs, self.on_member_end, self.on_epoch_end = epochs, on_member_end, on_epoch_end
         self.step = PopulationStep(models, loss, optimizers, metrics, seeds, jit, precision)
         self.data = tuple(jnp.asarray(a) for a in (dataset.train.inputs, dataset.train.targets))
-        self.members = [Member(self, k, model, seed, Batches(dataset.train, batch_size, shuffle=True, seed=seed,
-                                                             drop_last=drop_last), callbacks[k])
-                        for k, (model, seed) in enumerate(zip(models, seeds))]
+        self.members = [
+            Member(
+                self,
+                k,
+                model,
+                seed,
+                Batches(dataset.train, batch_size, shuffle=True, seed=seed, drop_last=drop_last),
+                callbacks[k],
+            )
+            for k, (model, seed) in enumerate(zip(models, seeds, strict=True))
+        ]
         self.eval_batches = Batches(dataset.validation, eval_batch_size or batch_size, shuffle=False)
 
     @property
@@ -268,7 +319,7 @@ class PopulationTrainer:
             slots = self.step.slots
             if not slots:
                 break
-            metrics = self.step(self.data, orders[index * batch_size:(index + 1) * batch_size, slots].T)
+            metrics = self.step(self.data, orders[index * batch_size : (index + 1) * batch_size, slots].T)
             steps.append((slots, metrics))  # device arrays: no wait for the step to finish
             metrics = _StepMetrics(metrics)
             for slot, k in enumerate(slots):
@@ -284,9 +335,13 @@ class PopulationTrainer:
             if not member.running:
                 continue
             k = member.index
-            records[k] = {"epoch": epoch + 1, **{f"train_{n}": v for n, v in means[k].items()},
-                          **{f"val_{n}": float(v[k]) for n, v in validation.items()},
-                          "samples_per_second": len(steps) * batch_size / seconds, "compile_seconds": clock.seconds}
+            records[k] = {
+                "epoch": epoch + 1,
+                **{f"train_{n}": v for n, v in means[k].items()},
+                **{f"val_{n}": float(v[k]) for n, v in validation.items()},
+                "samples_per_second": len(steps) * batch_size / seconds,
+                "compile_seconds": clock.seconds,
+            }
             member.history.append(records[k])
             member.notify("on_epoch_end", epoch, records[k])
         if self.on_epoch_end is not None:
@@ -295,7 +350,7 @@ class PopulationTrainer:
             if member.running and member.should_stop:
                 member.end("STOPPED")
 
-    def evaluate(self, batches: Optional[Batches] = None) -> dict[str, np.ndarray]:
+    def evaluate(self, batches: Batches | None = None) -> dict[str, np.ndarray]:
         """The running members' metrics on the validation split (or `batches`), averaged
         over examples: {name: array of one value per member, NaN for those that left}."""
         totals: dict[str, Any] = {}
@@ -323,8 +378,10 @@ def _step_means(steps):
         for slot, k in enumerate(slots):
             for name, values in stacked.items():
                 columns.setdefault(k, {}).setdefault(name, []).append(values[:, slot])
-    return {k: {name: float(np.mean(np.concatenate(parts))) for name, parts in named.items()}
-            for k, named in columns.items()}
+    return {
+        k: {name: float(np.mean(np.concatenate(parts))) for name, parts in named.items()}
+        for k, named in columns.items()
+    }
 
 
 class _StepMetrics:
@@ -343,7 +400,9 @@ class _StepMetrics:
 
 @jax.jit
 def _split(stacked):
-    return [dict(zip(stacked, values)) for values in zip(*(list(v) for v in stacked.values()))]
+    return [
+        dict(zip(stacked, values, strict=True)) for values in zip(*(list(v) for v in stacked.values()), strict=True)
+    ]
 
 
 class _MemberMetrics(Mapping):
@@ -414,17 +473,22 @@ def _rates(layers, rates):
 def _check_architectures(models, dropouts):
     def shapes(model):
         return {name: (p.value.shape, p.value.dtype) for name, p in model.named_parameters().items()}
+
     first = shapes(models[0])
     for k, model in enumerate(models[1:], 1):
         if type(model) is not type(models[0]) or shapes(model) != first or len(dropouts[k]) != len(dropouts[0]):
-            raise ValueError(f"population member {k} ({type(model).__name__}) is not the architecture of member 0 "
-                             f"({type(models[0]).__name__}): members may differ in values (initialization, "
-                             "dropout rates, optimizer hyperparameters), not in parameter shapes or layers")
+            raise ValueError(
+                f"population member {k} ({type(model).__name__}) is not the architecture of member 0 "
+                f"({type(models[0]).__name__}): members may differ in values (initialization, "
+                "dropout rates, optimizer hyperparameters), not in parameter shapes or layers"
+            )
 
 
 def _check_optimizers(optimizers):
     first = optimizers[0].signature()
     for k, optimizer in enumerate(optimizers[1:], 1):
         if optimizer.signature() != first:
-            raise ValueError(f"population member {k}'s optimizer {optimizer.signature()} differs from member 0's "
-                             f"{first} in more than its hyperparameters ({', '.join(optimizers[0].hyperparameters())})")
+            raise ValueError(
+                f"population member {k}'s optimizer {optimizer.signature()} differs from member 0's "
+                f"{first} in more than its hyperparameters ({', '.join(optimizers[0].hyperparameters())})"
+            )

@@ -1,10 +1,12 @@
 """The training loop: epochs of compiled steps over shuffled batches, validation
 after each epoch, and hooks (callbacks) for whoever watches: a progress report,
 a NaN guard, checkpoints, an experiment tracker, a sweep scheduler."""
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -56,10 +58,23 @@ class Trainer:
     zkynet.framework.compile); "float32" (the default) casts nothing.
     """
 
-    def __init__(self, model, loss: Callable, optimizer: Optimizer, dataset: Dataset, epochs: int, batch_size: int,
-                 metrics: Optional[Callable] = None, seed: int = 0, eval_batch_size: Optional[int] = None,
-                 drop_last: bool = True, jit: bool = True, callbacks: Sequence[Callback] = (), devices: int = 1,
-                 precision: str = "float32"):
+    def __init__(
+        self,
+        model,
+        loss: Callable,
+        optimizer: Optimizer,
+        dataset: Dataset,
+        epochs: int,
+        batch_size: int,
+        metrics: Callable | None = None,
+        seed: int = 0,
+        eval_batch_size: int | None = None,
+        drop_last: bool = True,
+        jit: bool = True,
+        callbacks: Sequence[Callback] = (),
+        devices: int = 1,
+        precision: str = "float32",
+    ):
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
         _check_finite(dataset)
@@ -68,8 +83,9 @@ class Trainer:
         if parallel is not None and batch_size % parallel.size:
             raise ValueError(f"batch_size {batch_size} does not split over {parallel.size} devices")
         place = parallel.batch if parallel is not None else None
-        self.train_step = TrainStep(model, loss, optimizer, metrics, seed=seed, jit=jit, parallel=parallel,
-                                    precision=precision)
+        self.train_step = TrainStep(
+            model, loss, optimizer, metrics, seed=seed, jit=jit, parallel=parallel, precision=precision
+        )
         self.eval_step = EvalStep(model, loss, metrics, jit=jit, precision=precision)
         self.batches = Batches(dataset.train, batch_size, shuffle=True, seed=seed, drop_last=drop_last, place=place)
         self.eval_batches = Batches(dataset.validation, eval_batch_size or batch_size, shuffle=False, place=place)
@@ -116,15 +132,18 @@ class Trainer:
             examples += len(batch[0])
         means = jax.tree_util.tree_map(lambda *values: float(np.mean(values)), *steps) if steps else {}
         seconds = time.perf_counter() - started
-        return {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()},
-                **{f"val_{k}": v for k, v in self.evaluate().items()},
-                "samples_per_second": examples / seconds}
+        return {
+            "epoch": epoch + 1,
+            **{f"train_{k}": v for k, v in means.items()},
+            **{f"val_{k}": v for k, v in self.evaluate().items()},
+            "samples_per_second": examples / seconds,
+        }
 
     def _notify(self, hook, *args):
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
-    def evaluate(self, batches: Optional[Batches] = None) -> dict[str, float]:
+    def evaluate(self, batches: Batches | None = None) -> dict[str, float]:
         """Metrics on the validation split (or `batches`), averaged over examples."""
         totals: dict[str, Any] = {}
         seen = 0
@@ -138,8 +157,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: parameters, optimizer state (with the
         step count), and where the loop stands."""
-        return {**self.train_step.state_dict(),
-                "meta": {"step": self.step, "epoch": self.epoch, "seed": self.seed}}
+        return {**self.train_step.state_dict(), "meta": {"step": self.step, "epoch": self.epoch, "seed": self.seed}}
 
     def load_state_dict(self, state: dict) -> None:
         _check_seed(state, self.seed, "trainer")
@@ -149,8 +167,12 @@ class Trainer:
 class _CompileClock:
     """Seconds JAX spent tracing, lowering and compiling while the block ran (what a
     warm persistent compilation cache saves), from JAX's own monitoring events."""
-    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-              "/jax/core/compile/backend_compile_duration")
+
+    EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
 
     def __enter__(self):
         self.seconds = 0.0
@@ -169,8 +191,10 @@ def _check_seed(state, seed, holder):
     """A state continues exactly only with the data order it was trained with."""
     trained_with = int(state.get("meta", {}).get("seed", seed))
     if trained_with != seed:
-        raise ValueError(f"this state was trained with seed {trained_with}, this {holder} has seed {seed}: "
-                         "the data order would differ")
+        raise ValueError(
+            f"this state was trained with seed {trained_with}, this {holder} has seed {seed}: "
+            "the data order would differ"
+        )
 
 
 def _check_finite(dataset):
@@ -182,5 +206,7 @@ def _check_finite(dataset):
             array = np.asarray(getattr(split, part))
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 rows = np.unique(np.nonzero(~np.isfinite(array))[0])
-                raise ValueError(f"dataset {getattr(dataset, 'name', '')!r}: {split_name} {part} contain NaN or "
-                                 f"inf in {len(rows)} example(s) (first: row {rows[0]}); clean the data first")
+                raise ValueError(
+                    f"dataset {getattr(dataset, 'name', '')!r}: {split_name} {part} contain NaN or "
+                    f"inf in {len(rows)} example(s) (first: row {rows[0]}); clean the data first"
+                )

@@ -1,5 +1,5 @@
 """Recurrent cells' state updates as one operator each (what cuDNN and oneDNN fuse)."""
-import jax
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -27,6 +27,7 @@ class LSTMUpdate(Fused):
     materialized before anything reads a block of them: XLA's CPU backend compiles a
     loop step's fusion that reads several slices of one array element by element,
     without vector instructions (about 2x slower per LSTM step than this layout, measured)."""
+
     vjp_uses_out = False
     input_names = ("gates", "c")
 

@@ -1,5 +1,6 @@
 """Convolution and pooling over NCHW images, each with its own backward rule (a
 transposed convolution; pooling gradients placed by interior padding, no scatter)."""
+
 import math
 import numbers
 from typing import Any
@@ -39,7 +40,7 @@ def _padding(padding, size, kernel, stride):
         if padding.lower() != "same":
             raise ValueError(f"padding must be 'same', 'valid', an int or pairs, got {padding!r}")
         pads = []
-        for n, k, s in zip(size, kernel, stride):
+        for n, k, s in zip(size, kernel, stride, strict=True):
             total = max((-(-n // s) - 1) * s + k - n, 0)
             pads.append((total // 2, total - total // 2))
         return tuple(pads)
@@ -50,6 +51,7 @@ def _padding(padding, size, kernel, stride):
 
 class Conv2d(Fused):
     """2-D cross-correlation of x (N, C, H, W) with kernels w (O, C, kh, kw)."""
+
     vjp_uses_out = False
     input_names = ("x", "w")
 
@@ -64,16 +66,16 @@ class Conv2d(Fused):
     def call(self, x, w):
         if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
             raise ValueError("conv2d needs x (N, C, H, W) and w (O, C, kh, kw) with the same C")
-        return lax.conv_general_dilated(x.value, w.value, self.stride, self._pads(x, w),
-                                        dimension_numbers=_NCHW)
+        return lax.conv_general_dilated(x.value, w.value, self.stride, self._pads(x, w), dimension_numbers=_NCHW)
 
     def vjp(self, g, out, x, w):
         pads = self._pads(x, w)
         dx = dw = None
         if x.requires_grad:  # a transposed convolution: g dilated by the stride, kernel flipped
-            back_pads = [(k - 1 - lo, n - 1 - (m - 1) * s + lo, s - 1)
-                         for n, m, k, s, (lo, _) in zip(x.shape[2:], g.shape[2:], w.shape[2:],
-                                                        self.stride, pads)]
+            back_pads = [
+                (k - 1 - lo, n - 1 - (m - 1) * s + lo, s - 1)
+                for n, m, k, s, (lo, _) in zip(x.shape[2:], g.shape[2:], w.shape[2:], self.stride, pads, strict=True)
+            ]
             flipped = jnp.swapaxes(jnp.flip(w.value, (2, 3)), 0, 1)
             # the dilation and padding as an explicit lax.pad, not the convolution's lhs_dilation:
             # XLA 0.10's CPU simplifier aborts the process on some strided ones (x 4x3, kernel
@@ -81,14 +83,16 @@ class Conv2d(Fused):
             dilated = lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), (0, 0, 0), *back_pads])
             dx = lax.conv_general_dilated(dilated, flipped, (1, 1), ((0, 0), (0, 0)), dimension_numbers=_NCHW)
         if w.requires_grad:  # correlate x with g (dilated by the stride), batch as the sum axis
-            dw = lax.conv_general_dilated(x.value, g, (1, 1), pads, rhs_dilation=self.stride,
-                                          dimension_numbers=("CNHW", "IOHW", "CNHW"))
-            dw = dw[:, :, :w.shape[2], :w.shape[3]]
+            dw = lax.conv_general_dilated(
+                x.value, g, (1, 1), pads, rhs_dilation=self.stride, dimension_numbers=("CNHW", "IOHW", "CNHW")
+            )
+            dw = dw[:, :, : w.shape[2], : w.shape[3]]
         return dx, dw
 
 
 class _Pool2d(Unary):
     """Pooling over kh x kw windows of x (N, C, H, W)."""
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         self.kernel = _pair(kernel_size, "kernel_size")
@@ -106,7 +110,7 @@ class _Pool2d(Unary):
         (sh, sw), (ho, wo) = self.stride, out_hw
         for i in range(self.kernel[0]):
             for j in range(self.kernel[1]):
-                yield i, j, padded[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+                yield i, j, padded[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
 
     def _scatter(self, parts, x_shape):
         """Sum the per-offset (i, j, update) back into x's shape: strided placement via
@@ -116,16 +120,22 @@ class _Pool2d(Unary):
         total = None
         for i, j, update in parts:
             ho, wo = update.shape[2:]
-            config = ((0, 0, 0), (0, 0, 0), (i, hp - i - sh * (ho - 1) - 1, sh - 1),
-                      (j, wp - j - sw * (wo - 1) - 1, sw - 1))
+            config = (
+                (0, 0, 0),
+                (0, 0, 0),
+                (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+                (j, wp - j - sw * (wo - 1) - 1, sw - 1),
+            )
             placed = lax.pad(update, jnp.zeros((), update.dtype), config)
             total = placed if total is None else total + placed
-        return total[:, :, ph:ph + x_shape[2], pw:pw + x_shape[3]]
+        return total[:, :, ph : ph + x_shape[2], pw : pw + x_shape[3]]
 
 
 class MaxPool2d(_Pool2d):
     """Max over each window; ties split the gradient evenly."""
+
     check_integer_overflow = False  # selects elements: cannot overflow
+
     def call(self, x):
         return self._reduce(x.value, jnp.array(_lowest(x.dtype), x.dtype), lax.max)
 
@@ -142,8 +152,10 @@ class MaxPool2d(_Pool2d):
 
 class AvgPool2d(_Pool2d):
     """Mean over each window (padding counts as zeros, as PyTorch's default)."""
+
     vjp_uses_inputs = False
     vjp_uses_out = False
+
     def call(self, x):
         return self._reduce(x.value, jnp.array(0, x.dtype), lax.add) / math.prod(self.kernel)
 

@@ -1,5 +1,6 @@
 """Elementwise operators. Binary ones broadcast like NumPy; their vjp may return
 cotangents with broadcast dimensions, which the graph sums back to each input's shape."""
+
 import math
 from typing import Any
 
@@ -10,49 +11,110 @@ from zkynet.framework.builder import NodeLike, as_node
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Binary, Fused, Unary
 
-__all__ = ["Add", "Sub", "Mult", "Div", "Pow", "Maximum", "Minimum", "Where", "Neg", "Square", "Sqrt",
-           "Exp", "Log", "Abs", "Tanh", "Sigmoid", "Softplus", "Relu", "LeakyRelu", "Gelu", "Astype",
-           "add", "sub", "mult", "div", "pow", "maximum", "minimum", "where", "neg", "square", "sqrt",
-           "exp", "log", "abs", "tanh", "sigmoid", "softplus", "relu", "leaky_relu", "gelu",
-           "astype"]
+__all__ = [
+    "Add",
+    "Sub",
+    "Mult",
+    "Div",
+    "Pow",
+    "Maximum",
+    "Minimum",
+    "Where",
+    "Neg",
+    "Square",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Abs",
+    "Tanh",
+    "Sigmoid",
+    "Softplus",
+    "Relu",
+    "LeakyRelu",
+    "Gelu",
+    "Astype",
+    "add",
+    "sub",
+    "mult",
+    "div",
+    "pow",
+    "maximum",
+    "minimum",
+    "where",
+    "neg",
+    "square",
+    "sqrt",
+    "exp",
+    "log",
+    "abs",
+    "tanh",
+    "sigmoid",
+    "softplus",
+    "relu",
+    "leaky_relu",
+    "gelu",
+    "astype",
+]
 
 
 # ----------------------------------------------------------------------------- binary
 
+
 class Add(Binary):
     """a + b"""
+
     vjp_uses_inputs = False
     vjp_uses_out = False
     fuse_vjp = False
-    def call(self, a, b): return a.value + b.value
-    def vjp(self, g, out, a, b): return g, g
+
+    def call(self, a, b):
+        return a.value + b.value
+
+    def vjp(self, g, out, a, b):
+        return g, g
 
 
 class Sub(Binary):
     """a - b"""
+
     vjp_uses_inputs = False
     vjp_uses_out = False
     fuse_vjp = False
-    def call(self, a, b): return a.value - b.value
-    def vjp(self, g, out, a, b): return g, -g
+
+    def call(self, a, b):
+        return a.value - b.value
+
+    def vjp(self, g, out, a, b):
+        return g, -g
 
 
 class Mult(Binary):
     """a * b, elementwise"""
+
     vjp_uses_out = False
-    def call(self, a, b): return a.value * b.value
-    def vjp(self, g, out, a, b): return g * b.value, g * a.value
+
+    def call(self, a, b):
+        return a.value * b.value
+
+    def vjp(self, g, out, a, b):
+        return g * b.value, g * a.value
 
 
 class Div(Binary):
     """a / b"""
-    def call(self, a, b): return a.value / b.value
-    def vjp(self, g, out, a, b): return g / b.value, -g * out / b.value
+
+    def call(self, a, b):
+        return a.value / b.value
+
+    def vjp(self, g, out, a, b):
+        return g / b.value, -g * out / b.value
 
 
 class Pow(Binary):
     """a ** b; d/db uses log(a), so it is defined for a > 0 (0 where a == 0, like JAX)."""
-    def call(self, a, b): return a.value ** b.value
+
+    def call(self, a, b):
+        return a.value**b.value
 
     def vjp(self, g, out, a, b):
         x, y = a.value, b.value
@@ -63,9 +125,12 @@ class Pow(Binary):
 
 class Maximum(Binary):
     """Elementwise max; ties split the gradient evenly (as JAX does)."""
+
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
-    def call(self, a, b): return jnp.maximum(a.value, b.value)
+
+    def call(self, a, b):
+        return jnp.maximum(a.value, b.value)
 
     def vjp(self, g, out, a, b):
         share = jnp.where(a.value > b.value, 1.0, jnp.where(a.value == b.value, 0.5, 0.0))
@@ -74,9 +139,12 @@ class Maximum(Binary):
 
 class Minimum(Binary):
     """Elementwise min; ties split the gradient evenly (as JAX does)."""
+
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
-    def call(self, a, b): return jnp.minimum(a.value, b.value)
+
+    def call(self, a, b):
+        return jnp.minimum(a.value, b.value)
 
     def vjp(self, g, out, a, b):
         share = jnp.where(a.value < b.value, 1.0, jnp.where(a.value == b.value, 0.5, 0.0))
@@ -85,88 +153,140 @@ class Minimum(Binary):
 
 class Where(Fused):
     """`a` where `condition` holds, else `b` (the condition gets no gradient)."""
+
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
     input_names = ("condition", "a", "b")
-    def call(self, c, a, b): return jnp.where(c.value, a.value, b.value)
-    def vjp(self, g, out, c, a, b): return None, jnp.where(c.value, g, 0), jnp.where(c.value, 0, g)
+
+    def call(self, c, a, b):
+        return jnp.where(c.value, a.value, b.value)
+
+    def vjp(self, g, out, c, a, b):
+        return None, jnp.where(c.value, g, 0), jnp.where(c.value, 0, g)
 
 
 # ----------------------------------------------------------------------------- unary
+
 
 class Neg(Unary):
     vjp_uses_inputs = False
     vjp_uses_out = False
     fuse_vjp = False
-    def call(self, x): return -x.value
-    def vjp(self, g, out, x): return (-g,)
+
+    def call(self, x):
+        return -x.value
+
+    def vjp(self, g, out, x):
+        return (-g,)
 
 
 class Square(Unary):
     vjp_uses_out = False
-    def call(self, x): return x.value * x.value
-    def vjp(self, g, out, x): return (2 * x.value * g,)
+
+    def call(self, x):
+        return x.value * x.value
+
+    def vjp(self, g, out, x):
+        return (2 * x.value * g,)
 
 
 class Sqrt(Unary):
     vjp_uses_inputs = False
-    def call(self, x): return jnp.sqrt(x.value)
-    def vjp(self, g, out, x): return (g * 0.5 / out,)
+
+    def call(self, x):
+        return jnp.sqrt(x.value)
+
+    def vjp(self, g, out, x):
+        return (g * 0.5 / out,)
 
 
 class Exp(Unary):
     vjp_uses_inputs = False
-    def call(self, x): return jnp.exp(x.value)
-    def vjp(self, g, out, x): return (g * out,)
+
+    def call(self, x):
+        return jnp.exp(x.value)
+
+    def vjp(self, g, out, x):
+        return (g * out,)
 
 
 class Log(Unary):
     vjp_uses_out = False
-    def call(self, x): return jnp.log(x.value)
-    def vjp(self, g, out, x): return (g / x.value,)
+
+    def call(self, x):
+        return jnp.log(x.value)
+
+    def vjp(self, g, out, x):
+        return (g / x.value,)
 
 
 class Abs(Unary):
     vjp_uses_out = False
-    def call(self, x): return jnp.abs(x.value)
-    def vjp(self, g, out, x): return (g * jnp.sign(x.value),)
+
+    def call(self, x):
+        return jnp.abs(x.value)
+
+    def vjp(self, g, out, x):
+        return (g * jnp.sign(x.value),)
 
 
 class Tanh(Unary):
     vjp_uses_inputs = False
-    def call(self, x): return jnp.tanh(x.value)
-    def vjp(self, g, out, x): return (g * (1 - out * out),)
+
+    def call(self, x):
+        return jnp.tanh(x.value)
+
+    def vjp(self, g, out, x):
+        return (g * (1 - out * out),)
 
 
 class Sigmoid(Unary):
     vjp_uses_inputs = False
-    def call(self, x): return jax.nn.sigmoid(x.value)
-    def vjp(self, g, out, x): return (g * out * (1 - out),)
+
+    def call(self, x):
+        return jax.nn.sigmoid(x.value)
+
+    def vjp(self, g, out, x):
+        return (g * out * (1 - out),)
 
 
 class Softplus(Unary):
     """log(1 + exp(x)), computed without overflow; its derivative is sigmoid(x)."""
+
     vjp_uses_out = False
-    def call(self, x): return jnp.maximum(x.value, 0) + jnp.log1p(jnp.exp(-jnp.abs(x.value)))
-    def vjp(self, g, out, x): return (g * jax.nn.sigmoid(x.value),)
+
+    def call(self, x):
+        return jnp.maximum(x.value, 0) + jnp.log1p(jnp.exp(-jnp.abs(x.value)))
+
+    def vjp(self, g, out, x):
+        return (g * jax.nn.sigmoid(x.value),)
 
 
 class Relu(Unary):
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
-    def call(self, x): return jnp.maximum(x.value, 0)
-    def vjp(self, g, out, x): return (jnp.where(x.value > 0, g, 0),)
+
+    def call(self, x):
+        return jnp.maximum(x.value, 0)
+
+    def vjp(self, g, out, x):
+        return (jnp.where(x.value > 0, g, 0),)
 
 
 class LeakyRelu(Unary):
     """x for x >= 0, else negative_slope * x."""
+
     vjp_uses_out = False
+
     def __init__(self, negative_slope=0.01):
         super().__init__()
         self.negative_slope = negative_slope
 
-    def call(self, x): return jnp.where(x.value >= 0, x.value, self.negative_slope * x.value)
-    def vjp(self, g, out, x): return (jnp.where(x.value >= 0, g, self.negative_slope * g),)
+    def call(self, x):
+        return jnp.where(x.value >= 0, x.value, self.negative_slope * x.value)
+
+    def vjp(self, g, out, x):
+        return (jnp.where(x.value >= 0, g, self.negative_slope * g),)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -177,6 +297,7 @@ class Gelu(Unary):
     (`approximate=True`, or PyTorch's spelling "tanh"; "none" means exact).
     The exact backward reads Phi(x) off the output (out / x) instead of evaluating
     erf again: erf is the costliest elementwise function of a transformer step on CPU."""
+
     def __init__(self, approximate=False):
         super().__init__()
         if approximate not in (True, False, "tanh", "none"):
@@ -186,13 +307,13 @@ class Gelu(Unary):
     def call(self, x):
         x = x.value
         if self.approximate:
-            return 0.5 * x * (1 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+            return 0.5 * x * (1 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
         return 0.5 * x * (1 + jax.scipy.special.erf(x / math.sqrt(2)))
 
     def vjp(self, g, out, x):
         x = x.value
         if self.approximate:
-            t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+            t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
             slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
         else:  # out / x is Phi(x) within rounding (x != 0); Phi(0) = 1/2
             cdf = jnp.where(x == 0, 0.5, out / jnp.where(x == 0, 1, x))
@@ -203,15 +324,20 @@ class Gelu(Unary):
 class Astype(Unary):
     """x in another dtype; the cotangent goes back in x's own (how mixed precision
     hands a bfloat16 model's output to a float32 loss)."""
+
     vjp_uses_inputs = False  # the input's dtype only
     vjp_uses_out = False
     fuse_vjp = False
+
     def __init__(self, dtype):
         super().__init__()
         self.dtype = jnp.dtype(dtype)
 
-    def call(self, x): return x.value.astype(self.dtype)
-    def vjp(self, g, out, x): return (g.astype(x.dtype),)
+    def call(self, x):
+        return x.value.astype(self.dtype)
+
+    def vjp(self, g, out, x):
+        return (g.astype(x.dtype),)
 
 
 # ----------------------------------------------------------------------------- what models call
@@ -222,8 +348,12 @@ neg, square, sqrt, exp, log, abs = Neg(), Square(), Sqrt(), Exp(), Log(), Abs()
 tanh, sigmoid, softplus, relu = Tanh(), Sigmoid(), Softplus(), Relu()
 
 
-def leaky_relu(x: NodeLike, negative_slope: float = 0.01) -> Node: return LeakyRelu(negative_slope)(x)
-def gelu(x: NodeLike, approximate: bool | str = False) -> Node: return Gelu(approximate)(x)
+def leaky_relu(x: NodeLike, negative_slope: float = 0.01) -> Node:
+    return LeakyRelu(negative_slope)(x)
+
+
+def gelu(x: NodeLike, approximate: bool | str = False) -> Node:
+    return Gelu(approximate)(x)
 
 
 def astype(x: NodeLike, dtype: Any) -> Node:

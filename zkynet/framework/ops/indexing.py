@@ -15,6 +15,7 @@ them in x[i] (a wrong element, and a zero gradient) and fill them with NaN in ta
     stops the run instead of training on a wrong element. To find the culprit, run
     the same batch eagerly (TrainStep(..., jit=False)): the check then names it.
 """
+
 import functools
 import numbers
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = ["Getitem", "Take", "getitem", "take"]
 
 class _Position:
     """Where an integer stood in an index key (its value is passed as an input)."""
+
     def __repr__(self):
         return "<int>"
 
@@ -48,6 +50,7 @@ class Getitem(Fused):
     `op.getitem` moves the plain integers of the key into the `positions` input
     instead of compiling them in, so x[0], x[1], ... (a loop over time steps)
     share one computation; `key` keeps a placeholder where each one stood."""
+
     vjp_uses_inputs = False  # only `positions`, a constant that is rebuilt with the graph
     vjp_uses_out = False
     check_integer_overflow = False  # only moves elements
@@ -70,16 +73,24 @@ class Getitem(Fused):
         """IndexOutOfRangeError unless the key, with `ints` (Python ints) for its placeholders,
         fits `x` (a node or anything with a shape and dtype)."""
         parts, shape = self.key, x.shape
-        counts = [0 if k is None or k is Ellipsis or isinstance(k, (bool, np.bool_))
-                  else np.ndim(k) if _is_bool_array(k) else 1 for k in parts]
+        counts = [
+            0
+            if k is None or k is Ellipsis or isinstance(k, (bool, np.bool_))
+            else np.ndim(k)
+            if _is_bool_array(k)
+            else 1
+            for k in parts
+        ]
         if sum(counts) > len(shape):
             values = iter(ints)
             key = tuple(next(values) if k is _POSITION else k for k in parts)
-            raise IndexOutOfRangeError(f"{self._where()}: the key {key[0] if self.single else key!r} indexes "
-                                       f"{sum(counts)} axes of an input with {len(shape)} ({_describe(x)})")
+            raise IndexOutOfRangeError(
+                f"{self._where()}: the key {key[0] if self.single else key!r} indexes "
+                f"{sum(counts)} axes of an input with {len(shape)} ({_describe(x)})"
+            )
         ints = iter(ints)
         axis = 0
-        for part, count in zip(parts, counts):
+        for part, count in zip(parts, counts, strict=True):
             if part is Ellipsis:
                 axis += len(shape) - sum(counts)
                 continue
@@ -127,8 +138,13 @@ def _slice_padding(key, shape):
     """(lax.pad's (low, high, interior) per axis that undoes x[key], the axes that the
     key's integers removed) for a key of forward slices, in-range integers and Ellipsis
     only (what a model's x[..., a:b] or x[:, t] is), else None."""
-    if any(k is not Ellipsis and not isinstance(k, (slice, numbers.Integral)) or isinstance(k, (bool, np.bool_))
-           for k in key) or sum(k is Ellipsis for k in key) > 1:
+    if (
+        any(
+            (k is not Ellipsis and not isinstance(k, (slice, numbers.Integral))) or isinstance(k, (bool, np.bool_))
+            for k in key
+        )
+        or sum(k is Ellipsis for k in key) > 1
+    ):
         return None
     rest = len(shape) - (len(key) - (Ellipsis in key))  # the axes the key leaves whole
     if Ellipsis not in key:
@@ -137,7 +153,7 @@ def _slice_padding(key, shape):
     for k in key:
         parts += [slice(None)] * rest if k is Ellipsis else [k]
     padding, integer_axes = [], []
-    for axis, (part, size) in enumerate(zip(parts, shape)):
+    for axis, (part, size) in enumerate(zip(parts, shape, strict=True)):
         if not isinstance(part, slice):
             if not -size <= part < size:
                 return None
@@ -156,8 +172,7 @@ def _is_bool_array(k):
 
 
 def _is_concrete(k):
-    return isinstance(k, (np.ndarray, np.generic)) or (isinstance(k, jax.Array)
-                                                       and not isinstance(k, jax.core.Tracer))
+    return isinstance(k, (np.ndarray, np.generic)) or (isinstance(k, jax.Array) and not isinstance(k, jax.core.Tracer))
 
 
 def _describe(node):
@@ -167,8 +182,9 @@ def _describe(node):
 def _check_range(indices, size, axis, x, where, what):
     """IndexOutOfRangeError unless every one of `indices` (concrete) is in -size..size-1."""
     if indices.dtype.kind not in "iu":
-        raise ValueTypeError(f"{where}: indices must be integers, got {indices.dtype}; convert them, "
-                             "e.g. indices.astype(int)")
+        raise ValueTypeError(
+            f"{where}: indices must be integers, got {indices.dtype}; convert them, e.g. indices.astype(int)"
+        )
     bad = (indices < -size) | (indices >= size)
     if bad.any():
         at = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -177,17 +193,20 @@ def _check_range(indices, size, axis, x, where, what):
         raise IndexOutOfRangeError(
             f"{where}: {what} {value}{place} is out of range for axis {axis} of size {size} of the "
             f"input {_describe(x)}; valid indices are {-size}..{size - 1} (negative ones count from the end)"
-            if size else f"{where}: {what} {value}{place} reads axis {axis} of the input {_describe(x)}, "
-            "which is empty")
+            if size
+            else f"{where}: {what} {value}{place} reads axis {axis} of the input {_describe(x)}, which is empty"
+        )
 
 
 def _split_key(key):
     """(the key with placeholders for its plain ints, those ints, whether it was one item)."""
-    parts = tuple(np.asarray(k) if isinstance(k, list) else k  # NumPy's x[[1, 0]]
-                  for k in (key if isinstance(key, tuple) else (key,)))
+    parts = tuple(
+        np.asarray(k) if isinstance(k, list) else k  # NumPy's x[[1, 0]]
+        for k in (key if isinstance(key, tuple) else (key,))
+    )
     is_int = [isinstance(k, numbers.Integral) and not isinstance(k, (bool, np.bool_)) for k in parts]
-    template = tuple(_POSITION if i else k for k, i in zip(parts, is_int))
-    positions = _positions(tuple(int(k) for k, i in zip(parts, is_int) if i))
+    template = tuple(_POSITION if i else k for k, i in zip(parts, is_int, strict=True))
+    positions = _positions(tuple(int(k) for k, i in zip(parts, is_int, strict=True) if i))
     return template, positions, not isinstance(key, tuple)
 
 
@@ -204,6 +223,7 @@ class Take(Fused):
     embedding lookup for axis 0. The indices may be a node (they get no gradient).
     Concrete indices out of range are refused; traced ones read NaN (see the module
     docstring)."""
+
     vjp_uses_out = False
     check_integer_overflow = False  # only moves elements
     input_names = ("x", "indices")
@@ -214,19 +234,23 @@ class Take(Fused):
 
     def check(self, x, indices):
         if not jnp.issubdtype(indices.dtype, jnp.integer):
-            raise ValueTypeError(f"{self._where()}: indices must be integers, got {_describe(indices)}; "
-                                 "convert them, e.g. indices.astype(int)")
+            raise ValueTypeError(
+                f"{self._where()}: indices must be integers, got {_describe(indices)}; "
+                "convert them, e.g. indices.astype(int)"
+            )
         if self.axis is None:
             size, axis = x.value.size, "0 of the flattened input"
         elif -x.ndim <= self.axis < x.ndim:
             size, axis = x.shape[self.axis], self.axis % x.ndim
         else:
-            raise ShapeError(f"{self._where()}: axis {self.axis} is out of range for the input "
-                             f"{_describe(x)} ({x.ndim} axes)")
+            raise ShapeError(
+                f"{self._where()}: axis {self.axis} is out of range for the input {_describe(x)} ({x.ndim} axes)"
+            )
         if _is_concrete(indices.value):
             _check_range(np.asarray(indices.value), size, axis, x, self._where(), "index")
 
-    def call(self, x, indices): return jnp.take(x.value, indices.value, axis=self.axis, mode="fill")
+    def call(self, x, indices):
+        return jnp.take(x.value, indices.value, axis=self.axis, mode="fill")
 
     def vjp(self, g, out, x, indices):
         if self.axis is None:
@@ -250,9 +274,15 @@ def getitem(x: NodeLike, key: Any) -> Node:
         return take(x, key)
     parts = key if isinstance(key, tuple) else (key,)
     ints = [int(k) for k in parts if isinstance(k, numbers.Integral) and not isinstance(k, (bool, np.bool_))]
-    if any(not -2 ** 31 <= k < 2 ** 31 for k in ints):  # beyond any axis and the int32 positions: refuse now
-        template = tuple(_POSITION if isinstance(k, numbers.Integral) and not isinstance(k, (bool, np.bool_))
-                         else np.asarray(k) if isinstance(k, list) else k for k in parts)
+    if any(not -(2**31) <= k < 2**31 for k in ints):  # beyond any axis and the int32 positions: refuse now
+        template = tuple(
+            _POSITION
+            if isinstance(k, numbers.Integral) and not isinstance(k, (bool, np.bool_))
+            else np.asarray(k)
+            if isinstance(k, list)
+            else k
+            for k in parts
+        )
         Getitem(template, not isinstance(key, tuple))._check_key(as_node(x), ints)
     template, positions, single = _split_key(key)
     return Getitem(template, single)(x, positions)

@@ -1,4 +1,5 @@
 """Linear algebra: matmul with NumPy's rules (vectors, matrices, broadcast batches), dot."""
+
 import jax.numpy as jnp
 
 from zkynet.framework.ops.base import Binary
@@ -8,8 +9,11 @@ __all__ = ["Matmul", "Dot", "matmul", "dot"]
 
 class Matmul(Binary):
     """a @ b with NumPy's rules: vectors, matrices and batches of matrices (broadcast)."""
+
     vjp_uses_out = False
-    def call(self, a, b): return jnp.matmul(a.value, b.value)
+
+    def call(self, a, b):
+        return jnp.matmul(a.value, b.value)
 
     def vjp(self, g, out, a, b):
         x, y = a.value, b.value
@@ -35,6 +39,7 @@ class Matmul(Binary):
 
 class Dot(Matmul):
     """Dot product of vectors / matrices (use matmul for batches)."""
+
     def call(self, a, b):
         if not (1 <= a.ndim <= 2 and 1 <= b.ndim <= 2):
             raise ValueError("dot takes vectors and matrices; use matmul for batched inputs")

@@ -1,5 +1,6 @@
 """Loops: a module run along a sequence as one node (op.scan)."""
-from typing import Sequence
+
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +37,7 @@ class Scan(Operator):
     jax.grad of lax.scan computes).
     Inputs: *xs, *initial carry, *the cell's parameters (so their gradients flow).
     """
+
     variadic = True
 
     def __init__(self, cell, n_xs, n_carry):
@@ -48,13 +50,12 @@ class Scan(Operator):
         return f"scan({self.cell.functional_name})"
 
     def _parts(self, values):
-        return (values[:self.n_xs], values[self.n_xs:self.n_xs + self.n_carry],
-                values[self.n_xs + self.n_carry:])
+        return (values[: self.n_xs], values[self.n_xs : self.n_xs + self.n_carry], values[self.n_xs + self.n_carry :])
 
     def _step(self, xs_t, carry, params):
         """The graph of one step, and its operator nodes whose values some backward rule
         reads (what the forward pass keeps; the rest is recomputed only if needed)."""
-        graph = build_graph(self.cell, (*xs_t, *carry), param_values=dict(zip(self.cell_params, params)))
+        graph = build_graph(self.cell, (*xs_t, *carry), param_values=dict(zip(self.cell_params, params, strict=True)))
         read = set()
         for node in graph.nodes:
             if isinstance(node, OperatorNode):
@@ -71,6 +72,7 @@ class Scan(Operator):
             graph, computed = self._step(xs_t, carry, params)
             new = tuple(root.value for root in graph.roots)
             return new, (jnp.concatenate(new, axis=-1), tuple(n.value for n in computed))
+
         ys, activations = lax.scan(step, tuple(carry), tuple(xs))[1]
         return ys, activations
 
@@ -78,27 +80,29 @@ class Scan(Operator):
         xs, carry, params = self._parts([n.value for n in nodes])
         bounds = np.cumsum([c.shape[-1] for c in carry])[:-1]
         split = lambda a: jnp.split(a, bounds, axis=-1)  # noqa: E731
-        entering = [jnp.concatenate([c[None], s[:-1]]) for c, s in zip(carry, split(out))]
+        entering = [jnp.concatenate([c[None], s[:-1]]) for c, s in zip(carry, split(out), strict=True)]
         plan = []  # per hoisted matmul: (parameter index, where its left operand and cotangent are stacked)
 
         def back_step(totals, step_values):
             d_carry, d_params = totals
             xs_t, carry_t, activations_t, g_t = step_values
             graph, computed = self._step(xs_t, carry_t, params)
-            for node, value in zip(computed, activations_t):
+            for node, value in zip(computed, activations_t, strict=True):
                 node.value = value  # the forward's own values: no recomputation survives
             products = _weight_products(graph, self.cell_params)
             for _, product in products:
                 product.inputs[1].requires_grad = False  # its gradient comes after the loop
-            graph.back(tuple(a + b for a, b in zip(g_t, d_carry)))
+            graph.back(tuple(a + b for a, b in zip(g_t, d_carry, strict=True)))
             d_inputs = [graph.grad(v) for v in self.cell.inputs]
             hoisted = {index for index, _ in products}
-            d_params = tuple(total + graph.grad(p) if graph.uses(p) and i not in hoisted else total
-                             for i, (total, p) in enumerate(zip(d_params, self.cell_params)))
+            d_params = tuple(
+                total + graph.grad(p) if graph.uses(p) and i not in hoisted else total
+                for i, (total, p) in enumerate(zip(d_params, self.cell_params, strict=True))
+            )
             # a factor the loop stacks anyway (a sequence, the entering carry, d xs) is not stacked twice
             known = {id(v): ("xs", i) for i, v in enumerate(xs_t)}
             known.update({id(v): ("carry", i) for i, v in enumerate(carry_t)})
-            known.update({id(v): ("d_xs", i) for i, v in enumerate(d_inputs[:self.n_xs])})
+            known.update({id(v): ("d_xs", i) for i, v in enumerate(d_inputs[: self.n_xs])})
             extra = []
             plan.clear()
             for index, product in products:
@@ -109,7 +113,7 @@ class Scan(Operator):
                         extra.append(value)
                     places.append(known[id(value)])
                 plan.append((index, places))
-            return (tuple(d_inputs[self.n_xs:]), d_params), (tuple(d_inputs[:self.n_xs]), tuple(extra))
+            return (tuple(d_inputs[self.n_xs :]), d_params), (tuple(d_inputs[: self.n_xs]), tuple(extra))
 
         zeros = (tuple(jnp.zeros_like(c) for c in carry), tuple(jnp.zeros_like(p) for p in params))
         # the output's cotangent split per carry before the loop: split inside, every fusion that
@@ -119,8 +123,9 @@ class Scan(Operator):
         stacked = {"xs": xs, "carry": entering, "d_xs": d_xs, "extra": extra}
         d_params = list(d_params)
         for index in {index for index, _ in plan}:  # sum over steps (and batch) of left^T @ cotangent
-            d_params[index] = sum(_flat(stacked[a][i]).T @ _flat(stacked[b][j])
-                                  for k, ((a, i), (b, j)) in plan if k == index)
+            d_params[index] = sum(
+                _flat(stacked[a][i]).T @ _flat(stacked[b][j]) for k, ((a, i), (b, j)) in plan if k == index
+            )
         return (*d_xs, *d_carry, *d_params)
 
 
@@ -134,8 +139,9 @@ def _weight_products(graph, params):
             continue
         for place, inp in enumerate(node.inputs):
             if isinstance(inp, ParameterNode) and inp.ref in index:
-                weight = isinstance(node.ref, Matmul) and place == 1 and inp.value.ndim == 2 and \
-                    node.inputs[0] is not inp
+                weight = (
+                    isinstance(node.ref, Matmul) and place == 1 and inp.value.ndim == 2 and node.inputs[0] is not inp
+                )
                 uses = products.setdefault(inp, [])
                 uses.append(node if weight else None)
     return [(index[p.ref], node) for p, uses in products.items() if None not in uses for node in uses]

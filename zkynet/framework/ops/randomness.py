@@ -1,4 +1,5 @@
 """Randomness from explicit PRNG keys: dropout."""
+
 import jax
 import jax.numpy as jnp
 
@@ -13,6 +14,7 @@ class Dropout(Fused):
     """Zero each element with probability `rate`, scale the rest by 1/(1 - rate).
     The mask comes from the PRNG `key` input, so a step is reproducible (and the
     backward pass recomputes the same mask instead of storing it)."""
+
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
     input_names = ("x", "key")
@@ -31,8 +33,12 @@ class Dropout(Fused):
         member's own) is a float32 array: cast to x's dtype, so that bfloat16 stays bfloat16."""
         return jnp.where(self._keep(x, key), values / jnp.asarray(1 - self.rate, x.dtype), 0)
 
-    def call(self, x, key): return self._kept(x, key, x.value)
-    def vjp(self, g, out, x, key): return self._kept(x, key, g), None
+    def call(self, x, key):
+        return self._kept(x, key, x.value)
+
+    def vjp(self, g, out, x, key):
+        return self._kept(x, key, g), None
 
 
-def dropout(x: NodeLike, key: NodeLike, rate: float = 0.5) -> Node: return Dropout(rate)(x, key)
+def dropout(x: NodeLike, key: NodeLike, rate: float = 0.5) -> Node:
+    return Dropout(rate)(x, key)

@@ -1,8 +1,9 @@
 """Reductions over axes (sum, mean, max, logsumexp), and the normalizations built on
 them: softmax and log-softmax (computed in log space), layer normalization."""
+
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 from jax import lax
@@ -11,8 +12,22 @@ from zkynet.framework.builder import NodeLike
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Unary
 
-__all__ = ["Sum", "Mean", "Max", "Logsumexp", "LogSoftmax", "Softmax", "LayerNorm",
-           "sum", "mean", "max", "logsumexp", "softmax", "log_softmax", "layer_norm"]
+__all__ = [
+    "Sum",
+    "Mean",
+    "Max",
+    "Logsumexp",
+    "LogSoftmax",
+    "Softmax",
+    "LayerNorm",
+    "sum",
+    "mean",
+    "max",
+    "logsumexp",
+    "softmax",
+    "log_softmax",
+    "layer_norm",
+]
 
 Axis = int | Sequence[int] | None
 
@@ -39,14 +54,20 @@ class _Reduction(Unary):
 class Sum(_Reduction):
     vjp_uses_inputs = False
     vjp_uses_out = False
-    def call(self, x): return jnp.sum(x.value, axis=self.axis, keepdims=self.keepdims)
-    def vjp(self, g, out, x): return (jnp.broadcast_to(self._unreduce(g, x), x.shape),)
+
+    def call(self, x):
+        return jnp.sum(x.value, axis=self.axis, keepdims=self.keepdims)
+
+    def vjp(self, g, out, x):
+        return (jnp.broadcast_to(self._unreduce(g, x), x.shape),)
 
 
 class Mean(_Reduction):
     vjp_uses_inputs = False
     vjp_uses_out = False
-    def call(self, x): return jnp.mean(x.value, axis=self.axis, keepdims=self.keepdims)
+
+    def call(self, x):
+        return jnp.mean(x.value, axis=self.axis, keepdims=self.keepdims)
 
     def vjp(self, g, out, x):
         count = math.prod(x.shape[a] for a in _axes(self.axis, x.ndim))
@@ -55,8 +76,11 @@ class Mean(_Reduction):
 
 class Max(_Reduction):
     """Largest element; ties split the gradient evenly (as JAX does)."""
+
     check_integer_overflow = False  # selects or moves elements: cannot overflow
-    def call(self, x): return jnp.max(x.value, axis=self.axis, keepdims=self.keepdims)
+
+    def call(self, x):
+        return jnp.max(x.value, axis=self.axis, keepdims=self.keepdims)
 
     def vjp(self, g, out, x):
         hits = (x.value == self._unreduce(out, x)).astype(g.dtype)
@@ -86,7 +110,9 @@ class Logsumexp(_Reduction):
 
 class LogSoftmax(Unary):
     """x - logsumexp(x): log-probabilities along `axis`, never exponentiated first."""
+
     vjp_uses_inputs = False
+
     def __init__(self, axis=-1):
         super().__init__()
         self.axis = axis
@@ -101,8 +127,11 @@ class LogSoftmax(Unary):
 
 class Softmax(LogSoftmax):
     """exp(log_softmax(x)): probabilities along `axis`, computed in log space."""
+
     vjp_uses_inputs = False
-    def call(self, x): return jnp.exp(super().call(x))
+
+    def call(self, x):
+        return jnp.exp(super().call(x))
 
     def vjp(self, g, out, x):
         return (out * (g - jnp.sum(g * out, axis=self.axis, keepdims=True)),)
@@ -110,6 +139,7 @@ class Softmax(LogSoftmax):
 
 class LayerNorm(Unary):
     """(x - mean) / sqrt(var + eps) over the last axis (the affine part is the module's)."""
+
     def __init__(self, eps=1e-5):
         super().__init__()
         self.eps = eps
@@ -127,7 +157,8 @@ class LayerNorm(Unary):
 
 # ----------------------------------------------------------------------------- what models call
 
-def sum(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
+
+def sum(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
     return Sum(axis, keepdims)(x)
 
 
@@ -135,7 +166,7 @@ def mean(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
     return Mean(axis, keepdims)(x)
 
 
-def max(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
+def max(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
     return Max(axis, keepdims)(x)
 
 
@@ -143,6 +174,13 @@ def logsumexp(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
     return Logsumexp(axis, keepdims)(x)
 
 
-def softmax(x: NodeLike, axis: int = -1) -> Node: return Softmax(axis)(x)
-def log_softmax(x: NodeLike, axis: int = -1) -> Node: return LogSoftmax(axis)(x)
-def layer_norm(x: NodeLike, eps: float = 1e-5) -> Node: return LayerNorm(eps)(x)
+def softmax(x: NodeLike, axis: int = -1) -> Node:
+    return Softmax(axis)(x)
+
+
+def log_softmax(x: NodeLike, axis: int = -1) -> Node:
+    return LogSoftmax(axis)(x)
+
+
+def layer_norm(x: NodeLike, eps: float = 1e-5) -> Node:
+    return LayerNorm(eps)(x)

@@ -1,4 +1,5 @@
 """Attention as one operator: softmax(q k^T * scale, masked) v."""
+
 import jax.numpy as jnp
 
 from zkynet.framework.builder import NodeLike
@@ -20,6 +21,7 @@ class Attention(Operator):
     dS = P (dP - rowsum(dO O)) uses a rowsum over d (FlashAttention's identity)
     instead of softmax's over T x T, and the scaling and masking cost no passes of
     their own. The forward keeps P (what the rule reads, besides q, k, v)."""
+
     variadic = True
 
     def __init__(self, scale):

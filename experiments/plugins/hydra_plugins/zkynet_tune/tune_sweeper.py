@@ -1,4 +1,5 @@
 """The Hydra side of zkynet's Ray Tune sweeper (conf/hydra/sweeper/tune.yaml)."""
+
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 
