@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -28,7 +29,7 @@ def flatten(tree, prefix=""):
 
 
 def unflatten(flat):
-    tree = {}
+    tree: dict[str, Any] = {}
     for path, value in flat.items():
         *parents, leaf = path.split(SEPARATOR)
         node = tree

@@ -27,7 +27,11 @@ import graphviz
 import numpy as np
 
 from zkynet.framework import cg
+from zkynet.framework.builder import ModuleCall
 from zkynet.framework.errors import PlotError
+
+Shape = cg.Node | ModuleCall  # what the picture draws: a node, or a collapsed module call
+Chains = dict[ModuleCall, list]  # each scope's _ancestors, cached
 
 _STYLES = {
     cg.InputNode: dict(shape="ellipse", style="filled", fillcolor="#fff2cc"),
@@ -199,7 +203,7 @@ def _auto_depth(nodes, limit=_AUTO_MAX_SHAPES):
     if len(nodes) <= limit:
         return None
     deepest = max((n.scope.depth for n in nodes if n.scope is not None), default=0)
-    chains = {}
+    chains: Chains = {}
     for depth in range(deepest, -1, -1):
         if _count_shapes(nodes, depth, chains) <= limit:
             return depth
@@ -215,7 +219,7 @@ def _bounded_depth(nodes, depth, max_nodes):
     """`depth`, or the deepest shallower one when drawing at `depth` would take more than
     `max_nodes` shapes or too much layout work (said with a warning); PlotError when no
     depth is shallow enough."""
-    chains = {}
+    chains: Chains = {}
     budget = LAYOUT_COST_PER_NODE * max_nodes
 
     def fits(d):
@@ -255,19 +259,19 @@ def _bounded_depth(nodes, depth, max_nodes):
 
 
 def _draw(graph, nodes, roots, depth):
-    chains = {}
+    chains: Chains = {}
     shapes = {node: _shape_of(node, depth, chains) for node in nodes}
-    members = {}  # module call -> the shapes drawn directly inside its cluster
-    counts = {}  # collapsed module call -> how many nodes it hides
+    members: dict[ModuleCall | None, list[Shape]] = {}  # module call -> the shapes drawn directly inside it
+    counts: dict[ModuleCall, int] = {}  # collapsed module call -> how many nodes it hides
     for node, shape in shapes.items():
-        if shape is node:
+        if isinstance(shape, cg.Node):  # the node itself
             members.setdefault(node.scope, []).append(node)
         else:
             counts[shape] = counts.get(shape, 0) + 1
     for box in counts:
         members.setdefault(box.parent, []).append(box)
 
-    children = {}
+    children: dict[ModuleCall | None, set[ModuleCall]] = {}
     for scope in members:
         chain = [None] + _ancestors(scope)
         for parent, child in itertools.pairwise(chain):
@@ -301,7 +305,8 @@ def _draw(graph, nodes, roots, depth):
     emit(graph, None)
 
     edges = _edges(nodes, shapes)
-    fan_out, fan_in = {}, {}
+    fan_out: dict[Shape, int] = {}
+    fan_in: dict[Shape, int] = {}
     for tail, head in edges:
         fan_out[tail] = fan_out.get(tail, 0) + 1
         fan_in[head] = fan_in.get(head, 0) + 1
@@ -314,7 +319,7 @@ def _draw(graph, nodes, roots, depth):
 
 def _edges(nodes, shapes):
     """The edges between the shapes drawn ({node: its shape}), once each, in creation order."""
-    edges = {}
+    edges: dict[tuple[Shape, Shape], None] = {}
     for node in nodes:
         head = shapes[node]
         for inp in node.inputs:
@@ -330,7 +335,8 @@ def _layout_cost(nodes, depth, chains):
     step spans 100 ranks). Ranks by longest path, a source placed just before its first user."""
     shapes = {node: _shape_of(node, depth, chains) for node in nodes}
     edges = _edges(nodes, shapes)
-    rank, heads = {}, {}
+    rank: dict[Shape, int] = {}
+    heads: dict[Shape, list[Shape]] = {}
     for tail, head in edges:  # creation order is a topological order of the shapes
         rank[head] = max(rank.get(head, 0), rank.get(tail, 0) + 1)
         heads.setdefault(tail, []).append(head)

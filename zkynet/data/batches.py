@@ -37,7 +37,7 @@ class Batches:
         """Iterate over the batches of `epoch`, from batch number `start`; each batch is
         a tuple of device arrays."""
         order = self.order(epoch)
-        pending = collections.deque()
+        pending: collections.deque[tuple] = collections.deque()
         for index in range(start, len(self)):
             rows = order[index * self.batch_size : (index + 1) * self.batch_size]
             pending.append(self.place([a[rows] for a in self.arrays]))  # an asynchronous copy

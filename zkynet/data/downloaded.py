@@ -90,8 +90,9 @@ def _pixel_csvs(name, train_file, test_file, root, layout):
             if frame.shape[1] != 1 + 28 * 28:
                 raise ValueError(f"{frame.shape[1]} columns, expected a label and 784 pixels")
             splits.append(Split(_images(frame, layout), frame.iloc[:, 0].to_numpy(np.int32)))
+    train, validation = splits  # the download's test file is the validation split
     num_classes = int(max(split.targets.max() for split in splits)) + 1
-    return Dataset(name, *splits, num_classes=num_classes)
+    return Dataset(name, train, validation, num_classes=num_classes)
 
 
 def load_mnist(root=None, layout="flat"):
@@ -167,15 +168,16 @@ def load_ravdess(root=None, layout="image", validation_actors=(21, 22, 23, 24)):
         raise DatasetNotFoundError(
             f"ravdess: no Actor_*/*.wav files under {folder}; run `./download_datasets.sh ravdess`"
         )
-    features, labels, actors = [], [], []
+    spectrograms, emotions, actors = [], [], []
     for path in files:
         with reading(path, "ravdess"):
             fields = path.stem.split("-")
-            features.append(spectrogram(*read_wav(path)))
-            labels.append(int(fields[2]) - 1)
+            spectrograms.append(spectrogram(*read_wav(path)))
+            emotions.append(int(fields[2]) - 1)
             actors.append(int(fields[6]))
-    features = np.stack(features)[:, None] if layout == "image" else np.stack(features).reshape(len(files), -1)
-    labels, held_out = np.array(labels, np.int32), np.isin(actors, validation_actors)
+    stacked = np.stack(spectrograms)
+    features = stacked[:, None] if layout == "image" else stacked.reshape(len(files), -1)
+    labels, held_out = np.array(emotions, np.int32), np.isin(actors, validation_actors)
     return Dataset(
         "ravdess",
         Split(features[~held_out], labels[~held_out]),

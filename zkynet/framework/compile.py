@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from zkynet.framework import cg, op
+from zkynet.framework.memory import keep_freed_memory_once
 
 PRECISIONS = {"float32": None, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16}  # the compute dtype (None: no casts)
 
@@ -67,6 +68,7 @@ class _Compiled:
     shared by train and eval."""
 
     def __init__(self, model, loss, metrics, precision):
+        keep_freed_memory_once()  # every step allocates and frees its buffers: keep that memory (see memory.py)
         self.model = model
         self.compute_dtype = compute_dtype(precision)
         self.objective = Objective(model, loss, None if self.compute_dtype is None else jnp.float32)

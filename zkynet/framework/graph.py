@@ -18,11 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from zkynet.framework.errors import BackwardRuleError, GradientError, NumericOverflowError, ValueTypeError
-from zkynet.framework.memory import keep_freed_memory
 from zkynet.framework.slice_cotangent import SliceCotangent, dense
 from zkynet.framework.slice_cotangent import add as add_cotangents
-
-keep_freed_memory()  # every graph allocates and frees arrays per step: keep that memory (see memory.py)
 
 ArrayLike = jax.typing.ArrayLike | Sequence[Any]  # what as_value accepts: nested lists too
 

@@ -16,12 +16,17 @@ off the main thread, whose heaps are 64 MB each). XLA runs compiled steps on its
 own threads, whose arenas get a fresh 64 MB heap for a large block and, with glibc's
 default top pad, delete it again when the block is freed (heap_trim deletes a heap
 left empty unless the pad asks to keep room): with a 64 MB pad they keep it (a step
-with a 50 MB temporary faulted it in again on 0-190 of 190 calls, 0-2 now). Set
-ZKYNET_MALLOC=default before importing zkynet to keep glibc's defaults.
+with a 50 MB temporary faulted it in again on 0-190 of 190 calls, 0-2 now).
+
+Importing zkynet changes nothing: training does this as it starts (a TrainStep or
+EvalStep being built, an eager graph's first back()), once per process; call
+`zkynet.keep_freed_memory()` yourself to have it earlier (e.g. before timing eager
+code that never calls back()). Set ZKYNET_MALLOC=default to keep glibc's defaults.
 """
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4  # mallopt parameters (malloc.h)
@@ -50,3 +55,9 @@ def keep_freed_memory() -> bool:
             (_M_MMAP_MAX, 0),
         )
     )
+
+
+@functools.cache
+def keep_freed_memory_once() -> bool:
+    """keep_freed_memory(), the first time only: what training calls as it starts."""
+    return keep_freed_memory()

@@ -166,7 +166,7 @@ class Module(Function):
                 stacklevel=stacklevel,
             )
             args = args[: len(expected)]
-        values = dict(zip(expected, args, strict=True))
+        values = dict(zip(expected, args, strict=False))  # fewer values: optional inputs, or missing (below)
         for key, value in kwargs.items():
             variable = self.input(key)
             if variable in values:

@@ -18,6 +18,7 @@ from zkynet.framework.graph import (
     one,
     topological_order,
 )
+from zkynet.framework.memory import keep_freed_memory_once
 from zkynet.framework.templates import Parameter, Template, Variable
 
 
@@ -57,6 +58,7 @@ class ModuleGraph:
         gradient (scalar output) or the full Jacobian (tensor output); with a
         cotangent shaped like the output, the vector-Jacobian product (a tuple
         of them for several outputs, None for an output to leave out)."""
+        keep_freed_memory_once()  # eager training allocates and frees per step: keep that memory (see memory.py)
         roots = self.roots
         if cotangent is None:
             if len(roots) != 1:

@@ -26,7 +26,6 @@ from zkynet.framework.graph import (
 from zkynet.framework.templates import Constant, Function, Variable, snake_case
 
 Cotangents = tuple[Any, ...]  # one per input: an array, or None for an input without a gradient
-VJP = Callable[..., Cotangents]  # vjp(g, out, *inputs[, saved=...]): the one signature every rule honours
 
 
 class Operator(Function):
@@ -127,7 +126,7 @@ class Operator(Function):
             self._refuse_overflow(nodes, value)
         return OperatorNode(self, nodes, value, saved)
 
-    def check(self, *inputs: Node) -> None:
+    def check(self, *inputs: Any, **kwargs: Any) -> None:
         """Raise a ZkynetError if this operator cannot give a right answer for `inputs`
         (see the class docstring); by default, accept anything."""
 
@@ -220,21 +219,19 @@ class Operator(Function):
 
         return partial
 
-    def forward(self, *inputs: Node) -> tuple[Any, Any]:
+    def forward(self, *inputs: Any, **kwargs: Any) -> tuple[Any, Any]:
         """(output value, saved): `saved` is kept on the output node (never on the operator)
         and handed to `vjp` as the keyword `saved` when it is not None. By default:
         (call(*inputs), None)."""
         return self.call(*inputs), None
 
-    def _vjp_from_gradfn(self, g: jax.Array, out: jax.Array, *inputs: Node) -> Cotangents:
-        """The default rule: each input's elementwise partial (`_gradfn`) times `g`."""
+    def vjp(self, g: jax.Array, out: jax.Array, *inputs: Any, **saved: Any) -> Cotangents:
+        """The input cotangents for output cotangent `g`, one per input, in order; by
+        default each input's elementwise partial (`_gradfn`) times `g`. Operators name
+        their inputs (`vjp(self, g, out, a, b)`); one whose `forward` keeps something
+        takes it as the keyword `saved`. (The hooks are typed `*inputs: Any, **kwargs:
+        Any` so that type checkers accept each operator's own input names.)"""
         return tuple(g * self._gradfn(variable)(*inputs) for variable in self._inputs)
-
-    vjp: VJP = _vjp_from_gradfn
-    """`vjp(g, out, *inputs[, saved=...]) -> Cotangents`: the input cotangents for output
-    cotangent `g`, one per input, in order. Operators name their inputs
-    (`vjp(self, g, out, a, b)`); one whose `forward` keeps something takes it as the
-    keyword `saved`. The type is `VJP` so that each operator can name its own inputs."""
 
     def _gradfn(self, inpt: Variable) -> Any:
         raise NotImplementedError(

@@ -76,7 +76,10 @@ class SliceCotangent:
         at = bisect.bisect(self.starts, start)
         if (at and self._stop(at - 1) > start) or (at < len(self.starts) and self.starts[at] < stop):
             return None
-        insert = lambda values, value: values[:at] + (value,) + values[at:]  # noqa: E731
+
+        def insert(values: tuple, value: Any) -> tuple:
+            return values[:at] + (value,) + values[at:]
+
         return SliceCotangent(
             self.shape,
             self.axis,

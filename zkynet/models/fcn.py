@@ -112,7 +112,7 @@ class MLP(Sequential):
             raise ValueError(f"an MLP needs at least [in, out] widths, got {widths}")
         init_fn = init_fn or ("he_normal" if activation in RELU_LIKE else "glorot_uniform")
         keys = jax.random.split(init.key_of(key), len(widths) - 1)
-        layers = []
+        layers: list[cg.Module] = []
         for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
             layers.append(Linear(n_in, n_out, init_fn=init_fn, key=keys[i]))
             if i < len(widths) - 2:

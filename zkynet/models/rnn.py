@@ -87,7 +87,7 @@ class GRUCell(cg.Module):
         return (1 - z) * n + z * h
 
 
-CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+CELLS: dict[str, type[RNNCell | LSTMCell | GRUCell]] = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
 class _Masked(cg.Module):

@@ -91,13 +91,14 @@ class _Trunk(cg.Module):
 
     def __init__(self, vocabulary, dim, heads, layers, mlp, max_length, positions, dropout, key):
         keys = jax.random.split(init.key_of(key), layers + 2)
+        self.positions: cg.Parameter | cg.Constant
         if positions == "learned":
             self.positions = cg.Parameter("positions", init.normal(keys[1], (max_length, dim), stddev=0.02))
         elif positions == "sinusoidal":
             self.positions = cg.Constant("positions", sinusoidal_positions(max_length, dim))
         else:
             raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {positions!r}")
-        learned = (self.positions,) if positions == "learned" else ()
+        learned = (self.positions,) if isinstance(self.positions, cg.Parameter) else ()
         super().__init__(inputs=(cg.Variable("tokens"),), params=learned)
         self.embed = Embedding(vocabulary, dim, key=keys[0])
         self.blocks = [Block(dim, heads, mlp, dropout, key=k) for k in keys[2:]]

@@ -1,8 +1,10 @@
 """Convolution and pooling over NCHW images, each with its own backward rule (a
 transposed convolution; pooling gradients placed by interior padding, no scatter)."""
 
+import functools
 import math
 import numbers
+import operator
 from typing import Any
 
 import jax.numpy as jnp
@@ -117,17 +119,13 @@ class _Pool2d(Unary):
         interior padding (no scatter), then drop the pooling padding."""
         (sh, sw), (ph, pw) = self.stride, self.padding
         hp, wp = x_shape[2] + 2 * ph, x_shape[3] + 2 * pw
-        total = None
-        for i, j, update in parts:
+
+        def placed(i, j, update):
             ho, wo = update.shape[2:]
-            config = (
-                (0, 0, 0),
-                (0, 0, 0),
-                (i, hp - i - sh * (ho - 1) - 1, sh - 1),
-                (j, wp - j - sw * (wo - 1) - 1, sw - 1),
-            )
-            placed = lax.pad(update, jnp.zeros((), update.dtype), config)
-            total = placed if total is None else total + placed
+            rows, columns = (i, hp - i - sh * (ho - 1) - 1, sh - 1), (j, wp - j - sw * (wo - 1) - 1, sw - 1)
+            return lax.pad(update, jnp.zeros((), update.dtype), ((0, 0, 0), (0, 0, 0), rows, columns))
+
+        total = functools.reduce(operator.add, (placed(*part) for part in parts))
         return total[:, :, ph : ph + x_shape[2], pw : pw + x_shape[3]]
 
 

@@ -116,7 +116,8 @@ class Getitem(Fused):
             key = self._key(np.asarray(positions.value) if positions.shape[0] else _NO_POSITIONS)
             cut = _slice_padding(key if isinstance(key, tuple) else (key,), x.shape)
             if cut is not None:  # slices and integers only: g zero-padded back to x's shape, no scatter
-                return _padded(g, *cut, x.shape), None
+                padding, integer_axes = cut
+                return _padded(g, padding, integer_axes, x.shape), None
         key = self._key(positions.value)
         return jnp.zeros(x.shape, g.dtype).at[key].add(g), None  # drops out-of-range
 

@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -56,7 +57,7 @@ class Scan(Operator):
         """The graph of one step, and its operator nodes whose values some backward rule
         reads (what the forward pass keeps; the rest is recomputed only if needed)."""
         graph = build_graph(self.cell, (*xs_t, *carry), param_values=dict(zip(self.cell_params, params, strict=True)))
-        read = set()
+        read: set[Node] = set()
         for node in graph.nodes:
             if isinstance(node, OperatorNode):
                 if node.ref.vjp_uses_out:
@@ -79,9 +80,13 @@ class Scan(Operator):
     def vjp(self, g, out, *nodes, saved=None):
         xs, carry, params = self._parts([n.value for n in nodes])
         bounds = np.cumsum([c.shape[-1] for c in carry])[:-1]
-        split = lambda a: jnp.split(a, bounds, axis=-1)  # noqa: E731
+
+        def split(a):
+            return jnp.split(a, bounds, axis=-1)
+
         entering = [jnp.concatenate([c[None], s[:-1]]) for c, s in zip(carry, split(out), strict=True)]
-        plan = []  # per hoisted matmul: (parameter index, where its left operand and cotangent are stacked)
+        # per hoisted matmul: (parameter index, where its left operand and cotangent are stacked)
+        plan: list[tuple[int, list[tuple[str, int]]]] = []
 
         def back_step(totals, step_values):
             d_carry, d_params = totals
@@ -103,7 +108,7 @@ class Scan(Operator):
             known = {id(v): ("xs", i) for i, v in enumerate(xs_t)}
             known.update({id(v): ("carry", i) for i, v in enumerate(carry_t)})
             known.update({id(v): ("d_xs", i) for i, v in enumerate(d_inputs[: self.n_xs])})
-            extra = []
+            extra: list[jax.Array] = []
             plan.clear()
             for index, product in products:
                 places = []
@@ -121,12 +126,12 @@ class Scan(Operator):
         per_step = (tuple(xs), tuple(entering), saved, tuple(split(g)))
         (d_carry, d_params), (d_xs, extra) = lax.scan(back_step, zeros, per_step, reverse=True)
         stacked = {"xs": xs, "carry": entering, "d_xs": d_xs, "extra": extra}
-        d_params = list(d_params)
+        summed = list(d_params)
         for index in {index for index, _ in plan}:  # sum over steps (and batch) of left^T @ cotangent
-            d_params[index] = sum(
+            summed[index] = sum(
                 _flat(stacked[a][i]).T @ _flat(stacked[b][j]) for k, ((a, i), (b, j)) in plan if k == index
             )
-        return (*d_xs, *d_carry, *d_params)
+        return (*d_xs, *d_carry, *summed)
 
 
 def _weight_products(graph, params):

@@ -57,7 +57,7 @@ class Transpose(Unary):
     def vjp(self, g, out, x):
         if self.axes is None:
             return (jnp.transpose(g),)
-        return (jnp.transpose(g, np.argsort([a % x.ndim for a in self.axes])),)
+        return (jnp.transpose(g, [int(a) for a in np.argsort([a % x.ndim for a in self.axes])]),)
 
 
 class BroadcastTo(Unary):
