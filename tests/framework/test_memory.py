@@ -18,7 +18,8 @@ FAULTS = """
 import resource
 import jax
 import jax.numpy as jnp
-from zkynet.framework import cg  # noqa: F401  (what every model imports first)
+import zkynet
+zkynet.keep_freed_memory()  # what a TrainStep does as training starts
 step = jax.jit(lambda x: jnp.cumsum(x * 2)[::4096].sum())
 x = jnp.ones(6 * 2**20, jnp.float32)
 for i in range(42):
@@ -29,9 +30,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 """
 
 
-def _faults(**env):
+def _faults(script=FAULTS, **env):
     result = subprocess.run(
-        [sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True, env={**os.environ, **env}
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env={**os.environ, **env}
     )
     return int(result.stdout.split()[-1])
 
@@ -51,3 +52,14 @@ def test_a_compiled_steps_large_temporaries_are_reused_not_page_faulted_in_again
     kept, default = _faults(), _faults(ZKYNET_MALLOC="default")
     assert default > 31 * 12_000
     assert kept < default / 4  # fewer than 8 of the 32 calls fault the block in
+
+
+@glibc
+def test_importing_zkynet_leaves_glibc_as_it_was():
+    """Only training (or an explicit call) keeps freed memory: an import changes no
+    process-wide setting, so the same step faults its temporaries in as with glibc's defaults."""
+    only_imported = FAULTS.replace("zkynet.keep_freed_memory()", "import zkynet.framework.compile, zkynet.training")
+    assert only_imported != FAULTS
+    imported, default = _faults(only_imported), _faults(ZKYNET_MALLOC="default")
+    assert default > 31 * 12_000
+    assert imported > default / 2
