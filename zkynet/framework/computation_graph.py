@@ -3,6 +3,8 @@
 This module only gathers the public names; each concept lives in its own module:
   graph.py         nodes (Node, InputNode, ParameterNode, ConstantNode, OperatorNode),
                    as_value, topological_order, sum_to_shape, backprop, jacobian
+  backward_graph.py  the backward pass as a graph (derivatives of derivatives):
+                   backprop_graph, gradients
   templates.py     Template, Variable, Parameter, Constant, Function (named slots)
   module.py        Module (submodules, named_parameters, state_dict), call_module, build_graph
   builder.py       a graph being built: ModuleCall, as_node, rng_key
@@ -20,11 +22,13 @@ topological order and applies each operator's hand-written vector-Jacobian
 rule; JAX is only the array library underneath.
 """
 
+from zkynet.framework.backward_graph import backprop_graph, gradients
 from zkynet.framework.builder import ModuleCall, NodeLike, as_node, rng_key
 from zkynet.framework.errors import (
     BackwardNotRunError,
     BackwardRuleError,
     GradientError,
+    HigherOrderError,
     IndexOutOfRangeError,
     InputCountError,
     LabelError,
@@ -83,6 +87,8 @@ __all__ = [
     "topological_order",
     "sum_to_shape",
     "backprop",
+    "backprop_graph",
+    "gradients",
     "jacobian",
     "get_all_nodes",
     "get_input_nodes",
@@ -92,6 +98,7 @@ __all__ = [
     "ValueTypeError",
     "ShapeError",
     "GradientError",
+    "HigherOrderError",
     "BackwardNotRunError",
     "UnregisteredParameterError",
     "NameCollisionError",

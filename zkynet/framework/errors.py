@@ -71,3 +71,8 @@ class NestingDepthError(ZkynetError, RecursionError):
 
 class PlotError(ZkynetError, ValueError):
     """plot_cg cannot draw this graph as asked (too big to lay out, a bad save_path, dot timed out)."""
+
+
+class HigherOrderError(ZkynetError, NotImplementedError):
+    """A derivative of a derivative (or forward mode) through an operator whose backward
+    rule cannot run on nodes: the message names the operator and where it sits."""

@@ -128,17 +128,18 @@ class ValueView:
         return self.value.dtype
 
 
-# The operators behind Python's syntax on nodes (`x + w` is op.add). They live in the
-# ops package, which needs the node classes below, so this module cannot import them:
-# the ops package hands them over once, with `define_syntax`, when it is imported.
-# Importing anything under zkynet.framework runs the package's __init__, which imports
-# the ops, so they are in place before any node exists.
-_syntax = types.SimpleNamespace()
+# The operators behind Python's syntax on nodes (`x + w` is op.add) and behind xp's
+# functions on nodes (xp.exp is op.exp). They live in the ops package, which needs the
+# node classes below, so this module cannot import them: the ops package hands them
+# over once, with `register_operators`, when it is imported. Importing anything under
+# zkynet.framework runs the package's __init__, which imports the ops, so they are in
+# place before any node exists.
+operators = types.SimpleNamespace()
 
 
-def define_syntax(**operators: Callable[..., "Node"]) -> None:
-    """Set the functions Python's operators call on nodes and parameters (see _syntax)."""
-    vars(_syntax).update(operators)
+def register_operators(**functions: Callable[..., "Node"]) -> None:
+    """Set the operator functions that node syntax and xp call on nodes (see `operators`)."""
+    vars(operators).update(functions)
 
 
 class OperatorSyntax(ValueView):
@@ -148,46 +149,68 @@ class OperatorSyntax(ValueView):
     __array_ufunc__ = None  # NumPy arrays defer to our reflected operators (np_array + node)
 
     def __add__(self, other: Any) -> "Node":
-        return _syntax.add(self, other)
+        return operators.add(self, other)
 
     def __radd__(self, other: Any) -> "Node":
-        return _syntax.add(other, self)
+        return operators.add(other, self)
 
     def __sub__(self, other: Any) -> "Node":
-        return _syntax.sub(self, other)
+        return operators.sub(self, other)
 
     def __rsub__(self, other: Any) -> "Node":
-        return _syntax.sub(other, self)
+        return operators.sub(other, self)
 
     def __mul__(self, other: Any) -> "Node":
-        return _syntax.mult(self, other)
+        return operators.mult(self, other)
 
     def __rmul__(self, other: Any) -> "Node":
-        return _syntax.mult(other, self)
+        return operators.mult(other, self)
 
     def __truediv__(self, other: Any) -> "Node":
-        return _syntax.div(self, other)
+        return operators.div(self, other)
 
     def __rtruediv__(self, other: Any) -> "Node":
-        return _syntax.div(other, self)
+        return operators.div(other, self)
 
     def __pow__(self, other: Any) -> "Node":
-        return _syntax.pow(self, other)
+        return operators.pow(self, other)
 
     def __rpow__(self, other: Any) -> "Node":
-        return _syntax.pow(other, self)
+        return operators.pow(other, self)
 
     def __matmul__(self, other: Any) -> "Node":
-        return _syntax.matmul(self, other)
+        return operators.matmul(self, other)
 
     def __rmatmul__(self, other: Any) -> "Node":
-        return _syntax.matmul(other, self)
+        return operators.matmul(other, self)
 
     def __neg__(self) -> "Node":
-        return _syntax.neg(self)
+        return operators.neg(self)
 
     def __getitem__(self, key: Any) -> "Node":
-        return _syntax.getitem(self, key)
+        return operators.getitem(self, key)
+
+    def __lt__(self, other: Any) -> "Node":
+        return operators.less(self, other)
+
+    def __le__(self, other: Any) -> "Node":
+        return operators.less_equal(self, other)
+
+    def __gt__(self, other: Any) -> "Node":
+        return operators.greater(self, other)
+
+    def __ge__(self, other: Any) -> "Node":
+        return operators.greater_equal(self, other)
+
+    def astype(self, dtype: Any) -> "Node":
+        return operators.astype(self, dtype)
+
+    def reshape(self, *shape: Any) -> "Node":
+        return operators.reshape(self, shape[0] if len(shape) == 1 else shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
 
     def __iter__(self) -> Iterator["Node"]:  # without this, Python would iterate via __getitem__ forever
         if not self.shape:
@@ -196,7 +219,7 @@ class OperatorSyntax(ValueView):
 
     @property
     def T(self) -> "Node":
-        return _syntax.transpose(self)
+        return operators.transpose(self)
 
 
 class _BuildContext(threading.local):
@@ -375,7 +398,7 @@ def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Nod
         inputs = node.inputs
         cotangents = node.ref.pullback(g, node)
         if type(cotangents) is not tuple or len(cotangents) != len(inputs):
-            cotangents = _counted(node, cotangents)
+            cotangents = check_cotangents(node, cotangents)
         for i, ct in enumerate(cotangents):
             inp = inputs[i]
             if ct is None or not inp.requires_grad:
@@ -385,7 +408,7 @@ def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Nod
             elif not isinstance(ct, jax.Array):
                 ct = jnp.asarray(ct)
             if ct.shape != inp.value.shape:
-                ct = sum_to_shape(ct, _reducible(node, i, ct.shape))
+                ct = sum_to_shape(ct, reducible_shape(node, i, ct.shape))
             previous = get(inp)
             grads[inp] = ct if previous is None else add_cotangents(previous, ct)
     for node in sliced:
@@ -402,7 +425,7 @@ def _rule(node: Node) -> str:
     return f"{node.path}: {type(node.ref).__name__}.vjp"
 
 
-def _counted(node: Node, cotangents: Any) -> tuple[Any, ...]:
+def check_cotangents(node: Node, cotangents: Any) -> tuple[Any, ...]:
     """`cotangents` as a tuple with one entry per input of `node`, or a BackwardRuleError."""
     count = len(node.inputs)
     if not isinstance(cotangents, (tuple, list)):
@@ -420,7 +443,7 @@ def _counted(node: Node, cotangents: Any) -> tuple[Any, ...]:
     return tuple(cotangents)
 
 
-def _reducible(node: Node, i: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+def reducible_shape(node: Node, i: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape of input `i` of `node`, once sure a cotangent shaped `shape` can be summed
     back to it (broadcasting's leading axes and stretched 1s); else BackwardRuleError."""
     target = node.inputs[i].value.shape

@@ -6,9 +6,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from zkynet.framework.backward_graph import backprop_graph
 from zkynet.framework.errors import BackwardNotRunError, GradientError, ShapeError, ValueTypeError
 from zkynet.framework.graph import (
     ArrayLike,
+    ConstantNode,
     InputNode,
     Node,
     ParameterNode,
@@ -20,6 +22,8 @@ from zkynet.framework.graph import (
 )
 from zkynet.framework.memory import keep_freed_memory_once
 from zkynet.framework.templates import Parameter, Template, Variable
+
+Cotangent = ArrayLike | Node  # a node only with create_graph=True
 
 
 class ModuleGraph:
@@ -33,8 +37,9 @@ class ModuleGraph:
         self._builder = builder  # its param_nodes and bindings say which node stands for which template
         self._order: list[Node] | None = None
         self._foreign: dict[Template, list[Node]] | None = None
-        self._grads: dict[Node, jax.Array] | None = None
+        self._grads: dict[Node, Any] | None = None  # arrays, or nodes after back(create_graph=True)
         self._jacobian_shape: tuple[int, ...] = ()
+        self._grads_are_nodes = False
 
     @property
     def roots(self) -> tuple[Node, ...]:
@@ -53,12 +58,23 @@ class ModuleGraph:
             self._order = topological_order(self.roots)
         return self._order
 
-    def back(self, cotangent: ArrayLike | tuple[ArrayLike | None, ...] | None = None) -> None:
+    def back(
+        self,
+        cotangent: Cotangent | tuple[Cotangent | None, ...] | None = None,
+        create_graph: bool = False,
+    ) -> None:
         """Backpropagate from the output. With no cotangent, `grad()` then gives the
         gradient (scalar output) or the full Jacobian (tensor output); with a
         cotangent shaped like the output, the vector-Jacobian product (a tuple
-        of them for several outputs, None for an output to leave out)."""
+        of them for several outputs, None for an output to leave out).
+
+        `create_graph=True` builds the backward pass from zkynet operators (see
+        backward_graph.py): `grad()` then gives nodes, to compute with and differentiate
+        again (a gradient penalty, a Hessian-vector product), and plot_cg draws them
+        apart from the forward pass. It needs a scalar output or a cotangent.
+        Each back() replaces the gradients of the one before (nothing accumulates)."""
         keep_freed_memory_once()  # eager training allocates and frees per step: keep that memory (see memory.py)
+        self._grads_are_nodes = create_graph
         roots = self.roots
         if cotangent is None:
             if len(roots) != 1:
@@ -66,7 +82,16 @@ class ModuleGraph:
                     f"this graph has {len(roots)} outputs: back() needs a tuple with one cotangent per output"
                 )
             root = roots[0]
-            if root.shape == ():
+            if create_graph:
+                if root.shape != ():
+                    raise GradientError(
+                        f"back(create_graph=True) of an output shaped {tuple(root.shape)} needs a cotangent "
+                        "shaped like it: the gradient graph is built for one vector-Jacobian product, not a "
+                        "full Jacobian (zkynet.hessian and zkynet.jacobian give those)"
+                    )
+                seed = ConstantNode(one(root.dtype))
+                self._grads, self._jacobian_shape = backprop_graph(self.nodes, {root: seed}), ()
+            elif root.shape == ():
                 self._grads, self._jacobian_shape = backprop(self.nodes, {root: one(root.dtype)}), ()
             else:
                 self._grads, self._jacobian_shape = jacobian(self.nodes, root), root.shape
@@ -74,20 +99,27 @@ class ModuleGraph:
         cotangents = cotangent if isinstance(cotangent, tuple) else (cotangent,)
         if len(cotangents) != len(roots):
             raise GradientError(f"back() got {len(cotangents)} cotangent(s) for {len(roots)} output(s)")
-        seeds: dict[Node, jax.Array] = {}
+        seeds: dict[Node, Any] = {}
         for root, ct in zip(roots, cotangents, strict=True):
             if ct is None:  # no gradient flows from this output
                 continue
-            ct = as_value(ct, "cotangent")
+            if create_graph and not isinstance(ct, Node):
+                ct = ConstantNode(as_value(ct, "cotangent"))
+            elif not create_graph:
+                ct = as_value(ct, "cotangent")
             if ct.shape != root.shape:
                 raise ShapeError(
                     f"back(): the cotangent must be shaped like the output {tuple(root.shape)}, got {tuple(ct.shape)}"
                 )
             seeds[root] = seeds[root] + ct if root in seeds else ct
-        self._grads, self._jacobian_shape = backprop(self.nodes, seeds), ()
+        if create_graph:
+            self._grads, self._jacobian_shape = backprop_graph(self.nodes, seeds), ()
+        else:
+            self._grads, self._jacobian_shape = backprop(self.nodes, seeds), ()
 
-    def grad(self, x: Parameter | Variable | Node) -> jax.Array:
-        """d output / d x after `back()`, for a Parameter, an input Variable or a node.
+    def grad(self, x: Parameter | Variable | Node) -> Any:
+        """d output / d x after `back()`, for a Parameter, an input Variable or a node: an
+        array, or a node after `back(create_graph=True)`.
 
         An input Variable stands for the node it was bound to, so the gradient is
         the total derivative through every use of that node (a nested module's
@@ -99,12 +131,16 @@ class ModuleGraph:
         grads, shape = self._grads, self._jacobian_shape
         # zero where the output does not depend on a node (or only via non-differentiable paths)
         total, *others = [
-            grads[node] if node in grads else jnp.zeros(shape + node.shape, jnp.result_type(node.dtype, float))
+            grads[node] if node in grads else self._zeros(shape + node.shape, jnp.result_type(node.dtype, float))
             for node in self._nodes_of(x)
         ]
         for g in others:
             total = total + g
         return total
+
+    def _zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        zeros = jnp.zeros(shape, dtype)
+        return ConstantNode(zeros) if self._grads_are_nodes else zeros
 
     def uses(self, param: Parameter) -> bool:
         """Whether this graph used Parameter `param` (else `grad` of it is an error)."""

@@ -2,7 +2,9 @@
 
 This module only gathers them; they live in the ops package, one module per family:
   ops/elementwise.py  add sub mult div pow maximum minimum where, neg square sqrt exp
-                      log abs tanh sigmoid softplus relu leaky_relu gelu
+                      log abs sign tanh sigmoid softplus relu leaky_relu gelu astype
+  ops/comparison.py   equal not_equal less less_equal greater greater_equal
+  ops/gradient_control.py  stop_gradient
   ops/reductions.py   sum mean max logsumexp, softmax log_softmax, layer_norm
   ops/linalg.py       matmul dot
   ops/shapes.py       reshape transpose broadcast_to concat stack
@@ -18,8 +20,10 @@ to configure (`op.Sum(axis=1)`). Writing your own: see cg.Operator.
 """
 
 from zkynet.framework.ops.cells import *
+from zkynet.framework.ops.comparison import *
 from zkynet.framework.ops.convolution import *
 from zkynet.framework.ops.elementwise import *
+from zkynet.framework.ops.gradient_control import *
 from zkynet.framework.ops.indexing import *
 from zkynet.framework.ops.linalg import *
 from zkynet.framework.ops.loops import *

@@ -3,17 +3,41 @@
 by side; JAX is the array library here, never the differentiator. The lowercase
 names (`add`, `sum`, `conv2d`, ...) are what models call; `op` re-exports them."""
 
-from zkynet.framework.graph import define_syntax
-from zkynet.framework.ops import elementwise, indexing, linalg, shapes
+from zkynet.framework.graph import register_operators
+from zkynet.framework.ops import (
+    cells,
+    comparison,
+    convolution,
+    elementwise,
+    gradient_control,
+    indexing,
+    linalg,
+    loops,
+    randomness,
+    reductions,
+    shapes,
+    softmax_attention,
+)
 
-define_syntax(
-    add=elementwise.add,
-    sub=elementwise.sub,
-    mult=elementwise.mult,
-    div=elementwise.div,
-    pow=elementwise.pow,
-    neg=elementwise.neg,
-    matmul=linalg.matmul,
-    getitem=indexing.getitem,
-    transpose=shapes.transpose,
+FAMILIES = (
+    elementwise,
+    comparison,
+    gradient_control,
+    reductions,
+    linalg,
+    shapes,
+    indexing,
+    convolution,
+    randomness,
+    loops,
+    softmax_attention,
+    cells,
+)
+
+# what Python's syntax on nodes (x + w, x > 0, x[0], x.T) and xp's functions on nodes
+# (backward rules run on nodes for derivatives of derivatives) call: every family's
+# functions, and lax.pad's general form that the rules of slices and pooling build
+register_operators(
+    **{name: getattr(family, name) for family in FAMILIES for name in family.__all__ if name[0].islower()},
+    pad_general=shapes.pad_general,
 )

@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from zkynet.framework import xp
 from zkynet.framework.builder import NodeLike, as_node
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Binary, Fused, Unary
@@ -26,6 +27,7 @@ __all__ = [
     "Exp",
     "Log",
     "Abs",
+    "Sign",
     "Tanh",
     "Sigmoid",
     "Softplus",
@@ -47,6 +49,7 @@ __all__ = [
     "exp",
     "log",
     "abs",
+    "sign",
     "tanh",
     "sigmoid",
     "softplus",
@@ -118,8 +121,8 @@ class Pow(Binary):
 
     def vjp(self, g, out, a, b):
         x, y = a.value, b.value
-        da = g * jnp.where(y == 0, 0, y * x ** (y - 1)) if a.requires_grad else None
-        db = g * jnp.log(jnp.where(x == 0, 1, x)) * out if b.requires_grad else None
+        da = g * xp.where(xp.equal(y, 0), 0, y * x ** (y - 1)) if a.requires_grad else None
+        db = g * xp.log(xp.where(xp.equal(x, 0), 1, x)) * out if b.requires_grad else None
         return da, db
 
 
@@ -133,7 +136,7 @@ class Maximum(Binary):
         return jnp.maximum(a.value, b.value)
 
     def vjp(self, g, out, a, b):
-        share = jnp.where(a.value > b.value, 1.0, jnp.where(a.value == b.value, 0.5, 0.0))
+        share = xp.where(a.value > b.value, 1.0, xp.where(xp.equal(a.value, b.value), 0.5, 0.0))
         return g * share, g * (1 - share)
 
 
@@ -147,7 +150,7 @@ class Minimum(Binary):
         return jnp.minimum(a.value, b.value)
 
     def vjp(self, g, out, a, b):
-        share = jnp.where(a.value < b.value, 1.0, jnp.where(a.value == b.value, 0.5, 0.0))
+        share = xp.where(a.value < b.value, 1.0, xp.where(xp.equal(a.value, b.value), 0.5, 0.0))
         return g * share, g * (1 - share)
 
 
@@ -162,7 +165,7 @@ class Where(Fused):
         return jnp.where(c.value, a.value, b.value)
 
     def vjp(self, g, out, c, a, b):
-        return None, jnp.where(c.value, g, 0), jnp.where(c.value, 0, g)
+        return None, xp.where(c.value, g, 0), xp.where(c.value, 0, g)
 
 
 # ----------------------------------------------------------------------------- unary
@@ -227,7 +230,20 @@ class Abs(Unary):
         return jnp.abs(x.value)
 
     def vjp(self, g, out, x):
-        return (g * jnp.sign(x.value),)
+        return (g * xp.sign(x.value),)
+
+
+class Sign(Unary):
+    """-1, 0 or 1: piecewise constant, so no gradient (what Abs's rule multiplies by)."""
+
+    vjp_uses_inputs = vjp_uses_out = False
+    fuse_vjp = False
+
+    def call(self, x):
+        return jnp.sign(x.value)
+
+    def vjp(self, g, out, x):
+        return (None,)
 
 
 class Tanh(Unary):
@@ -259,7 +275,7 @@ class Softplus(Unary):
         return jnp.maximum(x.value, 0) + jnp.log1p(jnp.exp(-jnp.abs(x.value)))
 
     def vjp(self, g, out, x):
-        return (g * jax.nn.sigmoid(x.value),)
+        return (g * xp.sigmoid(x.value),)
 
 
 class Relu(Unary):
@@ -270,7 +286,7 @@ class Relu(Unary):
         return jnp.maximum(x.value, 0)
 
     def vjp(self, g, out, x):
-        return (jnp.where(x.value > 0, g, 0),)
+        return (xp.where(x.value > 0, g, 0),)
 
 
 class LeakyRelu(Unary):
@@ -286,7 +302,7 @@ class LeakyRelu(Unary):
         return jnp.where(x.value >= 0, x.value, self.negative_slope * x.value)
 
     def vjp(self, g, out, x):
-        return (jnp.where(x.value >= 0, g, self.negative_slope * g),)
+        return (xp.where(x.value >= 0, g, self.negative_slope * g),)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -313,11 +329,11 @@ class Gelu(Unary):
     def vjp(self, g, out, x):
         x = x.value
         if self.approximate:
-            t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+            t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
             slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
         else:  # out / x is Phi(x) within rounding (x != 0); Phi(0) = 1/2
-            cdf = jnp.where(x == 0, 0.5, out / jnp.where(x == 0, 1, x))
-            slope = cdf + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+            cdf = xp.where(xp.equal(x, 0), 0.5, out / xp.where(xp.equal(x, 0), 1, x))
+            slope = cdf + x * xp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
         return (g * slope,)
 
 
@@ -337,14 +353,14 @@ class Astype(Unary):
         return x.value.astype(self.dtype)
 
     def vjp(self, g, out, x):
-        return (g.astype(x.dtype),)
+        return (xp.astype(g, x.dtype),)
 
 
 # ----------------------------------------------------------------------------- what models call
 
 add, sub, mult, div, pow = Add(), Sub(), Mult(), Div(), Pow()
 maximum, minimum, where = Maximum(), Minimum(), Where()
-neg, square, sqrt, exp, log, abs = Neg(), Square(), Sqrt(), Exp(), Log(), Abs()
+neg, square, sqrt, exp, log, abs, sign = Neg(), Square(), Sqrt(), Exp(), Log(), Abs(), Sign()
 tanh, sigmoid, softplus, relu = Tanh(), Sigmoid(), Softplus(), Relu()
 
 

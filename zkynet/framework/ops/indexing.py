@@ -23,15 +23,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
+from zkynet.framework import xp
 from zkynet.framework.builder import NodeLike, as_node
 from zkynet.framework.errors import IndexOutOfRangeError, ShapeError, ValueTypeError
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Fused
 from zkynet.framework.slice_cotangent import SliceCotangent
 
-__all__ = ["Getitem", "Take", "getitem", "take"]
+__all__ = ["Getitem", "Take", "IndexAdd", "ScatterAdd", "getitem", "take", "scatter_add"]
 
 
 class _Position:
@@ -61,9 +61,7 @@ class Getitem(Fused):
         self.key, self.single = key, single
 
     def _key(self, positions):
-        values = iter(positions[i] for i in range(positions.shape[0]))
-        key = tuple(next(values) if k is _POSITION else k for k in self.key)
-        return key[0] if self.single else key
+        return _filled_key(self.key, self.single, positions)
 
     def check(self, x, positions):
         """Every integer of the key (and every concrete integer array in it) within its axis."""
@@ -118,8 +116,42 @@ class Getitem(Fused):
             if cut is not None:  # slices and integers only: g zero-padded back to x's shape, no scatter
                 padding, integer_axes = cut
                 return _padded(g, padding, integer_axes, x.shape), None
+        if xp.on_nodes(g):
+            return IndexAdd(self.key, self.single)(xp.zeros(x.shape, g.dtype), g, positions.value), None
         key = self._key(positions.value)
         return jnp.zeros(x.shape, g.dtype).at[key].add(g), None  # drops out-of-range
+
+
+class IndexAdd(Fused):
+    """x with `update` added at x[key] (x.at[key].add(update); repeated indices add up,
+    out-of-range ones are dropped): the transpose of getitem, which its rule builds for
+    keys other than slices and integers. `key` and `positions` are getitem's."""
+
+    check_integer_overflow = False  # a sum of integers may wrap, as x.at[key].add does in JAX
+    vjp_uses_inputs = vjp_uses_out = False
+    input_names = ("x", "update", "positions")
+
+    def __init__(self, key, single):
+        super().__init__()
+        self.key, self.single = key, single
+
+    def _key(self, positions):
+        return _filled_key(self.key, self.single, positions)
+
+    def call(self, x, update, positions):
+        return x.value.at[self._key(positions.value)].add(update.value)
+
+    def vjp(self, g, out, x, update, positions):
+        if xp.on_nodes(g):
+            return g, Getitem(self.key, self.single)(g, positions.value), None
+        return g, g[self._key(positions.value)], None
+
+
+def _filled_key(template, single, positions):
+    """An index key: `template` with `positions`' integers where its placeholders stand."""
+    values = iter(positions[i] for i in range(positions.shape[0]))
+    key = tuple(next(values) if k is _POSITION else k for k in template)
+    return key[0] if single else key
 
 
 def _padded(g, padding, integer_axes, shape):
@@ -128,11 +160,11 @@ def _padded(g, padding, integer_axes, shape):
     the cotangents of slices side by side (x[..., :h] and x[..., h:], or x[0], x[1], ...)
     are joined by one concatenation instead of adding padded arrays (see SliceCotangent)."""
     cut = [axis for axis, p in enumerate(padding) if tuple(p) != (0, 0, 0)]
-    if len(cut) == 1 and padding[cut[0]][2] == 0 and set(integer_axes) <= set(cut):
+    if len(cut) == 1 and padding[cut[0]][2] == 0 and set(integer_axes) <= set(cut) and not xp.on_nodes(g):
         return SliceCotangent.block(tuple(shape), cut[0], padding[cut[0]][0], g, squeezed=bool(integer_axes))
     if integer_axes:
-        g = jnp.expand_dims(g, integer_axes)
-    return lax.pad(g, jnp.zeros((), g.dtype), padding) if cut else g
+        g = xp.expand_dims(g, integer_axes)
+    return xp.pad(g, padding) if cut else g
 
 
 def _slice_padding(key, shape):
@@ -254,10 +286,65 @@ class Take(Fused):
         return jnp.take(x.value, indices.value, axis=self.axis, mode="fill")
 
     def vjp(self, g, out, x, indices):
+        if xp.on_nodes(g):
+            return ScatterAdd(self.axis)(xp.zeros(x.shape, g.dtype), indices.value, g), None
         if self.axis is None:
             return jnp.zeros(x.value.size, g.dtype).at[indices.value].add(g).reshape(x.shape), None
         where = (slice(None),) * (int(self.axis) % x.ndim) + (indices.value,)
         return jnp.zeros(x.shape, g.dtype).at[where].add(g), None
+
+
+class ScatterAdd(Fused):
+    """x with `updates` added at integer `indices` along `axis` (None: of x flattened):
+    x.at[indices].add(updates) for axis 0, the transpose of take. Repeated indices add
+    up; concrete out-of-range indices are refused, traced ones dropped."""
+
+    check_integer_overflow = False  # a sum of integers may wrap, as x.at[i].add does in JAX
+    vjp_uses_inputs = vjp_uses_out = False
+    input_names = ("x", "indices", "updates")
+
+    def __init__(self, axis=0):
+        super().__init__()
+        self.axis = axis
+
+    def check(self, x, indices, updates):
+        Take(self.axis).check(x, indices)
+        taken = _taken_shape(x.shape, indices.shape, self.axis)
+        if not _broadcasts(updates.shape, taken):
+            raise ShapeError(
+                f"{self._where()}: updates {_describe(updates)} do not fit the places they go to: "
+                f"x {_describe(x)} at indices {_describe(indices)} along axis {self.axis} is shaped {list(taken)}"
+            )
+
+    def _where_key(self, x, indices):
+        return (slice(None),) * (int(self.axis) % x.ndim) + (indices,)
+
+    def call(self, x, indices, updates):
+        if self.axis is None:
+            return x.value.reshape(-1).at[indices.value].add(updates.value).reshape(x.shape)
+        return x.value.at[self._where_key(x, indices.value)].add(updates.value)
+
+    def vjp(self, g, out, x, indices, updates):
+        if xp.on_nodes(g):
+            return g, None, Take(self.axis)(g, indices.value)
+        return g, None, jnp.take(g, indices.value, axis=self.axis, mode="fill")
+
+
+def _taken_shape(shape, indices_shape, axis):
+    if axis is None:
+        return tuple(indices_shape)
+    axis = int(axis) % len(shape)
+    return tuple(shape[:axis]) + tuple(indices_shape) + tuple(shape[axis + 1 :])
+
+
+def _broadcasts(shape, target):
+    return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(shape[::-1], target[::-1], strict=False))
+
+
+def scatter_add(x: NodeLike, indices: NodeLike, updates: NodeLike, axis: int | None = 0) -> Node:
+    """x with `updates` added at `indices` along `axis` (axis 0: x.at[indices].add(updates),
+    rows of a table); repeated indices add up. Out-of-range indices raise when concrete."""
+    return ScatterAdd(axis)(x, indices, updates)
 
 
 def take(x: NodeLike, indices: NodeLike, axis: int | None = 0) -> Node:

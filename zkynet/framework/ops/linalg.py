@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 
+from zkynet.framework import xp
 from zkynet.framework.ops.base import Binary
 
 __all__ = ["Matmul", "Dot", "matmul", "dot"]
@@ -20,20 +21,20 @@ class Matmul(Binary):
         if x.ndim == 1 and y.ndim == 1:
             return g * y, g * x
         if x.ndim == 1:  # (k,) @ (..., k, n): treat x as (1, k)
-            x, g = x[None, :], jnp.expand_dims(g, -2)
+            x, g = x[None, :], xp.expand_dims(g, -2)
         if y.ndim == 1:  # (..., m, k) @ (k,): treat y as (k, 1)
-            y, g = y[:, None], jnp.expand_dims(g, -1)
-        da = jnp.matmul(g, jnp.swapaxes(y, -1, -2)) if a.requires_grad else None
+            y, g = y[:, None], xp.expand_dims(g, -1)
+        da = xp.matmul(g, xp.swapaxes(y, -1, -2)) if a.requires_grad else None
         if not b.requires_grad:
             db = None
         elif y.ndim == 2 and x.ndim > 2:  # a batch against one matrix: one big matmul
-            db = jnp.matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+            db = xp.matmul(xp.reshape(x, (-1, x.shape[-1])).T, xp.reshape(g, (-1, g.shape[-1])))
         else:
-            db = jnp.matmul(jnp.swapaxes(x, -1, -2), g)
+            db = xp.matmul(xp.swapaxes(x, -1, -2), g)
         if a.value.ndim == 1 and da is not None:
-            da = jnp.squeeze(da, -2)
+            da = xp.squeeze(da, -2)
         if b.value.ndim == 1 and db is not None:
-            db = jnp.squeeze(db, -1)
+            db = xp.squeeze(db, -1)
         return da, db
 
 

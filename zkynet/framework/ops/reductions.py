@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
+from zkynet.framework import xp
 from zkynet.framework.builder import NodeLike
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Unary
@@ -48,7 +49,7 @@ class _Reduction(Unary):
 
     def _unreduce(self, y, x):
         """`y`, shaped like this reduction's output, made broadcastable against `x`."""
-        return y if self.keepdims else jnp.expand_dims(y, _axes(self.axis, x.ndim))
+        return y if self.keepdims else xp.expand_dims(y, _axes(self.axis, x.ndim))
 
 
 class Sum(_Reduction):
@@ -59,7 +60,7 @@ class Sum(_Reduction):
         return jnp.sum(x.value, axis=self.axis, keepdims=self.keepdims)
 
     def vjp(self, g, out, x):
-        return (jnp.broadcast_to(self._unreduce(g, x), x.shape),)
+        return (xp.broadcast_to(self._unreduce(g, x), x.shape),)
 
 
 class Mean(_Reduction):
@@ -71,7 +72,7 @@ class Mean(_Reduction):
 
     def vjp(self, g, out, x):
         count = math.prod(x.shape[a] for a in _axes(self.axis, x.ndim))
-        return (jnp.broadcast_to(self._unreduce(g, x) / count, x.shape),)
+        return (xp.broadcast_to(self._unreduce(g, x) / count, x.shape),)
 
 
 class Max(_Reduction):
@@ -83,8 +84,8 @@ class Max(_Reduction):
         return jnp.max(x.value, axis=self.axis, keepdims=self.keepdims)
 
     def vjp(self, g, out, x):
-        hits = (x.value == self._unreduce(out, x)).astype(g.dtype)
-        share = hits / jnp.sum(hits, axis=_axes(self.axis, x.ndim), keepdims=True)
+        hits = xp.astype(xp.equal(xp.value_of(x.value), self._unreduce(xp.value_of(out), x)), g.dtype)
+        share = hits / jnp.sum(hits, axis=_axes(self.axis, x.ndim), keepdims=True)  # constant: the tied places
         return (share * self._unreduce(g, x),)
 
 
@@ -105,7 +106,7 @@ class Logsumexp(_Reduction):
         return out if self.keepdims else jnp.squeeze(out, axes)
 
     def vjp(self, g, out, x):
-        return (self._unreduce(g, x) * jnp.exp(x.value - self._unreduce(out, x)),)
+        return (self._unreduce(g, x) * xp.exp(x.value - self._unreduce(out, x)),)
 
 
 class LogSoftmax(Unary):
@@ -122,7 +123,7 @@ class LogSoftmax(Unary):
         return shifted - log_total
 
     def vjp(self, g, out, x):
-        return (g - jnp.exp(out) * jnp.sum(g, axis=self.axis, keepdims=True),)
+        return (g - xp.exp(out) * xp.sum(g, axis=self.axis, keepdims=True),)
 
 
 class Softmax(LogSoftmax):
@@ -134,7 +135,7 @@ class Softmax(LogSoftmax):
         return jnp.exp(super().call(x))
 
     def vjp(self, g, out, x):
-        return (out * (g - jnp.sum(g * out, axis=self.axis, keepdims=True)),)
+        return (out * (g - xp.sum(g * out, axis=self.axis, keepdims=True)),)
 
 
 class LayerNorm(Unary):
@@ -149,10 +150,10 @@ class LayerNorm(Unary):
         return centered * lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + self.eps)
 
     def vjp(self, g, out, x):
-        centered = x.value - jnp.mean(x.value, axis=-1, keepdims=True)
-        inv_std = lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + self.eps)
-        mean_g = jnp.mean(g, axis=-1, keepdims=True)
-        return (inv_std * (g - mean_g - out * jnp.mean(g * out, axis=-1, keepdims=True)),)
+        centered = x.value - xp.mean(x.value, axis=-1, keepdims=True)
+        inv_std = xp.rsqrt(xp.mean(centered * centered, axis=-1, keepdims=True) + self.eps)
+        mean_g = xp.mean(g, axis=-1, keepdims=True)
+        return (inv_std * (g - mean_g - out * xp.mean(g * out, axis=-1, keepdims=True)),)
 
 
 # ----------------------------------------------------------------------------- what models call

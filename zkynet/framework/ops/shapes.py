@@ -1,11 +1,15 @@
-"""Operators that only move elements: reshape, transpose, broadcast, concat, stack."""
+"""Operators that only move elements: reshape, transpose, broadcast, concat, stack, pad."""
 
+import numbers
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from zkynet.framework.builder import NodeLike
+from zkynet.framework import xp
+from zkynet.framework.builder import NodeLike, as_node
+from zkynet.framework.errors import ShapeError
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Fused, Unary
 
@@ -15,11 +19,13 @@ __all__ = [
     "BroadcastTo",
     "Concat",
     "Stack",
+    "Pad",
     "reshape",
     "transpose",
     "broadcast_to",
     "concat",
     "stack",
+    "pad",
 ]
 
 
@@ -37,7 +43,7 @@ class Reshape(Unary):
         return jnp.reshape(x.value, self.new_shape)
 
     def vjp(self, g, out, x):
-        return (jnp.reshape(g, x.shape),)
+        return (xp.reshape(g, x.shape),)
 
 
 class Transpose(Unary):
@@ -56,8 +62,8 @@ class Transpose(Unary):
 
     def vjp(self, g, out, x):
         if self.axes is None:
-            return (jnp.transpose(g),)
-        return (jnp.transpose(g, [int(a) for a in np.argsort([a % x.ndim for a in self.axes])]),)
+            return (xp.transpose(g),)
+        return (xp.transpose(g, [int(a) for a in np.argsort([a % x.ndim for a in self.axes])]),)
 
 
 class BroadcastTo(Unary):
@@ -94,7 +100,7 @@ class Concat(Fused):
 
     def vjp(self, g, out, *xs):
         ends = np.cumsum([x.shape[self.axis] for x in xs])
-        return tuple(jnp.split(g, ends[:-1], axis=self.axis))
+        return tuple(xp.split(g, [int(e) for e in ends[:-1]], axis=self.axis))
 
 
 class Stack(Fused):
@@ -113,8 +119,33 @@ class Stack(Fused):
         return jnp.stack([x.value for x in xs], axis=self.axis)
 
     def vjp(self, g, out, *xs):
-        g = jnp.moveaxis(g, self.axis, 0)
+        g = xp.moveaxis(g, self.axis, 0)
         return tuple(g[i] for i in range(len(xs)))
+
+
+class Pad(Unary):
+    """x with (low, high, interior) zeros per axis around and between its elements, as
+    lax.pad (a negative low or high crops). Its transpose is a strided slice; it is the
+    transpose of one too, which is how getitem's and pooling's rules place gradients."""
+
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
+    vjp_uses_inputs = vjp_uses_out = False
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = tuple((int(lo), int(hi), int(interior)) for lo, hi, interior in config)
+
+    def call(self, x):
+        if len(self.config) != x.ndim:
+            raise ValueError(f"pad has {len(self.config)} (low, high, interior) triples for {x.ndim} axes")
+        return lax.pad(x.value, jnp.zeros((), x.dtype), self.config)
+
+    def vjp(self, g, out, x):
+        if any(lo or hi for lo, hi, _ in self.config):
+            g = xp.pad(g, [(-lo, -hi, 0) for lo, hi, _ in self.config])
+        if any(interior for _, _, interior in self.config):
+            g = g[tuple(slice(None, None, interior + 1) for _, _, interior in self.config)]
+        return (g,)
 
 
 def reshape(x: NodeLike, shape: int | Sequence[int]) -> Node:
@@ -135,3 +166,30 @@ def concat(xs: Sequence[NodeLike], axis: int = 0) -> Node:
 
 def stack(xs: Sequence[NodeLike], axis: int = 0) -> Node:
     return Stack(axis)(*xs)
+
+
+def pad_general(x: NodeLike, config: Sequence[tuple[int, int, int]]) -> Node:
+    """x padded as lax.pad: (low, high, interior) zeros per axis (negative low/high crop)."""
+    return Pad(config)(x)
+
+
+def pad(x: NodeLike, pad_width: int | Sequence[int] | Sequence[Sequence[int]]) -> Node:
+    """x with zeros around it, as jnp.pad: `pad_width` is one int for every side, a
+    (before, after) pair for every axis, or one pair per axis. Widths are never negative."""
+    node = as_node(x)
+    widths = np.asarray(pad_width, dtype=object)
+    try:
+        if widths.ndim == 0 or widths.shape == (2,):
+            widths = np.broadcast_to(np.asarray(pad_width, dtype=object).reshape(-1)[None], (node.ndim, 2))
+        pairs = [(int(lo), int(hi)) for lo, hi in widths]
+        integral = all(isinstance(v, numbers.Integral) for v in np.asarray(widths, dtype=object).ravel())
+    except (TypeError, ValueError):
+        pairs, integral = [], False
+    if not integral or len(pairs) != node.ndim:
+        raise ShapeError(
+            f"pad: pad_width must be an int, a (before, after) pair or one pair per axis of the input "
+            f"{node.dtype}{list(node.shape)}, got {pad_width!r}"
+        )
+    if any(lo < 0 or hi < 0 for lo, hi in pairs):
+        raise ShapeError(f"pad: widths must not be negative, got {pad_width!r} (to crop, slice: x[1:-1])")
+    return Pad([(lo, hi, 0) for lo, hi in pairs])(node)
