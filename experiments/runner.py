@@ -270,7 +270,8 @@ def _log_model(tracker, cfg, model, dataset):
             OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             dataset.info.get("tokenizer"),
         )
-        output = saved_model.Predictor(folder).predict(example)
+        trusted = saved_model.targets(build.model_spec(cfg))  # the classes this run itself built
+        output = saved_model.Predictor(folder, trusted).predict(example)
         tracker.log_model(folder, example, output, cfg.tracking.registered_model)
     except Exception as e:
         print(f"warning: could not log the model: {type(e).__name__}: {e}", file=sys.stderr)
