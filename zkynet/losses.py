@@ -35,14 +35,14 @@ def binary_cross_entropy_terms(logits, targets):
     values = targets.value if isinstance(targets, cg.Node) else targets
     terms = op.softplus(logits) - logits * targets
     if isinstance(values, jax.core.Tracer):  # under jit: NaN (the NaN guard stops), not a wrong loss
-        outside = jnp.any((values < 0) | (values > 1))
-        return terms * jnp.where(outside, jnp.nan, 1).astype(terms.dtype)
-    values = np.asarray(values)
-    outside = (values < 0) | (values > 1)
+        anywhere = jnp.any((values < 0) | (values > 1))
+        return terms * jnp.where(anywhere, jnp.nan, 1).astype(terms.dtype)
+    concrete = np.asarray(values)
+    outside = (concrete < 0) | (concrete > 1)
     if outside.any():
         at = tuple(int(i) for i in np.argwhere(outside)[0])
         raise LabelError(
-            f"binary_cross_entropy: target {float(values[at])} at {list(at)} is not a probability: "
+            f"binary_cross_entropy: target {float(concrete[at])} at {list(at)} is not a probability: "
             "targets must be in [0, 1] (a class label 0/1, or a pixel intensity scaled to [0, 1])"
         )
     return terms

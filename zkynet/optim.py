@@ -67,7 +67,9 @@ class Cosine(Schedule):
     def __init__(self, lr, total_steps, final_lr=0.0):
         _positive("lr", lr)
         _positive_int("Cosine total_steps", total_steps)
-        _check("Cosine final_lr", final_lr, "a number in [0, lr]", lambda v: 0 <= v and (hasattr(lr, "shape") or v <= lr))
+        _check(
+            "Cosine final_lr", final_lr, "a number in [0, lr]", lambda v: v >= 0 and (hasattr(lr, "shape") or v <= lr)
+        )
         self.lr, self.total_steps, self.final_lr = lr, total_steps, final_lr
 
     def at(self, step, lr):
