@@ -8,7 +8,7 @@ from pathlib import Path
 
 import tomllib
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 EXTRAS = (
     "experiments",
     "hydra",
