@@ -234,6 +234,7 @@ def test_iterating_over_a_node_unstacks_its_first_axis():
     np.testing.assert_allclose(b.value, [3.0, 4.0])
 
 
+@pytest.mark.slow  # its point is the size: 200k nodes built and differentiated eagerly
 def test_backward_over_a_100k_node_chain():
     class Chain(cg.Module):
         def __init__(self, length):
