@@ -1,12 +1,14 @@
 """Losses: values and gradients (through zkynet's back()) against JAX references,
-and stability for huge logits."""
+stability for huge logits, and bad labels refused with the label, its place and the
+valid range (under jit they poison the step with NaN instead)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zkynet import losses
+from zkynet import losses, optim
+from zkynet.framework.compile import TrainStep
 from zkynet.framework.errors import LabelError, ShapeError
 from zkynet.gradcheck import check_gradients
 
@@ -109,3 +111,60 @@ def test_binary_cross_entropy_refuses_targets_that_are_not_probabilities(bad):
     traced = jax.jit(lambda z, t: losses.binary_cross_entropy(z, t).value)(jnp.zeros(3), targets)
     assert np.isnan(traced)  # under jit: NaN for the NaN guard, never the -0.687 it used to be
     assert np.isfinite(jax.jit(lambda z, t: losses.binary_cross_entropy(z, t).value)(jnp.zeros(3), targets * 0))
+
+
+# ----------------------------------------------------------------------------- hostile: labels
+
+
+LOGITS = jnp.array([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 1.0, -1.0]])
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (
+            jnp.array([0, 1, 4]),
+            r"label 4 at \[2\] is not a class: the logits have 4 classes, so labels must be in "
+            r"0\.\.3, or -1 \(IGNORE\)",
+        ),
+        (jnp.array([0, 9, 1]), r"label 9 at \[1\]"),
+        (jnp.array([0, -2, 1]), r"label -2 at \[1\] is not a class"),
+        (np.array([0, 1, -7]), r"label -7 at \[2\]"),
+        (jnp.array([0.0, 1.0, 2.0]), r"labels must be integer class indices, got float32; cast them"),
+        (np.array([True, False, True]), r"labels must be integer class indices, got bool"),
+        (jnp.array([0, 1]), r"labels shaped \(2,\) do not fit logits shaped \(3, 4\): expected .* shaped \(3,\)"),
+        (jnp.array([[0], [1], [2]]), r"labels shaped \(3, 1\) do not fit"),
+        (jnp.array([-1, -1, -1]), r"every label of this batch is IGNORE"),
+    ],
+)
+def test_bad_labels_are_refused(labels, message):
+    with pytest.raises(LabelError, match=message):
+        losses.softmax_cross_entropy(LOGITS, labels)
+
+
+def test_an_empty_batch_is_refused_not_minus_zero():
+    with pytest.raises(LabelError, match=r"empty batch \(logits shaped \(0, 4\)\)"):
+        losses.softmax_cross_entropy(jnp.zeros((0, 4)), jnp.zeros((0,), jnp.int32))
+    with pytest.raises(LabelError, match="empty batch"):  # known while tracing: refused under jit too
+        jax.jit(lambda z, y: losses.softmax_cross_entropy(z, y).value)(jnp.zeros((0, 4)), jnp.zeros((0,), int))
+
+
+def test_ignored_labels_count_for_nothing():
+    mixed = losses.softmax_cross_entropy(LOGITS, jnp.array([0, -1, 2])).value
+    only = losses.softmax_cross_entropy(LOGITS[jnp.array([0, 2])], jnp.array([0, 2])).value
+    np.testing.assert_allclose(mixed, only, rtol=1e-6)
+
+
+def test_traced_bad_labels_make_the_loss_and_gradients_nan():
+    """Under jit the labels are data: a bad one poisons the step (loss and gradients
+    NaN), which the NaN guard stops, instead of training on a silently wrong loss."""
+    from zkynet.models.fcn import MLP
+
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    step = TrainStep(MLP([4, 4], key=0), losses.softmax_cross_entropy, optim.SGD(0.1))
+    assert np.isfinite(step(x, jnp.array([0, 1, 3]))["loss"])
+    assert np.isnan(step(x, jnp.array([0, 1, 4]))["loss"])
+    assert all(np.isnan(p.value).all() for p in step.model.named_parameters().values())
+    eager = TrainStep(MLP([4, 4], key=0), losses.softmax_cross_entropy, optim.SGD(0.1), jit=False)
+    with pytest.raises(LabelError, match="label 4 at"):  # run eagerly, the same batch names the label
+        eager(x, jnp.array([0, 1, 4]))

@@ -1,13 +1,18 @@
 """plot_cg draws real pictures: PNG by default, SVG on request, clusters per module
-call, shared nodes drawn once, big models collapsed to a readable depth."""
+call, shared nodes drawn once, big models collapsed to a readable depth; graphs dot
+cannot lay out quickly are collapsed or refused with what to do, dot is stopped at a
+timeout, and save paths (folders, names without extension, taken names) work."""
 
 import re
+import time
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
 
 from zkynet.framework import cg, op
+from zkynet.framework.errors import PlotError
 from zkynet.models.toy import (
     CompositeModel_NoWeightSharing_DifferentInputs,
     CompositeModel_NoWeightSharing_SameInputs,
@@ -164,3 +169,83 @@ def test_top_to_bottom_pictures_fit_a_narrow_preview(tmp_path):
     assert wide[0] > wide[1] and tall[1] > tall[0]  # a chain of layers: along the rank direction
     capped = png_size(plot_cg(graph, save_path=str(tmp_path / "capped.png"), rankdir="TB", max_width=tall[0] // 2))
     assert capped[0] <= tall[0] // 2 and abs(capped[1] / capped[0] - tall[1] / tall[0]) < 0.05  # scaled, not cut
+
+
+# ----------------------------------------------------------------------------- hostile: plot_cg
+
+
+class SharedChain(cg.Module):
+    """A chain whose every step uses the same parameter: what took dot 480 s."""
+
+    def __init__(self, steps, shared=1):
+        super().__init__(inputs=(cg.Variable("x"),), params=tuple(cg.Parameter(f"w{i}", 0.5) for i in range(shared)))
+        self.steps, self.shared = steps, shared
+
+    def call(self, x):
+        for i in range(self.steps):
+            x = op.tanh(x * self.param(f"w{i % self.shared}"))
+        return x
+
+
+@pytest.mark.parametrize("steps, shared", [(150, 1), (150, 2)])
+def test_a_big_shared_parameter_graph_is_collapsed_quickly_and_says_so(tmp_path, steps, shared):
+    graph = SharedChain(steps, shared)(1.0)
+    assert len(graph.nodes) > 300
+    start = time.perf_counter()
+    with pytest.warns(
+        UserWarning,
+        match=r"depth=None takes \d+ shapes, more than max_nodes=150.*collapsed to "
+        r"depth=0",
+    ):
+        path = plot_cg(graph, save_path=str(tmp_path / "big.png"), depth=None)
+    assert time.perf_counter() - start < 10
+    assert Path(path).read_bytes().startswith(b"\x89PNG")
+
+
+def test_long_edges_count_too_not_only_nodes(tmp_path):
+    """74 steps sharing one parameter: 150 shapes (under max_nodes), but each use of the
+    parameter is an edge spanning up to 150 ranks; laying that out is what is slow."""
+    with pytest.warns(UserWarning, match=r"edges span many ranks .*about \d+ units of layout work"):
+        plot_cg(SharedChain(74)(1.0), save_path=str(tmp_path / "long.svg"), depth=None)
+
+
+def test_nodes_outside_any_module_cannot_collapse_so_it_refuses(tmp_path):
+    x = jnp.ones(2)
+    for _ in range(200):
+        x = op.tanh(x)
+    with pytest.raises(
+        PlotError,
+        match=r"201 shapes, more than max_nodes=150, and 201 of its nodes were made "
+        r"outside any module call.*Build the computation inside a cg.Module",
+    ):
+        plot_cg(x, save_path=str(tmp_path / "free.png"))
+
+
+def test_dot_is_stopped_at_the_timeout(tmp_path):
+    with pytest.raises(PlotError, match=r"dot did not finish drawing \d+ nodes within 0.01 s.*depth=1"):
+        plot_cg(SharedChain(60, 2)(1.0), save_path=str(tmp_path / "slow.png"), depth=None, max_nodes=None, timeout=0.01)
+
+
+def test_save_paths(tmp_path):
+    graph = SimpleModel()(3)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    assert plot_cg(graph, save_path=str(folder), title="f(x)") == str(folder / "f_x.png")  # inside the folder
+    assert plot_cg(graph, save_path=str(tmp_path / "new") + "/") == str(
+        tmp_path / "new" / f"cg-call-{graph.call_id}.png"
+    )
+    assert plot_cg(graph, save_path=str(tmp_path / "out" / "cg-simple")) == str(tmp_path / "out" / "cg-simple.png")
+    assert plot_cg(graph, save_path=str(tmp_path / "cg.v2")) == str(tmp_path / "cg.v2.png")  # not a format
+    assert plot_cg(graph, save_path=tmp_path / "g.svg").endswith("g.svg")  # a pathlib.Path
+    for name in ["f_x.png"]:
+        assert (folder / name).read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "taken.png").mkdir()
+    with pytest.raises(PlotError, match=re.escape("taken.png' is a directory")):
+        plot_cg(graph, save_path=str(tmp_path / "taken"))
+    with pytest.raises(PlotError, match="unknown format 'jpeg2'"):
+        plot_cg(graph, save_path=str(tmp_path / "g"), format="jpeg2")
+    with pytest.raises(PlotError, match="depth must be None, 'auto' or an int"):
+        plot_cg(graph, save_path=str(tmp_path / "g.png"), depth=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # small graphs draw as asked, silently
+        plot_cg(graph, save_path=str(tmp_path / "g.png"), depth=None)

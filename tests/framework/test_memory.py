@@ -45,6 +45,7 @@ def test_glibc_keeps_freed_memory_unless_told_not_to(monkeypatch):
 
 
 @glibc
+@pytest.mark.slow  # two processes, each running a 50 MB step 42 times
 def test_a_compiled_steps_large_temporaries_are_reused_not_page_faulted_in_again():
     """With glibc's defaults each call maps its 50 MB of temporaries fresh: 12,288 pages
     faulted in per call; with zkynet's settings the heaps keep them (0-2 of 190 calls

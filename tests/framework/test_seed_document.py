@@ -1,4 +1,4 @@
-"""The user's original document (a verbatim copy in tests/data) runs as written:
+"""The user's original document (a verbatim copy in tests/fixtures) runs as written:
 its Python blocks in order, in one namespace, and each expression followed by a
 ``# value`` comment evaluates to that value."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SEED = Path(__file__).parents[1] / "data" / "seed-README.md"
+SEED = Path(__file__).parents[1] / "fixtures" / "seed-README.md"
 PLOT_TITLES = [
     "simpel model",
     "NoWeightSharing_DifferentInputs",

@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tests.test_no_jax_autodiff import FAMILIES
+from tests.fixtures.families import FAMILIES
 from tests.training.test_population import ATOL, RTOL
 from zkynet import checkpoint, losses, optim
 from zkynet.data import load_digits

@@ -1,6 +1,10 @@
 """Parameters cannot be missed: wherever a module keeps its submodules, their
 parameters are trained and checkpointed, or the call says why not; names are
-stable; state_dict round trips and refuses what does not fit."""
+stable; state_dict round trips and refuses what does not fit. Deep nesting: 200
+modules build, differentiate, save and draw; walking the tree never recurses; past
+Python's recursion limit the error says how to go deeper."""
+
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +13,11 @@ import pytest
 from zkynet import losses, optim
 from zkynet.framework import cg, op
 from zkynet.framework.compile import TrainStep
+from zkynet.framework.errors import NestingDepthError
 from zkynet.models.fcn import MLP, Linear
 from zkynet.models.layers import Activation
 from zkynet.models.toy import SimpleModel
+from zkynet.visual import plot_cg
 
 rng = np.random.default_rng(0)
 X = jnp.asarray(rng.normal(size=(8, 2)), jnp.float32)
@@ -278,3 +284,84 @@ def test_shared_submodules_and_parameters_are_listed_once():
     assert set(model.named_parameters()) == layer_names("first")
     graph = model(X)
     assert {"Twice/first/matmul", "Twice/first#2/matmul"} <= {n.path for n in graph.nodes}
+
+
+# ----------------------------------------------------------------------------- hostile: deep nesting
+
+
+class Leaf(cg.Module):
+    def __init__(self):
+        super().__init__(inputs=(cg.Variable("x"),), params=(cg.Parameter("w", 2.0),))
+
+    def call(self, x):
+        return x * self.param("w")
+
+
+class Wrap(cg.Module):
+    def __init__(self, inner):
+        super().__init__(inputs=(cg.Variable("x"),))
+        self.inner = inner
+
+    def call(self, x):
+        return self.inner(x) + 1.0
+
+
+def nested(depth, wrap=Wrap):
+    m = Leaf()
+    for _ in range(depth):
+        m = wrap(m)
+    return m
+
+
+def test_200_nested_modules_build_differentiate_save_and_draw(tmp_path):
+    m = nested(200)
+    result = m(3.0)
+    assert float(result.value) == 6.0 + 200
+    result.back()
+    assert float(result.grad(m.input("x"))) == 2.0
+    ((name, w),) = m.named_parameters().items()
+    assert name == "inner/" * 200 + "w" and float(result.grad(w)) == 3.0
+    m.load_state_dict(m.state_dict())
+    deepest = next(n for n in result.nodes if isinstance(n, cg.ParameterNode))
+    assert deepest.path.count("/") == 201 and deepest.path.startswith("Wrap/inner/inner")
+    step = TrainStep(m, losses.mse, optim.SGD(0.1))  # compiled too
+    assert np.isfinite(step(jnp.array(1.0), jnp.array(0.0))["loss"])
+    assert plot_cg(result, save_path=str(tmp_path / "deep.png")).endswith("deep.png")
+
+
+def test_200_nested_lists_of_modules():
+    from zkynet.models.layers import Sequential
+
+    def wrap(inner):
+        return Sequential([inner])
+
+    m = nested(200, wrap)
+    assert float(m(1.0).value) == 2.0
+    assert list(m.named_parameters()) == ["layers.0/" * 200 + "w"]
+
+
+@pytest.mark.parametrize("wrap", ["attribute", "list"])
+def test_walking_submodules_never_recurses(wrap):
+    """Listing, saving and loading parameters loop over the module tree: 1500 levels
+    (past the recursion limit) work; only the call itself needs the stack."""
+    from zkynet.models.layers import Sequential
+
+    m = nested(1500, Wrap if wrap == "attribute" else lambda inner: Sequential([inner]))
+    ((name, w),) = m.named_parameters().items()
+    assert name.count("/") == 1500 and name.endswith("/w")
+    state = m.state_dict()
+    m.load_state_dict({name: state[name] * 2})
+    assert float(w.value) == 4.0 and list(m.children) == (["inner"] if wrap == "attribute" else ["layers.0"])
+
+
+def test_nesting_past_the_recursion_limit_says_how_to_go_deeper():
+    with pytest.raises(NestingDepthError) as error:
+        nested(1000)(1.0)
+    message = str(error.value)
+    assert re.search(
+        r"Wrap: Python's recursion limit \(\d+\) was reached while building the graph, with "
+        r"module calls nested \d+ deep",
+        message,
+    )
+    assert "sys.setrecursionlimit(" in message and "flatten it" in message
+    assert isinstance(error.value, RecursionError)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import zkynet
+from tests.fixtures.families import NAMES, family
 from zkynet import losses, optim
 from zkynet.framework import cg
 from zkynet.framework.compile import TrainStep
@@ -175,46 +176,9 @@ class _Sneaky(cg.Module):
         return _SneakyVjp()(x * self.param("w"))
 
 
-def _families():
-    from zkynet.models.autoencoder import VAE, ConvAutoencoder, DenseAutoencoder, vae_loss
-    from zkynet.models.cnn import LeNet
-    from zkynet.models.fcn import MLP
-    from zkynet.models.rnn import RecurrentClassifier, RecurrentLM
-    from zkynet.models.transformer import TransformerClassifier, TransformerLM
-
-    rng = np.random.default_rng(0)
-    flat, image = rng.normal(size=(4, 8)).astype(np.float32), rng.normal(size=(2, 1, 8, 8)).astype(np.float32)
-    tokens = rng.integers(1, 7, size=(2, 5)).astype(np.int32)
-    classes, unit = rng.integers(0, 3, size=(2,)).astype(np.int32), rng.uniform(size=(4, 8)).astype(np.float32)
-    ce, mse = losses.softmax_cross_entropy, losses.mse
-    yield "mlp", MLP([8, 16, 3], dropout=0.1), ce, (flat, rng.integers(0, 3, size=(4,)).astype(np.int32))
-    yield "lenet", LeNet((1, 8, 8), 3, channels=(2,), hidden=(4,), dropout=0.1), ce, (image, classes)
-    for cell in ("rnn", "lstm", "gru"):
-        yield f"{cell}_lm", RecurrentLM(7, 4, 5, cell=cell), ce, (tokens, tokens)
-    yield "gru_lm_unrolled", RecurrentLM(7, 4, 5, cell="gru", unroll=True), ce, (tokens, tokens)
-    yield "lstm_classifier_masked", RecurrentClassifier(7, 3, 4, 5, cell="lstm"), ce, (tokens, classes)
-    yield "dense_autoencoder", DenseAutoencoder(8, 2, hidden=(4,)), mse, (flat, flat)
-    yield "conv_autoencoder", ConvAutoencoder((1, 8, 8), channels=(2, 2), bottleneck=2), mse, (image, image)
-    yield "vae", VAE(8, latent=2, hidden=(4,)), vae_loss, (unit, unit)
-    yield (
-        "transformer_lm",
-        TransformerLM(7, dim=8, heads=2, layers=1, mlp=16, max_length=6, dropout=0.1),
-        ce,
-        (tokens, tokens),
-    )
-    yield (
-        "transformer_classifier",
-        TransformerClassifier(7, 3, dim=8, heads=2, layers=1, mlp=16, max_length=6),
-        ce,
-        (tokens, classes),
-    )
-
-
-FAMILIES = list(_families())
-
-
-@pytest.mark.parametrize("name, model, loss, batch", FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_compiled_train_step_of_every_model_family_traces_without_jax_autodiff(no_autodiff, name, model, loss, batch):
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_train_step_of_every_model_family_traces_without_jax_autodiff(no_autodiff, name):
+    model, loss, batch = family(name)
     step = TrainStep(model, loss, optim.Adam(1e-3))
     batch = tuple(jnp.asarray(b) for b in batch)
     traced = jax.jit(step.pure).trace(step.param_values(), step.opt_state, batch, step.rng)

@@ -6,9 +6,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import tomllib
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 EXTRAS = (
     "experiments",
     "hydra",
@@ -72,6 +73,7 @@ SCRIPT = textwrap.dedent(f"""
 """)
 
 
+@pytest.mark.slow  # a fresh process that imports every module and trains
 def test_the_library_imports_and_trains_without_the_runner_or_any_extra():
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
