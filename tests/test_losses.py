@@ -36,7 +36,10 @@ def test_softmax_cross_entropy_value_and_gradient():
 def test_softmax_cross_entropy_over_sequences():
     labels = jnp.array([[0, 1, 2], [2, 2, 0]])
     logits = rng.normal(size=(2, 3, 4))
-    reference = lambda z: -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), labels[..., None], -1))  # noqa: E731
+
+    def reference(z):
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), labels[..., None], -1))
+
     check_gradients(lambda z: losses.softmax_cross_entropy(z, labels), reference, [logits], seed=2)
 
 

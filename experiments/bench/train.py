@@ -145,7 +145,10 @@ def _layer_norm(x, scale, shift, eps=1e-5):
 
 def jax_transformer_lm(params, tokens, heads):
     batch, steps = tokens.shape
-    p = lambda name: params[name]  # noqa: E731
+
+    def p(name):
+        return params[name]
+
     dim = p("embed/E").shape[1]
     x = p("embed/E")[tokens]
     x = x + sinusoidal_positions(steps, dim).astype(x.dtype)

@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tests.fixtures.families import FAMILIES
+from tests.fixtures.families import NAMES, family
 from tests.training.test_population import ATOL, RTOL
 from zkynet import checkpoint, losses, optim
 from zkynet.data import load_digits
@@ -37,7 +37,6 @@ ACCURACY_ATOL = 2 / 359
 # cotangents that cancel), 2.6% for the transformer's, 1.3% for the LSTM's.
 # A wrong rule (a dropped term, a missing factor) is off by tens of percent or more.
 GRADIENT_RTOL, PARAMETER_RTOL = 0.05, 0.15
-FAMILY = {name: (model, loss, batch) for name, model, loss, batch in FAMILIES}
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +105,11 @@ def matmul_operand_dtypes(function, *args):
     return found
 
 
-@pytest.mark.parametrize("name", list(FAMILY))
+@pytest.mark.parametrize("name", NAMES)
 def test_every_matmul_and_convolution_of_every_model_family_runs_in_bf16(name):
     """No backward rule and no constant promoted a bfloat16 computation to float32 (the
     step would still train, at float32 speed): in train and eval steps alike."""
-    model, loss, batch = FAMILY[name]
+    model, loss, batch = family(name)
     batch = tuple(jnp.asarray(b) for b in batch)
     step = TrainStep(model, loss, optim.Adam(1e-3), precision="bf16")
     assert matmul_operand_dtypes(step.pure, step.param_values(), step.opt_state, batch, step.rng) == {"bfloat16"}
@@ -118,12 +117,12 @@ def test_every_matmul_and_convolution_of_every_model_family_runs_in_bf16(name):
     assert matmul_operand_dtypes(evaluate.pure, evaluate.param_values(), batch) == {"bfloat16"}
 
 
-@pytest.mark.parametrize("name", list(FAMILY))
+@pytest.mark.parametrize("name", NAMES)
 def test_every_cotangent_comes_back_in_its_primals_dtype(name):
     """back() of each model in bfloat16, its output seeded with bfloat16 ones: every
     parameter's gradient is bfloat16 (one rule's float32 cotangent would spread to all
     those below it). Shapes and dtypes only: traced, never run."""
-    model, _, batch = FAMILY[name]
+    model, _, batch = family(name)
     params = model.named_parameters()
 
     def gradients(values, inputs):
@@ -133,7 +132,9 @@ def test_every_cotangent_comes_back_in_its_primals_dtype(name):
         graph.back(tuple(jnp.ones(r.shape, r.dtype) for r in graph.roots))
         return [r.value for r in graph.roots], {n: graph.grad(p) for n, p in params.items() if graph.uses(p)}
 
-    bf16 = lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+    def bf16(a):
+        return a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
     outputs, grads = jax.eval_shape(
         gradients, {n: bf16(p.value) for n, p in params.items()}, tuple(bf16(jnp.asarray(b)) for b in batch[:-1])
     )
@@ -155,10 +156,13 @@ def one_step_gradient(model, loss, batch, precision):
 
 @pytest.mark.parametrize("name", ["lstm_lm", "transformer_lm", "vae"])  # vae: its noise too
 def test_bf16_gradients_are_close_to_float32s(name):
-    model, loss, batch = FAMILY[name]
+    model, loss, batch = family(name)
     batch = tuple(jnp.asarray(b) for b in batch)
     f32, bf16 = (one_step_gradient(model, loss, batch, precision) for precision in ("float32", "bf16"))
-    norm = lambda grads: np.sqrt(sum(np.sum(g * g) for g in grads.values()))  # noqa: E731
+
+    def norm(grads):
+        return np.sqrt(sum(np.sum(g * g) for g in grads.values()))
+
     assert norm({n: bf16[n] - f32[n] for n in f32}) <= GRADIENT_RTOL * norm(f32)
     for n in f32:
         assert np.linalg.norm(bf16[n] - f32[n]) <= PARAMETER_RTOL * np.linalg.norm(f32[n]), n

@@ -93,10 +93,16 @@ def test_pool2d(kind, n, c, h, w, kernel, stride, padding, seed):
     x = np.random.default_rng(seed).normal(size=(n, c, h, w))
     if kind == "max":
         reference = _pool_reference(-jnp.inf, lax.max, kernel, stride, padding)
-        fn = lambda x: op.max_pool2d(x, kernel, stride, padding)  # noqa: E731
+
+        def fn(x):
+            return op.max_pool2d(x, kernel, stride, padding)
+
     else:
         reference = _pool_reference(0.0, lax.add, kernel, stride, padding, 1 / (kh * kw))
-        fn = lambda x: op.avg_pool2d(x, kernel, stride, padding)  # noqa: E731
+
+        def fn(x):
+            return op.avg_pool2d(x, kernel, stride, padding)
+
     check_gradients(fn, reference, [x], seed)
 
 

@@ -95,7 +95,10 @@ def test_scan_hoists_only_weights_used_as_matmul_matrices(batch):
 
     def reference(params, xs, h0):
         U, V = params["cell/U"], params["cell/V"]
-        step = lambda h, x: (jnp.tanh(x @ U + h @ U + (h @ V) * jnp.mean(V)),) * 2  # noqa: E731
+
+        def step(h, x):
+            return (jnp.tanh(x @ U + h @ U + (h @ V) * jnp.mean(V)),) * 2
+
         return jax.lax.scan(step, h0, xs)[1]
 
     xs, h0 = rng.normal(size=(4,) + batch + (width,)), rng.normal(size=batch + (width,))
