@@ -104,15 +104,23 @@ def _rule_on_nodes(node: OperatorNode, g: Node, views: list[_GraphInput]) -> Any
             return op.vjp(g, node, *views)
         _, saved = op.forward(*views)  # what the forward kept, rebuilt as nodes
         return op.vjp(g, node, *views, saved=saved)
-    except TypeError as e:
-        if "JAX type" not in str(e) and "Node" not in str(e):
+    except (TypeError, AttributeError) as e:
+        if not _arrays_only(e):
             raise
         raise HigherOrderError(
             f"{where}: derivatives of derivatives run the backward rule on nodes, and this rule calls "
-            f"a jnp/lax function that takes arrays only ({e}). Write the rule with "
+            f"a jnp/lax function or array method that takes arrays only ({e}). Write the rule with "
             "zkynet.framework.xp (the same names as jnp: xp.exp, xp.where, xp.sum, ...) so that it "
             "works on both, or use this operator for first-order gradients only"
         ) from e
+
+
+def _arrays_only(e: TypeError | AttributeError) -> bool:
+    """Whether `e` is a rule treating a node as an array: jnp refusing it (TypeError), or
+    an array method a node lacks (x.value.at[...], AttributeError)."""
+    if isinstance(e, AttributeError):
+        return isinstance(getattr(e, "obj", None), Node)
+    return "JAX type" in str(e) or "Node" in str(e)
 
 
 def _summed_to(ct: Node, shape: tuple[int, ...]) -> Node:
@@ -168,7 +176,9 @@ def gradients(
     order = topological_order(roots)
     if create_graph:
         grads: Mapping[Node, Any] = backprop_graph(order, seeds, wrt) if seeds else {}
-    else:
+    else:  # only the nodes between the seeds and `wrt`: the rest would be computed for nothing
+        live = _depending_on(order, set(wrt))
+        order = [node for node in order if node in live]
         grads = backprop(order, {r: c.value for r, c in seeds.items()}) if seeds else {}
     return [grads.get(x, _zeros_like(x, create_graph)) for x in wrt]
 

@@ -138,6 +138,19 @@ class ModuleGraph:
             total = total + g
         return total
 
+    def node(self, x: Parameter | Variable) -> Node:
+        """The node that stands for Parameter or input Variable `x` in this graph: what to
+        differentiate with respect to when something computed from this graph's gradients
+        (after `back(create_graph=True)`) is differentiated again, e.g.
+        ``cg.gradients(penalty, [graph.node(w)])``."""
+        nodes = self._nodes_of(x)
+        if len(nodes) > 1:
+            raise GradientError(
+                f"{x!r} stands for {len(nodes)} nodes of this graph (it reaches it through several graphs); "
+                "pick one of them from graph.nodes"
+            )
+        return nodes[0]
+
     def _zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
         zeros = jnp.zeros(shape, dtype)
         return ConstantNode(zeros) if self._grads_are_nodes else zeros
