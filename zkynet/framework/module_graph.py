@@ -89,8 +89,7 @@ class ModuleGraph:
                         "shaped like it: the gradient graph is built for one vector-Jacobian product, not a "
                         "full Jacobian (zkynet.hessian and zkynet.jacobian give those)"
                     )
-                seed = ConstantNode(one(root.dtype))
-                self._grads, self._jacobian_shape = backprop_graph(self.nodes, {root: seed}), ()
+                self._grads, self._jacobian_shape = backprop_graph(self.nodes, {root: one(root.dtype)}), ()
             elif root.shape == ():
                 self._grads, self._jacobian_shape = backprop(self.nodes, {root: one(root.dtype)}), ()
             else:
@@ -103,9 +102,7 @@ class ModuleGraph:
         for root, ct in zip(roots, cotangents, strict=True):
             if ct is None:  # no gradient flows from this output
                 continue
-            if create_graph and not isinstance(ct, Node):
-                ct = ConstantNode(as_value(ct, "cotangent"))
-            elif not create_graph:
+            if not (create_graph and isinstance(ct, Node)):  # arrays become the backward pass's constants
                 ct = as_value(ct, "cotangent")
             if ct.shape != root.shape:
                 raise ShapeError(
