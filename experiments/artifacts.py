@@ -4,12 +4,10 @@ reconstructed images). A Task names the looks worth drawing (`Task.artifacts`);
 SAMPLES maps each name to what draws it."""
 
 import jax
-import matplotlib
-import matplotlib.ticker
 import numpy as np
-
-matplotlib.use("Agg")  # headless
-import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from experiments.schema import ConfigError
 from zkynet.framework.compile import Objective, forward
@@ -32,19 +30,28 @@ def graph_images(model, loss, batch, paths, title, depth="auto"):
     ]
 
 
+def _figure(figsize):
+    """A figure drawn by Agg into files: no pyplot, so no backend to select and no
+    figure kept alive after it is saved."""
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def curves_image(history, path, title):
     """Train/validation loss (and any other shared metric) per epoch."""
     names = sorted(
         {k[len("train_") :] for k in history[0] if k.startswith("train_")}
         & {k[len("val_") :] for k in history[0] if k.startswith("val_")}
     )
-    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
+    figure = _figure(figsize=(5 * len(names), 3.5))
+    axes = figure.subplots(1, len(names), squeeze=False)
     epochs = [record["epoch"] for record in history]
     for axis, name in zip(axes[0], names, strict=True):
         for split in ("train", "val"):
             axis.plot(epochs, [record[f"{split}_{name}"] for record in history], marker=".", label=split)
         axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axis.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)  # one epoch: one tick at it, not 0.945..1.05
         axis.set_title(name)
         axis.grid(alpha=0.3)
@@ -52,7 +59,6 @@ def curves_image(history, path, title):
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
@@ -69,7 +75,8 @@ def text_sample(model, tokenizer, prompt_ids, path, steps=300, temperature=0.8, 
 
 def image_grid(rows, image_shape, path, title, row_titles=None):
     """Rows of images (each row: (count, features)) as one picture."""
-    figure, axes = plt.subplots(len(rows), len(rows[0]), figsize=(len(rows[0]) * 0.8, len(rows) * 0.9), squeeze=False)
+    figure = _figure(figsize=(len(rows[0]) * 0.8, len(rows) * 0.9))
+    axes = figure.subplots(len(rows), len(rows[0]), squeeze=False)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             axes[r][c].imshow(np.asarray(image).reshape(image_shape[-2:]), cmap="gray_r", vmin=0, vmax=1)
@@ -78,7 +85,6 @@ def image_grid(rows, image_shape, path, title, row_titles=None):
             axes[r][0].set_title(row_titles[r], fontsize=8, loc="left")
     figure.suptitle(title)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 

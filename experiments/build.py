@@ -55,6 +55,7 @@ def _cast(split, dtype):
 def model_spec(cfg):
     """The model's `_target_` and constructor arguments, resolved (what zkynet.load builds)."""
     spec = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(spec, dict)  # a model's config is a mapping
     for key in NOT_CONSTRUCTOR_ARGUMENTS:
         spec.pop(key, None)
     return spec
@@ -88,6 +89,7 @@ def optimizer(cfg, total_steps):
             f"trainer.warmup_steps={warmup} is not less than the run's {total_steps} steps: "
             "its learning rate would never reach optimizer.lr"
         )
+    schedule: optim.Schedule
     if _name(cfg.trainer.lr_schedule) == "cosine":
         schedule = optim.Cosine(lr, max(total_steps - warmup, 1))
     else:

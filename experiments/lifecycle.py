@@ -16,12 +16,15 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from experiments import lineage
 from experiments.tracking import Tracker, TrackingError
-from zkynet.training import Callback
+from zkynet.training import Callback, Checkpointer
+from zkynet.training.trainer import Record
 
 
 class Paused(Exception):
@@ -29,12 +32,33 @@ class Paused(Exception):
     later (population-based training): the run ends SCHEDULED, to be continued."""
 
 
+class RunTrainer(Protocol):
+    """What a run trains with: a zkynet Trainer, or a sweep's seat at a pack
+    (experiments.sweep.pack), either built from Trainer's arguments by keyword."""
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def history(self) -> list[Record]: ...
+
+    @property
+    def callbacks(self) -> Sequence[Callback]: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def fit(self) -> list[Record]: ...
+
+
 class Run:
     def __init__(self, cfg, uri):
         self.cfg, self.uri = cfg, uri
-        self.tracker = None
-        self.trainer = None  # set once built: its history and step go into the summary
-        self.checkpointer = None
+        self.tracker: Tracker | None = None
+        self.trainer: RunTrainer | None = None  # set once built: its history and step go into the summary
+        self.checkpointer: Checkpointer | None = None
         self.continued = False  # an existing MLflow run goes on
         self.start_step = 0
         self.status, self.error = "RUNNING", None
@@ -149,11 +173,12 @@ class Run:
             lines.append(f"  error: {type(self.error).__name__}: {self.error}")
         saved = self.checkpointer.saved_step if self.checkpointer is not None else None
         if saved is not None or self.status != "FINISHED":
-            resumable = tracker is not None and self.status != "FINISHED" and saved is not None
-            lines.append(
-                f"  last checkpoint: {f'step {saved}' if saved is not None else 'none yet'}"
-                + (f" -> resume with trainer.resume={tracker.run_id}" if resumable else "")
+            resume = (
+                f" -> resume with trainer.resume={tracker.run_id}"
+                if tracker is not None and self.status != "FINISHED" and saved is not None
+                else ""
             )
+            lines.append(f"  last checkpoint: {f'step {saved}' if saved is not None else 'none yet'}{resume}")
         if tracker is not None:
             lines += [
                 f"  MLflow run {tracker.run_id} in experiment '{tracker.experiment}'",

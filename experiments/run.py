@@ -5,6 +5,10 @@ optimizer, trainer, callbacks, tracking, and +experiment=...); this entry point
 adds what only Hydra knows (the output folder, the run's name, the command-line
 overrides, the sweep a -m job belongs to) to the config and hands it to
 `experiments.runner.run`, which is callable without Hydra too.
+
+Importing this module changes nothing in the process; `main()` sets the process
+up (its loggers, Hydra's config store and plugin path) and then hands the
+command line to Hydra.
 """
 
 import logging
@@ -23,11 +27,9 @@ from experiments.tracking import TrackingError, connect, default_tracking_uri
 from zkynet.checkpoint import CheckpointError
 from zkynet.data import DatasetFileError, DatasetNotFoundError
 
-logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" is not news
-schema.register()
 # Hydra looks for sweepers in the `hydra_plugins` namespace package only: ours (the Tune sweeper)
 # joins it from experiments/plugins/ (the repository's top level is the user's)
-sys.path.append(str(Path(__file__).parent / "plugins"))
+PLUGINS = str(Path(__file__).parent / "plugins")
 
 __all__ = ["main", "run"]
 
@@ -55,8 +57,19 @@ def with_launch(cfg, hydra_config):
 USERS_TO_FIX = (ConfigError, DatasetNotFoundError, DatasetFileError, CheckpointError, TrackingError)
 
 
+def main() -> None:
+    """`python -m experiments.run [overrides]`: this process set up, then Hydra."""
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" is not news
+    schema.register()
+    if PLUGINS not in sys.path:
+        sys.path.append(PLUGINS)
+    train()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg):
+def train(cfg):
+    """One job: a run, or one of a sweep's jobs on Hydra's basic sweeper (the Tune sweeper
+    runs its trials itself, experiments.sweep)."""
     hydra_config = HydraConfig.get()
     sweeping = hydra_config.mode == RunMode.MULTIRUN
     try:

@@ -11,12 +11,13 @@ owns it, so it always ends FINISHED, KILLED or FAILED.
 import copy
 import datetime
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
 from experiments import artifacts, build, lineage, resume, schema
-from experiments.lifecycle import Run
+from experiments.lifecycle import Run, RunTrainer
 from experiments.schema import ConfigError
 from experiments.tracking import PROJECT_ROOT, MetricsLogger, Tracker, connect, default_tracking_uri, flatten
 from zkynet import saved_model
@@ -26,13 +27,14 @@ from zkynet.training import BestCheckpoint, Callback, Checkpointer, EarlyStoppin
 NOT_PARAMS = ("launch", "output_dir")  # how the run was started, not what it trains
 
 
-def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
+def run(cfg, callbacks=(), state=None, make_trainer: Callable[..., RunTrainer] = Trainer):
     """Train as `cfg` says, tracked in MLflow unless tracking.enabled is false; returns
     the last epoch's value of the task's objective (NaN if no epoch ran). `callbacks`
     (a sweep engine's) watch the training after the configured ones; `state` (a
     Trainer.state_dict(), e.g. another trial's, for population-based training) is
-    where training starts instead of the run's own last checkpoint. `trainer_class` (called
-    as Trainer is) builds the trainer: a sweep's pack trains the run as one member of a population."""
+    where training starts instead of the run's own last checkpoint. `make_trainer`
+    (called with Trainer's arguments, by keyword) builds the trainer: a sweep's pack
+    trains the run as one member of a population."""
     cfg = _settled(cfg)
     uri = cfg.tracking.uri or default_tracking_uri()
     client = connect(uri) if cfg.tracking.enabled else None
@@ -73,14 +75,14 @@ def run(cfg, callbacks=(), state=None, trainer_class=Trainer):
         callbacks.insert(0, current.signal_check)
         if tracker is not None:  # first: the metrics of an epoch are queued before a checkpoint covers them
             callbacks.insert(0, MetricsLogger(tracker, cfg.trainer.log_every_n_steps))
-        trainer = current.trainer = trainer_class(
-            model,
-            task.loss,
-            optimizer,
-            dataset,
-            cfg.trainer.epochs,
-            cfg.trainer.batch_size,
-            task.metrics,
+        trainer = current.trainer = make_trainer(
+            model=model,
+            loss=task.loss,
+            optimizer=optimizer,
+            dataset=dataset,
+            epochs=cfg.trainer.epochs,
+            batch_size=cfg.trainer.batch_size,
+            metrics=task.metrics,
             seed=cfg.seed,
             eval_batch_size=cfg.trainer.eval_batch_size,
             jit=cfg.trainer.jit,
@@ -192,6 +194,7 @@ def _log_config(tracker, cfg):
 
 def _params(cfg, resolve=True):
     settings = OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True)
+    assert isinstance(settings, dict)  # a run's configuration is a mapping
     return flatten({k: v for k, v in settings.items() if k not in NOT_PARAMS})
 
 
@@ -270,7 +273,8 @@ def _log_model(tracker, cfg, model, dataset):
             OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             dataset.info.get("tokenizer"),
         )
-        output = saved_model.Predictor(folder).predict(example)
+        trusted = saved_model.targets(build.model_spec(cfg))  # the classes this run itself built
+        output = saved_model.Predictor(folder, trusted).predict(example)
         tracker.log_model(folder, example, output, cfg.tracking.registered_model)
     except Exception as e:
         print(f"warning: could not log the model: {type(e).__name__}: {e}", file=sys.stderr)

@@ -15,6 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from experiments.sweep import settings as sweeper_settings
+
 
 class ConfigError(ValueError):
     """A setting has a value the run cannot use; the message names it."""
@@ -33,7 +35,7 @@ class Schedule(Enum):
 
 
 @dataclass
-class Trainer:
+class TrainerSettings:
     epochs: int = 20
     batch_size: int = 64
     eval_batch_size: int = 512
@@ -50,7 +52,7 @@ class Trainer:
 
 
 @dataclass
-class Tracking:
+class TrackingSettings:
     enabled: bool = True
     uri: str | None = None
     experiment: str = "${task.name}"
@@ -61,10 +63,13 @@ class Tracking:
     system_metrics: float | None = None
 
 
-def register():
+def register() -> None:
+    """Make the schemas known to Hydra's ConfigStore (conf/ builds on them: the trainer,
+    tracking and Tune sweeper groups); before Hydra composes a configuration."""
     store = ConfigStore.instance()
-    store.store(group="trainer", name="schema", node=Trainer)
-    store.store(group="tracking", name="schema", node=Tracking)
+    store.store(group="trainer", name="schema", node=TrainerSettings)
+    store.store(group="tracking", name="schema", node=TrackingSettings)
+    sweeper_settings.register()
 
 
 TOP_LEVEL = {
@@ -107,8 +112,8 @@ def check_keys(cfg):
     silently with the default."""
     groups = {
         "": TOP_LEVEL,
-        "trainer.": {f.name for f in fields(Trainer)},
-        "tracking.": {f.name for f in fields(Tracking)},
+        "trainer.": {f.name for f in fields(TrainerSettings)},
+        "tracking.": {f.name for f in fields(TrackingSettings)},
         "launch.": LAUNCH,
     }
     for prefix, known in groups.items():
@@ -155,4 +160,4 @@ def check_references(cfg):
                 "from conf/experiment/ (+experiment=...)"
             )
         )
-        raise ConfigError(f"{e.full_key}: {e.msg.splitlines()[0]}{choices}") from None
+        raise ConfigError(f"{e.full_key}: {(e.msg or str(e)).splitlines()[0]}{choices}") from None

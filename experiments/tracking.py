@@ -25,26 +25,25 @@ from urllib.parse import urlparse
 
 import jax
 import numpy as np
-
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # MLflow's default retries for ~4 minutes
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own progress is enough
-
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from experiments import lineage
 from zkynet import checkpoint
-from zkynet.training import Callback
+from zkynet.training import Callback, TrainingLoop
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
 FLUSH_SECONDS = 5.0  # one database transaction per 5 s of training at most
 PROBE_SECONDS = 5.0
 CORE_REQUIREMENTS = ("jax", "jaxlib", "numpy", "graphviz")  # what a logged model needs besides zkynet itself
-
-for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.pyfunc"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+# how MLflow behaves in this process (read when it makes a request), unless the environment says otherwise
+MLFLOW_ENVIRONMENT = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",  # MLflow's default retries for ~4 minutes
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # our own progress is enough
+}
+QUIET_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.pyfunc")
 
 
 class TrackingError(RuntimeError):
@@ -67,9 +66,20 @@ def flatten(config, prefix=""):
     return flat
 
 
+def configure_mlflow() -> None:
+    """Set up this process for MLflow: request retries and timeouts that fail within
+    minutes, no progress bars, quiet loggers. Every client comes from `connect`, which
+    calls this first; doing it again changes nothing."""
+    for name, value in MLFLOW_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def connect(uri):
     """An MlflowClient on `uri`, checked to answer: a tracking server within seconds,
     an SQLite file created (or migrated) by one process at a time."""
+    configure_mlflow()
     if uri.startswith(("http://", "https://")):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
@@ -168,7 +178,7 @@ class Tracker:
         self.experiment = self.client.get_experiment(self.experiment_id).name
         self.artifact_uri = run.info.artifact_uri
         self.set_tags(lineage.owner_tags())
-        self._queue = queue.Queue()
+        self._queue: queue.Queue = queue.Queue()
         self._error = None
         self._writer = threading.Thread(target=self._write_metrics, name="mlflow-metrics", daemon=True)
         self._writer.start()
@@ -334,3 +344,9 @@ class MetricsLogger(Callback):
 
     def on_checkpoint(self, trainer, path, meta):
         self.tracker.log_checkpoint(path)
+
+
+def tracker_of(trainer: TrainingLoop) -> Tracker | None:
+    """The Tracker a run's callbacks log to (its MetricsLogger's), or None when the run
+    is not tracked."""
+    return next((c.tracker for c in trainer.callbacks if isinstance(c, MetricsLogger)), None)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from zkynet import losses
+from zkynet.framework.errors import LabelError, ShapeError
 from zkynet.gradcheck import check_gradients
 
 rng = np.random.default_rng(0)
@@ -85,3 +86,26 @@ def test_accuracy_helpers():
     logits = jnp.array([[0.1, 2.0], [3.0, -1.0], [0.0, 1.0]])
     assert float(losses.accuracy(logits, jnp.array([1, 0, 0]))) == pytest.approx(2 / 3)
     assert float(losses.binary_accuracy(jnp.array([2.0, -1.0]), jnp.array([1.0, 1.0]))) == 0.5
+
+
+@pytest.mark.parametrize("loss", [losses.mse, losses.binary_cross_entropy])
+@pytest.mark.parametrize("prediction, target", [((4, 1), (4,)), ((4,), (4, 1)), ((4, 3), (4,)), ((2, 3), (3, 3))])
+def test_losses_refuse_targets_that_would_broadcast_into_another_meaning(loss, prediction, target):
+    """mse(pred (N, 1), target (N,)) compared every prediction with every target: 2.5 instead of 0."""
+    with pytest.raises(ShapeError, match="does not fit the prediction shaped"):
+        loss(jnp.zeros(prediction), jnp.zeros(target))
+
+
+def test_a_target_that_broadcasts_to_the_predictions_shape_is_kept():
+    assert float(losses.mse(jnp.ones((4, 3)), 0.5).value) == pytest.approx(0.25)
+    assert float(losses.mse(jnp.arange(4.0).reshape(4, 1), jnp.arange(4.0).reshape(4, 1)).value) == 0.0
+
+
+@pytest.mark.parametrize("bad", [2.0, -1.0, 1.0001])
+def test_binary_cross_entropy_refuses_targets_that_are_not_probabilities(bad):
+    targets = jnp.array([0.0, bad, 1.0])
+    with pytest.raises(LabelError, match=f"target {float(jnp.float32(bad))} at \\[1\\] is not a probability"):
+        losses.binary_cross_entropy(jnp.zeros(3), targets)
+    traced = jax.jit(lambda z, t: losses.binary_cross_entropy(z, t).value)(jnp.zeros(3), targets)
+    assert np.isnan(traced)  # under jit: NaN for the NaN guard, never the -0.687 it used to be
+    assert np.isfinite(jax.jit(lambda z, t: losses.binary_cross_entropy(z, t).value)(jnp.zeros(3), targets * 0))

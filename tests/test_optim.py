@@ -183,3 +183,32 @@ def test_a_plain_function_schedule_has_no_peak_and_signatures_tell_code_apart():
     assert optim.Adam(optim.Cosine(0.1, 100)).signature() != optim.Adam(optim.Cosine(0.1, 200)).signature()
     assert optim.Adam(0.1, clip_norm=1.0).signature() != optim.Adam(0.1).signature()
     assert optim.SGD(0.1, momentum=0.9).signature() != optim.SGD(0.1).signature()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: optim.StepDecay(0.1, every=0), "StepDecay every must be a positive integer"),
+        (lambda: optim.StepDecay(0.1, every=2.5), "StepDecay every must be a positive integer"),
+        (lambda: optim.StepDecay(0.1, every=10, gamma=0), r"StepDecay gamma must be a decay factor in \(0, 1\]"),
+        (lambda: optim.StepDecay(0.1, every=10, gamma=10.0), r"StepDecay gamma must be a decay factor in \(0, 1\]"),
+        (lambda: optim.Cosine(0.1, total_steps=0), "Cosine total_steps must be a positive integer"),
+        (lambda: optim.Cosine(0.1, total_steps=10, final_lr=0.5), r"Cosine final_lr must be a number in \[0, lr\]"),
+        (lambda: optim.Cosine(0.1, total_steps=10, final_lr=-0.1), r"Cosine final_lr must be a number in \[0, lr\]"),
+        (lambda: optim.Warmup(0.1, -1), "Warmup steps must be a positive integer"),
+        (lambda: optim.Warmup(optim.Cosine(0.1, 100), 0), "Warmup steps must be a positive integer"),
+        (lambda: optim.Constant(0.0), "lr must be a positive number"),
+        (lambda: optim.StepDecay(float("nan"), every=10), "lr must be a positive number"),
+    ],
+)
+def test_schedules_refuse_settings_that_would_train_on_a_wrong_rate(make, message):
+    """StepDecay(every=0) gave lr 1.0 then 10.0; Cosine(total_steps=0) turned weights NaN under
+    jit; Warmup(s, -1) was accepted."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_valid_schedules_still_build_with_traced_peaks():
+    cosine = optim.Cosine(0.1, total_steps=100, final_lr=0.01)
+    assert float(cosine(100)) == pytest.approx(0.01)
+    assert float(jax.jit(lambda lr: cosine.at(0, lr))(jnp.asarray(0.5))) == pytest.approx(0.5)

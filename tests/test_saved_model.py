@@ -11,6 +11,7 @@ from zkynet import saved_model
 from zkynet.data import load_digits
 from zkynet.framework.compile import forward
 from zkynet.models.cnn import LeNet
+from zkynet.models.fcn import MLP
 
 SPEC = {
     "_target_": "zkynet.models.cnn.LeNet",
@@ -76,6 +77,47 @@ def test_a_class_that_cannot_be_imported_is_named(tmp_path):
     spec = {"_target_": "zkynet.models.fcn.MLP", "widths": [4, 3]}
     saved_model.save(saved_model.build(spec), tmp_path, {**spec, "_target_": "my_models.Gone"}, np.zeros((1, 4)))
     with pytest.raises(ImportError, match=re.escape("cannot import the model class 'my_models.Gone'")):
-        zkynet.load(tmp_path)
+        zkynet.load(tmp_path, trusted=["my_models"])
     with pytest.raises(FileNotFoundError, match=re.escape("holds no model.json")):
         zkynet.load(tmp_path.parent)
+
+
+def _saved_naming(folder, target, **arguments):
+    """A model folder (real weights) whose spec names `target` instead of its class."""
+    spec = {"_target_": "zkynet.models.fcn.MLP", "widths": [4, 3]}
+    saved_model.save(saved_model.build(spec), folder, {"_target_": target, **arguments}, np.zeros((1, 4)))
+    return folder
+
+
+@pytest.mark.parametrize("target", ["os.makedirs", "builtins.exec", "my_models.TinyNet"])
+def test_loading_refuses_what_is_not_a_zkynet_module_before_importing_it(tmp_path, target, monkeypatch):
+    made = tmp_path / "made-by-loading"
+    folder = _saved_naming(tmp_path / "m", target, name=str(made))
+    monkeypatch.delenv("ZKYNET_TRUSTED_MODELS", raising=False)
+    with pytest.raises(saved_model.UntrustedModelError, match=re.escape(f"names '{target}', which is not a zkynet")):
+        zkynet.load(folder)
+    assert not made.exists()
+    with pytest.raises(saved_model.UntrustedModelError):
+        saved_model._load_pyfunc(str(folder))  # MLflow's serving refuses it too
+
+
+def test_a_zkynet_name_that_is_not_a_model_class_is_refused(tmp_path):
+    folder = _saved_naming(tmp_path, "zkynet.checkpoint.save", path=str(tmp_path / "x.npz"), tree={})
+    with pytest.raises(saved_model.UntrustedModelError, match="not a zkynet model class"):
+        zkynet.load(folder)
+    assert not (tmp_path / "x.npz").exists()
+
+
+class Widths(MLP):
+    """A user's own architecture (here: an MLP under another name)."""
+
+
+def test_a_trusted_class_of_the_callers_loads(tmp_path, monkeypatch):
+    name = f"{Widths.__module__}.Widths"
+    folder = _saved_naming(tmp_path, name, widths=[4, 3])
+    with pytest.raises(saved_model.UntrustedModelError):
+        zkynet.load(folder)
+    assert isinstance(zkynet.load(folder, trusted=[Widths]).model, Widths)
+    assert isinstance(zkynet.load(folder, trusted=[Widths.__module__]).model, Widths)
+    monkeypatch.setenv("ZKYNET_TRUSTED_MODELS", f"somewhere.else, {name}")
+    assert saved_model._load_pyfunc(str(folder)).predict(np.zeros((2, 4))).shape == (2, 3)

@@ -9,11 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from zkynet.framework import cg, op
-from zkynet.framework.errors import LabelError
+from zkynet.framework.errors import LabelError, ShapeError
 
 
 def mse(prediction, target):
-    """Mean squared error over all elements."""
+    """Mean squared error over all elements. `target` is shaped like `prediction` (or
+    broadcasts to its shape: a scalar); shapes that would broadcast to something else,
+    (N, 1) against (N,) giving N x N differences, are refused with ShapeError."""
+    _check_fits("mse", prediction, target, "target")
     return op.mean(op.square(prediction - target))
 
 
@@ -24,8 +27,42 @@ def binary_cross_entropy(logits, targets):
 
 def binary_cross_entropy_terms(logits, targets):
     """Elementwise -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))] = softplus(z) - z y,
-    with softplus computed without overflow."""
-    return op.softplus(logits) - logits * targets
+    with softplus computed without overflow. `targets` are probabilities in [0, 1], shaped
+    like `logits`; concrete targets outside [0, 1] are refused (LabelError), traced ones
+    (under jit) make the terms NaN, and shapes that would broadcast into something else
+    are refused (ShapeError)."""
+    _check_fits("binary_cross_entropy", logits, targets, "targets")
+    values = targets.value if isinstance(targets, cg.Node) else targets
+    terms = op.softplus(logits) - logits * targets
+    if isinstance(values, jax.core.Tracer):  # under jit: NaN (the NaN guard stops), not a wrong loss
+        anywhere = jnp.any((values < 0) | (values > 1))
+        return terms * jnp.where(anywhere, jnp.nan, 1).astype(terms.dtype)
+    concrete = np.asarray(values)
+    outside = (concrete < 0) | (concrete > 1)
+    if outside.any():
+        at = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise LabelError(
+            f"binary_cross_entropy: target {float(concrete[at])} at {list(at)} is not a probability: "
+            "targets must be in [0, 1] (a class label 0/1, or a pixel intensity scaled to [0, 1])"
+        )
+    return terms
+
+
+def _check_fits(loss, prediction, target, what):
+    """ShapeError unless `target` broadcasts to `prediction`'s own shape (the loss averages
+    over the prediction's elements; any other broadcast changes what is compared)."""
+    shape, other = tuple(prediction.shape), tuple(np.shape(target) if not hasattr(target, "shape") else target.shape)
+    try:
+        fits = np.broadcast_shapes(shape, other) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ShapeError(
+            f"{loss}: the {what} shaped {other} does not fit the prediction shaped {shape}: they must have the "
+            "same shape (broadcasting them would compare every prediction with every target"
+            + (f"; reshape the {what} to {shape}" if int(np.prod(other)) == int(np.prod(shape)) else "")
+            + ")"
+        )
 
 
 IGNORE = -1  # a label that counts for nothing (prompt positions of a sequence task)

@@ -41,6 +41,7 @@ class Schedule:
 
 class Constant(Schedule):
     def __init__(self, lr):
+        _positive("lr", lr)
         self.lr = lr
 
     def at(self, step, lr):
@@ -51,6 +52,9 @@ class StepDecay(Schedule):
     """lr * gamma ** (step // every)."""
 
     def __init__(self, lr, every, gamma=0.1):
+        _positive("lr", lr)
+        _positive_int("StepDecay every", every)
+        _check("StepDecay gamma", gamma, "a decay factor in (0, 1]", lambda v: 0 < v <= 1)
         self.lr, self.every, self.gamma = lr, every, gamma
 
     def at(self, step, lr):
@@ -61,6 +65,11 @@ class Cosine(Schedule):
     """From lr down to final_lr over total_steps along half a cosine, then flat."""
 
     def __init__(self, lr, total_steps, final_lr=0.0):
+        _positive("lr", lr)
+        _positive_int("Cosine total_steps", total_steps)
+        _check(
+            "Cosine final_lr", final_lr, "a number in [0, lr]", lambda v: v >= 0 and (hasattr(lr, "shape") or v <= lr)
+        )
         self.lr, self.total_steps, self.final_lr = lr, total_steps, final_lr
 
     def at(self, step, lr):
@@ -73,6 +82,7 @@ class Warmup(Schedule):
     counted from the end of the warmup."""
 
     def __init__(self, schedule, steps):
+        _positive_int("Warmup steps", steps)
         self.schedule, self.steps = as_schedule(schedule), steps
         self.lr = self.schedule.lr
 
@@ -95,7 +105,7 @@ class _Given(Schedule):
 
 def as_schedule(lr):
     if not callable(lr):
-        _check("lr", lr, "a positive number", lambda v: v > 0)
+        _positive("lr", lr)
     return lr if isinstance(lr, Schedule) else _Given(lr) if callable(lr) else Constant(lr)
 
 
@@ -106,6 +116,15 @@ def _check(name, value, rule, holds):
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not holds(value):
         raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+def _positive(name, value):
+    _check(name, value, "a positive number", lambda v: v > 0)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (a number of steps), got {value!r}")
 
 
 def _fraction(name, value):

@@ -3,13 +3,19 @@ arguments), its weights, what it takes as input, and the configuration it was
 trained with. `load` builds it back with plain Python (no Hydra); given an MLflow
 run id (or a runs:/ or models:/ URI) it first downloads the run's model, and only
 then imports MLflow. The folder is also the data of the MLflow pyfunc model each
-run logs: MLflow calls `_load_pyfunc` on it (`mlflow models serve`)."""
+run logs: MLflow calls `_load_pyfunc` on it (`mlflow models serve`).
+
+A model folder is data: loading it imports and calls nothing but zkynet's own
+modules (cg.Module classes under `zkynet.`), unless the caller trusts more by name
+(`trusted=`, or $ZKYNET_TRUSTED_MODELS for MLflow's serving: comma-separated class
+or package names, e.g. `my_models`). Anything else is refused before any import."""
 
 import importlib
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,14 +53,17 @@ def save(model, folder, spec, example, config=None, tokenizer=None):
     return folder
 
 
-def load(source, tracking_uri: str | None = None) -> Loaded:
+def load(source, tracking_uri: str | None = None, trusted: Iterable[Any] = ()) -> Loaded:
     """The model saved at `source`: a folder written by `save`, an MLflow model folder
     holding one, an MLflow run id, or a runs:/... or models:/... URI. Run ids and URIs
     are looked up in `tracking_uri`, else $MLFLOW_TRACKING_URI, else the mlflow.db in
-    the working directory or the nearest folder above it."""
+    the working directory or the nearest folder above it. `trusted`: classes, or dotted
+    names of classes or packages, besides zkynet's modules that the folder may name
+    (your own architecture: `trusted=[TinyNet]` or `trusted=["my_models"]`)."""
+    trusted = tuple(trusted)
     path = Path(os.fspath(source))
     if path.exists():
-        return _load_folder(_model_folder(path))
+        return _load_folder(_model_folder(path), trusted=trusted)
     source = str(source)
     if RUN_ID.fullmatch(source):
         source = f"runs:/{source}/model"
@@ -74,18 +83,71 @@ def load(source, tracking_uri: str | None = None) -> Loaded:
                 f"zkynet.load: no model at {source} in the MLflow store {uri} "
                 f"({type(e).__name__}: {str(e).splitlines()[0]})"
             ) from e
-        return _load_folder(_model_folder(Path(local)))
+        return _load_folder(_model_folder(Path(local)), trusted=trusted)
 
 
-def build(spec):
+def build(spec, trusted: Iterable[Any] = ()):
     """The object a spec describes: `_target_` imported and called with the other keys
-    (themselves built when they are specs)."""
+    (themselves built when they are specs). Every target is checked before anything is
+    imported: a zkynet cg.Module, or trusted (see `load`); else UntrustedModelError."""
+    trust = _trust(trusted)
+    classes = {target: _trusted_class(target, trust) for target in targets(spec)}
+    return _built(spec, classes)
+
+
+def targets(spec) -> list[str]:
+    """Every `_target_` a spec names, nested ones included."""
     if isinstance(spec, dict):
-        arguments = {k: build(v) for k, v in spec.items() if k != "_target_"}
-        return _imported(spec["_target_"])(**arguments) if "_target_" in spec else arguments
+        own = [spec["_target_"]] if "_target_" in spec else []
+        return own + [t for k, v in spec.items() if k != "_target_" for t in targets(v)]
     if isinstance(spec, list):
-        return [build(v) for v in spec]
+        return [t for v in spec for t in targets(v)]
+    return []
+
+
+class UntrustedModelError(ImportError):
+    """A saved model names a class that loading may not import: not a zkynet module,
+    and not trusted by the caller."""
+
+
+def _built(spec, classes):
+    if isinstance(spec, dict):
+        arguments = {k: _built(v, classes) for k, v in spec.items() if k != "_target_"}
+        return classes[spec["_target_"]](**arguments) if "_target_" in spec else arguments
+    if isinstance(spec, list):
+        return [_built(v, classes) for v in spec]
     return spec
+
+
+def _trust(trusted: Iterable[Any]) -> tuple[str, ...]:
+    """Trusted dotted names: the caller's (classes by their full name) and $ZKYNET_TRUSTED_MODELS's."""
+    names = [t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}" for t in trusted]
+    names += [n.strip() for n in os.environ.get("ZKYNET_TRUSTED_MODELS", "").split(",") if n.strip()]
+    return tuple(names)
+
+
+def _trusted_class(target: Any, trust: tuple[str, ...]) -> Any:
+    """The class `target` names, once sure that loading may import and call it."""
+    if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", target):
+        raise UntrustedModelError(f"zkynet.load: {target!r} is not a dotted class name (package.module.Class)")
+    trusted = any(target == name or target.startswith(name + ".") for name in trust)
+    if not trusted and not target.startswith("zkynet."):
+        raise UntrustedModelError(
+            f"zkynet.load: the saved model names {target!r}, which is not a zkynet module; a model folder "
+            "is data, so loading imports nothing else unless you trust it: zkynet.load(..., "
+            f"trusted=[{target.rpartition('.')[0].split('.')[0]!r}]) (or the class itself), or "
+            f"ZKYNET_TRUSTED_MODELS={target} for MLflow's serving"
+        )
+    found = _imported(target)
+    if not trusted:
+        from zkynet.framework.module import Module  # here, not at `import zkynet`
+
+        if not (isinstance(found, type) and issubclass(found, Module)):
+            raise UntrustedModelError(
+                f"zkynet.load: the saved model names {target!r}, which is not a zkynet model class "
+                "(a cg.Module); loading calls nothing else"
+            )
+    return found
 
 
 def _check_spec(spec):
@@ -132,11 +194,11 @@ def _model_folder(path):
     )
 
 
-def _load_folder(folder, description=None):
+def _load_folder(folder, description=None, trusted=()):
     import jax.numpy as jnp  # here, not at `import zkynet`
 
     description = description or json.loads((folder / MODEL_FILE).read_text())
-    model = build(description["spec"])
+    model = build(description["spec"], trusted)
     weights = {name: jnp.asarray(value) for name, value in checkpoint.load(folder / WEIGHTS_FILE).items()}
     for name, p in model.named_parameters().items():  # trained in another precision (float64, bfloat16)
         if name in weights:
@@ -164,11 +226,11 @@ class Predictor:
     """The model as MLflow's pyfunc flavor calls it: a batch of inputs in, its outputs
     out (logits for a classifier; a dict output_0, output_1, ... when it has several)."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, trusted=()):
         from zkynet.framework.compile import forward  # here, not at `import zkynet`
 
         description = json.loads((Path(folder) / MODEL_FILE).read_text())
-        loaded = _load_folder(Path(folder), description)
+        loaded = _load_folder(Path(folder), description, trusted)
         self.dtype, self.shape = np.dtype(description["input"]["dtype"]), tuple(description["input"]["shape"])
         self._forward = forward(loaded.model)
 

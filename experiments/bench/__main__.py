@@ -2,6 +2,7 @@
 
 import argparse
 
+from experiments import tracking as mlflow_tracking
 from experiments.bench import core, higher_order, sweep, tracking, train
 
 BENCHMARKS = {"core": core, "train": train, "tracking": tracking, "sweep": sweep, "higher_order": higher_order}
@@ -11,8 +12,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, module in BENCHMARKS.items():
-        module.add_arguments(commands.add_parser(name, help=module.__doc__.splitlines()[0]))
+        module.add_arguments(commands.add_parser(name, help=(module.__doc__ or name).splitlines()[0]))
     args = parser.parse_args(argv)
+    mlflow_tracking.configure_mlflow()
     BENCHMARKS[args.command].run(args)
 
 

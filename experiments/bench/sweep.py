@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 
@@ -175,7 +176,7 @@ def population_versus_trainer(widths, members, epochs=20):
 
 def pack_versus_sequential(args, folder):
     """(sequential seconds, packed seconds, one unpacked run's samples/s, the pack's summed)."""
-    gpu = PACK_GPU if args.gpu else dict(space=PACK_SPACE, pack=8, sweeper=[])
+    gpu: dict[str, Any] = PACK_GPU if args.gpu else dict(space=PACK_SPACE, pack=8, sweeper=[])
     gpu = dict(gpu, overrides=PACK_MODELS[args.pack_model][1 if args.gpu else 0])
     packed_settings = [
         f"hydra.sweeper.pack={gpu['pack']}",
@@ -238,7 +239,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    result = dict(benchmark="sweep", cpus=os.cpu_count())
+    result: dict[str, Any] = dict(benchmark="sweep", cpus=os.cpu_count())
     with tempfile.TemporaryDirectory() as folder:
         if args.part in ("wall", "all"):
             print(f"{args.trials} trials of: {' '.join(args.overrides)} ({os.cpu_count()} cpus)")

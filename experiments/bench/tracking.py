@@ -40,7 +40,7 @@ class EpochClock(Callback):
 
 def train(model, dataset, epochs, folder, watched, log_every):
     clock = EpochClock()
-    callbacks = [clock]
+    callbacks: list[Callback] = [clock]
     tracker = None
     if watched:
         tracker = Tracker(f"sqlite:///{folder}/mlflow.db", "bench-tracking")
@@ -76,7 +76,7 @@ def run(args):
     for name in args.models:
         model, layout = MODELS[name]
         dataset = load_digits(layout)
-        times = {"bare": [], "watched": []}
+        times: dict[str, list[float]] = {"bare": [], "watched": []}
         with tempfile.TemporaryDirectory() as folder:
             for _ in range(args.rounds):
                 for kind in times:

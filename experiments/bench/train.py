@@ -196,16 +196,18 @@ class TorchProcess:
         self.process = subprocess.Popen(
             [python, script, kind, str(batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        if self.process.stdout.readline().strip() != "ready":
+        assert self.process.stdin is not None and self.process.stdout is not None  # both piped above
+        self.requests, self.answers = self.process.stdin, self.process.stdout
+        if self.answers.readline().strip() != "ready":
             raise RuntimeError(f"{python} could not run the PyTorch reference for {kind} (does it have torch?)")
 
     def __call__(self, steps):
-        self.process.stdin.write(f"{steps} {ROUND_WARMUP}\n")
-        self.process.stdin.flush()
-        return float(self.process.stdout.readline())
+        self.requests.write(f"{steps} {ROUND_WARMUP}\n")
+        self.requests.flush()
+        return float(self.answers.readline())
 
     def close(self):
-        self.process.stdin.close()
+        self.requests.close()
         self.process.wait()
 
 
@@ -358,7 +360,7 @@ def measure(name, case, scale, steps, rounds, torch_python, precision="float32")
     )
     if torch is not None:
         contenders["torch"] = lambda: torch(steps)
-    samples = {n: [] for n in contenders}
+    samples: dict[str, list[float]] = {n: [] for n in contenders}
     try:
         names = list(contenders)
         for r in range(rounds):  # interleaved, so a slow patch of the machine hits every contender,

@@ -4,8 +4,8 @@ to end, each member its own MLflow run, equal to its configuration trained alone
 import numpy as np
 import pytest
 
-from experiments import search_space
-from experiments.search_space import SearchSpaceError
+from experiments.sweep import space as search_space
+from experiments.sweep.space import SearchSpaceError
 from tests.experiments.test_sweep import sweep, sweep_runs
 from tests.training.test_population import ATOL, RTOL
 from zkynet import checkpoint

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from ray import tune
 
-from experiments import lineage, search_space
-from experiments.search_space import SearchSpaceError
-from experiments.sweep import rank
+from experiments import lineage
+from experiments.sweep import space as search_space
+from experiments.sweep.ranking import rank
+from experiments.sweep.space import SearchSpaceError
 from tests.experiments.conftest import RAY_CLUSTER_AUTH, free_port
 from zkynet import checkpoint
 

@@ -304,11 +304,16 @@ def test_a_cotangent_that_cannot_be_summed_to_its_input(shape):
         result.back()
 
 
-def test_a_cotangent_with_broadcast_dims_is_summed_back():
-    m = Pair(TwoInputs(2, (2, 3)))  # (2, 3) of ones for a (3,) input: broadcastable, summed
+def test_a_cotangent_with_dims_broadcasting_did_not_make_is_refused():
+    """(2, 3) for a (3,) input of a (3,) output: no broadcast in this operator made that
+    leading axis, so summing it away would double the gradient (issue 26: it used to)."""
+    m = Pair(TwoInputs(2, (2, 3)))
     result = m(jnp.ones(3), jnp.ones(3))
-    result.back()
-    np.testing.assert_array_equal(result.grad(m.input("a")), [2, 2, 2])
+    with pytest.raises(BackwardRuleError, match=r"cotangent shaped \(2, 3\) for input 'a', which is shaped \(3,\)"):
+        result.back()
+    broadcast = Pair(TwoInputs(2, (2, 3)))(jnp.ones(3), jnp.ones((2, 3)))  # here the output is (2, 3): summed
+    broadcast.back()
+    np.testing.assert_array_equal(broadcast.grad(broadcast.module.input("a")), [2, 2, 2])
 
 
 def test_the_checks_hold_under_jit():

@@ -25,6 +25,7 @@ from zkynet.framework.graph import (
     ValueView,
     as_value,
     backprop,
+    check_cotangent_dtype,
     check_cotangents,
     context,
     one,
@@ -82,6 +83,8 @@ def backprop_graph(
                 if ct is None or not views[i].requires_grad:
                     continue
                 ct = _node(ct)
+                if ct.dtype.kind in "biu":
+                    check_cotangent_dtype(node, i, ct.dtype)
                 if ct.shape != inp.shape:
                     ct = _summed_to(ct, reducible_shape(node, i, ct.shape))
                 previous = grads.get(inp)

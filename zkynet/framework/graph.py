@@ -405,8 +405,11 @@ def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Nod
                 continue
             if type(ct) is SliceCotangent:
                 sliced.append(inp)
-            elif not isinstance(ct, jax.Array):
-                ct = jnp.asarray(ct)
+            else:
+                if not isinstance(ct, jax.Array):
+                    ct = jnp.asarray(ct)
+                if ct.dtype.kind in "biu":
+                    check_cotangent_dtype(node, i, ct.dtype)
             if ct.shape != inp.value.shape:
                 ct = sum_to_shape(ct, reducible_shape(node, i, ct.shape))
             previous = get(inp)
@@ -445,17 +448,40 @@ def check_cotangents(node: Node, cotangents: Any) -> tuple[Any, ...]:
 
 def reducible_shape(node: Node, i: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape of input `i` of `node`, once sure a cotangent shaped `shape` can be summed
-    back to it (broadcasting's leading axes and stretched 1s); else BackwardRuleError."""
+    back to it: the axes summed away (extra leading ones, n where the input has 1) must be
+    ones that broadcasting the input to the output made (they are axes of the output, of
+    the same size); else BackwardRuleError."""
     target = node.inputs[i].value.shape
+    out = node.value.shape
     lead = len(shape) - len(target)
-    if lead < 0 or any(t != s and t != 1 for t, s in zip(target, shape[lead:], strict=True)):
+    summed = [] if lead < 0 else [*range(lead), *(lead + a for a, t in enumerate(target) if t == 1)]
+    if (
+        lead < 0
+        or any(t != s and t != 1 for t, s in zip(target, shape[lead:], strict=True))
+        or any(
+            shape[a] != 1 and (a - len(shape) + len(out) < 0 or out[a - len(shape) + len(out)] != shape[a])
+            for a in summed
+        )
+    ):
         raise BackwardRuleError(
             f"{_rule(node)} returned a cotangent shaped {tuple(shape)} for {_input_name(node, i)}, "
-            f"which is shaped {tuple(target)}: a cotangent must have its input's shape, or a shape "
-            "that broadcasting the input gives (extra leading axes, n where the input has 1), which "
-            "back() sums away"
+            f"which is shaped {tuple(target)} (the output {tuple(out)}): a cotangent must have its input's "
+            "shape, or the shape broadcasting gave the input in this operator (extra leading axes or n "
+            "where the input has 1, each an axis of the output), which back() sums away"
         )
     return target
+
+
+def check_cotangent_dtype(node: Node, i: int, dtype: Any) -> None:
+    """BackwardRuleError for an integer or boolean cotangent of a floating input (summing it
+    into the gradient would truncate it: 2.5 becomes 2)."""
+    inp = node.inputs[i]
+    if inp.dtype.kind not in "biu":
+        raise BackwardRuleError(
+            f"{_rule(node)} returned a cotangent of dtype {np.dtype(dtype).name} for {_input_name(node, i)}, which is "
+            f"{inp.dtype}: a cotangent is a floating value (an integer one truncates the gradient); "
+            "compute it in the input's dtype, e.g. g * 2.0 or .astype(x.dtype)"
+        )
 
 
 _ONES: dict[Any, jax.Array] = {}

@@ -11,7 +11,7 @@ from zkynet.training.callbacks import (
     ProgressReport,
 )
 from zkynet.training.population import PopulationStep, PopulationTrainer
-from zkynet.training.trainer import Callback, Trainer
+from zkynet.training.trainer import Callback, Trainer, TrainingLoop
 
 __all__ = [
     "BestCheckpoint",
@@ -24,4 +24,5 @@ __all__ = [
     "PopulationTrainer",
     "ProgressReport",
     "Trainer",
+    "TrainingLoop",
 ]

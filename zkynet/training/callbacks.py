@@ -8,12 +8,13 @@ import shutil
 import sys
 import threading
 import time
+from typing import Any
 
 import jax
 import numpy as np
 
 from zkynet import checkpoint
-from zkynet.training.trainer import Callback
+from zkynet.training.trainer import Callback, TrainingLoop
 
 
 class ProgressReport(Callback):
@@ -77,7 +78,7 @@ class NanGuard(Callback):
 
     def __init__(self, every: int = 10):
         self.every = max(1, every)
-        self.sampled = None
+        self.sampled: tuple[int, Any] | None = None  # (step, its loss on the device)
 
     def on_step(self, trainer, metrics):
         if trainer.step % self.every == 0:
@@ -116,7 +117,7 @@ class Checkpointer(Callback):
     def __init__(self, path, every_n_epochs: int = 1, min_seconds: float = 0.0):
         self.path, self.every, self.min_seconds = path, max(1, every_n_epochs), min_seconds
         self.last_time = time.monotonic()
-        self.saved_step = None  # the step of the last checkpoint completed
+        self.saved_step: int | None = None  # the step of the last checkpoint completed
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
         self._started_step: int | None = None
@@ -131,7 +132,7 @@ class Checkpointer(Callback):
             self.save(trainer)
         self.wait()
 
-    def save(self, trainer) -> None:
+    def save(self, trainer: TrainingLoop) -> None:
         """Write the trainer's current state now (in the background)."""
         self.last_time, self._started_step = time.monotonic(), trainer.step
         state = jax.tree_util.tree_map(np.asarray, trainer.state_dict())

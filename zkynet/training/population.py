@@ -33,7 +33,7 @@ from zkynet.framework import cg
 from zkynet.framework.compile import EvalStep, TrainStep
 from zkynet.models.layers import Dropout
 from zkynet.optim import Optimizer
-from zkynet.training.trainer import Callback, Record, _check_finite, _check_seed, _CompileClock
+from zkynet.training.trainer import Callback, Record, TrainingLoop, _check_finite, _check_seed, _CompileClock
 
 
 class PopulationStep:
@@ -161,9 +161,9 @@ class PopulationStep:
 
 class Member:
     """One member of a PopulationTrainer, as its callbacks see it: what a Trainer
-    offers them (step, epoch, epochs, history, should_stop, callbacks, batches,
-    state_dict), for this member alone. `status` is "RUNNING", then "FINISHED",
-    "STOPPED" (should_stop) or "FAILED" (a callback raised: `error`)."""
+    offers them (zkynet.training.TrainingLoop), for this member alone. `status` is
+    "RUNNING", then "FINISHED", "STOPPED" (should_stop) or "FAILED" (a callback
+    raised: `error`)."""
 
     def __init__(
         self,
@@ -206,9 +206,10 @@ class Member:
         """Call the member's callbacks; an error fails this member alone."""
         if not self.running and hook != "on_fit_end":
             return
+        loop: TrainingLoop = self  # what the callbacks see: this member as a Trainer
         try:
             for callback in self.callbacks:
-                getattr(callback, hook)(self, *args)
+                getattr(callback, hook)(loop, *args)
         except Exception as e:
             self.end("FAILED", e)
 

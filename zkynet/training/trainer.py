@@ -5,8 +5,8 @@ a NaN guard, checkpoints, an experiment tracker, a sweep scheduler."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -19,28 +19,72 @@ from zkynet.optim import Optimizer
 Record = dict  # one epoch's record: {"epoch": n, "train_loss": ..., "val_accuracy": ..., ...}
 
 
+class TrainingLoop(Protocol):
+    """What a callback's hooks receive as `trainer`: a Trainer, or one member of a
+    PopulationTrainer (zkynet.training.population.Member), which offers the same for
+    that member alone. A callback reads these, may set `should_stop`, and may save
+    `state_dict()`."""
+
+    should_stop: bool  # set to True: training ends after the current epoch
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken."""
+        ...
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        ...
+
+    @property
+    def epochs(self) -> int:
+        """Epochs to train in all."""
+        ...
+
+    @property
+    def steps_per_epoch(self) -> int: ...
+
+    @property
+    def batches(self) -> Batches:
+        """The training batches (their batch_size)."""
+        ...
+
+    @property
+    def history(self) -> list[Record]:
+        """The records of the epochs trained so far by this fit()."""
+        ...
+
+    @property
+    def callbacks(self) -> Sequence[Callback]: ...
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly (what a checkpoint holds)."""
+        ...
+
+
 class Callback:
     """Hooks the loop calls, in the order the callbacks were given; override what you
     need. Setting `trainer.should_stop = True` ends training after the current epoch
     (early stopping); raising from a hook ends it at once."""
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
         pass
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, trainer: TrainingLoop, epoch: int) -> None:
         pass
 
-    def on_step(self, trainer: Trainer, metrics: dict) -> None:
+    def on_step(self, trainer: TrainingLoop, metrics: Mapping[str, Any]) -> None:
         pass
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, record: Record) -> None:
+    def on_epoch_end(self, trainer: TrainingLoop, epoch: int, record: Record) -> None:
         pass
 
-    def on_checkpoint(self, trainer: Trainer, path: Any, meta: dict) -> None:
+    def on_checkpoint(self, trainer: TrainingLoop, path: Any, meta: dict) -> None:
         """A checkpoint covering `meta["step"]` is complete at `path`. Called from the
         checkpoint writer's thread."""
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainingLoop) -> None:
         pass
 
 
@@ -140,8 +184,9 @@ class Trainer:
         }
 
     def _notify(self, hook, *args):
+        loop: TrainingLoop = self  # what the callbacks see
         for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
+            getattr(callback, hook)(loop, *args)
 
     def evaluate(self, batches: Batches | None = None) -> dict[str, float]:
         """Metrics on the validation split (or `batches`), averaged over examples."""
@@ -179,9 +224,9 @@ class _CompileClock:
         jax.monitoring.register_event_duration_secs_listener(self._heard)
         return self
 
-    def _heard(self, event, seconds, **kwargs):
+    def _heard(self, event: str, duration_secs: float, **kwargs: str | int) -> None:
         if event in self.EVENTS:
-            self.seconds += seconds
+            self.seconds += duration_secs
 
     def __exit__(self, *exception):
         jax.monitoring.unregister_event_duration_listener(self._heard)

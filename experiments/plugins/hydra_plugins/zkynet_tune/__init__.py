@@ -1,3 +1,3 @@
 """zkynet's Hydra sweeper plugin: Hydra finds sweepers only in the `hydra_plugins`
-namespace package, so experiments/plugins/ is put on the path (experiments/run.py)
-before Hydra looks; the work is done in experiments.tune_sweep."""
+namespace package, so experiments/plugins/ is put on the path (experiments/run.py's
+main) before Hydra looks; the work is done in experiments.sweep (driver.py)."""

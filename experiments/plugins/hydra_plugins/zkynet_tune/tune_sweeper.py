@@ -1,18 +1,26 @@
-"""The Hydra side of zkynet's Ray Tune sweeper (conf/hydra/sweeper/tune.yaml)."""
+"""The Hydra side of zkynet's Ray Tune sweeper (conf/hydra/sweeper/tune.yaml, typed by
+experiments.sweep.settings)."""
+
+from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
-from omegaconf import OmegaConf
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from experiments.sweep import settings
 
 
 class TuneSweeper(Sweeper):
-    def __init__(self, **settings):
-        self.settings = OmegaConf.create(settings)
-        self.hydra_context = self.config = None
+    def __init__(self, **hydra_sweeper: Any):
+        self.settings = settings.from_hydra(hydra_sweeper)
+        self.hydra_context: HydraContext | None = None
+        self.config: DictConfig | None = None
 
-    def setup(self, *, hydra_context, task_function, config):
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config
 
-    def sweep(self, arguments):
-        from experiments.tune_sweep import TuneSweep  # Ray Tune loads only when a sweep runs
+    def sweep(self, arguments: list[str]) -> Any:
+        from experiments.sweep.driver import TuneSweep  # Ray Tune loads only when a sweep runs
 
+        assert self.hydra_context is not None and self.config is not None, "Hydra calls setup() before sweep()"
         return TuneSweep(self.settings, self.hydra_context, self.config).run(arguments)

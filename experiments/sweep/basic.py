@@ -1,48 +1,19 @@
-"""Bookkeeping every sweep shares: ranking its trials by the task's objective, and,
-for Hydra's own basic sweeper (`hydra/sweeper=basic hydra/launcher=basic`: jobs one
-after another, for debugging), a Hydra callback that makes the sweep one MLflow run
-with a child run per job. The Tune sweeper (experiments.tune_sweep) keeps its own
-books and uses `rank`."""
+"""For Hydra's own basic sweeper (`hydra/sweeper=basic hydra/launcher=basic`: jobs one
+after another in this process, for debugging): a Hydra callback that makes the sweep
+one MLflow run with a child run per job, ranked at the end as a Tune sweep is. The
+Tune sweeper (experiments.sweep.driver) keeps its own books."""
 
 import sys
 
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric
+from omegaconf import DictConfig
 
 from experiments import lineage
+from experiments.sweep.ranking import rank
 from experiments.tracking import connect, default_tracking_uri, experiment_id
 
-TUNE_SWEEPER = "hydra_plugins.zkynet_tune"
-
-
-def rank(runs, metric, mode):
-    """(a markdown table of `runs` best first by `metric`, lowest first for mode "min",
-    highest for "max"; the best finished run or None). Overrides shared by every job
-    are shown once, above the table."""
-    sign = {"min": 1, "max": -1}[mode]
-    ranked = sorted(runs, key=lambda r: (metric not in r.data.metrics, sign * r.data.metrics.get(metric, 0.0)))
-    overrides = [r.data.tags.get(lineage.OVERRIDES, "").split() for r in ranked]
-    common = set.intersection(*map(set, overrides)) if overrides else set()
-    lines = [
-        f"all jobs: {' '.join(o for o in overrides[0] if o in common) or '-'}" if overrides else "",
-        "",
-        f"| rank | job | status | {metric} | overrides | run id |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for position, (run, own) in enumerate(zip(ranked, overrides, strict=True), 1):
-        value = run.data.metrics.get(metric)
-        stopped = (
-            f" (stopped at epoch {run.data.tags[lineage.STOPPED_AT_EPOCH]})"
-            if lineage.STOPPED_AT_EPOCH in run.data.tags
-            else ""
-        )
-        lines.append(
-            f"| {position} | {run.data.tags.get(lineage.SWEEP_JOB, '?')} | {run.info.status}{stopped} | "
-            f"{'' if value is None else f'{value:.4g}'} | {' '.join(o for o in own if o not in common)} | "
-            f"{run.info.run_id} |"
-        )
-    scored = [r for r in ranked if metric in r.data.metrics and r.info.status == "FINISHED"]
-    return "\n".join(lines), scored[0] if scored else None
+TUNE_SWEEPER = "hydra_plugins.zkynet_tune"  # zkynet's Tune sweeper (experiments/plugins/)
 
 
 class SweepTracker(Callback):
@@ -50,7 +21,7 @@ class SweepTracker(Callback):
     (each job finds it by the sweep folder, experiments/run.py), ranked and ended
     after the last."""
 
-    def on_multirun_start(self, config, **kwargs):
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         if self._skip(config):
             return
         uri = config.tracking.uri or default_tracking_uri()
@@ -62,7 +33,7 @@ class SweepTracker(Callback):
         )
         print(f"sweep: MLflow run {run.info.run_id}, one child run per job", file=sys.stderr)
 
-    def on_multirun_end(self, config, **kwargs):
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         if self._skip(config):
             return
         client = connect(config.tracking.uri or default_tracking_uri())
@@ -86,5 +57,6 @@ class SweepTracker(Callback):
             raise SystemExit(1)
 
     @staticmethod
-    def _skip(config):
+    def _skip(config: DictConfig) -> bool:
+        """Whether this sweep is not the basic sweeper's to track (untracked, or on Tune)."""
         return not config.tracking.enabled or config.hydra.sweeper._target_.startswith(TUNE_SWEEPER)

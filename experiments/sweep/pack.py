@@ -4,19 +4,25 @@ Each member is still `experiments.runner.run(cfg)`, in a thread of its own, so i
 keeps the runner's whole lifecycle: its own MLflow run (params, per-epoch
 metrics, checkpoints, pictures, summary) that ends FINISHED, FAILED or KILLED
 whatever happens. Only the trainer its run builds differs: a seat at the pack
-(`Pack.seat`). Once every member has sat down (or left: refused before
-training), the pack's own thread trains them all as one PopulationTrainer, and
-each run's fit() returns when its member ends (its history) or raises its
-member's error (that run ends FAILED; the others train on).
+(`Pack.seat`, which the runner calls with Trainer's arguments). Once every member
+has sat down (or left: refused before training), the pack's own thread trains them
+all as one PopulationTrainer, and each run's fit() returns when its member ends (its
+history) or raises its member's error (that run ends FAILED; the others train on).
 
 The members' runs take turns outside training (building, logging, ending: one
 at a time, as MLflow's SQLite store and matplotlib prefer), and train together.
 """
 
+from __future__ import annotations
+
 import threading
 import traceback
+from collections.abc import Callable
+from typing import Any
 
-from zkynet.training.population import PopulationTrainer
+from zkynet.training import Callback, PopulationTrainer
+from zkynet.training.population import Member
+from zkynet.training.trainer import Record
 
 
 class PackError(RuntimeError):
@@ -24,18 +30,19 @@ class PackError(RuntimeError):
 
 
 class Pack:
-    def __init__(self, size):
+    def __init__(self, size: int):
         self.size = size
-        self.seats, self.left = {}, set()
+        self.seats: dict[int, PackSeat] = {}
+        self.left: set[int] = set()
         self.changed = threading.Condition()
         self.turn = threading.Lock()  # held by the member run that is not training
-        self.error = None
+        self.error: BaseException | None = None
 
-    def seat(self, index):
-        """The trainer class of member `index`'s run (called as Trainer is)."""
-        return lambda *args, **kwargs: _Seat(self, index, *args, **kwargs)
+    def seat(self, index: int) -> Callable[..., PackSeat]:
+        """What builds member `index`'s trainer in its run: called with Trainer's arguments."""
+        return lambda **trainer_arguments: PackSeat(self, index, trainer_arguments)
 
-    def start_member(self, index, run):
+    def start_member(self, index: int, run: Callable[[], object]) -> threading.Thread:
         """`run()` (member `index`'s whole run) in a thread of its own, taking turns."""
 
         def member():
@@ -55,7 +62,7 @@ class Pack:
         thread.start()
         return thread
 
-    def train(self, **population_arguments):
+    def train(self, **population_arguments: Any) -> None:
         """In the pack's thread: once every member sat down or left, train the seated
         ones together (extra PopulationTrainer arguments: `on_epoch_end`)."""
         with self.changed:
@@ -74,48 +81,32 @@ class Pack:
                 seat.ended.set()
 
 
-class _Seat:
-    """What a member's run sees as its trainer: its Trainer arguments, kept until the
-    pack trains; then its member (zkynet.training.population.Member) answers."""
+class PackSeat:
+    """What a member's run sees as its trainer: the arguments it would build a Trainer
+    with (`trainer_arguments`, by keyword), kept until the pack trains; then its member
+    (zkynet.training.population.Member) answers."""
 
-    def __init__(
-        self,
-        pack,
-        index,
-        model,
-        loss,
-        optimizer,
-        dataset,
-        epochs,
-        batch_size,
-        metrics=None,
-        seed=0,
-        eval_batch_size=None,
-        jit=True,
-        callbacks=(),
-        devices=1,
-        precision="float32",
-    ):
-        if devices != 1:
+    def __init__(self, pack: Pack, index: int, trainer_arguments: dict[str, Any]):
+        if trainer_arguments.get("devices", 1) != 1:
             raise PackError("a packed trial trains its members on one device each (trainer.devices=1)")
         self.pack, self.index = pack, index
-        self.model, self.loss, self.optimizer, self.dataset = model, loss, optimizer, dataset
-        self.epochs, self.batch_size, self.metrics, self.seed = epochs, batch_size, metrics, seed
-        self.eval_batch_size, self.jit, self.callbacks = eval_batch_size, jit, list(callbacks)
-        self.precision = precision  # packed trials share it (trainer.precision is not PACKABLE)
-        self.state, self.member = None, None
-        self.history, self.step = [], 0
+        self.arguments = trainer_arguments
+        self.callbacks: list[Callback] = list(trainer_arguments.get("callbacks", ()))
+        self.state: dict | None = None
+        self.member: Member | None = None
+        self.history: list[Record] = []
+        self.step = 0
         self.ended = threading.Event()
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         self.state = state
         self.step = int(state["optimizer"]["step"])
 
     @property
-    def epoch(self):
+    def epoch(self) -> int:
         return self.member.epoch if self.member is not None else 0
 
-    def fit(self):
+    def fit(self) -> list[Record]:
         """Wait (not holding the turn) for this member's end; its history, or its error."""
         with self.pack.changed:
             self.pack.seats[self.index] = self
@@ -137,23 +128,27 @@ class _Seat:
         return member.history
 
 
-def _population(seats, arguments):
-    first = seats[0]
+def _population(seats: list[PackSeat], extra: dict[str, Any]) -> PopulationTrainer:
+    """The seats' members as one population: what they share (architecture, loss, data,
+    epochs, batch sizes, metrics, compilation, precision: trainer.precision is not
+    PACKABLE) from the first seat's arguments; models, optimizers, seeds and callbacks each
+    their own."""
+    first = seats[0].arguments
     population = PopulationTrainer(
-        [s.model for s in seats],
-        first.loss,
-        [s.optimizer for s in seats],
-        first.dataset,
-        first.epochs,
-        first.batch_size,
-        first.metrics,
-        seeds=[s.seed for s in seats],
-        eval_batch_size=first.eval_batch_size,
-        jit=first.jit,
-        precision=first.precision,
+        [s.arguments["model"] for s in seats],
+        first["loss"],
+        [s.arguments["optimizer"] for s in seats],
+        first["dataset"],
+        first["epochs"],
+        first["batch_size"],
+        first.get("metrics"),
+        seeds=[s.arguments.get("seed", 0) for s in seats],
+        eval_batch_size=first.get("eval_batch_size"),
+        jit=first.get("jit", True),
+        precision=first.get("precision", "float32"),
         callbacks=[s.callbacks for s in seats],
         on_member_end=lambda member: seats[member.index].ended.set(),
-        **arguments,
+        **extra,
     )
     for seat, member in zip(seats, population.members, strict=True):
         seat.member = member

@@ -14,6 +14,7 @@ draws them here, and `packs` groups those that differ only in PACKABLE values.
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -43,15 +44,15 @@ class SearchSpaceError(ValueError):
 
 @dataclass
 class SearchSpace:
-    fixed: list = field(default_factory=list)  # overrides every trial gets, as written
-    choices: dict = field(default_factory=dict)  # key -> the values to choose from
-    intervals: dict = field(default_factory=dict)  # key -> (low, high, tags)
+    fixed: list[str] = field(default_factory=list)  # overrides every trial gets, as written
+    choices: dict[str, list[Any]] = field(default_factory=dict)  # key -> the values to choose from
+    intervals: dict[str, tuple[float, float, frozenset[str]]] = field(default_factory=dict)  # key -> (low, high, tags)
 
     @property
-    def keys(self):
+    def keys(self) -> list[str]:
         return [*self.choices, *self.intervals]
 
-    def tune_space(self, search="grid"):
+    def tune_space(self, search: str = "grid") -> dict[str, Any]:
         """The param_space for tune.Tuner: choices as a grid (grid search) or as
         categorical choices (random and Bayesian search), intervals sampled."""
         if search not in SEARCHES:
@@ -61,17 +62,17 @@ class SearchSpace:
         space.update({key: _domain(low, high, tags) for key, (low, high, tags) in self.intervals.items()})
         return space
 
-    def mutations(self):
+    def mutations(self) -> dict[str, Any]:
         """What population-based training may change: every swept key."""
         return {key: list(values) for key, values in self.choices.items()} | {
             key: _domain(low, high, tags) for key, (low, high, tags) in self.intervals.items()
         }
 
-    def overrides(self, values):
+    def overrides(self, values: dict[str, Any]) -> list[str]:
         """The override list of one trial, whose swept keys took `values` ({key: value})."""
         return self.fixed + [f"{key}={Override._get_value_element_as_str(values[key])}" for key in self.keys]
 
-    def variants(self, search, num_samples, seed):
+    def variants(self, search: str, num_samples: int, seed: int) -> list[dict[str, Any]]:
         """The trials' values ({key: value} each), drawn before any trial runs (what
         packing needs): grid search repeats the grid of choices num_samples times,
         random search draws everything num_samples times; intervals are sampled anew
@@ -84,7 +85,7 @@ class SearchSpace:
             )
         rng = np.random.default_rng(seed)
         grid = list(itertools.product(*self.choices.values())) if search == "grid" else [None]
-        drawn = []
+        drawn: list[dict[str, Any]] = []
         for _ in range(num_samples):
             for point in grid:
                 values = (
@@ -96,7 +97,7 @@ class SearchSpace:
                 drawn.append(values)
         return drawn
 
-    def describe(self):
+    def describe(self) -> str:
         parts = [f"{key}: {len(values)} choices" for key, values in self.choices.items()]
         parts += [
             f"{key}: {'log-' if 'log' in tags else ''}{'integer ' if 'int' in tags else ''}interval [{low:g}, {high:g}]"
@@ -105,12 +106,13 @@ class SearchSpace:
         return "; ".join(parts) or "no swept settings"
 
 
-def parse(overrides):
+def parse(overrides: list[str]) -> SearchSpace:
     """The SearchSpace of a -m command line's overrides."""
     space = SearchSpace()
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key, value = override.get_key_element(), override.value()
         if not override.is_sweep_override():
+            assert override.input_line is not None, "parse_overrides keeps each override's text"
             space.fixed.append(override.input_line)
         elif isinstance(value, (ChoiceSweep, RangeSweep)):
             if value.tags:
@@ -123,27 +125,28 @@ def parse(overrides):
                     f"{override.input_line}: unknown tag {', '.join(sorted(unknown))} "
                     f"(known: {', '.join(sorted(TAGS))})"
                 )
-            if not value.start < value.end:
+            low, high = value.start, value.end
+            if low is None or high is None or not low < high:
                 raise SearchSpaceError(f"{override.input_line}: an interval needs low < high")
-            if "log" in value.tags and value.start <= 0:
+            if "log" in value.tags and low <= 0:
                 raise SearchSpaceError(f"{override.input_line}: a log interval needs a positive low end")
-            space.intervals[key] = (value.start, value.end, frozenset(value.tags))
+            space.intervals[key] = (low, high, frozenset(value.tags))
         else:
             raise SearchSpaceError(f"{override.input_line}: Tune cannot sweep over {type(value).__name__}")
     return space
 
 
-def packs(variants, size):
+def packs(variants: list[dict[str, Any]], size: int) -> list[list[int]]:
     """`variants` (a list of {key: value}) as packs of at most `size` trials' indices,
     each of trials whose values differ only in PACKABLE keys (and not in whether a
     ZERO_IS_CODE value is 0), in the order the trials were drawn."""
-    groups = {}
+    groups: dict[tuple, list[int]] = {}
     for index, values in enumerate(variants):
         groups.setdefault(_code_and_shapes(values), []).append(index)
     return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
-def auto_pack_size(trials, slots):
+def auto_pack_size(trials: int, slots: int) -> int:
     """hydra.sweeper.pack=auto: as few packs as keep every trial slot busy, i.e. the
     trials spread evenly over the slots that can run at once (a pack is one trial)."""
     return max(1, math.ceil(trials / max(1, slots)))
