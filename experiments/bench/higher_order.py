@@ -88,7 +88,7 @@ def measure(batch, rounds, steps):
         ours = compiled[name](params, v)
         for n in params:  # the same product, or the timing means nothing
             np.testing.assert_allclose(ours[n], reference[n], rtol=2e-3, atol=2e-4 * float(jnp.abs(reference[n]).max()))
-    samples = {name: [] for name in compiled}
+    samples: dict[str, list[float]] = {name: [] for name in compiled}
     order = list(compiled)
     for r in range(rounds):  # interleaved, each first in turn
         for name in order[r % len(order) :] + order[: r % len(order)]:
