@@ -5,6 +5,8 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 # Programs that take longer than this to compile go into the run's shared JAX cache (below).
 CACHE_MIN_COMPILE_SECONDS = "0.1"
 
@@ -41,3 +43,14 @@ def pytest_collection_modifyitems(config, items):
     """The slow end-to-end tests first: with one worker per core (pytest-xdist), the
     long ones then run side by side instead of being the last thing left."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture
+def no_autodiff():
+    """JAX's autodiff entry points, public and internal, made to raise while the test runs
+    (tests/autodiff_guard.py); the names patched. Imported here, not at the top: the
+    suite's JAX settings (pytest_configure) come before JAX is imported."""
+    from tests.autodiff_guard import refuse_jax_autodiff
+
+    with refuse_jax_autodiff() as patched:
+        yield patched

@@ -3,24 +3,30 @@ jvp (forward mode), hvp and hessian. They compose (`grad(grad(f))`, `jvp(grad(f)
 
 `f` takes zkynet values (nodes; arrays and numbers are made input nodes) and returns
 a node built from `op.*` (or a module's graph). Called on arrays, a transform returns
-arrays; called on nodes (inside another transform, or inside a module's `call()` for a
-gradient penalty), it returns nodes that extend the caller's graph, so that the outer
-derivative differentiates the inner one. The inner backward pass is then built from
-zkynet operators (backward_graph.py), and the outer one differentiates it with the
-same rules: JAX is the array library and the compiler, never the differentiator.
+arrays; called on nodes, or while another transform's function or a module's `call()`
+runs (a gradient penalty; a function closing over the outer one's argument, as in
+`grad(lambda x: grad(lambda y: x * y)(1.0))`), it returns nodes that extend the
+caller's graph, so that the outer derivative differentiates the inner one. The inner
+backward pass is then built from zkynet operators (backward_graph.py), and the outer
+one differentiates it with the same rules: JAX is the array library and the compiler,
+never the differentiator. Each transform differentiates with respect to its own
+arguments only (a fresh variable for each, even when given an outer node), so what the
+caller computed from that node before is a constant to it, as in JAX.
 
 Forward mode is reverse mode transposed: the vector-Jacobian product u -> J^T u is
 linear in u, so its own vector-Jacobian product with a tangent t is J t. `jvp` builds
 J^T u as a graph with u a stand-in node, then backpropagates t through it to u.
 """
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax.numpy as jnp
 
-from zkynet.framework import cg
+from zkynet.framework import cg, op
 from zkynet.framework.errors import GradientError, HigherOrderError, ShapeError
+from zkynet.framework.graph import context
 
 Argnums = int | Sequence[int]
 
@@ -42,7 +48,7 @@ def value_and_grad(f: Callable[..., Any], argnums: Argnums = 0) -> Callable[...,
     def value_and_gradient(*args: Any) -> tuple[Any, Any]:
         nested = _nested(args)
         inputs, wrt = _inputs(args, argnums, "grad")
-        out = _scalar_output(f(*inputs), "grad")
+        out = _scalar_output(_call(f, inputs), "grad")
         grads = cg.gradients(out, wrt, create_graph=nested)
         return _result(out, nested), _pack(grads, argnums, nested)
 
@@ -55,9 +61,12 @@ def jacobian(f: Callable[..., Any], argnums: Argnums = 0) -> Callable[..., Any]:
 
     def jacobian_of(*args: Any) -> Any:
         if _nested(args):
-            raise HigherOrderError("jacobian() of nodes is not built as a graph; differentiate grad() or jvp() instead")
+            raise HigherOrderError(
+                "jacobian() inside another derivative or a module's call is not built as a graph (an outer "
+                "derivative could not differentiate it); use grad() or jvp() there instead"
+            )
         inputs, wrt = _inputs(args, argnums, "jacobian")
-        out = _single_output(f(*inputs), "jacobian")
+        out = _single_output(_call(f, inputs), "jacobian")
         rows = cg.jacobian(cg.topological_order([out]), out)
         return _pack(
             [rows.get(x, jnp.zeros(out.shape + x.shape, jnp.result_type(x.dtype, float))) for x in wrt], argnums, False
@@ -75,7 +84,7 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
     nested = _nested(primals) or _nested(tangents)
     inputs, wrt = _inputs(primals, tuple(range(len(primals))), "jvp")
     tangent_nodes = [_tangent(t, x, i) for i, (t, x) in enumerate(zip(tangents, wrt, strict=True))]
-    out = _single_output(f(*inputs), "jvp")
+    out = _single_output(_call(f, inputs), "jvp")
     stand_in = cg.InputNode(jnp.zeros(out.shape, out.dtype), cg.Variable("u"))  # J^T u is linear in u
     pulled = cg.gradients(out, wrt, cotangents=stand_in, create_graph=True)
     (pushed,) = cg.gradients(pulled, [stand_in], cotangents=tangent_nodes, create_graph=nested)
@@ -92,7 +101,7 @@ def hvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
     argnums = tuple(range(len(primals)))
     inputs, wrt = _inputs(primals, argnums, "hvp")
     tangent_nodes = [_tangent(t, x, i) for i, (t, x) in enumerate(zip(tangents, wrt, strict=True))]
-    out = _scalar_output(f(*inputs), "hvp")
+    out = _scalar_output(_call(f, inputs), "hvp")
     grads = cg.gradients(out, wrt, create_graph=True)
     products = cg.gradients(grads, wrt, cotangents=tangent_nodes, create_graph=nested)
     return products[0] if len(products) == 1 else tuple(products)
@@ -104,9 +113,12 @@ def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Any]:
 
     def hessian_of(*args: Any) -> Any:
         if _nested(args):
-            raise HigherOrderError("hessian() of nodes is not built as a graph; use hvp() inside a transform")
+            raise HigherOrderError(
+                "hessian() inside another derivative or a module's call is not built as a graph (an outer "
+                "derivative could not differentiate it); use hvp() there instead"
+            )
         inputs, (x,) = _inputs(args, argnums, "hessian")
-        out = _scalar_output(f(*inputs), "hessian")
+        out = _scalar_output(_call(f, inputs), "hessian")
         (gradient,) = cg.gradients(out, [x], create_graph=True)
         rows = cg.jacobian(cg.topological_order([gradient]), gradient)
         return rows.get(x, jnp.zeros(x.shape * 2, jnp.result_type(x.dtype, float)))
@@ -117,9 +129,27 @@ def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Any]:
 # ----------------------------------------------------------------------------- plumbing
 
 
+class _Depth(threading.local):
+    calls = 0  # how many transforms' functions are running (nested inside each other)
+
+
+_depth = _Depth()
+
+
+def _call(f: Callable[..., Any], inputs: Sequence[Any]) -> Any:
+    """f(*inputs), counted as running inside a transform (see _nested)."""
+    _depth.calls += 1
+    try:
+        return f(*inputs)
+    finally:
+        _depth.calls -= 1
+
+
 def _nested(args: Sequence[Any]) -> bool:
-    """Whether this transform runs inside another one (or a module's call): on nodes."""
-    return any(isinstance(a, cg.Node) for a in args)
+    """Whether this transform's result must be a graph that an outer derivative can
+    differentiate: it is given nodes, or it runs inside another transform's function or a
+    module's call (whose nodes the function may close over)."""
+    return _depth.calls > 0 or context.builder is not None or any(isinstance(a, cg.Node) for a in args)
 
 
 def _inputs(args: Sequence[Any], argnums: Argnums, name: str) -> tuple[list[cg.Node], list[cg.Node]]:
@@ -131,9 +161,15 @@ def _inputs(args: Sequence[Any], argnums: Argnums, name: str) -> tuple[list[cg.N
     numbers = tuple(n % len(args) for n in numbers)
     inputs = []
     for i, a in enumerate(args):
-        if isinstance(a, cg.Node):
+        if isinstance(a, cg.Node) and i in numbers and a.requires_grad:
+            # a fresh variable that equals `a`: the derivative is taken with respect to it alone,
+            # not through what the caller computed from `a` before (no perturbation confusion),
+            # while an outer derivative still flows through it to `a`
+            node = op.reshape(a, a.shape)
+        elif isinstance(a, cg.Node) and i not in numbers:
             node = a
-        elif i in numbers:
+        elif i in numbers:  # an array, or a node that depends on nothing differentiable
+            a = a.value if isinstance(a, cg.Node) else a
             node = cg.InputNode(cg.as_value(a, f"{name}: argument {i}"), cg.Variable(f"arg{i}"))
         else:
             node = cg.as_node(a, f"{name}: argument {i}")

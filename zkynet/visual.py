@@ -5,6 +5,10 @@ Nodes are grouped in boxes (clusters) by the module call that made them, so
 module calls deeper than `depth` are drawn as one box each: a transformer reads
 embed -> block -> block -> head instead of thousands of nodes.
 
+The gradient's own graph (`back(create_graph=True)`, `zkynet.grad` of a gradient) draws
+too: the nodes a backward pass created sit in its own box, ``back(<output>)``, drawn in
+red, apart from the forward pass's nodes that they read.
+
 Drawing always finishes in bounded time. Graphviz's layout grows much faster than
 the graph (a 200-node chain whose nodes all share one parameter took dot minutes),
 so: pictures of more than `max_nodes` shapes are collapsed automatically to the
@@ -27,6 +31,7 @@ import graphviz
 import numpy as np
 
 from zkynet.framework import cg
+from zkynet.framework.backward_graph import BackwardPass
 from zkynet.framework.builder import ModuleCall
 from zkynet.framework.errors import PlotError
 
@@ -40,6 +45,11 @@ _STYLES = {
     cg.OperatorNode: dict(shape="ellipse", style="filled", fillcolor="#ffffff"),
 }
 _MODULE_BOX = dict(shape="box3d", style="filled", fillcolor="#e1d5e7")
+# a backward pass's nodes and box (see BackwardPass): red, so the gradient's graph stands apart
+_BACKWARD_NODE = dict(fillcolor="#f8cecc", color="#b85450")
+_BACKWARD_BOX = dict(shape="box3d", style="filled", fillcolor="#f8cecc", color="#b85450")
+_BACKWARD_CLUSTER = dict(style="rounded,filled", color="#b85450", fillcolor="#fdf3f2", fontcolor="#b85450")
+_BACKWARD_EDGE = dict(color="#b85450")
 _AUTO_MAX_SHAPES = 40  # depth="auto" collapses module calls until at most this many shapes remain
 MAX_NODES = 150  # more shapes than this are collapsed (dot's layout time explodes past a few hundred)
 LAYOUT_COST_PER_NODE = 25  # _layout_cost allowed per max_nodes: about 5 s of dot for a shared-parameter chain
@@ -280,17 +290,27 @@ def _draw(graph, nodes, roots, depth):
     def ident(shape):
         return f"n{shape.id}" if isinstance(shape, cg.Node) else f"m{id(shape)}"
 
+    backward: dict[ModuleCall | None, bool] = {}
+
+    def is_backward(shape):
+        scope = shape.scope if isinstance(shape, cg.Node) else shape
+        if scope not in backward:
+            backward[scope] = _in_backward_pass(scope)
+        return backward[scope]
+
     def emit(target, scope):
         for shape in members.get(scope, ()):
             if isinstance(shape, cg.Node):
                 style = dict(_STYLES[type(shape)])
+                if is_backward(shape) and isinstance(shape, cg.OperatorNode):
+                    style.update(_BACKWARD_NODE)
                 if shape in roots:
                     style.update(penwidth="2.5")
                 target.node(ident(shape), _label(shape), **style)
             else:
-                target.node(
-                    ident(shape), f"{shape.name}\n{type(shape.module).__name__} · {counts[shape]} nodes", **_MODULE_BOX
-                )
+                kind = "backward pass" if isinstance(shape.module, BackwardPass) else type(shape.module).__name__
+                box = _BACKWARD_BOX if is_backward(shape) else _MODULE_BOX
+                target.node(ident(shape), f"{shape.name}\n{kind} · {counts[shape]} nodes", **box)
         for child in sorted(children.get(scope, ()), key=lambda s: s.path):
             with target.subgraph(name=f"cluster_{id(child)}") as cluster:
                 cluster.attr(
@@ -300,6 +320,8 @@ def _draw(graph, nodes, roots, depth):
                     style="rounded" if child.depth == 0 else "rounded,dashed",
                     color="#444444" if child.depth == 0 else "#888888",
                 )
+                if isinstance(child.module, BackwardPass):
+                    cluster.attr(**_BACKWARD_CLUSTER)
                 emit(cluster, child)
 
     emit(graph, None)
@@ -311,10 +333,20 @@ def _draw(graph, nodes, roots, depth):
         fan_out[tail] = fan_out.get(tail, 0) + 1
         fan_in[head] = fan_in.get(head, 0) + 1
     for tail, head in edges:
+        style = _BACKWARD_EDGE if is_backward(head) else {}
         if fan_out[tail] > HUB_EDGES or fan_in[head] > HUB_EDGES:  # a hub: ranking around it is what explodes
-            graph.edge(ident(tail), ident(head), constraint="false")
+            graph.edge(ident(tail), ident(head), constraint="false", **style)
         else:
-            graph.edge(ident(tail), ident(head))
+            graph.edge(ident(tail), ident(head), **style)
+
+
+def _in_backward_pass(scope):
+    """Whether module call `scope` is a backward pass (back(create_graph=True)) or inside one."""
+    while scope is not None:
+        if isinstance(scope.module, BackwardPass):
+            return True
+        scope = scope.parent
+    return False
 
 
 def _edges(nodes, shapes):

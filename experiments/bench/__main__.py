@@ -1,11 +1,11 @@
-"""python -m experiments.bench {core,train,tracking,sweep} [options]"""
+"""python -m experiments.bench {core,train,tracking,sweep,higher_order} [options]"""
 
 import argparse
 
 from experiments import tracking as mlflow_tracking
-from experiments.bench import core, sweep, tracking, train
+from experiments.bench import core, higher_order, sweep, tracking, train
 
-BENCHMARKS = {"core": core, "train": train, "tracking": tracking, "sweep": sweep}
+BENCHMARKS = {"core": core, "train": train, "tracking": tracking, "sweep": sweep, "higher_order": higher_order}
 
 
 def main(argv=None):

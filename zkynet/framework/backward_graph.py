@@ -59,18 +59,19 @@ class _GraphInput(ValueView):
 
 
 def backprop_graph(
-    order: Sequence[Node], seeds: Mapping[Node, Node], wrt: Iterable[Node] | None = None
+    order: Sequence[Node], seeds: Mapping[Node, Any], wrt: Iterable[Node] | None = None
 ) -> dict[Node, Node]:
     """{node: cotangent node} for the nodes of `order` (a topological order) that the seed
-    cotangents ({root: node}) reach, each cotangent built from zkynet operators. With `wrt`,
-    only the nodes depending on those get cotangents (the rest of the graph is left alone)."""
+    cotangents ({root: node or array}) reach, each cotangent built from zkynet operators. With
+    `wrt`, only the nodes depending on those get cotangents (the rest of the graph is left
+    alone). Array seeds become constants of the backward pass (drawn inside its box)."""
     live = _depending_on(order, set(wrt)) if wrt is not None else None
-    grads: dict[Node, Node] = dict(seeds)
     root = next(iter(seeds))
     caller = context.scope
     call_id = root.call_id if root.call_id is not None else (caller.call_id if caller is not None else 0)
     context.scope = ModuleCall(BackwardPass(root), f"back({root.name})", caller, call_id)
     try:
+        grads: dict[Node, Node] = {r: _node(ct) for r, ct in seeds.items()}
         for node in reversed(order):
             g = grads.get(node)
             if g is None or not node.inputs or not node.requires_grad or (live is not None and node not in live):
@@ -107,15 +108,23 @@ def _rule_on_nodes(node: OperatorNode, g: Node, views: list[_GraphInput]) -> Any
             return op.vjp(g, node, *views)
         _, saved = op.forward(*views)  # what the forward kept, rebuilt as nodes
         return op.vjp(g, node, *views, saved=saved)
-    except TypeError as e:
-        if "JAX type" not in str(e) and "Node" not in str(e):
+    except (TypeError, AttributeError) as e:
+        if not _arrays_only(e):
             raise
         raise HigherOrderError(
             f"{where}: derivatives of derivatives run the backward rule on nodes, and this rule calls "
-            f"a jnp/lax function that takes arrays only ({e}). Write the rule with "
+            f"a jnp/lax function or array method that takes arrays only ({e}). Write the rule with "
             "zkynet.framework.xp (the same names as jnp: xp.exp, xp.where, xp.sum, ...) so that it "
             "works on both, or use this operator for first-order gradients only"
         ) from e
+
+
+def _arrays_only(e: TypeError | AttributeError) -> bool:
+    """Whether `e` is a rule treating a node as an array: jnp refusing it (TypeError), or
+    an array method a node lacks (x.value.at[...], AttributeError)."""
+    if isinstance(e, AttributeError):
+        return isinstance(getattr(e, "obj", None), Node)
+    return "JAX type" in str(e) or "Node" in str(e)
 
 
 def _summed_to(ct: Node, shape: tuple[int, ...]) -> Node:
@@ -157,11 +166,11 @@ def gradients(
         cotangents = [cotangents]
     if len(cotangents) != len(roots):
         raise GradientError(f"gradients() got {len(cotangents)} cotangent(s) for {len(roots)} output(s)")
-    seeds: dict[Node, Any] = {}
+    seeds: dict[Node, Any] = {}  # nodes, or arrays (made constants inside the backward pass)
     for root, ct in zip(roots, cotangents, strict=True):
         if ct is None:
             continue
-        ct = _node(ct)
+        ct = ct if isinstance(ct, Node) else as_value(ct, "cotangent")
         if ct.shape != root.shape:
             raise GradientError(
                 f"a cotangent must be shaped like its output {tuple(root.shape)}, got {tuple(ct.shape)}"
@@ -171,14 +180,20 @@ def gradients(
     order = topological_order(roots)
     if create_graph:
         grads: Mapping[Node, Any] = backprop_graph(order, seeds, wrt) if seeds else {}
-    else:
-        grads = backprop(order, {r: c.value for r, c in seeds.items()}) if seeds else {}
+    else:  # only the nodes between the seeds and `wrt`: the rest would be computed for nothing
+        live = _depending_on(order, set(wrt))
+        order = [node for node in order if node in live]
+        grads = backprop(order, {r: _value(c) for r, c in seeds.items()}) if seeds else {}
     return [grads.get(x, _zeros_like(x, create_graph)) for x in wrt]
 
 
 def _zeros_like(x: Node, as_node: bool) -> Any:
     zeros = jnp.zeros(x.shape, jnp.result_type(x.dtype, float))
     return ConstantNode(zeros) if as_node else zeros
+
+
+def _value(x: Any) -> Any:
+    return x.value if isinstance(x, Node) else x
 
 
 def _node(x: Any, what: str = "cotangent") -> Node:

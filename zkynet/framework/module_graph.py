@@ -89,8 +89,7 @@ class ModuleGraph:
                         "shaped like it: the gradient graph is built for one vector-Jacobian product, not a "
                         "full Jacobian (zkynet.hessian and zkynet.jacobian give those)"
                     )
-                seed = ConstantNode(one(root.dtype))
-                self._grads, self._jacobian_shape = backprop_graph(self.nodes, {root: seed}), ()
+                self._grads, self._jacobian_shape = backprop_graph(self.nodes, {root: one(root.dtype)}), ()
             elif root.shape == ():
                 self._grads, self._jacobian_shape = backprop(self.nodes, {root: one(root.dtype)}), ()
             else:
@@ -103,9 +102,7 @@ class ModuleGraph:
         for root, ct in zip(roots, cotangents, strict=True):
             if ct is None:  # no gradient flows from this output
                 continue
-            if create_graph and not isinstance(ct, Node):
-                ct = ConstantNode(as_value(ct, "cotangent"))
-            elif not create_graph:
+            if not (create_graph and isinstance(ct, Node)):  # arrays become the backward pass's constants
                 ct = as_value(ct, "cotangent")
             if ct.shape != root.shape:
                 raise ShapeError(
@@ -137,6 +134,19 @@ class ModuleGraph:
         for g in others:
             total = total + g
         return total
+
+    def node(self, x: Parameter | Variable) -> Node:
+        """The node that stands for Parameter or input Variable `x` in this graph: what to
+        differentiate with respect to when something computed from this graph's gradients
+        (after `back(create_graph=True)`) is differentiated again, e.g.
+        ``cg.gradients(penalty, [graph.node(w)])``."""
+        nodes = self._nodes_of(x)
+        if len(nodes) > 1:
+            raise GradientError(
+                f"{x!r} stands for {len(nodes)} nodes of this graph (it reaches it through several graphs); "
+                "pick one of them from graph.nodes"
+            )
+        return nodes[0]
 
     def _zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
         zeros = jnp.zeros(shape, dtype)
