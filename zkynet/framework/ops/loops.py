@@ -40,6 +40,14 @@ class Scan(Operator):
     """
 
     variadic = True
+    # The rule is a lax.scan over arrays: it cannot run on nodes (backward_graph reads these)
+    differentiable_rule = False
+    differentiable_rule_advice = (
+        "op.scan's backward pass is one reverse lax.scan over arrays, not a graph of operators. For "
+        "derivatives of derivatives through a recurrent model, unroll the loop so that every step is "
+        "a graph of its own (Recurrent(..., unroll=True), or a Python loop calling the cell per step); "
+        "op.fori_loop with a fixed trip count unrolls a bounded loop the same way"
+    )
 
     def __init__(self, cell, n_xs, n_carry):
         super().__init__()

@@ -6,6 +6,7 @@ import numbers
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from zkynet.framework import xp
@@ -17,17 +18,23 @@ __all__ = [
     "Sum",
     "Mean",
     "Max",
+    "Min",
+    "Prod",
     "Logsumexp",
     "LogSoftmax",
     "Softmax",
     "LayerNorm",
+    "RmsNorm",
     "sum",
     "mean",
     "max",
+    "min",
+    "prod",
     "logsumexp",
     "softmax",
     "log_softmax",
     "layer_norm",
+    "rms_norm",
 ]
 
 Axis = int | Sequence[int] | None
@@ -89,13 +96,58 @@ class Max(_Reduction):
         return (share * self._unreduce(g, x),)
 
 
+class Min(Max):
+    """Smallest element; ties split the gradient evenly (as JAX does)."""
+
+    def call(self, x):
+        return jnp.min(x.value, axis=self.axis, keepdims=self.keepdims)
+
+
+class Prod(_Reduction):
+    """Product of the elements. Its rule multiplies g by the product of all the *other*
+    elements of each reduced slice, computed as exclusive running products from the left
+    and from the right (no division: exact with zeros, however many), so the rule is a
+    product of x's elements and differentiates again through them."""
+
+    def call(self, x):
+        return jnp.prod(x.value, axis=self.axis, keepdims=self.keepdims)
+
+    def vjp(self, g, out, x):
+        axes = _axes(self.axis, x.ndim)
+        kept = [a for a in range(x.ndim) if a not in axes]
+        order = kept + list(axes)
+        value = x.value
+        if order != list(range(x.ndim)):
+            value = xp.transpose(value, order)
+        size = math.prod(x.shape[a] for a in axes)
+        if size == 0:
+            return (xp.zeros(x.shape, g.dtype),)
+        flat = xp.reshape(value, [x.shape[a] for a in kept] + [size])
+        others = _exclusive_product(flat, reverse=False) * _exclusive_product(flat, reverse=True)
+        others = xp.reshape(others, [x.shape[a] for a in order])
+        if order != list(range(x.ndim)):
+            others = xp.transpose(others, [int(a) for a in np.argsort(order)])
+        return (others * self._unreduce(g, x),)
+
+
+def _exclusive_product(x, reverse):
+    """The product of the elements before each one along the last axis (after it, with
+    `reverse`); 1 at the first (last) place."""
+    ones = jnp.ones((*x.shape[:-1], 1), x.dtype)
+    running = xp.cumprod(x, -1, reverse=reverse)
+    if reverse:
+        return xp.concatenate([running[..., 1:], ones], axis=-1)
+    return xp.concatenate([ones, running[..., :-1]], axis=-1)
+
+
 def _log_normalizer(x, axis):
     """(shift, x - shift, log(sum(exp(x - shift)))) over `axis`, kept as size-1 dims; the
-    shift is the max, so exp never overflows and huge logits lose no precision."""
-    shift = jnp.max(x, axis=axis, keepdims=True)
+    shift is the max, so exp never overflows and huge logits lose no precision. The shift
+    cancels out of every result, so on nodes it is a constant (an array of x's value)."""
+    shift = jnp.max(xp.value_of(x), axis=axis, keepdims=True)
     shift = jnp.where(jnp.isfinite(shift), shift, 0)
     shifted = x - shift
-    return shift, shifted, jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+    return shift, shifted, xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
 class Logsumexp(_Reduction):
@@ -156,6 +208,21 @@ class LayerNorm(Unary):
         return (inv_std * (g - mean_g - out * xp.mean(g * out, axis=-1, keepdims=True)),)
 
 
+class RmsNorm(Unary):
+    """x / sqrt(mean(x^2) + eps) over the last axis (the scale is the module's: layers.RMSNorm)."""
+
+    def __init__(self, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+
+    def call(self, x):
+        return x.value * lax.rsqrt(jnp.mean(x.value * x.value, axis=-1, keepdims=True) + self.eps)
+
+    def vjp(self, g, out, x):
+        inv_rms = xp.rsqrt(xp.mean(x.value * x.value, axis=-1, keepdims=True) + self.eps)
+        return (inv_rms * (g - out * xp.mean(g * out, axis=-1, keepdims=True)),)
+
+
 # ----------------------------------------------------------------------------- what models call
 
 
@@ -169,6 +236,14 @@ def mean(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
 
 def max(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
     return Max(axis, keepdims)(x)
+
+
+def min(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
+    return Min(axis, keepdims)(x)
+
+
+def prod(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
+    return Prod(axis, keepdims)(x)
 
 
 def logsumexp(x: NodeLike, axis: Axis = None, keepdims: bool = False) -> Node:
@@ -185,3 +260,8 @@ def log_softmax(x: NodeLike, axis: int = -1) -> Node:
 
 def layer_norm(x: NodeLike, eps: float = 1e-5) -> Node:
     return LayerNorm(eps)(x)
+
+
+def rms_norm(x: NodeLike, eps: float = 1e-6) -> Node:
+    """x / sqrt(mean(x^2) + eps) over the last axis."""
+    return RmsNorm(eps)(x)

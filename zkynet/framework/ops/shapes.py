@@ -20,12 +20,14 @@ __all__ = [
     "Concat",
     "Stack",
     "Pad",
+    "Flip",
     "reshape",
     "transpose",
     "broadcast_to",
     "concat",
     "stack",
     "pad",
+    "flip",
 ]
 
 
@@ -148,6 +150,34 @@ class Pad(Unary):
         return (g,)
 
 
+class Flip(Unary):
+    """x reversed along `axes` (jnp.flip); its transpose is itself."""
+
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
+    vjp_uses_inputs = vjp_uses_out = False
+
+    def __init__(self, axes):
+        super().__init__()
+        self.axes = axes
+
+    def check(self, x):
+        axes = (self.axes,) if isinstance(self.axes, numbers.Integral) else self.axes
+        if axes is not None and any(not -x.ndim <= a < x.ndim for a in axes):
+            raise ShapeError(f"{self._where()}: axes {self.axes} out of range for an input shaped {list(x.shape)}")
+
+    def call(self, x):
+        return jnp.flip(x.value, self.axes)
+
+    def vjp(self, g, out, x):
+        return (xp.flip(g, self.axes),)
+
+
+def flip(x: NodeLike, axis: int | Sequence[int] | None = None) -> Node:
+    """x reversed along `axis` (an int, several, or None: every axis), as jnp.flip."""
+    axes = axis if axis is None or isinstance(axis, numbers.Integral) else tuple(int(a) for a in axis)
+    return Flip(axes)(x)
+
+
 def reshape(x: NodeLike, shape: int | Sequence[int]) -> Node:
     return Reshape(shape)(x)
 
@@ -177,6 +207,7 @@ def pad(x: NodeLike, pad_width: int | Sequence[int] | Sequence[Sequence[int]]) -
     """x with zeros around it, as jnp.pad: `pad_width` is one int for every side, a
     (before, after) pair for every axis, or one pair per axis. Widths are never negative."""
     node = as_node(x)
+    where = Pad(())._where()
     widths = np.asarray(pad_width, dtype=object)
     try:
         if widths.ndim == 0 or widths.shape == (2,):
@@ -187,9 +218,12 @@ def pad(x: NodeLike, pad_width: int | Sequence[int] | Sequence[Sequence[int]]) -
         pairs, integral = [], False
     if not integral or len(pairs) != node.ndim:
         raise ShapeError(
-            f"pad: pad_width must be an int, a (before, after) pair or one pair per axis of the input "
+            f"{where}: pad_width must be an int, a (before, after) pair or one pair per axis of the input "
             f"{node.dtype}{list(node.shape)}, got {pad_width!r}"
         )
     if any(lo < 0 or hi < 0 for lo, hi in pairs):
-        raise ShapeError(f"pad: widths must not be negative, got {pad_width!r} (to crop, slice: x[1:-1])")
+        raise ShapeError(
+            f"{where}: widths must not be negative, got {pad_width!r} for the input {node.dtype}{list(node.shape)} "
+            "(to crop, slice: x[1:-1])"
+        )
     return Pad([(lo, hi, 0) for lo, hi in pairs])(node)
