@@ -34,6 +34,9 @@ __all__ = [
     "Relu",
     "LeakyRelu",
     "Gelu",
+    "Sin",
+    "Cos",
+    "Erf",
     "Astype",
     "add",
     "sub",
@@ -56,6 +59,9 @@ __all__ = [
     "relu",
     "leaky_relu",
     "gelu",
+    "sin",
+    "cos",
+    "erf",
     "astype",
 ]
 
@@ -337,6 +343,41 @@ class Gelu(Unary):
         return (g * slope,)
 
 
+class Sin(Unary):
+    vjp_uses_out = False
+
+    def call(self, x):
+        return jnp.sin(x.value)
+
+    def vjp(self, g, out, x):
+        return (g * xp.cos(x.value),)
+
+
+class Cos(Unary):
+    vjp_uses_out = False
+
+    def call(self, x):
+        return jnp.cos(x.value)
+
+    def vjp(self, g, out, x):
+        return (-(g * xp.sin(x.value)),)
+
+
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
+
+
+class Erf(Unary):
+    """The error function 2/sqrt(pi) * integral of exp(-t^2) from 0 to x."""
+
+    vjp_uses_out = False
+
+    def call(self, x):
+        return jax.scipy.special.erf(x.value)
+
+    def vjp(self, g, out, x):
+        return (g * (_TWO_OVER_SQRT_PI * xp.exp(-(x.value * x.value))),)
+
+
 class Astype(Unary):
     """x in another dtype; the cotangent goes back in x's own (how mixed precision
     hands a bfloat16 model's output to a float32 loss)."""
@@ -362,6 +403,7 @@ add, sub, mult, div, pow = Add(), Sub(), Mult(), Div(), Pow()
 maximum, minimum, where = Maximum(), Minimum(), Where()
 neg, square, sqrt, exp, log, abs, sign = Neg(), Square(), Sqrt(), Exp(), Log(), Abs(), Sign()
 tanh, sigmoid, softplus, relu = Tanh(), Sigmoid(), Softplus(), Relu()
+sin, cos, erf = Sin(), Cos(), Erf()
 
 
 def leaky_relu(x: NodeLike, negative_slope: float = 0.01) -> Node:
