@@ -26,6 +26,7 @@ from zkynet.framework.graph import (
     as_value,
     backprop,
     check_cotangents,
+    complex_cotangent,
     context,
     one,
     operators,
@@ -81,6 +82,8 @@ def backprop_graph(
                 if ct is None or not views[i].requires_grad:
                     continue
                 ct = _node(ct)
+                if inp.value.dtype.kind == "c" or ct.dtype.kind == "c":
+                    ct = complex_cotangent(node, i, ct, operators.real)
                 if ct.shape != inp.shape:
                     ct = _summed_to(ct, reducible_shape(node, i, ct.shape))
                 previous = grads.get(inp)

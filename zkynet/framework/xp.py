@@ -75,6 +75,18 @@ def sigmoid(x: Any) -> Any:
     return operators.sigmoid(x) if on_nodes(x) else jax.nn.sigmoid(x)
 
 
+def abs(x: Any) -> Any:
+    return operators.abs(x) if on_nodes(x) else jnp.abs(x)
+
+
+def conj(x: Any) -> Any:
+    return operators.conj(x) if on_nodes(x) else jnp.conj(x)
+
+
+def real(x: Any) -> Any:
+    return operators.real(x) if on_nodes(x) else jnp.real(x)
+
+
 def sin(x: Any) -> Any:
     return operators.sin(x) if on_nodes(x) else jnp.sin(x)
 
@@ -136,9 +148,9 @@ def cumprod(x: Any, axis: int, reverse: bool = False) -> Any:
     while shift < size:
         ones = jnp.ones((*x.shape[:axis], shift, *x.shape[axis + 1 :]), x.dtype)
         if reverse:
-            moved = concatenate([x[(*before, slice(shift, None))], ones], axis)
+            moved = concatenate([x[before + (slice(shift, None),)], ones], axis)
         else:
-            moved = concatenate([ones, x[(*before, slice(None, size - shift))]], axis)
+            moved = concatenate([ones, x[before + (slice(None, size - shift),)]], axis)
         x = x * moved
         shift *= 2
     return x

@@ -109,7 +109,7 @@ def _dilated(size, dilation):
     return 0 if size == 0 else (size - 1) * dilation + 1
 
 
-def _swap01(spec: Spec) -> Spec:
+def _swap01(spec: Sequence[int]) -> Spec:
     """A dimension spec with its first two entries swapped (batch <-> feature, out <-> in)."""
     return (spec[1], spec[0], *spec[2:])
 
@@ -174,7 +174,7 @@ class ConvGeneral(Fused):
     def check(self, x, w):
         lhs, rhs, _ = self.dimension_numbers
         spatial = len(self.strides)
-        where = f"{self._where()}: x {_describe(x)}, w {_describe(w)}"
+        where = f"{self._where()}: cannot apply to inputs {_describe(x)} and {_describe(w)}"
         if x.ndim != spatial + 2 or w.ndim != spatial + 2:
             raise ShapeError(f"{where}: a convolution over {spatial} spatial axes takes inputs with {spatial + 2} axes")
         if not (len(self.padding) == len(self.rhs_dilation) == spatial):
@@ -307,24 +307,26 @@ def conv_general(
     dimension_numbers: strings such as ("NHWC", "HWIO", "NHWC"), specs, or None for
     NC..., OI...). `lhs_dilation` is applied as an explicit interior pad (see the module
     docstring); see ConvGeneral for the rest."""
-    x, w = as_node(x), as_node(w)
-    spatial = x.ndim - 2
+    x_node, w_node = as_node(x), as_node(w)
+    spatial = x_node.ndim - 2
     try:
-        numbers_ = _dimension_numbers(x, w, dimension_numbers)
+        numbers_ = _dimension_numbers(x_node, w_node, dimension_numbers)
         strides_ = _tuple(tuple(strides), spatial, "strides")
         dilation = _tuple(tuple(rhs_dilation) if rhs_dilation is not None else 1, spatial, "rhs_dilation")
         spread = _tuple(tuple(lhs_dilation) if lhs_dilation is not None else 1, spatial, "lhs_dilation")
         lhs, rhs, _ = numbers_
         if any(s != 1 for s in spread):
-            config = [(0, 0, 0)] * x.ndim
+            config = [(0, 0, 0)] * x_node.ndim
             for axis, s in zip(lhs[2:], spread, strict=True):
                 config[axis] = (0, 0, s - 1)
-            x = xp.pad(x, config)
-        kernel = [_dilated(w.shape[a], d) for a, d in zip(rhs[2:], dilation, strict=True)]
-        pads = _padding(padding, [x.shape[a] for a in lhs[2:]], kernel, strides_)
+            x_node = xp.pad(x_node, config)
+        kernel = [_dilated(w_node.shape[a], d) for a, d in zip(rhs[2:], dilation, strict=True)]
+        pads = _padding(padding, [x_node.shape[a] for a in lhs[2:]], kernel, strides_)
     except (ValueError, TypeError) as e:
-        raise ShapeError(f"{_place('conv_general')}: x {_describe(x)}, w {_describe(w)}: {e}") from e
-    return ConvGeneral(strides_, pads, dilation, numbers_, feature_group_count, batch_group_count)(x, w)
+        raise ShapeError(
+            f"{_place('conv_general')}: cannot apply to inputs {_describe(x_node)} and {_describe(w_node)}: {e}"
+        ) from e
+    return ConvGeneral(strides_, pads, dilation, numbers_, feature_group_count, batch_group_count)(x_node, w_node)
 
 
 def _place(name):
@@ -340,7 +342,7 @@ def _torch_layout(spatial):
 
 def _conv(name, spatial, x, w, stride, padding, dilation, groups):
     x, w = as_node(x), as_node(w)
-    where = f"{_place(name)}: x {_describe(x)}, w {_describe(w)}"
+    where = f"{_place(name)}: cannot apply to inputs {_describe(x)} and {_describe(w)}"
     layout = "NC" + "DHW"[3 - spatial :]
     if x.ndim != spatial + 2 or w.ndim != spatial + 2:
         raise ShapeError(
@@ -363,7 +365,7 @@ def _conv(name, spatial, x, w, stride, padding, dilation, groups):
         pads = _padding(padding, x.shape[2:], kernel, strides)
     except ValueError as e:
         raise ShapeError(f"{where}: {e}") from e
-    return ConvGeneral(strides, pads, dilations, _torch_layout(spatial), groups, name=name)(x, w)
+    return ConvGeneral(strides, pads, dilations, _torch_layout(spatial), int(groups), name=name)(x, w)
 
 
 def conv1d(x: NodeLike, w: NodeLike, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Node:
@@ -390,7 +392,7 @@ def _conv_transpose(name, spatial, x, w, stride, padding, output_padding, groups
     (n - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1. Built as x
     dilated by the stride and padded (one explicit pad) correlated with the flipped kernels."""
     x, w = as_node(x), as_node(w)
-    where = f"{_place(name)}: x {_describe(x)}, w {_describe(w)}"
+    where = f"{_place(name)}: cannot apply to inputs {_describe(x)} and {_describe(w)}"
     if x.ndim != spatial + 2 or w.ndim != spatial + 2:
         raise ShapeError(
             f"{where}: {name} takes x shaped (N, C_in, {spatial} spatial axes) and w shaped "
@@ -407,17 +409,18 @@ def _conv_transpose(name, spatial, x, w, stride, padding, output_padding, groups
         raise ShapeError(f"{where}: {e}") from e
     if min(strides + dilations) < 1 or min(paddings + extra) < 0:
         raise ShapeError(f"{where}: stride and dilation must be >= 1, padding and output_padding >= 0")
-    if any(e >= max(s, d) for e, s, d in zip(extra, strides, dilations, strict=True)):
+    if any(more >= max(s, d) for more, s, d in zip(extra, strides, dilations, strict=True)):
         raise ShapeError(f"{where}: output_padding {extra} must be smaller than the stride or the dilation")
     config = [(0, 0, 0), (0, 0, 0)]
-    for n, k, s, d, p, e in zip(x.shape[2:], w.shape[2:], strides, dilations, paddings, extra, strict=True):
+    for n, k, s, d, p, more in zip(x.shape[2:], w.shape[2:], strides, dilations, paddings, extra, strict=True):
         reach = d * (k - 1)
-        size = (n - 1) * s - 2 * p + reach + e + 1
+        size = (n - 1) * s - 2 * p + reach + more + 1
         if size < 1:
             raise ShapeError(f"{where}: the output would have no elements along an axis (size {size})")
-        config.append((reach - p, reach - p + e, s - 1))
+        config.append((reach - p, reach - p + more, s - 1))
     dilated = xp.pad(x, config) if any(c != (0, 0, 0) for c in config) else x
     kernel = w
+    groups = int(groups)
     if groups > 1:  # (C_in, C_out/g, k) -> (C_out, C_in/g, k), group by group
         kernel = _split_axis(kernel, 0, groups)  # (g, C_in/g, C_out/g, k...)
         kernel = xp.transpose(kernel, (0, 2, 1, *range(3, kernel.ndim)))
@@ -460,7 +463,7 @@ class _Pool2d(Unary):
         self.padding = _pair(padding, "padding")
 
     def check(self, x):
-        where = f"{self._where()}: x {_describe(x)}"
+        where = f"{self._where()}: cannot apply to the input {_describe(x)}"
         if x.ndim != 4:
             raise ShapeError(f"{where}: {self.functional_name} takes x shaped (N, C, H, W)")
         if min(self.kernel + self.stride) < 1 or min(self.padding) < 0:

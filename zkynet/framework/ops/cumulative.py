@@ -18,6 +18,7 @@ class Cumsum(Unary):
     """The running sum along `axis` (from the last element backwards with `reverse`). Its
     transpose is the running sum the other way, so the rule is a Cumsum too."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = vjp_uses_out = False
 
     def __init__(self, axis, reverse=False):

@@ -63,6 +63,7 @@ class Getitem(Fused):
     instead of compiling them in, so x[0], x[1], ... (a loop over time steps)
     share one computation; `key` keeps a placeholder where each one stood."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = False  # only `positions`, a constant that is rebuilt with the graph
     vjp_uses_out = False
     check_integer_overflow = False  # only moves elements
@@ -139,6 +140,7 @@ class IndexAdd(Fused):
     out-of-range ones are dropped): the transpose of getitem, which its rule builds for
     keys other than slices and integers. `key` and `positions` are getitem's."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # a sum of integers may wrap, as x.at[key].add does in JAX
     vjp_uses_inputs = vjp_uses_out = False
     input_names = ("x", "update", "positions")
@@ -269,6 +271,7 @@ class Take(Fused):
     Concrete indices out of range are refused; traced ones read NaN (see the module
     docstring)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_out = False
     check_integer_overflow = False  # only moves elements
     input_names = ("x", "indices")
@@ -311,6 +314,7 @@ class ScatterAdd(Fused):
     x.at[indices].add(updates) for axis 0, the transpose of take. Repeated indices add
     up; concrete out-of-range indices are refused, traced ones dropped."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # a sum of integers may wrap, as x.at[i].add does in JAX
     vjp_uses_inputs = vjp_uses_out = False
     input_names = ("x", "indices", "updates")
@@ -390,6 +394,7 @@ class TakeAlongAxis(Fused):
     (jnp.take_along_axis; size-1 axes broadcast): what sort, argmax and top-k indices read.
     Concrete indices out of range are refused; traced ones read NaN (module docstring)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_out = False
     check_integer_overflow = False  # only moves elements
     input_names = ("x", "indices")
@@ -416,6 +421,7 @@ class AddAlongAxis(Fused):
     indices add up; concrete ones out of range are refused, traced ones make the result
     NaN (module docstring)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # a sum of integers may wrap, as x.at[i].add does in JAX
     vjp_uses_inputs = vjp_uses_out = False
     input_names = ("x", "indices", "updates")

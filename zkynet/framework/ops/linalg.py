@@ -2,6 +2,7 @@
 einsum."""
 
 import string
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -17,6 +18,7 @@ __all__ = ["Matmul", "Dot", "Einsum", "matmul", "dot", "einsum"]
 class Matmul(Binary):
     """a @ b with NumPy's rules: vectors, matrices and batches of matrices (broadcast)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_out = False
 
     def call(self, a, b):
@@ -66,6 +68,7 @@ class Einsum(Fused):
     over it alone) is broadcast back; size-1 axes that broadcast are summed back by the
     graph. So the rule is Einsums again, and differentiates again the same way."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_out = False
     variadic = True
 
@@ -129,7 +132,7 @@ class Einsum(Fused):
         subs, output = self._explicit([x.shape for x in xs])
         used = set("".join(subs) + output)
         free = iter(c for c in string.ascii_letters if c not in used)
-        cotangents = []
+        cotangents: list[Any] = []
         for i, x in enumerate(xs):
             if not x.requires_grad:
                 cotangents.append(None)

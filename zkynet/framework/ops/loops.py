@@ -39,6 +39,7 @@ class Scan(Operator):
     Inputs: *xs, *initial carry, *the cell's parameters (so their gradients flow).
     """
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     variadic = True
     # The rule is a lax.scan over arrays: it cannot run on nodes (backward_graph reads these)
     differentiable_rule = False

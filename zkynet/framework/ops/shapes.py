@@ -32,6 +32,7 @@ __all__ = [
 
 
 class Reshape(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
@@ -51,6 +52,7 @@ class Reshape(Unary):
 class Transpose(Unary):
     """Permute axes (reverse them by default)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
@@ -69,6 +71,7 @@ class Transpose(Unary):
 
 
 class BroadcastTo(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
@@ -88,6 +91,7 @@ class BroadcastTo(Unary):
 class Concat(Fused):
     """Join inputs along an existing axis."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
@@ -108,6 +112,7 @@ class Concat(Fused):
 class Stack(Fused):
     """Join inputs along a new axis."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
@@ -130,6 +135,7 @@ class Pad(Unary):
     lax.pad (a negative low or high crops). Its transpose is a strided slice; it is the
     transpose of one too, which is how getitem's and pooling's rules place gradients."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = vjp_uses_out = False
 
@@ -153,6 +159,7 @@ class Pad(Unary):
 class Flip(Unary):
     """x reversed along `axes` (jnp.flip); its transpose is itself."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = vjp_uses_out = False
 
@@ -174,7 +181,7 @@ class Flip(Unary):
 
 def flip(x: NodeLike, axis: int | Sequence[int] | None = None) -> Node:
     """x reversed along `axis` (an int, several, or None: every axis), as jnp.flip."""
-    axes = axis if axis is None or isinstance(axis, numbers.Integral) else tuple(int(a) for a in axis)
+    axes = axis if axis is None or isinstance(axis, int) else tuple(int(a) for a in axis)
     return Flip(axes)(x)
 
 

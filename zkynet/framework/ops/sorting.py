@@ -12,7 +12,7 @@ from jax import lax
 from zkynet.framework import xp
 from zkynet.framework.builder import NodeLike, as_node
 from zkynet.framework.errors import ShapeError, ValueTypeError
-from zkynet.framework.graph import Node
+from zkynet.framework.graph import Node, OperatorNode
 from zkynet.framework.operator import Operator
 
 __all__ = ["Sort", "TopK", "sort", "topk"]
@@ -69,7 +69,7 @@ class TopK(Operator):
 
     def check(self, x):
         _check_axis(self, x, -1)
-        if not isinstance(self.k, numbers.Integral) or isinstance(self.k, bool) or not 0 <= self.k <= x.shape[-1]:
+        if not isinstance(self.k, numbers.Integral) or isinstance(self.k, bool) or not 0 <= int(self.k) <= x.shape[-1]:
             raise ShapeError(
                 f"{self._where()}: k={self.k!r} must be an int from 0 to the size of the axis "
                 f"({x.shape[-1]}) of the input {x.dtype}{list(x.shape)}"
@@ -97,7 +97,9 @@ def topk(x: NodeLike, k: int, axis: int = -1) -> tuple[Node, "jnp.ndarray"]:
         _check_axis(TopK(k), node, axis)
         node = xp.moveaxis(node, axis, -1)
     values = TopK(k)(node)
-    indices = values.saved
+    indices = values.saved if isinstance(values, OperatorNode) else None
+    if indices is None:  # built inside cg.no_grad(), which keeps nothing: read them again
+        indices = lax.top_k(node.value, int(k))[1]
     if moved:
         values, indices = xp.moveaxis(values, -1, axis), jnp.moveaxis(indices, -1, axis)
     return values, indices
