@@ -1,10 +1,10 @@
-"""python -m experiments.bench {core,train,tracking,sweep} [options]"""
+"""python -m experiments.bench {core,train,tracking,sweep,operators} [options]"""
 
 import argparse
 
-from experiments.bench import core, sweep, tracking, train
+from experiments.bench import core, operators, sweep, tracking, train
 
-BENCHMARKS = {"core": core, "train": train, "tracking": tracking, "sweep": sweep}
+BENCHMARKS = {"core": core, "train": train, "tracking": tracking, "sweep": sweep, "operators": operators}
 
 
 def main(argv=None):
