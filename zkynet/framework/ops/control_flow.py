@@ -31,7 +31,7 @@ from zkynet.framework import xp
 from zkynet.framework.backward_graph import gradients
 from zkynet.framework.builder import NodeLike, as_node
 from zkynet.framework.errors import GradientError, ShapeError, UnregisteredParameterError, ValueTypeError
-from zkynet.framework.graph import ConstantNode, Node
+from zkynet.framework.graph import ConstantNode, Node, context
 from zkynet.framework.module import Module, build_graph
 from zkynet.framework.operator import Operator
 from zkynet.framework.templates import Variable
@@ -193,6 +193,8 @@ class ForiLoop(Operator):
     def forward(self, init, *operands):
         values = [xp.value_of(o.value) for o in operands]
 
+        keep = context.grad_enabled  # inside cg.no_grad() no backward loop will read the carries
+
         def step(carry, i):
             new = self._step(i, carry, values).root.value
             if new.shape != carry.shape or new.dtype != carry.dtype:
@@ -200,7 +202,7 @@ class ForiLoop(Operator):
                     f"{self._where()}: the loop body returned {new.dtype}{list(new.shape)} for a carry "
                     f"{carry.dtype}{list(carry.shape)}: it must keep the carry's shape and dtype"
                 )
-            return new, carry
+            return new, carry if keep else None
 
         final, entering = lax.scan(step, xp.value_of(init.value), jnp.arange(self.lower, self.upper))
         return final, entering
