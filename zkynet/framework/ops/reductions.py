@@ -201,12 +201,12 @@ class LayerNorm(Unary):
     Means are taken around each slice's first element (x - x0 first): a constant slice is
     then centered to exact zeros, where float32's rounded mean left +-ulp residues that
     1/sqrt(eps) magnified (and a large offset loses no precision to the subtraction).
-    The rule, with r = 1/sqrt(var + eps), is r (h - mean(h)) for h = g - out mean(g out),
-    h's mean again around its first element: the result sums to zero as exactly as the
-    floats allow, and a uniform g on a constant row gives exactly 0 (the old rule gave
-    rounding times 316, -4.0e-5 in the fuzz). For n = 2 elements per slice the output is
-    +-1 up to eps, where that form cancels catastrophically (2.1e-4 relative in the
-    fuzz); the exact (g - mean(g)) eps r^3 is used instead (and 0 for n = 1)."""
+    The rule, with r = 1/sqrt(var + eps), is r (g - mean(g) - out mean(g out)), g's mean
+    also taken around its first element: a constant row's output is exactly 0, so a
+    uniform g there gives exactly 0 (the old rule gave rounding times 1/sqrt(eps), -4.0e-5
+    in the fuzz). For n = 2 elements per slice the output is +-1 up to eps, where that
+    form cancels catastrophically (2.1e-4 relative in the fuzz); the exact
+    (g - mean(g)) eps r^3 is used instead (and 0 for n = 1)."""
 
     def __init__(self, eps=1e-5, axis=-1):
         super().__init__()
@@ -230,10 +230,10 @@ class LayerNorm(Unary):
             return (xp.zeros(x.shape, g.dtype),)
         centered = self._centered(x.value, axes)
         inv_std = xp.rsqrt(xp.mean(centered * centered, axis=axes, keepdims=True) + self.eps)
+        centered_g = self._centered(g, axes)  # g's mean around its first element: exact for a uniform g
         if count == 2:
-            return (self._centered(g, axes) * (self.eps * inv_std * inv_std * inv_std),)
-        h = g - out * xp.mean(g * out, axis=axes, keepdims=True)
-        return (inv_std * self._centered(h, axes),)
+            return (centered_g * (self.eps * inv_std * inv_std * inv_std),)
+        return (inv_std * (centered_g - out * xp.mean(g * out, axis=axes, keepdims=True)),)
 
 
 def _from_first(x, axes):
