@@ -197,7 +197,9 @@ def _check(fn, reference, args, seed, argnums, with_params, name, tol):
         n: jnp.asarray(p.value, jnp.float64) if jnp.issubdtype(p.value.dtype, jnp.floating) else p.value
         for n, p in params.items()
     }
-    param_names = [n for n, v in param_values.items() if jnp.issubdtype(v.dtype, jnp.floating)]
+    param_names = [  # frozen parameters and state get no gradient: not checked
+        n for n, v in param_values.items() if jnp.issubdtype(v.dtype, jnp.floating) and params[n].trainable
+    ]
     frozen = {params[n]: v for n, v in param_values.items()}
     labels = [module.inputs[i].short_name for i in argnums] + [f"param {n!r}" for n in param_names]
     start = [args[i] for i in argnums] + [param_values[n] for n in param_names]

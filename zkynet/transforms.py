@@ -173,7 +173,7 @@ def _inputs(args: Sequence[Any], argnums: Argnums, name: str) -> tuple[list[cg.N
             node = cg.InputNode(cg.as_value(a, f"{name}: argument {i}"), cg.Variable(f"arg{i}"))
         else:
             node = cg.as_node(a, f"{name}: argument {i}")
-        if i in numbers and not jnp.issubdtype(node.dtype, jnp.floating):
+        if i in numbers and not jnp.issubdtype(node.dtype, jnp.inexact):  # floats, or complex (JAX's convention)
             raise GradientError(
                 f"{name}: argument {i} is {node.dtype}; derivatives are taken with respect to floating "
                 f"values (pass {float(node.value) if node.shape == () else 'an array of floats'}, e.g. "

@@ -1,11 +1,18 @@
-"""python -m experiments.bench {core,train,tracking,sweep,higher_order} [options]"""
+"""python -m experiments.bench {core,train,tracking,sweep,higher_order,operators} [options]"""
 
 import argparse
 
 from experiments import tracking as mlflow_tracking
-from experiments.bench import core, higher_order, sweep, tracking, train
+from experiments.bench import core, higher_order, operators, sweep, tracking, train
 
-BENCHMARKS = {"core": core, "train": train, "tracking": tracking, "sweep": sweep, "higher_order": higher_order}
+BENCHMARKS = {
+    "core": core,
+    "train": train,
+    "tracking": tracking,
+    "sweep": sweep,
+    "higher_order": higher_order,
+    "operators": operators,
+}
 
 
 def main(argv=None):

@@ -37,6 +37,7 @@ ALLOWED = {  # file -> the autodiff it may use, and why; anything else in it sti
     "zkynet/gradcheck.py": {"jax.vjp"},  # the user's *reference* function, to check our rules against
     "experiments/bench/train.py": {"jax.value_and_grad"},  # the plain-JAX yardstick the benchmark times
     "experiments/bench/higher_order.py": {"jax.jvp", "jax.grad"},  # the plain-JAX Hessian-vector product
+    "experiments/bench/operators.py": {"jax.value_and_grad"},  # likewise, for the new operators
 }
 
 

@@ -27,6 +27,7 @@ from zkynet.framework.graph import (
     backprop,
     check_cotangent_dtype,
     check_cotangents,
+    complex_cotangent,
     context,
     one,
     operators,
@@ -85,6 +86,8 @@ def backprop_graph(
                 ct = _node(ct)
                 if ct.dtype.kind in "biu":
                     check_cotangent_dtype(node, i, ct.dtype)
+                if inp.value.dtype.kind == "c" or ct.dtype.kind == "c":
+                    ct = complex_cotangent(node, i, ct, operators.real)
                 if ct.shape != inp.shape:
                     ct = _summed_to(ct, reducible_shape(node, i, ct.shape))
                 previous = grads.get(inp)

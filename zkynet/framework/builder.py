@@ -6,17 +6,18 @@ calls nested inside open child scopes in the same builder, so one top-level call
 gives one flat graph. `graph.context` says which builder and scope are active.
 """
 
+import contextlib
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
 
-from zkynet.framework.errors import UnregisteredParameterError, ValueTypeError
+from zkynet.framework.errors import ShapeError, UnregisteredParameterError, ValueTypeError, ZkynetError
 from zkynet.framework.graph import ArrayLike, ConstantNode, InputNode, Node, ParameterNode, as_value, context
 from zkynet.framework.module_call import ModuleCall
 from zkynet.framework.module_graph import ModuleGraph
-from zkynet.framework.templates import Constant, Parameter, Variable
+from zkynet.framework.templates import Constant, Parameter, State, Variable
 from zkynet.init import key_of
 
 NodeLike = Node | Parameter | Constant | ModuleGraph | ArrayLike  # what an operator accepts
@@ -54,11 +55,15 @@ class GraphBuilder:
         self.rng = key_of(rng)
         self.rng_draws = 0
         self.deepest = 0  # the deepest module call so far (0: the top-level call)
+        self.no_grad = not context.grad_enabled  # built inside cg.no_grad(): nothing to differentiate
+        self.state_updates: dict[State, jax.Array] = {}  # what cg.update_state set during the call
 
     def param_node(self, param: Parameter) -> ParameterNode:
         node = self.param_nodes.get(param)
         if node is None:
-            node = self.param_nodes[param] = ParameterNode(self.param_values.get(param, param.value), param)
+            node = self.param_nodes[param] = ParameterNode(
+                self.param_values.get(param, param.value), param, requires_grad=param.trainable
+            )
         return node
 
     def bind(self, variable: Variable, value: Any, module: Any) -> Node:
@@ -126,3 +131,47 @@ def rng_key() -> jax.Array | None:
         return None
     builder.rng_draws += 1
     return jax.random.fold_in(builder.rng, builder.rng_draws)
+
+
+def training() -> bool:
+    """Whether the module call running now trains: it was given an `rng` (TrainStep gives
+    one; EvalStep and plain calls do not). Dropout draws masks and BatchNorm uses the
+    batch's statistics (and updates its running ones) only then."""
+    builder = context.builder
+    return builder is not None and builder.rng is not None
+
+
+def update_state(state: State, value: Any) -> None:
+    """Inside call(): give `state` (a cg.State of the module) `value` once this top-level call
+    is over (a node or an array, shaped like the state; no gradient flows through it).
+    A plain eager call then sets `state.value`; TrainStep returns it with the updated
+    parameters; `graph.state_updates` lists them either way."""
+    builder = context.builder
+    if builder is None:
+        raise ZkynetError("cg.update_state is for a module's call(): it takes effect when the call is over")
+    if not isinstance(state, State):
+        raise ValueTypeError(
+            f"cg.update_state sets a cg.State (a module's non-trainable state), got {state!r}; "
+            "trainable parameters change through the optimizer"
+        )
+    array = value.value if isinstance(value, Node) else as_value(value, f"update of state {state.short_name!r}")
+    if array.shape != state.value.shape:
+        raise ShapeError(
+            f"cg.update_state: state {state.short_name!r} is shaped {tuple(state.value.shape)}, "
+            f"the update {tuple(array.shape)}"
+        )
+    builder.state_updates[state] = array
+
+
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
+    """Build graphs for evaluation only: inside, nodes keep neither their inputs nor what a
+    backward rule would read (earlier values are freed as soon as nothing else holds them),
+    nothing requires a gradient, and back() on such a graph raises. EvalStep evaluates this
+    way. Values are the same as outside."""
+    previous = context.grad_enabled
+    context.grad_enabled = False
+    try:
+        yield
+    finally:
+        context.grad_enabled = previous

@@ -92,6 +92,15 @@ class _Compiled:
             return value
         return jnp.asarray(value).astype(self.compute_dtype)
 
+    def _state_updates(self, graph, params):
+        """{name: new value} of the model's cg.State values that the forward pass set, in
+        the dtype of the values given (float32 master copies under bf16)."""
+        updates = graph.state_updates
+        if not updates:
+            return {}
+        names = {p: name for name, p in self.params.items()}
+        return {names[state]: value.astype(params[names[state]].dtype) for state, value in updates.items()}
+
     def _metrics(self, graph, batch):
         loss, *outputs = graph.roots
         metrics = {"loss": loss.value}
@@ -102,6 +111,13 @@ class _Compiled:
 
 class TrainStep(_Compiled):
     """One optimizer step on a batch `(*inputs, targets)`: forward, back(), update.
+
+    Frozen parameters (`trainable=False`, `module.freeze()`) get no gradient and no
+    optimizer state; they and the model's cg.State values (BatchNorm's running
+    statistics, set by the forward pass) are carried through the step unchanged or
+    updated, and saved with the rest. Freezing or unfreezing between steps is noticed
+    at the next step: the optimizer state is rebuilt for the new set (kept for the
+    parameters that stay trainable) and the step compiled again.
 
     `metrics(outputs..., targets)` (plain jnp, optional) adds to the returned
     {"loss": ...}. `seed` drives the per-step PRNG keys (dropout), derived from
@@ -122,28 +138,55 @@ class TrainStep(_Compiled):
         if parallel is not None:
             for p in self.params.values():
                 p.value = parallel.replicate(p.value)
-        self.opt_state = optimizer.init(self.param_values())
+        self.trainable = self._trainable_names()
+        self.opt_state = optimizer.init(self.trainable_values(self.param_values()))
         self.step = 0  # mirrors opt_state["step"] on the host: reading that would wait for the device
         self.rng = jax.random.PRNGKey(seed)
-        self._step = jax.jit(self.pure, donate_argnums=(0, 1) if donate else ()) if jit else self.pure
+        self._jit, self._donate = jit, donate
+        self._step = self._compiled()
+
+    def _compiled(self):
+        return jax.jit(self.pure, donate_argnums=(0, 1) if self._donate else ()) if self._jit else self.pure
+
+    def _trainable_names(self):
+        return tuple(name for name, p in self.params.items() if p.trainable)
+
+    def trainable_values(self, params):
+        """The entries of `params` ({name: value}) the optimizer updates (not frozen, not state)."""
+        return {name: params[name] for name in self.trainable}
 
     def pure(self, params, opt_state, batch, rng, hyperparameters=None):
         """(params, opt_state, batch, rng) -> (params, opt_state, metrics); with
         `hyperparameters`, the optimizer's values come from there (maybe traced: a
-        Population's members each have their own)."""
+        Population's members each have their own). `params` holds every parameter, frozen
+        and state included; `opt_state` is the optimizer's state of the trainable ones."""
         graph = self._graph(params, batch, jax.random.fold_in(rng, opt_state["step"]))
         loss = graph.roots[0]
         graph.back((jnp.ones((), loss.dtype),) + (None,) * (len(graph.roots) - 1))
         grads = {
-            name: graph.grad(p).astype(params[name].dtype)  # the master weights' dtype (no-op without casts)
-            if graph.uses(p)
+            name: graph.grad(self.params[name]).astype(params[name].dtype)  # the master weights' dtype
+            if graph.uses(self.params[name])
             else jnp.zeros_like(params[name])
-            for name, p in self.params.items()
+            for name in self.trainable
         }
-        params, opt_state = self.optimizer.update(grads, opt_state, params, hyperparameters)
-        return params, opt_state, self._metrics(graph, batch)
+        trained, opt_state = self.optimizer.update(grads, opt_state, self.trainable_values(params), hyperparameters)
+        new = {**params, **trained}
+        new.update(self._state_updates(graph, params))
+        return new, opt_state, self._metrics(graph, batch)
+
+    def _refreeze(self):
+        """The set of trainable parameters changed since the last step: rebuild the optimizer
+        state (keeping the slots of parameters still trainable) and compile again."""
+        trainable = self._trainable_names()
+        if trainable == self.trainable:
+            return
+        fresh = self.optimizer.init({name: self.params[name].value for name in trainable})
+        self.opt_state = {key: _kept(value, self.opt_state.get(key)) for key, value in fresh.items()}
+        self.trainable = trainable
+        self._step = self._compiled()
 
     def __call__(self, *batch):
+        self._refreeze()
         params, self.opt_state, metrics = self._step(self.param_values(), self.opt_state, batch, self.rng)
         for name, value in params.items():
             self.params[name].value = value
@@ -165,16 +208,30 @@ class TrainStep(_Compiled):
         self.step = int(self.opt_state["step"])
 
 
+def _kept(fresh, old):
+    """An optimizer state entry of a new trainable set: the old one's values where it has the
+    same parameter (slots are {name: array}), the fresh ones elsewhere (the step count: old)."""
+    if old is None:
+        return fresh
+    if isinstance(fresh, dict):
+        return {name: old[name] if isinstance(old, dict) and name in old else value for name, value in fresh.items()}
+    return old
+
+
 class EvalStep(_Compiled):
     """Loss and metrics of the current parameters on a batch, without randomness
-    (dropout off), computed in `precision` as TrainStep's are."""
+    (dropout off, BatchNorm's running statistics), computed in `precision` as TrainStep's
+    are. The graph is built inside cg.no_grad(): nothing is kept for a backward pass
+    (eagerly, each node's value is freed once the next ones no longer need it; compiled,
+    XLA drops it anyway, and op.scan stops stacking activations)."""
 
     def __init__(self, model, loss, metrics=None, jit=True, precision="float32"):
         super().__init__(model, loss, metrics, precision)
         self._eval = jax.jit(self.pure) if jit else self.pure
 
     def pure(self, params, batch):
-        return self._metrics(self._graph(params, batch, None), batch)
+        with cg.no_grad():
+            return self._metrics(self._graph(params, batch, None), batch)
 
     def __call__(self, *batch):
         return self._eval(self.param_values(), batch)
@@ -186,7 +243,8 @@ def forward(model, jit=True):
     params = model.named_parameters()
 
     def pure(values, *inputs):
-        graph = cg.call_module(model, inputs, param_values={p: values[n] for n, p in params.items()})
+        with cg.no_grad():
+            graph = cg.call_module(model, inputs, param_values={p: values[n] for n, p in params.items()})
         return graph.value
 
     run = jax.jit(pure) if jit else pure

@@ -5,9 +5,9 @@ This module only gathers the public names; each concept lives in its own module:
                    as_value, topological_order, sum_to_shape, backprop, jacobian
   backward_graph.py  the backward pass as a graph (derivatives of derivatives):
                    backprop_graph, gradients
-  templates.py     Template, Variable, Parameter, Constant, Function (named slots)
+  templates.py     Template, Variable, Parameter (trainable or frozen), State, Constant, Function
   module.py        Module (submodules, named_parameters, state_dict), call_module, build_graph
-  builder.py       a graph being built: ModuleCall, as_node, rng_key
+  builder.py       a graph being built: ModuleCall, as_node, rng_key, training, update_state, no_grad
   module_graph.py  ModuleGraph: a top-level call's graph, back(), grad()
   operator.py      Operator: a function with a hand-written derivative
   errors.py        the exceptions
@@ -23,7 +23,7 @@ rule; JAX is only the array library underneath.
 """
 
 from zkynet.framework.backward_graph import backprop_graph, gradients
-from zkynet.framework.builder import ModuleCall, NodeLike, as_node, rng_key
+from zkynet.framework.builder import ModuleCall, NodeLike, as_node, no_grad, rng_key, training, update_state
 from zkynet.framework.errors import (
     BackwardNotRunError,
     BackwardRuleError,
@@ -60,7 +60,7 @@ from zkynet.framework.module import Module, build_graph, call_module
 from zkynet.framework.module_graph import ModuleGraph
 from zkynet.framework.operator import Operator
 from zkynet.framework.original import get_all_nodes, get_input_nodes
-from zkynet.framework.templates import Constant, Function, Parameter, Template, Variable
+from zkynet.framework.templates import Constant, Function, Parameter, State, Template, Variable
 
 __all__ = [
     "ArrayLike",
@@ -70,6 +70,7 @@ __all__ = [
     "Template",
     "Variable",
     "Parameter",
+    "State",
     "Constant",
     "Node",
     "InputNode",
@@ -84,6 +85,9 @@ __all__ = [
     "call_module",
     "build_graph",
     "rng_key",
+    "training",
+    "update_state",
+    "no_grad",
     "topological_order",
     "sum_to_shape",
     "backprop",

@@ -224,10 +224,13 @@ class OperatorSyntax(ValueView):
 
 class _BuildContext(threading.local):
     """What is being built right now: the top-level call's graph builder and the module
-    call running (a builder.ModuleCall). builder.py sets both; nodes record the scope."""
+    call running (a builder.ModuleCall). builder.py sets both; nodes record the scope.
+    `grad_enabled` is False inside cg.no_grad(): nodes then keep no inputs and nothing
+    for a backward pass (builder.no_grad)."""
 
     builder: Any = None
     scope: Any = None
+    grad_enabled: bool = True
 
 
 context = _BuildContext()
@@ -248,8 +251,12 @@ class Node(OperatorSyntax):
     def __init__(self, value: jax.Array, ref: Any, inputs: tuple["Node", ...] = (), requires_grad: bool = True):
         self.value = value
         self.ref = ref
-        self.inputs = inputs
-        self.requires_grad = requires_grad
+        if context.grad_enabled:
+            self.inputs = inputs
+            self.requires_grad = requires_grad
+        else:  # cg.no_grad(): nothing to differentiate, and earlier values may be freed
+            self.inputs = ()
+            self.requires_grad = False
         self.scope = context.scope
         self.id = _next_node_id()
 
@@ -339,7 +346,7 @@ class OperatorNode(Node):
                 requires_grad = True
                 break
         super().__init__(value, op, inputs, requires_grad)
-        self.saved = saved
+        self.saved = saved if context.grad_enabled else None
 
     @property
     def name(self) -> str:
@@ -410,6 +417,8 @@ def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Nod
                     ct = jnp.asarray(ct)
                 if ct.dtype.kind in "biu":
                     check_cotangent_dtype(node, i, ct.dtype)
+            if inp.value.dtype.kind == "c" or ct.dtype.kind == "c":
+                ct = complex_cotangent(node, i, ct, jnp.real)
             if ct.shape != inp.value.shape:
                 ct = sum_to_shape(ct, reducible_shape(node, i, ct.shape))
             previous = get(inp)
@@ -417,6 +426,24 @@ def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Nod
     for node in sliced:
         grads[node] = dense(grads[node])
     return grads
+
+
+def complex_cotangent(node: Node, i: int, ct: Any, real: Callable[[Any], Any]) -> Any:
+    """`ct` for input `i` of `node` when either is complex: refused unless the operator's
+    rule follows JAX's convention (Operator.complex_rule); for a real input, its real part."""
+    inp = node.inputs[i]
+    if inp.value.dtype.kind == "c" and not getattr(node.ref, "complex_rule", False):
+        raise GradientError(
+            f"{_rule(node)} has no rule for complex values ({_input_name(node, i)} is {inp.value.dtype}): "
+            "zkynet differentiates complex numbers with JAX's convention (jax.grad's df/dx - i df/dy) "
+            "only through operators whose rules follow it (elementwise arithmetic, exp, log, sqrt, tanh, "
+            "sigmoid, sin, cos, abs, conj, real, sums and products, matmul, einsum, shapes and indexing). "
+            "Split it into real and imaginary parts (op.real, op.real(x * -1j)) before this operator"
+        )
+    if inp.value.dtype.kind != "c":
+        ct = dense(ct) if type(ct) is SliceCotangent else ct
+        return real(ct)
+    return ct
 
 
 def _input_name(node: Node, i: int) -> str:
@@ -487,10 +514,18 @@ def check_cotangent_dtype(node: Node, i: int, dtype: Any) -> None:
 _ONES: dict[Any, jax.Array] = {}
 
 
+def gradient_dtype(dtype: Any) -> Any:
+    """The dtype of a gradient of a value of `dtype`: itself for floats and complex numbers,
+    JAX's default float for integers and booleans (Operator's docstring)."""
+    dtype = jnp.dtype(dtype)
+    return dtype if dtype.kind in "fcV" else jnp.result_type(float)
+
+
 def one(dtype: Any) -> jax.Array:
-    """A scalar 1 of `dtype` (the seed of a scalar output's backprop), cached when
-    concrete (arrays are immutable, so sharing is safe; a traced one must not outlive
-    its trace)."""
+    """A scalar 1 in the gradient dtype of `dtype` (the seed of a scalar output's backprop),
+    cached when concrete (arrays are immutable, so sharing is safe; a traced one must not
+    outlive its trace)."""
+    dtype = gradient_dtype(dtype)
     value = _ONES.get(dtype)
     if value is None:
         value = jnp.ones((), dtype)
@@ -503,7 +538,7 @@ def jacobian(order: Sequence[Node], root: Node) -> dict[Node, jax.Array]:
     """{node: d root / d node}, shaped ``root.shape + node.shape``: one backprop per
     output element, batched with `jax.vmap` over the rows of an identity matrix."""
     size = root.value.size
-    basis = jnp.eye(size, dtype=root.dtype).reshape((size,) + root.shape)
+    basis = jnp.eye(size, dtype=gradient_dtype(root.dtype)).reshape((size,) + root.shape)
 
     def pull(cotangent: jax.Array) -> list[jax.Array | None]:
         grads = backprop(order, {root: cotangent})

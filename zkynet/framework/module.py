@@ -19,7 +19,7 @@ from zkynet.framework.builder import GraphBuilder, ModuleCall, run
 from zkynet.framework.errors import InputCountError, NameCollisionError, NestingDepthError, StateDictError, ZkynetError
 from zkynet.framework.graph import ArrayLike, as_value, context
 from zkynet.framework.module_graph import ModuleGraph
-from zkynet.framework.templates import Function, Parameter
+from zkynet.framework.templates import Function, Parameter, State
 
 
 class Module(Function):
@@ -43,6 +43,12 @@ class Module(Function):
         functional name, with ``#2``, ``#3`` ... when repeated.
     A module kept anywhere else (a set, another object) is not found, and a call
     that uses its parameters raises UnregisteredParameterError.
+
+    Parameters are found the same way: those declared in `params=(...)`, and any
+    cg.Parameter (or cg.State) held by an attribute, directly or in lists, tuples
+    and dicts (``self.W = cg.Parameter("W", w0)``). Each goes by its own name
+    (`m.param("W")`, ``layer/W`` in `named_parameters()`), so two of one module may
+    not share a name.
 
     Nesting may be deep: walking submodules never recurses, and a nested call uses
     about three levels of Python's recursion limit (this `__call__`, your `call` and
@@ -74,6 +80,43 @@ class Module(Function):
             )
         finally:
             context.scope = caller
+
+    @property
+    def params(self) -> tuple[Parameter, ...]:
+        """The declared parameters, then those held by attributes (see the class docstring)."""
+        held = _held_parameters(self)
+        if not held:
+            return self._params
+        found = list(self._params)
+        ids = {id(p) for p in found}
+        for p in held:
+            if id(p) not in ids:
+                ids.add(id(p))
+                found.append(p)
+        names = [p.short_name for p in found]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise NameCollisionError(
+                f"{self.functional_name}: two different parameters are both named {twice[0]!r} (declared in "
+                "params=(...) or held by attributes); give each its own name"
+            )
+        return tuple(found)
+
+    def freeze(self) -> "Module":
+        """Make every parameter of this module and its submodules non-trainable (see
+        cg.Parameter); returns the module. cg.State values are not parameters to train anyway."""
+        for p in self.named_parameters().values():
+            if not isinstance(p, State):
+                p.trainable = False
+        return self
+
+    def unfreeze(self) -> "Module":
+        """Make every parameter of this module and its submodules trainable again (cg.State
+        values stay as they are); returns the module."""
+        for p in self.named_parameters().values():
+            if not isinstance(p, State):
+                p.trainable = True
+        return self
 
     @property
     def children(self) -> dict[str, "Module"]:
@@ -198,6 +241,27 @@ def _modules_in(value: object, name: str, owners: dict[Module, bool]) -> Iterato
             yield from _modules_in(item, f"{name}.{key}", owners)
 
 
+def _held_parameters(module: Module) -> list[Parameter]:
+    """The parameters `module`'s attributes hold, directly or in (nested) lists, tuples and dicts."""
+    found: list[Parameter] = []
+    for attribute, value in vars(module).items():
+        if attribute == "_params":  # the declared ones
+            continue
+        if isinstance(value, Parameter):
+            found.append(value)
+        elif isinstance(value, (list, tuple, dict)) and value:
+            stack = [value]
+            while stack:
+                item = stack.pop()
+                if isinstance(item, Parameter):
+                    found.append(item)
+                elif isinstance(item, (list, tuple)):
+                    stack.extend(reversed(item))
+                elif isinstance(item, dict):
+                    stack.extend(reversed(list(item.values())))
+    return found
+
+
 def _held_modules(value: object) -> list[Module]:
     """The modules `value` holds (itself, or in nested lists, tuples and dicts), unnamed."""
     found, stack = [], [value]
@@ -278,6 +342,10 @@ def call_module(
             "flatten it: keep repeated layers in a list and loop over them in one call()."
         ) from e
     builder.check_ownership(module, values)
+    if builder.state_updates and param_values is None:  # a plain call: its state updates take effect now
+        for state, value in builder.state_updates.items():
+            if not isinstance(value, jax.core.Tracer):  # under a jit of the user's own: see graph.state_updates
+                state.value = value
     return ModuleGraph(module, output, builder)
 
 

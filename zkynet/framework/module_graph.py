@@ -16,6 +16,7 @@ from zkynet.framework.graph import (
     ParameterNode,
     as_value,
     backprop,
+    gradient_dtype,
     jacobian,
     one,
     topological_order,
@@ -24,6 +25,11 @@ from zkynet.framework.memory import keep_freed_memory_once
 from zkynet.framework.templates import Parameter, Template, Variable
 
 Cotangent = ArrayLike | Node  # a node only with create_graph=True
+
+
+def _float(ct: jax.Array, root: Node) -> jax.Array:
+    """A cotangent given as integers, in the gradient dtype of its output (graph.gradient_dtype)."""
+    return ct.astype(gradient_dtype(root.dtype)) if ct.dtype.kind in "iub" else ct
 
 
 class ModuleGraph:
@@ -52,6 +58,12 @@ class ModuleGraph:
         return self.root.value
 
     @property
+    def state_updates(self) -> dict[Any, jax.Array]:
+        """{cg.State: its new value} that the call's cg.update_state set (BatchNorm's running
+        statistics in a training call); a plain call has applied them already."""
+        return dict(self._builder.state_updates)
+
+    @property
     def nodes(self) -> list[Node]:
         """Every node the output depends on, inputs before the nodes using them."""
         if self._order is None:
@@ -74,6 +86,11 @@ class ModuleGraph:
         apart from the forward pass. It needs a scalar output or a cotangent.
         Each back() replaces the gradients of the one before (nothing accumulates)."""
         keep_freed_memory_once()  # eager training allocates and frees per step: keep that memory (see memory.py)
+        if self._builder.no_grad:
+            raise GradientError(
+                f"this graph of {self.module.functional_name} was built inside cg.no_grad() (or by an "
+                "EvalStep), which keeps nothing for a backward pass; call the module outside it to differentiate"
+            )
         self._grads_are_nodes = create_graph
         roots = self.roots
         if cotangent is None:
@@ -102,8 +119,10 @@ class ModuleGraph:
         for root, ct in zip(roots, cotangents, strict=True):
             if ct is None:  # no gradient flows from this output
                 continue
-            if not (create_graph and isinstance(ct, Node)):  # arrays become the backward pass's constants
-                ct = as_value(ct, "cotangent")
+            if create_graph and not isinstance(ct, Node):
+                ct = ConstantNode(_float(as_value(ct, "cotangent"), root))
+            elif not create_graph:
+                ct = _float(as_value(ct, "cotangent"), root)
             if ct.shape != root.shape:
                 raise ShapeError(
                     f"back(): the cotangent must be shaped like the output {tuple(root.shape)}, got {tuple(ct.shape)}"

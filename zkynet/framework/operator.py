@@ -63,6 +63,13 @@ class Operator(Function):
     `check_integer_overflow = False` for operators meant to wrap (hashing). Under jit
     integers wrap as in JAX: use floats for arithmetic.
 
+    Dtypes of gradients: an integer (or boolean) value differentiated gets a float
+    gradient (JAX's default float dtype: back() seeds an integer output with 1.0, and
+    no rule casts a cotangent to an integer), so x**3 at the int 3 gives 27.0. Complex
+    values differentiate with JAX's convention where the operator says its rule follows
+    it (`complex_rule`, below: elementwise arithmetic, exp/log/sqrt/tanh/sigmoid/sin/cos,
+    abs, sums, products, matmul, einsum, shapes and indexing); the others refuse them.
+
     The original zkynet API: `gradfn(inpt)` gives d(output)/d(inpt) as a function of
     the inputs, and `node.grad(child)` evaluates it for one of a node's inputs.
     """
@@ -74,6 +81,11 @@ class Operator(Function):
     # loop (op.scan) must keep from its forward pass. True is always safe.
     vjp_uses_inputs = vjp_uses_out = True
     check_integer_overflow = True  # refuse an eager integer result that overflowed (see above)
+    # Whether `vjp` is right for complex inputs under JAX's convention: cotangents are not
+    # conjugated (a holomorphic f's rule is g * f'(z), as written for reals), so a real
+    # function's gradient is df/dx - i df/dy, what jax.grad gives. Differentiating an
+    # operator without it through a complex input raises GradientError naming it.
+    complex_rule = False
     _class_inputs: tuple[Variable, ...]
 
     def __init__(self, inputs: Iterable[Variable] | None = None, name: str | None = None):

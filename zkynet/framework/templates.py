@@ -44,11 +44,24 @@ class Variable(Template):
 class Parameter(OperatorSyntax, Template):
     """A trainable value owned by a module. In a graph, each parameter is one node,
     however many times the call uses it. A new value must keep the parameter's shape
-    (optimizers and checkpoints rely on it); its dtype may change (casting a model)."""
+    (optimizers and checkpoints rely on it); its dtype may change (casting a model).
 
-    def __init__(self, name: str, value: ArrayLike):
+    `trainable=False` (or `module.freeze()`) freezes it: its node gets no gradient
+    (graph.grad gives zeros), TrainStep neither updates it nor keeps optimizer state
+    for it, and it is still saved and loaded with the others (state_dict, checkpoints)."""
+
+    def __init__(self, name: str, value: ArrayLike, trainable: bool = True):
         super().__init__(name)
         self.value = value
+        self.trainable = trainable
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, trainable: bool) -> None:
+        self._trainable = bool(trainable)
 
     @property
     def value(self) -> jax.Array:
@@ -64,6 +77,24 @@ class Parameter(OperatorSyntax, Template):
                 f"a new value must keep that shape, got {tuple(array.shape)}"
             )
         self._value = array
+
+
+class State(Parameter):
+    """A value a module keeps and updates itself instead of training it (BatchNorm's running
+    statistics): never trainable (freeze/unfreeze leave it alone), saved and loaded with the
+    parameters, and set by the forward pass with `cg.update_state(state, value)`."""
+
+    def __init__(self, name: str, value: ArrayLike):
+        super().__init__(name, value, trainable=False)
+
+    @property
+    def trainable(self) -> bool:
+        return False
+
+    @trainable.setter
+    def trainable(self, trainable: bool) -> None:
+        if trainable:
+            raise ValueError(f"state {self.short_name!r} is not a trainable parameter; the forward pass updates it")
 
 
 class Constant(Template):
@@ -122,7 +153,7 @@ class Function:
 
     def param(self, name: str) -> Parameter:
         """The Parameter called `name`."""
-        return self._lookup(self._params, name, "parameter")
+        return self._lookup(self.params, name, "parameter")
 
     def _lookup(self, templates: tuple[T, ...], name: str, kind: str) -> T:
         for template in templates:

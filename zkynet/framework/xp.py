@@ -75,6 +75,30 @@ def sigmoid(x: Any) -> Any:
     return operators.sigmoid(x) if on_nodes(x) else jax.nn.sigmoid(x)
 
 
+def abs(x: Any) -> Any:
+    return operators.abs(x) if on_nodes(x) else jnp.abs(x)
+
+
+def conj(x: Any) -> Any:
+    return operators.conj(x) if on_nodes(x) else jnp.conj(x)
+
+
+def real(x: Any) -> Any:
+    return operators.real(x) if on_nodes(x) else jnp.real(x)
+
+
+def sin(x: Any) -> Any:
+    return operators.sin(x) if on_nodes(x) else jnp.sin(x)
+
+
+def cos(x: Any) -> Any:
+    return operators.cos(x) if on_nodes(x) else jnp.cos(x)
+
+
+def erf(x: Any) -> Any:
+    return operators.erf(x) if on_nodes(x) else jax.scipy.special.erf(x)
+
+
 def maximum(a: Any, b: Any) -> Any:
     return operators.maximum(a, b) if on_nodes(a, b) else jnp.maximum(a, b)
 
@@ -106,6 +130,35 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
 
 def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
     return operators.mean(x, axis, keepdims) if on_nodes(x) else jnp.mean(x, axis=axis, keepdims=keepdims)
+
+
+def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    return operators.prod(x, axis, keepdims) if on_nodes(x) else jnp.prod(x, axis=axis, keepdims=keepdims)
+
+
+def cumprod(x: Any, axis: int, reverse: bool = False) -> Any:
+    """The running product along `axis` (from the end with `reverse`): lax.cumprod on
+    arrays; on nodes a log-depth scan of products (each step multiplies by the running
+    product `shift` places back), built of differentiable operators."""
+    if not on_nodes(x):
+        return lax.cumprod(x, axis % x.ndim, reverse=reverse)
+    axis %= x.ndim
+    size, shift = x.shape[axis], 1
+    before = (slice(None),) * axis
+    while shift < size:
+        ones = jnp.ones((*x.shape[:axis], shift, *x.shape[axis + 1 :]), x.dtype)
+        if reverse:
+            moved = concatenate([x[before + (slice(shift, None),)], ones], axis)
+        else:
+            moved = concatenate([ones, x[before + (slice(None, size - shift),)]], axis)
+        x = x * moved
+        shift *= 2
+    return x
+
+
+def cumsum(x: Any, axis: int, reverse: bool = False) -> Any:
+    """The running sum along `axis` (from the end with `reverse`): lax.cumsum."""
+    return operators.cumsum(x, axis, reverse) if on_nodes(x) else lax.cumsum(x, axis % x.ndim, reverse=reverse)
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -181,10 +234,34 @@ def stack(xs: Sequence[Any], axis: int = 0) -> Any:
 
 
 def flip(x: Any, axis: int | Sequence[int]) -> Any:
-    if not on_nodes(x):
-        return jnp.flip(x, axis)
-    axes = {a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)}
-    return x[tuple(slice(None, None, -1) if a in axes else slice(None) for a in range(x.ndim))]
+    return operators.flip(x, axis) if on_nodes(x) else jnp.flip(x, axis)
+
+
+def take_along_axis(x: Any, indices: Any, axis: int) -> Any:
+    """x's elements at integer `indices` (an array: no gradient) along `axis`; out of range: NaN."""
+    if on_nodes(x):
+        return operators.take_along_axis(x, indices, axis)
+    return jnp.take_along_axis(x, indices, axis=axis, mode="fill")
+
+
+def add_along_axis(x: Any, indices: Any, updates: Any, axis: int) -> Any:
+    """x with `updates` added at integer `indices` (an array) along `axis`: the transpose of
+    take_along_axis (repeated indices add up, out-of-range ones are dropped)."""
+    if on_nodes(x, updates):
+        return operators.add_along_axis(x, indices, updates, axis)
+    indices = jnp.broadcast_to(indices, updates.shape)
+    return x.at[along_axis_key(indices, axis, x.ndim)].add(updates, mode="drop")
+
+
+def along_axis_key(indices: Any, axis: int, ndim: int) -> tuple[Any, ...]:
+    """The index key that reads x.at[key] as take_along_axis(x, indices, axis): `indices`
+    on `axis`, a broadcasting iota on every other axis."""
+    axis %= ndim
+    shape = indices.shape
+    return tuple(
+        indices if a == axis else lax.broadcasted_iota(jnp.int32, (*(1,) * a, n, *(1,) * (ndim - a - 1)), a)
+        for a, n in enumerate(shape)
+    )
 
 
 # ----------------------------------------------------------------------------- linear algebra
@@ -192,6 +269,45 @@ def flip(x: Any, axis: int | Sequence[int]) -> Any:
 
 def matmul(a: Any, b: Any) -> Any:
     return operators.matmul(a, b) if on_nodes(a, b) else jnp.matmul(a, b)
+
+
+def einsum(spec: str, *operands: Any) -> Any:
+    return operators.einsum(spec, *operands) if on_nodes(*operands) else jnp.einsum(spec, *operands)
+
+
+def conv_general(
+    x: Any,
+    w: Any,
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    rhs_dilation: Sequence[int],
+    dimension_numbers: Any,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+) -> Any:
+    """lax.conv_general_dilated without lhs_dilation (dilate the input with `pad` instead):
+    explicit (low, high) padding per spatial axis, negative ones crop."""
+    if on_nodes(x, w):
+        return operators.conv_general(
+            x,
+            w,
+            strides,
+            padding,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+        )
+    return lax.conv_general_dilated(
+        x,
+        w,
+        tuple(strides),
+        tuple(padding),
+        rhs_dilation=tuple(rhs_dilation),
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+    )
 
 
 # ----------------------------------------------------------------------------- constants

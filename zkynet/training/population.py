@@ -81,7 +81,8 @@ class PopulationStep:
         self.params = {
             name: jnp.stack([m.named_parameters()[name].value for m in models]) for name in self.train_step.params
         }
-        self.opt_state = jax.vmap(optimizers[0].init)(self.params)  # zero slots: each optimizer's own init
+        # zero slots of the trainable parameters (not frozen ones, not state): each optimizer's own init
+        self.opt_state = jax.vmap(lambda p: optimizers[0].init(self.train_step.trainable_values(p)))(self.params)
         # What every member shares stays a constant of the program, as in a Trainer's step (a
         # weight decay of 0 then costs nothing, and the step reads and writes less memory);
         # only what differs is traced, one value per member.

@@ -7,7 +7,9 @@ from zkynet.framework.graph import register_operators
 from zkynet.framework.ops import (
     cells,
     comparison,
+    control_flow,
     convolution,
+    cumulative,
     elementwise,
     gradient_control,
     indexing,
@@ -17,6 +19,7 @@ from zkynet.framework.ops import (
     reductions,
     shapes,
     softmax_attention,
+    sorting,
 )
 
 FAMILIES = (
@@ -24,12 +27,15 @@ FAMILIES = (
     comparison,
     gradient_control,
     reductions,
+    cumulative,
+    sorting,
     linalg,
     shapes,
     indexing,
     convolution,
     randomness,
     loops,
+    control_flow,
     softmax_attention,
     cells,
 )

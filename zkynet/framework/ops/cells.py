@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 from jax import lax
 
+from zkynet.framework import xp
 from zkynet.framework.builder import NodeLike
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Fused
@@ -26,7 +27,10 @@ class LSTMUpdate(Fused):
     tanh(x/2)) / 2, exact but for float rounding: an absolute error ~1e-7),
     materialized before anything reads a block of them: XLA's CPU backend compiles a
     loop step's fusion that reads several slices of one array element by element,
-    without vector instructions (about 2x slower per LSTM step than this layout, measured)."""
+    without vector instructions (about 2x slower per LSTM step than this layout, measured).
+
+    Written with xp, so the rule also runs on nodes (derivatives of derivatives; the
+    barrier is then left out: it is a scheduling hint, not arithmetic)."""
 
     vjp_uses_out = False
     input_names = ("gates", "c")
@@ -36,16 +40,16 @@ class LSTMUpdate(Fused):
 
     def call(self, gates, c):
         active, c_new = _update(gates.value, c.value)
-        return jnp.concatenate([jnp.split(active, 4, axis=-1)[3] * jnp.tanh(c_new), c_new], axis=-1)
+        return xp.concatenate([xp.split(active, 4, axis=-1)[3] * xp.tanh(c_new), c_new], axis=-1)
 
     def vjp(self, grad, out, gates, c):
         active, c_new = _update(gates.value, c.value)
-        i, f, g, o = jnp.split(active, 4, axis=-1)
-        tanh_c = jnp.tanh(c_new)
-        d_h, d_c_new = jnp.split(grad, 2, axis=-1)
+        i, f, g, o = xp.split(active, 4, axis=-1)
+        tanh_c = xp.tanh(c_new)
+        d_h, d_c_new = xp.split(grad, 2, axis=-1)
         d_c = d_c_new + d_h * o * (1 - tanh_c * tanh_c)
-        d_active = jnp.concatenate([d_c * g, d_c * c.value, d_c * i, d_h * tanh_c], axis=-1)
-        slope = jnp.where(_is_cell_block(active), 1 - active * active, active * (1 - active))
+        d_active = xp.concatenate([d_c * g, d_c * c.value, d_c * i, d_h * tanh_c], axis=-1)
+        slope = xp.where(_is_cell_block(active), 1 - active * active, active * (1 - active))
         return d_active * slope, d_c * f
 
 
@@ -58,13 +62,13 @@ def _is_cell_block(gates):
 def _activations(gates):
     """sigmoid over the i, f, o blocks and tanh over g, as one tanh over the whole width."""
     half = jnp.where(_is_cell_block(gates), 1, 0.5).astype(gates.dtype)
-    return lax.optimization_barrier(jnp.tanh(gates * half) * half + (1 - half))
+    return xp.optimization_barrier(xp.tanh(gates * half) * half + (1 - half))
 
 
 def _update(gates, c):
     """(the four gates' activations, whole width; the new cell state f c + i g)."""
     active = _activations(gates)
-    i, f, g, _ = jnp.split(active, 4, axis=-1)
+    i, f, g, _ = xp.split(active, 4, axis=-1)
     return active, f * c + i * g
 
 

@@ -23,6 +23,7 @@ __all__ = [
 
 
 class _Comparison(Binary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # a boolean result cannot overflow
     vjp_uses_inputs = vjp_uses_out = False
     fuse_vjp = False

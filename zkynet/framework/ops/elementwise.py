@@ -34,6 +34,11 @@ __all__ = [
     "Relu",
     "LeakyRelu",
     "Gelu",
+    "Sin",
+    "Cos",
+    "Erf",
+    "Conj",
+    "Real",
     "Astype",
     "add",
     "sub",
@@ -56,6 +61,11 @@ __all__ = [
     "relu",
     "leaky_relu",
     "gelu",
+    "sin",
+    "cos",
+    "erf",
+    "conj",
+    "real",
     "astype",
 ]
 
@@ -66,6 +76,7 @@ __all__ = [
 class Add(Binary):
     """a + b"""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = False
     vjp_uses_out = False
     fuse_vjp = False
@@ -80,6 +91,7 @@ class Add(Binary):
 class Sub(Binary):
     """a - b"""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = False
     vjp_uses_out = False
     fuse_vjp = False
@@ -94,6 +106,7 @@ class Sub(Binary):
 class Mult(Binary):
     """a * b, elementwise"""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_out = False
 
     def call(self, a, b):
@@ -106,6 +119,8 @@ class Mult(Binary):
 class Div(Binary):
     """a / b"""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
+
     def call(self, a, b):
         return a.value / b.value
 
@@ -115,6 +130,8 @@ class Div(Binary):
 
 class Pow(Binary):
     """a ** b; d/db uses log(a), so it is defined for a > 0 (0 where a == 0, like JAX)."""
+
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
 
     def call(self, a, b):
         return a.value**b.value
@@ -157,6 +174,7 @@ class Minimum(Binary):
 class Where(Fused):
     """`a` where `condition` holds, else `b` (the condition gets no gradient)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
     input_names = ("condition", "a", "b")
@@ -172,6 +190,7 @@ class Where(Fused):
 
 
 class Neg(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = False
     vjp_uses_out = False
     fuse_vjp = False
@@ -184,6 +203,7 @@ class Neg(Unary):
 
 
 class Square(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_out = False
 
     def call(self, x):
@@ -194,6 +214,7 @@ class Square(Unary):
 
 
 class Sqrt(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = False
 
     def call(self, x):
@@ -204,6 +225,7 @@ class Sqrt(Unary):
 
 
 class Exp(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = False
 
     def call(self, x):
@@ -214,6 +236,7 @@ class Exp(Unary):
 
 
 class Log(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_out = False
 
     def call(self, x):
@@ -224,18 +247,25 @@ class Log(Unary):
 
 
 class Abs(Unary):
+    """|x|; for complex x its rule is g conj(x) / |x|, JAX's convention (zkynet/framework/ops/__init__.py)."""
+
+    complex_rule = True
     vjp_uses_out = False
 
     def call(self, x):
         return jnp.abs(x.value)
 
     def vjp(self, g, out, x):
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            size = xp.abs(x.value)
+            return (g * xp.conj(x.value) / xp.where(xp.equal(size, 0), 1, size),)
         return (g * xp.sign(x.value),)
 
 
 class Sign(Unary):
     """-1, 0 or 1: piecewise constant, so no gradient (what Abs's rule multiplies by)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = vjp_uses_out = False
     fuse_vjp = False
 
@@ -247,6 +277,7 @@ class Sign(Unary):
 
 
 class Tanh(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = False
 
     def call(self, x):
@@ -257,6 +288,7 @@ class Tanh(Unary):
 
 
 class Sigmoid(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = False
 
     def call(self, x):
@@ -337,10 +369,76 @@ class Gelu(Unary):
         return (g * slope,)
 
 
+class Sin(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
+    vjp_uses_out = False
+
+    def call(self, x):
+        return jnp.sin(x.value)
+
+    def vjp(self, g, out, x):
+        return (g * xp.cos(x.value),)
+
+
+class Cos(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
+    vjp_uses_out = False
+
+    def call(self, x):
+        return jnp.cos(x.value)
+
+    def vjp(self, g, out, x):
+        return (-(g * xp.sin(x.value)),)
+
+
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
+
+
+class Erf(Unary):
+    """The error function 2/sqrt(pi) * integral of exp(-t^2) from 0 to x."""
+
+    vjp_uses_out = False
+
+    def call(self, x):
+        return jax.scipy.special.erf(x.value)
+
+    def vjp(self, g, out, x):
+        return (g * (_TWO_OVER_SQRT_PI * xp.exp(-(x.value * x.value))),)
+
+
+class Conj(Unary):
+    """The complex conjugate (x itself for real x); its rule conjugates g (JAX's convention)."""
+
+    complex_rule = True
+    check_integer_overflow = False
+    vjp_uses_inputs = vjp_uses_out = False
+
+    def call(self, x):
+        return jnp.conj(x.value)
+
+    def vjp(self, g, out, x):
+        return (xp.conj(g),)
+
+
+class Real(Unary):
+    """The real part (x itself for real x); a real g goes back as a complex one."""
+
+    complex_rule = True
+    check_integer_overflow = False
+    vjp_uses_inputs = vjp_uses_out = False
+
+    def call(self, x):
+        return jnp.real(x.value)
+
+    def vjp(self, g, out, x):
+        return (xp.astype(g, x.dtype) if jnp.issubdtype(x.dtype, jnp.complexfloating) else g,)
+
+
 class Astype(Unary):
     """x in another dtype; the cotangent goes back in x's own (how mixed precision
     hands a bfloat16 model's output to a float32 loss)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = False  # the input's dtype only
     vjp_uses_out = False
     fuse_vjp = False
@@ -353,6 +451,10 @@ class Astype(Unary):
         return x.value.astype(self.dtype)
 
     def vjp(self, g, out, x):
+        if not jnp.issubdtype(x.dtype, jnp.inexact):  # an integer's gradient stays a float (graph.py)
+            return (g,)
+        if jnp.issubdtype(g.dtype, jnp.complexfloating) and not jnp.issubdtype(x.dtype, jnp.complexfloating):
+            g = xp.real(g)  # complex -> real: the real part, as JAX's convention
         return (xp.astype(g, x.dtype),)
 
 
@@ -362,6 +464,8 @@ add, sub, mult, div, pow = Add(), Sub(), Mult(), Div(), Pow()
 maximum, minimum, where = Maximum(), Minimum(), Where()
 neg, square, sqrt, exp, log, abs, sign = Neg(), Square(), Sqrt(), Exp(), Log(), Abs(), Sign()
 tanh, sigmoid, softplus, relu = Tanh(), Sigmoid(), Softplus(), Relu()
+sin, cos, erf = Sin(), Cos(), Erf()
+conj, real = Conj(), Real()
 
 
 def leaky_relu(x: NodeLike, negative_slope: float = 0.01) -> Node:

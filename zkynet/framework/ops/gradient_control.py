@@ -11,6 +11,7 @@ class StopGradient(Unary):
     """x itself, with no gradient flowing back into x (a target network's output, the
     shift of a numerically stable softmax, a straight-through estimator's detour)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # x itself
     vjp_uses_inputs = vjp_uses_out = False
     fuse_call = fuse_vjp = False

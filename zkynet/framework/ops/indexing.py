@@ -31,7 +31,19 @@ from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Fused
 from zkynet.framework.slice_cotangent import SliceCotangent
 
-__all__ = ["Getitem", "Take", "IndexAdd", "ScatterAdd", "getitem", "take", "scatter_add"]
+__all__ = [
+    "Getitem",
+    "Take",
+    "IndexAdd",
+    "ScatterAdd",
+    "TakeAlongAxis",
+    "AddAlongAxis",
+    "getitem",
+    "take",
+    "scatter_add",
+    "take_along_axis",
+    "add_along_axis",
+]
 
 
 class _Position:
@@ -51,6 +63,7 @@ class Getitem(Fused):
     instead of compiling them in, so x[0], x[1], ... (a loop over time steps)
     share one computation; `key` keeps a placeholder where each one stood."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_inputs = False  # only `positions`, a constant that is rebuilt with the graph
     vjp_uses_out = False
     check_integer_overflow = False  # only moves elements
@@ -127,6 +140,7 @@ class IndexAdd(Fused):
     out-of-range ones are dropped): the transpose of getitem, which its rule builds for
     keys other than slices and integers. `key` and `positions` are getitem's."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # a sum of integers may wrap, as x.at[key].add does in JAX
     vjp_uses_inputs = vjp_uses_out = False
     input_names = ("x", "update", "positions")
@@ -257,6 +271,7 @@ class Take(Fused):
     Concrete indices out of range are refused; traced ones read NaN (see the module
     docstring)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     vjp_uses_out = False
     check_integer_overflow = False  # only moves elements
     input_names = ("x", "indices")
@@ -299,6 +314,7 @@ class ScatterAdd(Fused):
     x.at[indices].add(updates) for axis 0, the transpose of take. Repeated indices add
     up; concrete out-of-range indices are refused, traced ones dropped."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # a sum of integers may wrap, as x.at[i].add does in JAX
     vjp_uses_inputs = vjp_uses_out = False
     input_names = ("x", "indices", "updates")
@@ -321,13 +337,123 @@ class ScatterAdd(Fused):
 
     def call(self, x, indices, updates):
         if self.axis is None:
-            return x.value.reshape(-1).at[indices.value].add(updates.value).reshape(x.shape)
-        return x.value.at[self._where_key(x, indices.value)].add(updates.value)
+            result = x.value.reshape(-1).at[indices.value].add(updates.value).reshape(x.shape)
+            return _poisoned(result, indices.value, x.value.size)
+        result = x.value.at[self._where_key(x, indices.value)].add(updates.value)
+        return _poisoned(result, indices.value, x.shape[int(self.axis) % x.ndim])
 
     def vjp(self, g, out, x, indices, updates):
         if xp.on_nodes(g):
             return g, None, Take(self.axis)(g, indices.value)
         return g, None, jnp.take(g, indices.value, axis=self.axis, mode="fill")
+
+
+def _poisoned(result, indices, size):
+    """`result`, NaN everywhere if a traced index is out of range (the module docstring's
+    rule for writes); concrete indices were checked already."""
+    if not isinstance(indices, jax.core.Tracer) or not jnp.issubdtype(result.dtype, jnp.inexact):
+        return result
+    bad = jnp.any((indices < -size) | (indices >= size))
+    return jnp.where(bad, jnp.asarray(jnp.nan, result.dtype), result)
+
+
+def _check_along_axis(op, x, indices, axis, shape_of_updates=None):
+    """The checks take_along_axis and add_along_axis share: integer indices with x's rank,
+    other axes that broadcast, an axis in range, concrete indices in range."""
+    where = op._where()
+    if not jnp.issubdtype(indices.dtype, jnp.integer):
+        raise ValueTypeError(
+            f"{where}: indices must be integers, got {_describe(indices)}; convert them, e.g. indices.astype(int)"
+        )
+    if not isinstance(axis, numbers.Integral) or not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"{where}: axis {axis!r} is out of range for the input {_describe(x)} ({x.ndim} axes)")
+    axis = int(axis) % x.ndim
+    if indices.ndim != x.ndim:
+        raise ShapeError(
+            f"{where}: indices {_describe(indices)} must have as many axes as x {_describe(x)} "
+            "(take_along_axis pairs them axis by axis; add size-1 axes to broadcast)"
+        )
+    for a, (n, m) in enumerate(zip(x.shape, indices.shape, strict=True)):
+        if a != axis and n != m and 1 not in (n, m) and shape_of_updates is None:
+            raise ShapeError(f"{where}: x {_describe(x)} and indices {_describe(indices)} differ on axis {a}")
+    if shape_of_updates is not None:
+        expected = tuple(m if a == axis else n for a, (n, m) in enumerate(zip(x.shape, indices.shape, strict=True)))
+        if not _broadcasts(indices.shape, expected) or tuple(shape_of_updates) != expected:
+            raise ShapeError(
+                f"{where}: updates shaped {list(shape_of_updates)} must be x's shape {list(x.shape)} with axis "
+                f"{axis} as long as the indices' ({list(expected)}), and the indices {_describe(indices)} must "
+                "broadcast to it"
+            )
+    if _is_concrete(indices.value):
+        _check_range(np.asarray(indices.value), x.shape[axis], axis, x, where, "index")
+    return axis
+
+
+class TakeAlongAxis(Fused):
+    """x's elements at integer `indices` along `axis`, paired axis by axis with x's other axes
+    (jnp.take_along_axis; size-1 axes broadcast): what sort, argmax and top-k indices read.
+    Concrete indices out of range are refused; traced ones read NaN (module docstring)."""
+
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
+    vjp_uses_out = False
+    check_integer_overflow = False  # only moves elements
+    input_names = ("x", "indices")
+
+    def __init__(self, axis):
+        super().__init__()
+        self.axis = axis
+
+    def check(self, x, indices):
+        _check_along_axis(self, x, indices, self.axis)
+
+    def call(self, x, indices):
+        return jnp.take_along_axis(x.value, indices.value, axis=self.axis, mode="fill")
+
+    def vjp(self, g, out, x, indices):
+        axis = int(self.axis) % x.ndim
+        shape = tuple(x.shape[a] if a == axis else n for a, n in enumerate(g.shape))
+        return xp.add_along_axis(xp.zeros(shape, g.dtype), indices.value, g, axis), None
+
+
+class AddAlongAxis(Fused):
+    """x with `updates` added at integer `indices` along `axis` (the transpose of
+    take_along_axis: updates shaped like take_along_axis(x, indices, axis)). Repeated
+    indices add up; concrete ones out of range are refused, traced ones make the result
+    NaN (module docstring)."""
+
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
+    check_integer_overflow = False  # a sum of integers may wrap, as x.at[i].add does in JAX
+    vjp_uses_inputs = vjp_uses_out = False
+    input_names = ("x", "indices", "updates")
+
+    def __init__(self, axis):
+        super().__init__()
+        self.axis = axis
+
+    def check(self, x, indices, updates):
+        _check_along_axis(self, x, indices, self.axis, updates.shape)
+
+    def call(self, x, indices, updates):
+        axis = int(self.axis) % x.ndim
+        index = jnp.broadcast_to(indices.value, updates.shape)
+        result = x.value.at[xp.along_axis_key(index, axis, x.ndim)].add(updates.value, mode="drop")
+        return _poisoned(result, indices.value, x.shape[axis])
+
+    def vjp(self, g, out, x, indices, updates):
+        return g, None, xp.take_along_axis(g, jnp.broadcast_to(indices.value, updates.shape), int(self.axis))
+
+
+def take_along_axis(x: NodeLike, indices: NodeLike, axis: int) -> Node:
+    """x's elements at `indices` along `axis`, as jnp.take_along_axis (indices have x's
+    rank; other axes broadcast). The indices get no gradient; out-of-range ones raise
+    IndexOutOfRangeError when concrete and read NaN when traced (module docstring)."""
+    return TakeAlongAxis(axis)(x, indices)
+
+
+def add_along_axis(x: NodeLike, indices: NodeLike, updates: NodeLike, axis: int) -> Node:
+    """x with `updates` added at `indices` along `axis` (the transpose of take_along_axis:
+    updates shaped like its result); repeated indices add up."""
+    return AddAlongAxis(axis)(x, indices, updates)
 
 
 def _taken_shape(shape, indices_shape, axis):

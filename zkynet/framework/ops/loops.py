@@ -8,7 +8,7 @@ import numpy as np
 from jax import lax
 
 from zkynet.framework.builder import NodeLike
-from zkynet.framework.graph import Node, OperatorNode, ParameterNode
+from zkynet.framework.graph import Node, OperatorNode, ParameterNode, context
 from zkynet.framework.module import Module, build_graph
 from zkynet.framework.operator import Operator
 from zkynet.framework.ops.linalg import Matmul
@@ -39,7 +39,16 @@ class Scan(Operator):
     Inputs: *xs, *initial carry, *the cell's parameters (so their gradients flow).
     """
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     variadic = True
+    # The rule is a lax.scan over arrays: it cannot run on nodes (backward_graph reads these)
+    differentiable_rule = False
+    differentiable_rule_advice = (
+        "op.scan's backward pass is one reverse lax.scan over arrays, not a graph of operators. For "
+        "derivatives of derivatives through a recurrent model, unroll the loop so that every step is "
+        "a graph of its own (Recurrent(..., unroll=True), or a Python loop calling the cell per step); "
+        "op.fori_loop with a fixed trip count unrolls a bounded loop the same way"
+    )
 
     def __init__(self, cell, n_xs, n_carry):
         super().__init__()
@@ -68,14 +77,15 @@ class Scan(Operator):
 
     def forward(self, *nodes):
         xs, carry, params = self._parts([n.value for n in nodes])
+        keep = context.grad_enabled  # inside cg.no_grad() nothing will read the activations
 
         def step(carry, xs_t):
             graph, computed = self._step(xs_t, carry, params)
             new = tuple(root.value for root in graph.roots)
-            return new, (jnp.concatenate(new, axis=-1), tuple(n.value for n in computed))
+            return new, (jnp.concatenate(new, axis=-1), tuple(n.value for n in computed) if keep else ())
 
         ys, activations = lax.scan(step, tuple(carry), tuple(xs))[1]
-        return ys, activations
+        return ys, activations if keep else None
 
     def vjp(self, g, out, *nodes, saved=None):
         xs, carry, params = self._parts([n.value for n in nodes])

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from zkynet.framework import xp
 from zkynet.framework.builder import NodeLike
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Fused
@@ -13,7 +14,8 @@ __all__ = ["Dropout", "dropout"]
 class Dropout(Fused):
     """Zero each element with probability `rate`, scale the rest by 1/(1 - rate).
     The mask comes from the PRNG `key` input, so a step is reproducible (and the
-    backward pass recomputes the same mask instead of storing it)."""
+    backward pass recomputes the same mask instead of storing it). The rule is g masked
+    and scaled: linear in g with a constant mask, so it runs on nodes as it is."""
 
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_out = False
@@ -31,7 +33,7 @@ class Dropout(Fused):
     def _kept(self, x, key, values):
         """`values` / (1 - rate) where the mask keeps, else 0. A traced rate (a Population
         member's own) is a float32 array: cast to x's dtype, so that bfloat16 stays bfloat16."""
-        return jnp.where(self._keep(x, key), values / jnp.asarray(1 - self.rate, x.dtype), 0)
+        return xp.where(self._keep(x, key), values / jnp.asarray(1 - self.rate, x.dtype), 0)
 
     def call(self, x, key):
         return self._kept(x, key, x.value)

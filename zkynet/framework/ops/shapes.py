@@ -20,16 +20,19 @@ __all__ = [
     "Concat",
     "Stack",
     "Pad",
+    "Flip",
     "reshape",
     "transpose",
     "broadcast_to",
     "concat",
     "stack",
     "pad",
+    "flip",
 ]
 
 
 class Reshape(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
@@ -49,6 +52,7 @@ class Reshape(Unary):
 class Transpose(Unary):
     """Permute axes (reverse them by default)."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
@@ -67,6 +71,7 @@ class Transpose(Unary):
 
 
 class BroadcastTo(Unary):
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
@@ -86,6 +91,7 @@ class BroadcastTo(Unary):
 class Concat(Fused):
     """Join inputs along an existing axis."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
@@ -106,6 +112,7 @@ class Concat(Fused):
 class Stack(Fused):
     """Join inputs along a new axis."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = False
     vjp_uses_out = False
@@ -128,6 +135,7 @@ class Pad(Unary):
     lax.pad (a negative low or high crops). Its transpose is a strided slice; it is the
     transpose of one too, which is how getitem's and pooling's rules place gradients."""
 
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
     check_integer_overflow = False  # selects or moves elements: cannot overflow
     vjp_uses_inputs = vjp_uses_out = False
 
@@ -146,6 +154,35 @@ class Pad(Unary):
         if any(interior for _, _, interior in self.config):
             g = g[tuple(slice(None, None, interior + 1) for _, _, interior in self.config)]
         return (g,)
+
+
+class Flip(Unary):
+    """x reversed along `axes` (jnp.flip); its transpose is itself."""
+
+    complex_rule = True  # JAX's convention (see Operator.complex_rule)
+    check_integer_overflow = False  # selects or moves elements: cannot overflow
+    vjp_uses_inputs = vjp_uses_out = False
+
+    def __init__(self, axes):
+        super().__init__()
+        self.axes = axes
+
+    def check(self, x):
+        axes = (self.axes,) if isinstance(self.axes, numbers.Integral) else self.axes
+        if axes is not None and any(not -x.ndim <= a < x.ndim for a in axes):
+            raise ShapeError(f"{self._where()}: axes {self.axes} out of range for an input shaped {list(x.shape)}")
+
+    def call(self, x):
+        return jnp.flip(x.value, self.axes)
+
+    def vjp(self, g, out, x):
+        return (xp.flip(g, self.axes),)
+
+
+def flip(x: NodeLike, axis: int | Sequence[int] | None = None) -> Node:
+    """x reversed along `axis` (an int, several, or None: every axis), as jnp.flip."""
+    axes = axis if axis is None or isinstance(axis, int) else tuple(int(a) for a in axis)
+    return Flip(axes)(x)
 
 
 def reshape(x: NodeLike, shape: int | Sequence[int]) -> Node:
@@ -177,6 +214,7 @@ def pad(x: NodeLike, pad_width: int | Sequence[int] | Sequence[Sequence[int]]) -
     """x with zeros around it, as jnp.pad: `pad_width` is one int for every side, a
     (before, after) pair for every axis, or one pair per axis. Widths are never negative."""
     node = as_node(x)
+    where = Pad(())._where()
     widths = np.asarray(pad_width, dtype=object)
     try:
         if widths.ndim == 0 or widths.shape == (2,):
@@ -187,9 +225,12 @@ def pad(x: NodeLike, pad_width: int | Sequence[int] | Sequence[Sequence[int]]) -
         pairs, integral = [], False
     if not integral or len(pairs) != node.ndim:
         raise ShapeError(
-            f"pad: pad_width must be an int, a (before, after) pair or one pair per axis of the input "
+            f"{where}: pad_width must be an int, a (before, after) pair or one pair per axis of the input "
             f"{node.dtype}{list(node.shape)}, got {pad_width!r}"
         )
     if any(lo < 0 or hi < 0 for lo, hi in pairs):
-        raise ShapeError(f"pad: widths must not be negative, got {pad_width!r} (to crop, slice: x[1:-1])")
+        raise ShapeError(
+            f"{where}: widths must not be negative, got {pad_width!r} for the input {node.dtype}{list(node.shape)} "
+            "(to crop, slice: x[1:-1])"
+        )
     return Pad([(lo, hi, 0) for lo, hi in pairs])(node)

@@ -1,7 +1,6 @@
 """Attention as one operator: softmax(q k^T * scale, masked) v."""
 
-import jax.numpy as jnp
-
+from zkynet.framework import xp
 from zkynet.framework.builder import NodeLike
 from zkynet.framework.graph import Node
 from zkynet.framework.operator import Operator
@@ -20,7 +19,10 @@ class Attention(Operator):
     matmul, for its backward rule: with P the probabilities and O the output,
     dS = P (dP - rowsum(dO O)) uses a rowsum over d (FlashAttention's identity)
     instead of softmax's over T x T, and the scaling and masking cost no passes of
-    their own. The forward keeps P (what the rule reads, besides q, k, v)."""
+    their own. The forward keeps P (what the rule reads, besides q, k, v).
+
+    Forward and rule are written with xp: for derivatives of derivatives the graph runs
+    `forward` on nodes to rebuild P as a node, then the rule on nodes."""
 
     variadic = True
 
@@ -29,22 +31,22 @@ class Attention(Operator):
         self.scale = scale
 
     def forward(self, q, k, v, mask=None):
-        scores = jnp.matmul(q.value, jnp.swapaxes(k.value, -1, -2)) * self.scale
+        scores = xp.matmul(q.value, xp.swapaxes(k.value, -1, -2)) * self.scale
         if mask is not None:
-            scores = jnp.where(mask.value, scores, MASKED)
+            scores = xp.where(mask.value, scores, MASKED)
         _, shifted, log_total = _log_normalizer(scores, -1)
-        probabilities = jnp.exp(shifted - log_total)
-        return jnp.matmul(probabilities, v.value), probabilities
+        probabilities = xp.exp(shifted - log_total)
+        return xp.matmul(probabilities, v.value), probabilities
 
     def vjp(self, g, out, q, k, v, mask=None, saved=None):
         p = saved
-        d_v = jnp.matmul(jnp.swapaxes(p, -1, -2), g)
-        d_scores = p * (jnp.matmul(g, jnp.swapaxes(v.value, -1, -2)) - jnp.sum(g * out, axis=-1, keepdims=True))
+        d_v = xp.matmul(xp.swapaxes(p, -1, -2), g)
+        d_scores = p * (xp.matmul(g, xp.swapaxes(v.value, -1, -2)) - xp.sum(g * out, axis=-1, keepdims=True))
         if mask is not None:  # a fully masked row has uniform p, but its scores were constants
-            d_scores = jnp.where(mask.value, d_scores, 0)
+            d_scores = xp.where(mask.value, d_scores, 0)
         d_scores = d_scores * self.scale
-        d_q = jnp.matmul(d_scores, k.value)
-        d_k = jnp.matmul(jnp.swapaxes(d_scores, -1, -2), q.value)
+        d_q = xp.matmul(d_scores, k.value)
+        d_k = xp.matmul(xp.swapaxes(d_scores, -1, -2), q.value)
         return (d_q, d_k, d_v) + ((None,) if mask is not None else ())
 
 
