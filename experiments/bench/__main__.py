@@ -1,11 +1,11 @@
-"""python -m experiments.bench {core,train,tracking,sweep} [options]"""
+"""python -m experiments.bench {core,train,tracking,sweep,data} [options]"""
 
 import argparse
 
 from experiments import tracking as mlflow_tracking
-from experiments.bench import core, sweep, tracking, train
+from experiments.bench import core, data, sweep, tracking, train
 
-BENCHMARKS = {"core": core, "train": train, "tracking": tracking, "sweep": sweep}
+BENCHMARKS = {"core": core, "train": train, "tracking": tracking, "sweep": sweep, "data": data}
 
 
 def main(argv=None):
