@@ -134,7 +134,8 @@ class Ending:
 
     def _log_monitored(self):
         """What early stopping and a best checkpoint decided: tags stopped_early,
-        stopped_at_epoch, best_epoch, the metric best_<monitor>, checkpoints/best.npz."""
+        stopped_at_epoch, best_epoch, the metric best_<monitor> (checkpoints/best.npz is
+        stored as each best epoch ends: tracking.BestCheckpointLogger)."""
         tracker, trainer = self.tracker, self.trainer
         watchers = [
             c for c in trainer.callbacks if isinstance(c, (BestCheckpoint, EarlyStopping)) and c.best is not None
@@ -147,8 +148,6 @@ class Ending:
                     f"after epoch {callback.stopped_epoch} (best: epoch {callback.best_epoch})",
                     file=sys.stderr,
                 )
-            if isinstance(callback, BestCheckpoint) and Path(callback.path).exists():
-                tracker.log_checkpoint(callback.path, lineage.BEST_CHECKPOINT)
         if not watchers:
             return {}
         best = next((c for c in watchers if isinstance(c, BestCheckpoint)), watchers[0])

@@ -20,7 +20,16 @@ from experiments import artifacts, build, lineage, ownership, resume, schema
 from experiments.finish import Ending, RunResult
 from experiments.lifecycle import Run, RunTrainer
 from experiments.schema import ConfigError
-from experiments.tracking import PROJECT_ROOT, MetricsLogger, Tracker, active, connect, default_tracking_uri, flatten
+from experiments.tracking import (
+    PROJECT_ROOT,
+    BestCheckpointLogger,
+    MetricsLogger,
+    Tracker,
+    active,
+    connect,
+    default_tracking_uri,
+    flatten,
+)
 from zkynet import checkpoint
 from zkynet.data import DatasetFileError, DatasetNotFoundError
 from zkynet.training import BestCheckpoint, Callback, Checkpointer, EarlyStopping, NanGuard, ProgressReport, Trainer
@@ -138,18 +147,30 @@ def _ordered(cfg, configured, extra, tracker, task, current):
     """The run's callbacks, in the order they see each hook: yours first (what they add to
     the epoch's record is then logged, checkpointed and can be monitored), then the
     tracker's logger, the objective check, the standard watchers (progress, NaN guard,
-    checkpoints, early stopping) as configured, a sweep engine's, and last the signal
-    check (stops at a held Ctrl-C/SIGTERM once every other callback has seen the step).
-    A monitor (early stopping) without a best checkpoint gets one: the run's model is the
-    best epoch's."""
+    early stopping and the best checkpoint, then the last checkpoint, which holds what
+    they decided), a sweep engine's, and last the signal check (stops at a held
+    Ctrl-C/SIGTERM once every other callback has seen the step). A monitor (early
+    stopping) without a best checkpoint gets one: the run's model is the best epoch's."""
     yours = [c for c in configured if not isinstance(c, WATCHERS)]
-    watchers = [c for c in configured if isinstance(c, WATCHERS)]
+    watchers: list[Callback] = sorted((c for c in configured if isinstance(c, WATCHERS)), key=_rank)
     stopping = next((c for c in watchers if isinstance(c, EarlyStopping)), None)
     if stopping is not None and not any(isinstance(c, BestCheckpoint) for c in watchers):
         path = Path(cfg.output_dir) / lineage.BEST_CHECKPOINT
-        watchers.append(BestCheckpoint(path, stopping.monitor, stopping.mode, stopping.min_delta))
+        watchers.insert(
+            watchers.index(stopping) + 1, BestCheckpoint(path, stopping.monitor, stopping.mode, stopping.min_delta)
+        )
+    if tracker is not None:
+        for best in [c for c in watchers if isinstance(c, BestCheckpoint)]:
+            watchers.insert(watchers.index(best) + 1, BestCheckpointLogger(tracker, best))
     logger = [MetricsLogger(tracker, cfg.trainer.log_every_n_steps)] if tracker is not None else []
     return [*yours, *logger, ObjectiveCheck(task.objective), *watchers, *extra, current.signal_check]
+
+
+def _rank(callback):
+    """Progress and the NaN guard, then the monitors, then the last checkpoint (which keeps their state)."""
+    return (
+        2 if isinstance(callback, Checkpointer) else 1 if isinstance(callback, (EarlyStopping, BestCheckpoint)) else 0
+    )
 
 
 def _checked(cfg, client, uri):
@@ -199,6 +220,11 @@ def _settled(cfg):
             cfg.output_dir = str(PROJECT_ROOT / "outputs" / stamp)
         if not cfg.get("run_name"):
             cfg.run_name = lineage.run_name(cfg.model._target_.rsplit(".", 1)[-1].lower(), cfg.dataset.name)
+        for key in ("path", "test_path"):  # your data's files, wherever the run (or its resume) runs
+            if key in cfg.dataset and not OmegaConf.is_missing(cfg.dataset, key):
+                value = cfg.dataset[key]
+                if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                    cfg.dataset[key] = str(Path(value).expanduser().absolute())
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     return cfg
 

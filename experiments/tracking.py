@@ -390,6 +390,19 @@ class MetricsLogger(Callback):
         self.tracker.log_checkpoint(path)
 
 
+class BestCheckpointLogger(Callback):
+    """Stores `best`'s file (a BestCheckpoint) in the run each epoch it saves one: placed
+    before the Checkpointer, the best epoch's state is in the store before a last
+    checkpoint that says which epoch was best, so a resumed run finds it."""
+
+    def __init__(self, tracker, best):
+        self.tracker, self.best = tracker, best
+
+    def on_epoch_end(self, trainer, epoch, record):
+        if self.best.best_epoch == record["epoch"] and Path(self.best.path).exists():
+            self.tracker.log_checkpoint(self.best.path, lineage.BEST_CHECKPOINT)
+
+
 def tracker_of(trainer: TrainingLoop) -> Tracker | None:
     """The Tracker a run's callbacks log to (its MetricsLogger's), or None when the run
     is not tracked."""

@@ -142,6 +142,28 @@ def test_the_runs_model_is_the_best_epochs_and_the_last_stays_available(runner, 
     np.testing.assert_allclose(served, zkynet.framework.compile.forward(result.model)(x), rtol=1e-6)
 
 
+def test_a_resumed_run_keeps_its_best_epoch_and_its_patience(runner, monkeypatch, tmp_path):
+    settings = (
+        "callbacks=[default,early_stopping]",
+        "trainer.epochs=6",
+        "callbacks.early_stopping.patience=2",
+        "callbacks.early_stopping.min_delta=10",  # only epoch 1 improves: stop after epoch 3
+    )
+    monkeypatch.setattr("experiments.build.callbacks", _with(SignalAt(signal.SIGTERM, epoch=2)))
+    with pytest.raises(KeyboardInterrupt):
+        runner(*settings)
+    (run,) = runner.runs()
+    monkeypatch.undo()
+    result = runner(f"trainer.resume={run.info.run_id}")
+    done = runner.client.get_run(run.info.run_id)
+    assert done.data.tags["stopped_at_epoch"] == "3" and done.data.metrics["epoch"] == 3  # the patience went on
+    assert result.model_epoch == result.best_epoch == 1 and done.data.tags["best_epoch"] == "1"
+    best = runner.client.download_artifacts(run.info.run_id, "checkpoints/best.npz", str(tmp_path))
+    assert int(checkpoint.load(best)["meta"]["epoch"]) == 1
+    for name, value in checkpoint.load(best)["params"].items():  # the model is epoch 1's, trained before the stop
+        np.testing.assert_array_equal(np.asarray(result.model.named_parameters()[name].value), value)
+
+
 def test_zkynet_load_finds_the_projects_store_from_any_folder_and_names_the_stores_searched(
     runner, tmp_path, monkeypatch
 ):
