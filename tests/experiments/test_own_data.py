@@ -4,14 +4,14 @@
 refused by name before any MLflow run exists."""
 
 import re
-import resource
 
 import numpy as np
 import pytest
 
 from experiments.schema import ConfigError
 from tests.fixtures.own_work import digits_arrays
-from zkynet.data import Batches, DatasetFileError, MappedArray, Split
+from zkynet.data import Batches, DatasetFileError, MappedArray, load_npy
+from zkynet.training.trainer import check_finite
 
 LOADERS = "dataset.loader._target_=tests.fixtures.own_work."
 
@@ -162,25 +162,44 @@ def _rss_mb():
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
 
 
-def test_a_mapped_array_streams_a_file_larger_than_what_stays_in_memory(tmp_path):
-    rows, features = 64_000, 1024  # 256 MB of float32
-    path = tmp_path / "x.npy"
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, features))
+def test_a_folder_of_npy_files_streams_a_file_larger_than_what_stays_in_memory(tmp_path):
+    rows, features = 64_000, 1024  # x_train.npy: 256 MB of float32, each row filled with its own number
+    array = np.lib.format.open_memmap(tmp_path / "x_train.npy", mode="w+", dtype=np.float32, shape=(rows, features))
     for start in range(0, rows, 8000):
         array[start : start + 8000] = np.arange(start, start + 8000, dtype=np.float32)[:, None]
     array.flush()
     del array
-    mapped = MappedArray(path)
-    labels = np.arange(rows, dtype=np.int32)
-    before = _rss_mb()
-    peak = before
+    np.save(tmp_path / "y_train.npy", np.arange(rows, dtype=np.int32) % 10)
+    np.save(tmp_path / "x_validation.npy", np.zeros((100, features), np.float32))
+    np.save(tmp_path / "y_validation.npy", np.zeros(100, np.int32))
+    before = peak = _rss_mb()
+    data = load_npy(tmp_path)  # checked as the contract says (labels' range read in chunks)
+    check_finite(data)  # what a Trainer does first: one pass over the whole file
+    peak = max(peak, _rss_mb())
+    assert isinstance(data.train.inputs, MappedArray) and isinstance(data.train.targets, np.ndarray)
     seen = 0
-    for x, y in Batches(Split(mapped, labels), 256, seed=0).epoch(0):
+    for x, y in Batches(data.train, 256, seed=0).epoch(0):
         x, y = np.asarray(x), np.asarray(y)
-        assert (x[:, 0] == y).all() and (x[:, -1] == y).all()  # each row is its own, whatever the shuffle
+        assert (x[:, 0] % 10 == y).all() and (x[:, 0] == x[:, -1]).all()  # whole rows, each its own
         seen += len(x)
         peak = max(peak, _rss_mb())
-    assert seen == rows and peak - before < 64  # MB: a few batches, not the 256 MB file
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+    assert seen == rows and peak - before < 128  # MB: a chunk and a few batches, not the 256 MB file
     with pytest.raises(IndexError):
-        mapped[rows]
+        data.train.inputs[rows]
+
+
+def test_a_mapped_array_reads_like_the_array_it_holds(tmp_path):
+    array = np.arange(5000 * 7, dtype=np.float32).reshape(5000, 7)
+    np.save(tmp_path / "a.npy", array)
+    mapped = MappedArray(tmp_path / "a.npy")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        rows = rng.permutation(5000)[:1500]  # more than one positional read's 1024 buffers
+        np.testing.assert_array_equal(mapped[rows], array[rows])
+    np.testing.assert_array_equal(mapped[10:2000], array[10:2000])
+    np.testing.assert_array_equal(mapped[-1], array[-1])
+    np.testing.assert_array_equal(mapped[:2, 3], array[:2, 3])
+    np.testing.assert_array_equal(np.asarray(mapped), array)
+    subset = mapped.subset(np.arange(100, 200)).astype(np.float64).reshape(100, 7, 1)
+    assert subset[5:7].dtype == np.float64 and subset.shape == (100, 7, 1)
+    np.testing.assert_array_equal(subset[5:7, :, 0], array[105:107])

@@ -36,6 +36,7 @@ SPLITS = ("train", "validation", "test")
 REQUIRED = ("x_train", "y_train", "x_validation", "y_validation")
 NAMES = (*REQUIRED, "x_test", "y_test")
 LAYOUTS = ("flat", "image", "tokens")
+IN_MEMORY_BYTES = 64 << 20  # load_npy reads smaller files whole (targets, a validation split)
 
 
 def load_npz(path, layout="flat"):
@@ -61,7 +62,8 @@ def load_npy(path, layout="flat"):
     arrays = {}
     for file in sorted(folder.glob("*.npy")):
         try:
-            arrays[file.stem] = MappedArray(file)
+            mapped = MappedArray(file)
+            arrays[file.stem] = mapped if mapped.nbytes > IN_MEMORY_BYTES else mapped[:]  # labels: in memory
         except MappedFileError as e:
             raise DatasetFileError(str(e)) from None
     return from_arrays(arrays, folder.name, layout, f"{folder}/", ".npy files")
@@ -257,9 +259,9 @@ def _column_array(frame, columns, path):
 
 
 def _check_array(key, array, where):
-    dtype = np.dtype(getattr(array, "dtype", np.asarray(array).dtype)) if not isinstance(array, (list, tuple)) else None
-    if dtype is None or not hasattr(array, "shape"):
+    if not hasattr(array, "shape") or not hasattr(array, "dtype"):
         raise DatasetFileError(f"{where}: {key} is a {type(array).__name__}, not an array (np.asarray it first)")
+    dtype = np.dtype(array.dtype)
     if dtype.kind not in "biuf":
         what = "text" if dtype.kind in "US" else "Python objects" if dtype.kind == "O" else f"dtype {dtype}"
         raise DatasetFileError(

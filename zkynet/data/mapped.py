@@ -157,10 +157,21 @@ class MappedArray:
                 groups = [views[i : i + IOV_MAX] for i in range(0, len(views), IOV_MAX)]
             position = self.offset + int(ordered[run[0]]) * self.row_bytes
             for buffers in groups:
-                wanted = sum(b.nbytes for b in buffers)
-                if os.preadv(fd, buffers, position) != wanted:
-                    raise MappedFileError(f"{self.path} was cut short while reading it; write it again")
-                position += wanted
+                position = self._read_into(fd, buffers, position)
+
+    def _read_into(self, fd, buffers, position):
+        """Fill `buffers` from `position` on; a read may return less than asked (Linux
+        reads at most about 2 GB at once): go on where it stopped. Returns the position
+        after them."""
+        done = os.preadv(fd, buffers, position)
+        wanted = sum(b.nbytes for b in buffers)
+        while done < wanted:
+            if done == 0 and wanted:
+                raise MappedFileError(f"{self.path} was cut short while reading it; write it again")
+            position, wanted = position + done, wanted - done
+            buffers = _after(buffers, done)
+            done = os.preadv(fd, buffers, position)
+        return position + done
 
     def _file(self):
         if self._fd is None:
@@ -174,6 +185,18 @@ class MappedArray:
         fd = getattr(self, "_fd", None)
         if fd is not None:
             os.close(fd)
+
+
+def _after(buffers, count):
+    """`buffers` without their first `count` bytes."""
+    rest = []
+    for buffer in buffers:
+        if count >= buffer.nbytes:
+            count -= buffer.nbytes
+            continue
+        rest.append(buffer[count:] if count else buffer)
+        count = 0
+    return rest
 
 
 def _row(i, count):
