@@ -66,6 +66,38 @@ def claim(client, uri, run_id, attempt=1):
         return _claim_remotely(client, run_id, attempt)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{run_id}.lock"
+    holder = f"pid {os.getpid()} on {socket.gethostname()}".encode()
+    fd = _locked_new_file(folder, holder)
+    try:
+        os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)  # appears locked: never seen unheld
+    except OSError:  # there already (left by a process that died, or held now); or no /proc here
+        os.close(fd)
+        fd = _take_over(path, run_id)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder, 0)
+    held = Claim(path)
+    held._fd = fd
+    return held
+
+
+def _locked_new_file(folder, holder):
+    """A new, unnamed (O_TMPFILE) or temporary file in `folder`, locked, saying `holder`."""
+    try:
+        fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o644)
+    except (AttributeError, OSError):  # no O_TMPFILE here: a named temporary file, removed at once
+        name = folder / f".{os.getpid()}.{time.monotonic_ns()}.tmp"
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, holder, 0)
+        os.unlink(name)
+        return fd
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.pwrite(fd, holder, 0)
+    return fd
+
+
+def _take_over(path, run_id):
+    """The lock of an existing claim file, if its holder is gone; else RunClaimedError."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -78,13 +110,8 @@ def claim(client, uri, run_id, attempt=1):
                 "that one first, or wait for it to end"
             ) from None
         if _same_file(fd, path):  # not a file a releasing holder has just removed
-            break
+            return fd
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-    held = Claim(path)
-    held._fd = fd
-    return held
 
 
 def end_abandoned_runs(client, uri):

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from zkynet.data.downloaded import DatasetFileError
+
 CHUNK_BYTES = 64 << 20  # what `chunks` reads at a time
 IOV_MAX = 1024  # buffers per positional read (Linux's limit)
 
 
-class MappedFileError(ValueError):
+class MappedFileError(DatasetFileError):
     """A .npy file that cannot be read as an array of numbers; the message names it."""
 
 
