@@ -144,9 +144,9 @@ def _active(tracker):
 
 
 def _ordered(cfg, configured, extra, tracker, task, current):
-    """The run's callbacks, in the order they see each hook: yours first (what they add to
-    the epoch's record is then logged, checkpointed and can be monitored), then the
-    tracker's logger, the objective check, the standard watchers (progress, NaN guard,
+    """The run's callbacks, in the order they see each hook: the tracker's logger, yours
+    (what they add to the epoch's record is then logged, checkpointed and can be
+    monitored), the logger's tail (what they added), the objective check, the standard watchers (progress, NaN guard,
     early stopping and the best checkpoint, then the last checkpoint, which holds what
     they decided), a sweep engine's, and last the signal check (stops at a held
     Ctrl-C/SIGTERM once every other callback has seen the step). A monitor (early
@@ -162,8 +162,10 @@ def _ordered(cfg, configured, extra, tracker, task, current):
     if tracker is not None:
         for best in [c for c in watchers if isinstance(c, BestCheckpoint)]:
             watchers.insert(watchers.index(best) + 1, BestCheckpointLogger(tracker, best))
-    logger = [MetricsLogger(tracker, cfg.trainer.log_every_n_steps)] if tracker is not None else []
-    return [*yours, *logger, ObjectiveCheck(task.objective), *watchers, *extra, current.signal_check]
+    if tracker is None:
+        return [*yours, ObjectiveCheck(task.objective), *watchers, *extra, current.signal_check]
+    logger = MetricsLogger(tracker, cfg.trainer.log_every_n_steps)  # first and after yours: MetricsLogger says why
+    return [logger, *yours, logger.tail(), ObjectiveCheck(task.objective), *watchers, *extra, current.signal_check]
 
 
 def _rank(callback):

@@ -363,13 +363,15 @@ class Tracker:
 
 class MetricsLogger(Callback):
     """Sends a training run to its Tracker: per-batch metrics every `every` steps, the
-    metrics callbacks log (`trainer.log`), every epoch's record (the runner puts this
-    callback after yours, so what they add to it is there; `compile_seconds` once, after
-    the first epoch), and each checkpoint (after the metrics it covers)."""
+    metrics callbacks log (`trainer.log`), every epoch's record (`compile_seconds` once,
+    after the first epoch), and each checkpoint (after the metrics it covers). Put it
+    first: the epoch's record is queued before any callback can save a checkpoint that
+    covers it; `tail()` (put after your callbacks) logs what they added to the record."""
 
     def __init__(self, tracker, every):
         self.tracker, self.every = tracker, max(1, every)
         self._compile_logged = False
+        self._logged: set = set()  # the keys of this epoch's record logged already
 
     def on_fit_start(self, trainer):
         self._compile_logged = False
@@ -384,10 +386,26 @@ class MetricsLogger(Callback):
     def on_epoch_end(self, trainer, epoch, record):
         metrics = {k: v for k, v in record.items() if k != COMPILE_SECONDS or not self._compile_logged}
         self._compile_logged = self._compile_logged or COMPILE_SECONDS in record
+        self._logged = set(record)
         self.tracker.log_metrics(metrics, trainer.step)
 
     def on_checkpoint(self, trainer, path, meta):
         self.tracker.log_checkpoint(path)
+
+    def tail(self):
+        """The callback that logs the metrics callbacks before it added to the record."""
+        return _RecordTail(self)
+
+
+class _RecordTail(Callback):
+    def __init__(self, logger):
+        self.logger = logger
+
+    def on_epoch_end(self, trainer, epoch, record):
+        added = {k: v for k, v in record.items() if k not in self.logger._logged}
+        self.logger._logged |= set(added)
+        if added:
+            self.logger.tracker.log_metrics(added, trainer.step)
 
 
 class BestCheckpointLogger(Callback):
