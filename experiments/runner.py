@@ -11,6 +11,7 @@ owns it, so it always ends FINISHED, KILLED or FAILED.
 import copy
 import datetime
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +66,12 @@ def run(
         model = build.model(continued.cfg)  # built before any MLflow run: what they refuse is a ConfigError
         graph = build.check_fit(model, task, dataset, continued.cfg)
         optimizer = build.optimizer(continued.cfg, build.steps(continued.cfg, dataset))
-    except (ConfigError, DatasetNotFoundError, DatasetFileError) as e:
+    except BaseException as e:
         if continued is not None and continued.claim is not None:
-            continued.claim.release()
-        if client is not None and cfg.launch.sweep_run_id is not None:
+            continued.claim.release()  # refused: nobody trains it
+        refused = isinstance(e, (ConfigError, DatasetNotFoundError, DatasetFileError))
+        if refused and client is not None and cfg.launch.sweep_run_id is not None:
             _record_refused_trial(client, cfg, e)  # a sweep's trial is never lost, even one refused
-        raise
-    except BaseException:
-        if continued is not None and continued.claim is not None:
-            continued.claim.release()
         raise
     cfg = continued.cfg
     if state is not None:
@@ -138,8 +136,6 @@ def run(
 
 def _active(tracker):
     """MLflow's active run is the run's own while it trains and ends (mlflow.log_metric in a callback)."""
-    from contextlib import nullcontext
-
     return active(tracker) if tracker is not None else nullcontext()
 
 
