@@ -92,12 +92,13 @@ class Run:
 
     def track(self, claim=None, **tracker_arguments):
         """Start (or, with run_id and this process's `claim` on it, continue) the MLflow
-        run; no signal can interrupt this. A new run is claimed as it is created."""
+        run; no signal can interrupt this. A new run in an SQLite store is claimed as it is
+        created (elsewhere nobody can know its id yet: continuing it claims it)."""
         with self._signals.deferred():
             self.claim = claim
             self.tracker = Tracker(self.uri, **tracker_arguments)
             self.continued = tracker_arguments.get("run_id") is not None
-            if self.claim is None:
+            if self.claim is None and ownership.claims_folder(self.uri) is not None:  # its lock says it lives
                 self.claim = ownership.claim(self.tracker.client, self.uri, self.tracker.run_id)
         return self.tracker
 

@@ -283,3 +283,6 @@ def test_claims_are_released_and_a_held_claim_names_its_holder(runner):
     finally:
         held.release()
     assert runner.client.get_run(result.run_id).info.status == "FINISHED"
+    ownership._claim_remotely(runner.client, result.run_id, 2)  # a tracking server's claim: a parameter
+    with pytest.raises(ownership.RunClaimedError, match=f"run {result.run_id} was claimed by pid {os.getpid()}"):
+        ownership._claim_remotely(runner.client, result.run_id, 2)
