@@ -17,13 +17,15 @@ from zkynet.visual import plot_cg
 GRAPH_MAX_WIDTH = 1200  # pixels: about what MLflow's artifact preview shows unscaled on a 1920-pixel screen
 
 
-def graph_images(model, loss, batch, paths, title, depth="auto"):
+def graph_images(model, loss, batch, paths, title, depth="auto", graph=None):
     """The graph of loss(model(inputs), targets) on the first two examples of `batch`, in
     each of `paths` (graph.png, graph.svg), drawn top to bottom and at most GRAPH_MAX_WIDTH
     wide: MLflow's artifact preview is a narrow pane that shrinks a wide picture until its
-    labels cannot be read (the SVG zooms without blurring)."""
-    sample = [part[:2] for part in batch]
-    graph = Objective(model, loss)(*sample)
+    labels cannot be read (the SVG zooms without blurring). `graph`: that graph, if
+    already built."""
+    if graph is None:
+        sample = [part[:2] for part in batch]
+        graph = Objective(model, loss)(*sample)
     return [
         plot_cg(graph, save_path=str(path), title=title, depth=depth, rankdir="TB", max_width=GRAPH_MAX_WIDTH)
         for path in paths

@@ -2,9 +2,11 @@
 
 `with Run(...) as run:` owns the run's status, its signals, its errors and its
 summary. Inside the block, SIGTERM (`kill`) interrupts like Ctrl-C; the MLflow
-run is started with `run.track(...)` while signals wait, so no interruption can
-fall between creating the MLflow run and owning it, and during `run.training()`
-an interruption waits for the end of the current step. Leaving the block ends the
+run is started (and claimed: experiments.ownership) with `run.track(...)` while
+signals wait, so no interruption can fall between creating the MLflow run and
+owning it, and during `run.training()` an interruption waits for the end of the
+current step, where the run's Checkpointer saves the state it stopped at (so a
+resume trains no step twice and loses none). Leaving the block ends the
 run FINISHED, KILLED (an interrupt), FAILED (an exception, with the traceback
 logged) or SCHEDULED (Paused: to be continued), after the last checkpoint is written, and prints the summary; the
 exception, if any, goes on to the caller.
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from experiments import lineage
+from experiments import lineage, ownership
 from experiments.tracking import Tracker, TrackingError
 from zkynet.training import Callback, Checkpointer
 from zkynet.training.trainer import Record
@@ -60,6 +62,8 @@ class Run:
         self.trainer: RunTrainer | None = None  # set once built: its history and step go into the summary
         self.checkpointer: Checkpointer | None = None
         self.continued = False  # an existing MLflow run goes on
+        self.claim = None  # this process's claim on the MLflow run (experiments.ownership)
+        self.model_line: str | None = None  # which epoch the run's model is, for the summary
         self.start_step = 0
         self.status, self.error = "RUNNING", None
         self._started = time.perf_counter()
@@ -78,13 +82,24 @@ class Run:
 
     @property
     def signal_check(self):
-        return _SignalCheck(self._signals)
+        """The callback that stops training at a held signal (put it last: every other
+        callback has seen the step), saving the state first."""
+        return _SignalCheck(self._signals, self._save_where_stopped)
 
-    def track(self, **tracker_arguments):
-        """Start (or, with run_id, continue) the MLflow run; no signal can interrupt this."""
+    def _save_where_stopped(self, trainer):
+        if self.checkpointer is not None and self.checkpointer.started_step != trainer.step:
+            self.checkpointer.save(trainer)  # waited for when the run ends
+
+    def track(self, claim=None, **tracker_arguments):
+        """Start (or, with run_id and this process's `claim` on it, continue) the MLflow
+        run; no signal can interrupt this. A new run in an SQLite store is claimed as it is
+        created (elsewhere nobody can know its id yet: continuing it claims it)."""
         with self._signals.deferred():
+            self.claim = claim
             self.tracker = Tracker(self.uri, **tracker_arguments)
             self.continued = tracker_arguments.get("run_id") is not None
+            if self.claim is None and ownership.claims_folder(self.uri) is not None:  # its lock says it lives
+                self.claim = ownership.claim(self.tracker.client, self.uri, self.tracker.run_id)
         return self.tracker
 
     def __exit__(self, kind, error, trace):
@@ -104,7 +119,9 @@ class Run:
                     self.error = error
                     self._log_error(error)
                 self._finish_checkpoint()
-                self._end_tracking()
+                ended = self._end_tracking()
+                if self.claim is not None:
+                    self.claim.release(forget=ended)  # unended: a later process finds it abandoned, ends it
             finally:
                 self._signals.restore()
                 self._summary()
@@ -128,8 +145,9 @@ class Run:
             self._fail(e)
 
     def _end_tracking(self):
+        """End the MLflow run; whether it could be ended."""
         if self.tracker is None:
-            return
+            return True
         try:
             if self.continued and not self.trained and self.status != "FINISHED":
                 self.tracker.restore_status()  # a resume that failed to start changes nothing
@@ -137,6 +155,11 @@ class Run:
                 self.tracker.close(self.status)
         except TrackingError as e:
             self._fail(e)
+            return self.tracker.ended
+        except Exception as e:  # the store itself failing: never a run left RUNNING by a bug of ours unsaid
+            self._fail(TrackingError(f"could not end run {self.tracker.run_id} in {self.uri}: {type(e).__name__}: {e}"))
+            return False
+        return True
 
     def _fail(self, error):
         self.status = "FAILED"
@@ -146,8 +169,11 @@ class Run:
         """The error's last line as a tag and its traceback as error.txt, each where the
         store still takes it (the store itself may be what failed)."""
         text = "".join(traceback.format_exception(error))
-        path = Path(self.cfg.output_dir) / "error.txt"
-        path.write_text(text)
+        path = Path(self.cfg.output_dir) / lineage.ERROR_FILE
+        try:
+            path.write_text(text)
+        except OSError as e:
+            print(f"warning: could not write {path}: {e}", file=sys.stderr)
         if self.tracker is None:
             return
         for log in (
@@ -163,14 +189,17 @@ class Run:
         cfg, tracker = self.cfg, self.tracker
         history = self.trainer.history if self.trainer is not None else []
         last = history[-1] if history else {}
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("val_"))
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if str(k).startswith("val_"))
         seconds = time.perf_counter() - self._started
         lines = [
             f"\nrun {self.status} after {seconds:.1f}s"
             + (f" (epoch {last['epoch']}/{cfg.trainer.epochs}): {shown}" if last else "")
         ]
+        if self.model_line is not None:
+            lines.append(f"  {self.model_line}")
         if self.error is not None:
             lines.append(f"  error: {type(self.error).__name__}: {self.error}")
+            lines.append(f"  (the traceback: {_shown_path(str(Path(cfg.output_dir) / lineage.ERROR_FILE))})")
         saved = self.checkpointer.saved_step if self.checkpointer is not None else None
         if saved is not None or self.status != "FINISHED":
             resume = (
@@ -255,16 +284,22 @@ class _Signals:
 
 
 class _SignalCheck(Callback):
-    """Raises a held signal between steps: where training stops cleanly."""
+    """Raises a held signal between steps, where training stops cleanly, once `save`
+    (the run's checkpoint at this step) has been called."""
 
-    def __init__(self, signals):
-        self.signals = signals
+    def __init__(self, signals, save):
+        self.signals, self.save = signals, save
+
+    def _stop_if_asked(self, trainer):
+        if self.signals.pending is not None:
+            self.save(trainer)
+            self.signals.check()
 
     def on_epoch_start(self, trainer, epoch):
-        self.signals.check()
+        self._stop_if_asked(trainer)
 
     def on_step(self, trainer, metrics):
-        self.signals.check()
+        self._stop_if_asked(trainer)
 
     def on_epoch_end(self, trainer, epoch, record):
-        self.signals.check()
+        self._stop_if_asked(trainer)

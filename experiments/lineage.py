@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 
+from mlflow.entities import RunTag
 from omegaconf import OmegaConf
 
 from zkynet import checkpoint
@@ -31,6 +32,7 @@ STOPPED_EARLY, STOPPED_AT_EPOCH = (
     "stopped_at_epoch",
 )  # a trial the scheduler (or early stopping) stopped
 BEST_EPOCH = "best_epoch"  # the epoch best by the monitored metric (early stopping, best checkpoint)
+MODEL_EPOCH = "model_epoch"  # the epoch whose weights are the run's model (the best one when monitored)
 BEST_RUN = "best_run"
 
 # artifacts
@@ -72,6 +74,15 @@ def source_tags(root):
     return {GIT_COMMIT: commit.stdout.strip(), GIT_DIRTY: str(bool(status.stdout.strip())).lower()}
 
 
+def tag_source(client, run_id, root):
+    """Tag run `run_id` (a sweep's) with the git commit of the code at `root`, unless it
+    has one: a sweep's run then says which code its trials ran."""
+    if GIT_COMMIT not in client.get_run(run_id).data.tags:
+        tags = source_tags(root)
+        if tags:
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
 def owner_tags():
     return {HOST: socket.gethostname(), PID: str(os.getpid()), HEARTBEAT: f"{time.time():.0f}"}
 
@@ -92,6 +103,42 @@ def is_alive(run):
         return True
     beat = float(tags.get(HEARTBEAT) or 0)
     return time.time() - beat < 3 * HEARTBEAT_SECONDS
+
+
+def best_checkpoint(client, run_id):
+    """Run `run_id`'s best checkpoint (a state dict), or None if it keeps none."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(run_id, BEST_CHECKPOINT, folder)
+        except Exception:
+            return None
+        return checkpoint.load(path)
+
+
+EPOCH_METRICS = ("epoch", "train_", "val_", "samples_per_second")  # what a Trainer's epoch record holds
+
+
+def epoch_history(client, run_id):
+    """The epoch records run `run_id` logged, in order (earlier attempts' too): what a
+    Trainer's history holds, read back from the store."""
+    run = client.get_run(run_id)
+    steps: dict[int, dict] = {}
+    for key in run.data.metrics:
+        if key.startswith(EPOCH_METRICS):
+            for metric in client.get_metric_history(run_id, key):
+                steps.setdefault(metric.step, {})[key] = metric.value
+    records = [{**values, "epoch": int(values["epoch"])} for _, values in sorted(steps.items()) if "epoch" in values]
+    return records
+
+
+def logged_models(client, run):
+    """The MLflow models logged by run `run` under MODEL_ARTIFACT, newest first."""
+    found = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"name = '{MODEL_ARTIFACT}' AND source_run_id = '{run.info.run_id}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+    )
+    return list(found)
 
 
 def stored_config_and_checkpoint(client, run_id):

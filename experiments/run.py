@@ -9,10 +9,19 @@ overrides, the sweep a -m job belongs to) to the config and hands it to
 Importing this module changes nothing in the process; `main()` sets the process
 up (its loggers, Hydra's config store and plugin path) and then hands the
 command line to Hydra.
+
+An error the user can fix (a setting, a data file, a checkpoint, the store, a loss
+that diverged, a metric of their own) is one line on stderr and exit code 2,
+also when the run had started: the run ends FAILED with the reason, and the full
+traceback is in its output folder (error.txt) and its MLflow run.
+
+`experiments.run(cfg)` in Python is `experiments.runner.run` (this module is
+callable: `import experiments.run` binds this module as `experiments.run`).
 """
 
 import logging
 import sys
+import types
 from pathlib import Path
 
 import hydra
@@ -26,6 +35,8 @@ from experiments.schema import ConfigError
 from experiments.tracking import TrackingError, connect, default_tracking_uri
 from zkynet.checkpoint import CheckpointError
 from zkynet.data import DatasetFileError, DatasetNotFoundError
+from zkynet.training import NonFiniteLossError
+from zkynet.training.trainer import MetricError
 
 # Hydra looks for sweepers in the `hydra_plugins` namespace package only: ours (the Tune sweeper)
 # joins it from experiments/plugins/ (the repository's top level is the user's)
@@ -54,7 +65,26 @@ def with_launch(cfg, hydra_config):
     return cfg
 
 
-USERS_TO_FIX = (ConfigError, DatasetNotFoundError, DatasetFileError, CheckpointError, TrackingError)
+USERS_TO_FIX = (
+    ConfigError,
+    DatasetNotFoundError,
+    DatasetFileError,
+    CheckpointError,
+    TrackingError,
+    NonFiniteLossError,
+    MetricError,
+)
+
+
+def users_to_fix(error):
+    """The error in `error`'s chain (causes, contexts) that a user can fix, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, USERS_TO_FIX):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def main() -> None:
@@ -73,18 +103,28 @@ def train(cfg):
     hydra_config = HydraConfig.get()
     sweeping = hydra_config.mode == RunMode.MULTIRUN
     try:
-        return run(with_launch(cfg, hydra_config))
-    except USERS_TO_FIX as e:  # no traceback: the message says what to fix
-        if sweeping:
-            return float("nan")  # recorded as a FAILED child run; the sweep goes on and fails at the end
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return run(with_launch(cfg, hydra_config)).objective
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except Exception:
+    except Exception as e:
         if sweeping:
-            return float("nan")
-        raise
+            return float("nan")  # recorded as a FAILED child run; the sweep goes on and fails at the end
+        fixable = users_to_fix(e)
+        if fixable is None:
+            raise
+        print(f"error: {fixable}", file=sys.stderr)  # no traceback: the message says what to fix
+        raise SystemExit(2) from None
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as experiments.run(cfg): `import experiments.run` makes the
+    package's `run` this module, and it still runs a config."""
+
+    def __call__(self, cfg, *args, **kwargs):
+        return run(cfg, *args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

@@ -10,27 +10,43 @@ owns it, so it always ends FINISHED, KILLED or FAILED.
 
 import copy
 import datetime
-import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
-from experiments import artifacts, build, lineage, resume, schema
+from experiments import artifacts, build, lineage, ownership, resume, schema
+from experiments.finish import Ending, RunResult
 from experiments.lifecycle import Run, RunTrainer
 from experiments.schema import ConfigError
-from experiments.tracking import PROJECT_ROOT, MetricsLogger, Tracker, connect, default_tracking_uri, flatten
-from zkynet import saved_model
+from experiments.tracking import (
+    PROJECT_ROOT,
+    BestCheckpointLogger,
+    MetricsLogger,
+    Tracker,
+    active,
+    connect,
+    default_tracking_uri,
+    flatten,
+)
+from zkynet import checkpoint
 from zkynet.data import DatasetFileError, DatasetNotFoundError
-from zkynet.training import BestCheckpoint, Callback, Checkpointer, EarlyStopping, Trainer
+from zkynet.training import BestCheckpoint, Callback, Checkpointer, EarlyStopping, NanGuard, ProgressReport, Trainer
 
-NOT_PARAMS = ("launch", "output_dir")  # how the run was started, not what it trains
+__all__ = ["RunResult", "run"]
+
+NOT_PARAMS = ("launch", "output_dir", "run_name")  # how the run was started and named, not what it trains
+WATCHERS = (ProgressReport, NanGuard, Checkpointer, EarlyStopping, BestCheckpoint)  # read the epoch's whole record
 
 
-def run(cfg, callbacks=(), state=None, make_trainer: Callable[..., RunTrainer] = Trainer):
-    """Train as `cfg` says, tracked in MLflow unless tracking.enabled is false; returns
-    the last epoch's value of the task's objective (NaN if no epoch ran). `callbacks`
-    (a sweep engine's) watch the training after the configured ones; `state` (a
+def run(
+    cfg, callbacks=(), state=None, make_trainer: Callable[..., RunTrainer] = Trainer
+) -> Any:  # a RunResult (Any: callers typed for the float run() returned before may ignore it)
+    """Train as `cfg` says, tracked in MLflow unless tracking.enabled is false; returns a
+    RunResult (run id, status, final metrics, the model, checkpoints). `callbacks` (a
+    sweep engine's) watch the training after the configured ones; `state` (a
     Trainer.state_dict(), e.g. another trial's, for population-based training) is
     where training starts instead of the run's own last checkpoint. `make_trainer`
     (called with Trainer's arguments, by keyword) builds the trainer: a sweep's pack
@@ -38,13 +54,23 @@ def run(cfg, callbacks=(), state=None, make_trainer: Callable[..., RunTrainer] =
     cfg = _settled(cfg)
     uri = cfg.tracking.uri or default_tracking_uri()
     client = connect(uri) if cfg.tracking.enabled else None
+    if client is not None:
+        ownership.end_abandoned_runs(client, uri)
+    continued = None
     try:
-        task, continued = _checked(cfg, client)
+        task, continued = _checked(cfg, client, uri)
+        dataset = build.dataset(continued.cfg, task)  # a missing or unreadable file stops here
+        continued.cfg = build.with_data_shapes(continued.cfg, dataset)
+        schema.check_references(continued.cfg)
+        build.check_finite(dataset)
         model = build.model(continued.cfg)  # built before any MLflow run: what they refuse is a ConfigError
-        dataset = build.dataset(continued.cfg, task)  # a missing or unreadable download stops here too
+        graph = build.check_fit(model, task, dataset, continued.cfg)
         optimizer = build.optimizer(continued.cfg, build.steps(continued.cfg, dataset))
-    except (ConfigError, DatasetNotFoundError, DatasetFileError) as e:
-        if client is not None and cfg.launch.sweep_run_id is not None:
+    except BaseException as e:
+        if continued is not None and continued.claim is not None:
+            continued.claim.release()  # refused: nobody trains it
+        refused = isinstance(e, (ConfigError, DatasetNotFoundError, DatasetFileError))
+        if refused and client is not None and cfg.launch.sweep_run_id is not None:
             _record_refused_trial(client, cfg, e)  # a sweep's trial is never lost, even one refused
         raise
     cfg = continued.cfg
@@ -58,6 +84,7 @@ def run(cfg, callbacks=(), state=None, make_trainer: Callable[..., RunTrainer] =
             if cfg.launch.trial is not None:
                 tags[lineage.SWEEP_JOB] = str(cfg.launch.trial)
             tracker = current.track(
+                claim=continued.claim,
                 experiment=cfg.tracking.experiment,
                 run_name=cfg.run_name,
                 run_id=continued.run_id,
@@ -68,13 +95,11 @@ def run(cfg, callbacks=(), state=None, make_trainer: Callable[..., RunTrainer] =
             )
             if continued.run_id is None:
                 _log_config(tracker, cfg)
+                if cfg.launch.sweep_run_id is not None:
+                    lineage.tag_source(client, cfg.launch.sweep_run_id, PROJECT_ROOT)
             else:
                 tracker.set_tags({lineage.ATTEMPTS: continued.attempt})
-        callbacks = build.callbacks(cfg) + list(callbacks)
-        callbacks.insert(0, ObjectiveCheck(task.objective))
-        callbacks.insert(0, current.signal_check)
-        if tracker is not None:  # first: the metrics of an epoch are queued before a checkpoint covers them
-            callbacks.insert(0, MetricsLogger(tracker, cfg.trainer.log_every_n_steps))
+        callbacks = _ordered(cfg, build.callbacks(cfg), list(callbacks), tracker, task, current)
         trainer = current.trainer = make_trainer(
             model=model,
             loss=task.loss,
@@ -91,32 +116,76 @@ def run(cfg, callbacks=(), state=None, make_trainer: Callable[..., RunTrainer] =
             precision=build.step_precision(cfg),
         )
         current.checkpointer = next((c for c in callbacks if isinstance(c, Checkpointer)), None)
+        if continued.best is not None:  # the best epoch so far stays the best until a better one comes
+            for watcher in (c for c in callbacks if isinstance(c, BestCheckpoint)):
+                checkpoint.save(watcher.path, continued.best)
         if continued.state is not None:
             trainer.load_state_dict(continued.state)
             current.start_step = trainer.step
             _say_where_it_continues(continued, trainer, cfg)
         if tracker is not None and continued.run_id is None:
-            _log_setup(tracker, cfg, model, task, dataset)
-        with current.training():
-            history = trainer.fit()
-        if tracker is not None and history:
-            _log_monitored(tracker, trainer)
-            _log_results(tracker, cfg, model, task, dataset, history)
-            if cfg.tracking.log_model:
-                _log_model(tracker, cfg, model, dataset)
-    return history[-1][task.objective] if history else float("nan")
+            _log_setup(tracker, cfg, model, task, dataset, graph)
+        with _active(tracker):
+            with current.training():
+                trainer.fit()
+            result, current.model_line = Ending(
+                cfg, task, dataset, model, trainer, tracker, continued.run_id is not None
+            ).complete(current.trained or continued.state is None)
+    return result
 
 
-def _checked(cfg, client):
+def _active(tracker):
+    """MLflow's active run is the run's own while it trains and ends (mlflow.log_metric in a callback)."""
+    return active(tracker) if tracker is not None else nullcontext()
+
+
+def _ordered(cfg, configured, extra, tracker, task, current):
+    """The run's callbacks, in the order they see each hook: the tracker's logger, yours
+    (what they add to the epoch's record is then logged, checkpointed and can be
+    monitored), the logger's tail (what they added), the objective check, the standard watchers (progress, NaN guard,
+    early stopping and the best checkpoint, then the last checkpoint, which holds what
+    they decided), a sweep engine's, and last the signal check (stops at a held
+    Ctrl-C/SIGTERM once every other callback has seen the step). A monitor (early
+    stopping) without a best checkpoint gets one: the run's model is the best epoch's."""
+    yours = [c for c in configured if not isinstance(c, WATCHERS)]
+    watchers: list[Callback] = sorted((c for c in configured if isinstance(c, WATCHERS)), key=_rank)
+    stopping = next((c for c in watchers if isinstance(c, EarlyStopping)), None)
+    if stopping is not None and not any(isinstance(c, BestCheckpoint) for c in watchers):
+        path = Path(cfg.output_dir) / lineage.BEST_CHECKPOINT
+        watchers.insert(
+            watchers.index(stopping) + 1, BestCheckpoint(path, stopping.monitor, stopping.mode, stopping.min_delta)
+        )
+    if tracker is not None:
+        for best in [c for c in watchers if isinstance(c, BestCheckpoint)]:
+            watchers.insert(watchers.index(best) + 1, BestCheckpointLogger(tracker, best))
+    if tracker is None:
+        return [*yours, ObjectiveCheck(task.objective), *watchers, *extra, current.signal_check]
+    logger = MetricsLogger(tracker, cfg.trainer.log_every_n_steps)  # first and after yours: MetricsLogger says why
+    return [logger, *yours, logger.tail(), ObjectiveCheck(task.objective), *watchers, *extra, current.signal_check]
+
+
+def _rank(callback):
+    """Progress and the NaN guard, then the monitors, then the last checkpoint (which keeps their state)."""
+    return (
+        2 if isinstance(callback, Checkpointer) else 1 if isinstance(callback, (EarlyStopping, BestCheckpoint)) else 0
+    )
+
+
+def _checked(cfg, client, uri):
     """(the task, what this run continues): the checks of the configuration itself."""
     schema.check(cfg)
     task = build.task(cfg)
     artifacts.check(task.artifacts)
     if client is None and cfg.trainer.resume:
         raise ConfigError("trainer.resume continues an MLflow run: it needs tracking.enabled=true")
-    continued = resume.continuation(cfg, client) if client is not None else resume.Continuation(cfg)
-    schema.check_references(continued.cfg)
-    build.check_devices(continued.cfg)
+    continued = resume.continuation(cfg, client, uri) if client is not None else resume.Continuation(cfg)
+    try:
+        schema.check_references(continued.cfg)
+        build.check_devices(continued.cfg)
+    except BaseException:
+        if continued.claim is not None:
+            continued.claim.release()
+        raise
     return task, continued
 
 
@@ -149,6 +218,11 @@ def _settled(cfg):
             cfg.output_dir = str(PROJECT_ROOT / "outputs" / stamp)
         if not cfg.get("run_name"):
             cfg.run_name = lineage.run_name(cfg.model._target_.rsplit(".", 1)[-1].lower(), cfg.dataset.name)
+        for key in ("path", "test_path"):  # your data's files, wherever the run (or its resume) runs
+            if key in cfg.dataset and not OmegaConf.is_missing(cfg.dataset, key):
+                value = cfg.dataset[key]
+                if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                    cfg.dataset[key] = str(Path(value).expanduser().absolute())
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     return cfg
 
@@ -193,12 +267,16 @@ def _log_config(tracker, cfg):
 
 
 def _params(cfg, resolve=True):
+    """The resolved config, flattened: MLflow params. Paths inside the run's own folder
+    read ${output_dir}/...: a parameter differs between runs only when a setting does."""
     settings = OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True)
     assert isinstance(settings, dict)  # a run's configuration is a mapping
-    return flatten({k: v for k, v in settings.items() if k not in NOT_PARAMS})
+    flat = flatten({k: v for k, v in settings.items() if k not in NOT_PARAMS})
+    folder = str(cfg.output_dir)
+    return {key: value.replace(folder, "${output_dir}") for key, value in flat.items()}
 
 
-def _log_setup(tracker, cfg, model, task, dataset):
+def _log_setup(tracker, cfg, model, task, dataset, graph=None):
     tracker.set_tags(
         {
             lineage.MODEL: type(model).__name__,
@@ -216,66 +294,6 @@ def _log_setup(tracker, cfg, model, task, dataset):
             [folder / lineage.GRAPH, folder / lineage.GRAPH_SVG],
             cfg.run_name,
             cfg.tracking.graph_depth,
+            graph,
         ):
             tracker.log_artifact(path)
-
-
-def _log_monitored(tracker, trainer):
-    """What early stopping and a best checkpoint decided: when training stopped (tags
-    stopped_early, stopped_at_epoch), which epoch was best (tag best_epoch, metric
-    best_<monitor>; the best checkpoint's when there is one), the best checkpoint."""
-    watchers = [c for c in trainer.callbacks if isinstance(c, (BestCheckpoint, EarlyStopping)) and c.best is not None]
-    for callback in watchers:
-        if isinstance(callback, EarlyStopping) and callback.stopped_epoch is not None:
-            tracker.set_tags({lineage.STOPPED_EARLY: "true", lineage.STOPPED_AT_EPOCH: callback.stopped_epoch})
-            print(
-                f"early stopping: {callback.monitor} did not improve for {callback.patience} epochs; stopped "
-                f"after epoch {callback.stopped_epoch} (best: epoch {callback.best_epoch})",
-                file=sys.stderr,
-            )
-        if isinstance(callback, BestCheckpoint):
-            tracker.log_checkpoint(callback.path, lineage.BEST_CHECKPOINT)
-    if watchers:
-        best = next((c for c in watchers if isinstance(c, BestCheckpoint)), watchers[0])
-        tracker.set_tags({lineage.BEST_EPOCH: best.best_epoch})
-        tracker.log_metrics({f"best_{best.monitor}": best.best}, trainer.step)
-
-
-def _log_results(tracker, cfg, model, task, dataset, history):
-    """Learning curves, the tokenizer, and the looks at the model the task asks for. The
-    training itself succeeded: a picture that cannot be drawn is a warning, not a failure."""
-    folder = Path(cfg.output_dir)
-    try:
-        tracker.log_artifact(artifacts.curves_image(history, folder / lineage.CURVES, cfg.run_name))
-        tokenizer = dataset.info.get("tokenizer")
-        if tokenizer is not None:  # saved with the model: ids mean nothing without it
-            (folder / "tokenizer.json").write_text(tokenizer.to_json())
-            tracker.log_artifact(folder / "tokenizer.json")
-        for path in artifacts.samples(
-            task.artifacts, model, dataset, folder, cfg.run_name, cfg.seed, cfg.dataset.get("image_shape")
-        ):
-            tracker.log_artifact(path)
-    except Exception as e:
-        print(f"warning: could not log the result pictures/samples: {type(e).__name__}: {e}", file=sys.stderr)
-        tracker.set_tags({lineage.ARTIFACT_ERROR: f"{type(e).__name__}: {e}"})
-
-
-def _log_model(tracker, cfg, model, dataset):
-    """The trained model as the run's MLflow model, saved first as a zkynet folder and
-    loaded back from it for the signature's outputs (what serving will answer)."""
-    example = dataset.validation.inputs[:2]
-    try:
-        folder = saved_model.save(
-            model,
-            Path(cfg.output_dir) / lineage.MODEL_ARTIFACT,
-            build.model_spec(cfg),
-            example,
-            OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-            dataset.info.get("tokenizer"),
-        )
-        trusted = saved_model.targets(build.model_spec(cfg))  # the classes this run itself built
-        output = saved_model.Predictor(folder, trusted).predict(example)
-        tracker.log_model(folder, example, output, cfg.tracking.registered_model)
-    except Exception as e:
-        print(f"warning: could not log the model: {type(e).__name__}: {e}", file=sys.stderr)
-        tracker.set_tags({lineage.ARTIFACT_ERROR: f"model: {type(e).__name__}: {e}"})

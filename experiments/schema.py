@@ -13,7 +13,7 @@ from enum import Enum
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from experiments.sweep import settings as sweeper_settings
 
@@ -139,6 +139,14 @@ def check_values(cfg):
     depth = OmegaConf.select(cfg, "tracking.graph_depth")
     if depth not in (None, "auto") and not (isinstance(depth, str) and depth.isdigit()):
         raise ConfigError(f"tracking.graph_depth must be null, auto or an integer >= 0, got {depth!r}")
+    registered = OmegaConf.select(cfg, "tracking.registered_model")
+    if registered is not None and (
+        not isinstance(registered, str) or registered.strip(". ") == "" or any(c in registered for c in "/:%\\")
+    ):
+        raise ConfigError(
+            f"tracking.registered_model={registered!r} is not a name MLflow's model registry takes: no '/', ':', '%' "
+            "or '\\', not empty (e.g. tracking.registered_model=digits-mlp)"
+        )
     lr = OmegaConf.select(cfg, "optimizer.lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"optimizer.lr must be a positive number, got {lr!r}")
@@ -149,7 +157,10 @@ def check_references(cfg):
     starts: that is a model and a dataset that do not fit together
     (model=transformer_classifier wants token ids, dataset=digits has none)."""
     try:
-        OmegaConf.to_container(cfg, resolve=True)
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        setting = e.full_key
+        raise ConfigError(f"{setting} is not set (???): give it on the command line, {setting}=...") from None
     except InterpolationResolutionError as e:
         choices = (
             ""

@@ -14,6 +14,7 @@ import importlib.metadata
 import logging
 import os
 import queue
+import sys
 import tempfile
 import threading
 import time
@@ -27,6 +28,7 @@ import jax
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 
 from experiments import lineage
 from zkynet import checkpoint
@@ -43,6 +45,7 @@ MLFLOW_ENVIRONMENT = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # our own progress is enough
 }
+COMPILE_SECONDS = "compile_seconds"  # in every epoch's record; logged once per run (per resumed fit)
 QUIET_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.pyfunc")
 
 
@@ -156,6 +159,7 @@ class Tracker:
     ):
         self.uri = uri or default_tracking_uri()
         self.client = client or connect(self.uri)
+        self.ended = False  # whether the run's end (its status) reached the store
         self._logged_through = {}
         if run_id is not None:
             run = self.client.get_run(run_id)
@@ -193,8 +197,25 @@ class Tracker:
 
     def log_params(self, params):
         items = [Param(k, v[:6000]) for k, v in params.items()]
-        for start in range(0, len(items), MAX_PARAMS_PER_CALL):
-            self.client.log_batch(self.run_id, params=items[start : start + MAX_PARAMS_PER_CALL])
+        with self.writing("params"):
+            for start in range(0, len(items), MAX_PARAMS_PER_CALL):
+                self.client.log_batch(self.run_id, params=items[start : start + MAX_PARAMS_PER_CALL])
+
+    @contextmanager
+    def writing(self, what):
+        """The store's failures to write `what` as TrackingError naming the store (a full
+        disk, a read-only artifact folder): what to fix, not a traceback of MLflow's."""
+        try:
+            yield
+        except TrackingError:
+            raise
+        except (OSError, MlflowException) as e:
+            where = self.artifact_uri if what.startswith("artifact") else self.uri
+            raise TrackingError(
+                f"cannot write the {what} of run {self.run_id} to {where}: {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''} (is the disk full, or the folder "
+                "read-only? free it or choose another tracking.uri)"
+            ) from e
 
     def log_metrics(self, metrics, step):
         """Queue metrics (numbers or device arrays) at `step`; returns at once."""
@@ -213,7 +234,8 @@ class Tracker:
             ) from self._error
 
     def log_artifact(self, path, artifact_path=None):
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        with self.writing(f"artifact {Path(path).name}"):
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_checkpoint(self, path, artifact_path=lineage.CHECKPOINT):
         """Store the checkpoint file at `path`, after the metrics it covers. Atomically
@@ -221,7 +243,8 @@ class Tracker:
         truncated file to resume from)."""
         self.flush()
         if self.artifact_uri.startswith("file://"):
-            checkpoint.copy(path, Path(urlparse(self.artifact_uri).path) / artifact_path)
+            with self.writing(f"artifact {artifact_path}"):
+                checkpoint.copy(path, Path(urlparse(self.artifact_uri).path) / artifact_path)
             return
         with tempfile.TemporaryDirectory() as folder:  # uploaded under artifact_path's own name
             local = Path(folder) / Path(artifact_path).name
@@ -263,7 +286,8 @@ class Tracker:
                 os.environ["MLFLOW_TRACKING_URI"] = environment
 
     def set_tags(self, tags):
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with self.writing("tags"):
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def close(self, status="FINISHED"):
         """Write what is queued and end the run with `status` (FAILED instead if the
@@ -276,7 +300,15 @@ class Tracker:
             status, error = "FAILED", e
         self._queue.put(None)
         self._writer.join()
-        self.client.set_terminated(self.run_id, status)
+        try:
+            self.client.set_terminated(self.run_id, status)
+            self.ended = True
+        except Exception as e:
+            raise TrackingError(
+                f"could not end run {self.run_id} as {status} in the MLflow store {self.uri} "
+                f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}): it stays RUNNING "
+                "there until the next zkynet run on this store (or trainer.resume) ends it"
+            ) from (error or e)
         if error is not None:
             raise error
 
@@ -287,6 +319,7 @@ class Tracker:
         self._queue.put(None)
         self._writer.join()
         self.client.update_run(self.run_id, status=self.previous_status)
+        self.ended = True
 
     def _stop_system_metrics(self):
         if self._system is not None:
@@ -329,24 +362,115 @@ class Tracker:
 
 
 class MetricsLogger(Callback):
-    """Sends a training run to its Tracker: per-batch metrics every `every` steps, every
-    epoch's record, and each checkpoint (after the metrics it covers)."""
+    """Sends a training run to its Tracker: per-batch metrics every `every` steps, the
+    metrics callbacks log (`trainer.log`), every epoch's record (`compile_seconds` once,
+    after the first epoch), and each checkpoint (after the metrics it covers). Put it
+    first: the epoch's record is queued before any callback can save a checkpoint that
+    covers it; `tail()` (put after your callbacks) logs what they added to the record."""
 
     def __init__(self, tracker, every):
         self.tracker, self.every = tracker, max(1, every)
+        self._compile_logged = False
+        self._logged: set = set()  # the keys of this epoch's record logged already
+
+    def on_fit_start(self, trainer):
+        self._compile_logged = False
 
     def on_step(self, trainer, metrics):
         if trainer.step % self.every == 0:
             self.tracker.log_metrics({f"batch_{k}": v for k, v in metrics.items()}, trainer.step)
 
+    def on_log(self, trainer, metrics, step):
+        self.tracker.log_metrics(dict(metrics), step)
+
     def on_epoch_end(self, trainer, epoch, record):
-        self.tracker.log_metrics(record, trainer.step)
+        metrics = {k: v for k, v in record.items() if k != COMPILE_SECONDS or not self._compile_logged}
+        self._compile_logged = self._compile_logged or COMPILE_SECONDS in record
+        self._logged = set(record)
+        self.tracker.log_metrics(metrics, trainer.step)
 
     def on_checkpoint(self, trainer, path, meta):
         self.tracker.log_checkpoint(path)
+
+    def tail(self):
+        """The callback that logs the metrics callbacks before it added to the record."""
+        return _RecordTail(self)
+
+
+class _RecordTail(Callback):
+    def __init__(self, logger):
+        self.logger = logger
+
+    def on_epoch_end(self, trainer, epoch, record):
+        added = {k: v for k, v in record.items() if k not in self.logger._logged}
+        self.logger._logged |= set(added)
+        if added:
+            self.logger.tracker.log_metrics(added, trainer.step)
+
+
+class BestCheckpointLogger(Callback):
+    """Stores `best`'s file (a BestCheckpoint) in the run each epoch it saves one: placed
+    before the Checkpointer, the best epoch's state is in the store before a last
+    checkpoint that says which epoch was best, so a resumed run finds it."""
+
+    def __init__(self, tracker, best):
+        self.tracker, self.best = tracker, best
+
+    def on_epoch_end(self, trainer, epoch, record):
+        if self.best.best_epoch == record["epoch"] and Path(self.best.path).exists():
+            self.tracker.log_checkpoint(self.best.path, lineage.BEST_CHECKPOINT)
 
 
 def tracker_of(trainer: TrainingLoop) -> Tracker | None:
     """The Tracker a run's callbacks log to (its MetricsLogger's), or None when the run
     is not tracked."""
     return next((c.tracker for c in trainer.callbacks if isinstance(c, MetricsLogger)), None)
+
+
+class _ActiveRuns:
+    """How many runs are active in this process, and MLflow's tracking URI (and
+    $MLFLOW_TRACKING_URI) from before the first."""
+
+    lock = threading.Lock()
+    count = 0
+    before: tuple[str | None, str | None] = (None, None)
+
+
+@contextmanager
+def active(tracker: Tracker):
+    """The tracker's run as MLflow's active run in this thread, and its store as MLflow's
+    tracking URI in this process, for the block: `mlflow.log_metric(...)` in a callback
+    lands in the run, never in a new run of MLflow's default experiment. Afterwards
+    MLflow's tracking URI (and $MLFLOW_TRACKING_URI) are what they were; the run's status
+    is the Tracker's business (leaving the block does not end it)."""
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils
+
+    with _ActiveRuns.lock:
+        if _ActiveRuns.count == 0:
+            _ActiveRuns.before = (utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"))
+        _ActiveRuns.count += 1
+        mlflow.set_tracking_uri(tracker.uri)
+    run = None
+    try:
+        run = mlflow.start_run(run_id=tracker.run_id, nested=True, log_system_metrics=False)
+    except Exception as e:  # e.g. the caller's mlflow.set_experiment names another experiment
+        print(f"warning: mlflow.log_* in callbacks will not reach run {tracker.run_id}: {e}", file=sys.stderr)
+    try:
+        yield
+    finally:
+        stack = fluent._active_run_stack.get()  # leave the run to the Tracker: no end_run(), which ends it
+        if run is not None and run in stack:
+            stack.remove(run)
+        with _ActiveRuns.lock:
+            _ActiveRuns.count -= 1
+            if _ActiveRuns.count == 0:
+                uri, environment = _ActiveRuns.before
+                utils._tracking_uri = None  # set_tracking_uri(None) would leave a mark in os.environ
+                if uri is not None:
+                    utils.set_tracking_uri(uri)
+                if environment is None:
+                    os.environ.pop("MLFLOW_TRACKING_URI", None)
+                else:
+                    os.environ["MLFLOW_TRACKING_URI"] = environment

@@ -53,16 +53,31 @@ def save(model, folder, spec, example, config=None, tokenizer=None):
     return folder
 
 
-def load(source, tracking_uri: str | None = None, trusted: Iterable[Any] = ()) -> Loaded:
+def load(source, tracking_uri: str | None = None, trusted: Iterable[Any] = (), which: str = "best") -> Loaded:
     """The model saved at `source`: a folder written by `save`, an MLflow model folder
-    holding one, an MLflow run id, or a runs:/... or models:/... URI. Run ids and URIs
-    are looked up in `tracking_uri`, else $MLFLOW_TRACKING_URI, else the mlflow.db in
-    the working directory or the nearest folder above it. `trusted`: classes, or dotted
-    names of classes or packages, besides zkynet's modules that the folder may name
-    (your own architecture: `trusted=[TinyNet]` or `trusted=["my_models"]`)."""
+    holding one, an MLflow run id, or a runs:/... or models:/... URI.
+
+    Run ids and URIs are looked up in `tracking_uri` if given, else $MLFLOW_TRACKING_URI
+    if set, else in the mlflow.db of the working directory or the nearest folder above
+    it and in the project's own store (the one `python -m experiments.run` writes to,
+    from any working directory); an error names every store searched. A tracking server
+    that does not answer within seconds is named, not waited for.
+
+    `which`: "best" (the run's model: its best epoch's when the run monitored one, e.g.
+    with early stopping, else its last) or "last" (the weights of its last epoch, from
+    its last checkpoint). `trusted`: classes, or dotted names of classes or packages,
+    besides zkynet's modules that the folder may name (your own architecture:
+    `trusted=[TinyNet]` or `trusted=["my_models"]`)."""
+    if which not in ("best", "last"):
+        raise ValueError(f"zkynet.load: which must be 'best' or 'last', got {which!r}")
     trusted = tuple(trusted)
     path = Path(os.fspath(source))
     if path.exists():
+        if which == "last":
+            raise ValueError(
+                f"zkynet.load: which='last' reads a run's last checkpoint; {path} is a model folder (its one model): "
+                "give the run id instead"
+            )
         return _load_folder(_model_folder(path), trusted=trusted)
     source = str(source)
     if RUN_ID.fullmatch(source):
@@ -72,18 +87,26 @@ def load(source, tracking_uri: str | None = None, trusted: Iterable[Any] = ()) -
             f"zkynet.load: {source!r} is neither a folder nor an MLflow run id "
             "(32 hex digits) nor a runs:/ or models:/ URI"
         )
-    import mlflow  # only for run ids: `import zkynet` needs no MLflow
+    from zkynet import model_store  # only for run ids: `import zkynet` needs no MLflow
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _nearest_store()
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=folder, tracking_uri=uri)
-        except Exception as e:
-            raise FileNotFoundError(
-                f"zkynet.load: no model at {source} in the MLflow store {uri} "
-                f"({type(e).__name__}: {str(e).splitlines()[0]})"
-            ) from e
-        return _load_folder(_model_folder(Path(local)), trusted=trusted)
+    stores = [tracking_uri] if tracking_uri else model_store.candidates()
+    searched = []
+    for uri in stores:
+        with tempfile.TemporaryDirectory() as folder:
+            found = model_store.download(source, uri, Path(folder), which)
+            if isinstance(found, str):  # why it is not there
+                searched.append(f"{uri} ({found})")
+                continue
+            local, last = found
+            loaded = _load_folder(_model_folder(local), trusted=trusted)
+            if last is not None:
+                loaded.model.load_state_dict({k: np.asarray(v) for k, v in last.items()})
+            return loaded
+    hint = "" if tracking_uri else "; pass tracking_uri=... or set MLFLOW_TRACKING_URI to search another store"
+    raise FileNotFoundError(
+        f"zkynet.load: no model at {source} in the MLflow store(s) searched: "
+        f"{'; '.join(searched) or 'none found'}{hint}"
+    )
 
 
 def build(spec, trusted: Iterable[Any] = ()):
@@ -210,16 +233,6 @@ def _load_folder(folder, description=None, trusted=()):
 
         tokenizer = CharTokenizer.from_json((folder / TOKENIZER_FILE).read_text())
     return Loaded(model, description["config"], tokenizer)
-
-
-def _nearest_store():
-    for folder in (Path.cwd(), *Path.cwd().parents):
-        if (folder / "mlflow.db").exists():
-            return f"sqlite:///{folder / 'mlflow.db'}"
-    raise FileNotFoundError(
-        "zkynet.load: no MLflow store to look the run up in: pass tracking_uri=..., set "
-        "MLFLOW_TRACKING_URI, or work in the folder that holds mlflow.db"
-    )
 
 
 class Predictor:

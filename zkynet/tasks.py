@@ -43,6 +43,7 @@ class Task:
             dataset,
             train=Split(dataset.train.inputs, dataset.train.inputs),
             validation=Split(dataset.validation.inputs, dataset.validation.inputs),
+            test=None if dataset.test is None else Split(dataset.test.inputs, dataset.test.inputs),
         )
 
     def improved(self, new: float, best: float | None) -> bool:

@@ -1,9 +1,9 @@
-"""python -m experiments.bench {core,train,tracking,sweep,higher_order,operators} [options]"""
+"""python -m experiments.bench {core,train,tracking,sweep,higher_order,operators,data} [options]"""
 
 import argparse
 
 from experiments import tracking as mlflow_tracking
-from experiments.bench import core, higher_order, operators, sweep, tracking, train
+from experiments.bench import core, data, higher_order, operators, sweep, tracking, train
 
 BENCHMARKS = {
     "core": core,
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "sweep": sweep,
     "higher_order": higher_order,
     "operators": operators,
+    "data": data,
 }
 
 

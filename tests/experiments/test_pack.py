@@ -103,7 +103,7 @@ def test_a_pack_trains_each_member_as_alone_and_a_member_that_turns_nan_fails_al
         seed = run.data.params["seed"]
         assert "checkpoints/last.npz" in cli.artifacts(run.info.run_id)
         alone = runner(f"seed={seed}", "optimizer.lr=3e-3", *common)
-        assert np.isfinite(alone)
+        assert np.isfinite(alone.objective)  # run() returns a RunResult
         (solo,) = [r for r in runner.runs() if r.data.params.get("seed") == seed and "sweep_job" not in r.data.tags]
         for key in ("train_loss", "val_loss", "val_accuracy", "batch_loss", "batch_accuracy"):  # batch_: per step
             packed_values = metric_history(cli.client, run, key)

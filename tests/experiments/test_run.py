@@ -51,7 +51,7 @@ def test_overrides_reach_the_run(runner):
     assert run.data.params["optimizer/lr"] == "0.003" and run.data.params["trainer/batch_size"] == "32"
     assert run.data.params["model/_target_"] == "zkynet.models.cnn.LeNet" and run.info.run_name == "mine"
     assert len(runner.client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
-    assert value == run.data.metrics["val_loss"]  # run() returns the task's objective
+    assert value.objective == run.data.metrics["val_loss"] and value.run_id == run.info.run_id  # a RunResult
     assert (
         run.data.tags["overrides"] == "model=cnn optimizer.lr=3e-3 trainer.epochs=2 trainer.batch_size=32 run_name=mine"
     )
@@ -86,7 +86,7 @@ def test_system_metrics_are_an_option(runner):
 
 
 def test_the_objective_and_its_direction_come_from_the_task(runner):
-    value = runner("trainer.epochs=1", "task.objective=val_accuracy", "task.mode=max")
+    value = runner("trainer.epochs=1", "task.objective=val_accuracy", "task.mode=max").objective
     assert value == runner.runs()[0].data.metrics["val_accuracy"]
     refused = "task.objective=val_acc is not a metric of this run; it has: train_accuracy, train_loss"
     with pytest.raises(ConfigError, match=re.escape(refused)):

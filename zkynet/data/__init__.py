@@ -12,17 +12,23 @@ from zkynet.data.downloaded import (
     load_ravdess,
     load_sign_mnist,
 )
+from zkynet.data.files import load_csv, load_npy, load_npz
+from zkynet.data.mapped import MappedArray
 
 __all__ = [
     "Batches",
     "Dataset",
     "DatasetFileError",
     "DatasetNotFoundError",
+    "MappedArray",
     "Split",
     "load_boston",
+    "load_csv",
     "load_digits",
     "load_feedback",
     "load_mnist",
+    "load_npy",
+    "load_npz",
     "load_ravdess",
     "load_sign_mnist",
 ]

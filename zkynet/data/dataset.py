@@ -1,4 +1,5 @@
-"""A dataset: train and validation splits of (inputs, targets) arrays."""
+"""A dataset: train, validation and (optionally) test splits of (inputs, targets)
+arrays (NumPy arrays, or arrays read from files as needed: zkynet.data.mapped)."""
 
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ class Dataset:
     validation: Split
     num_classes: int = 0  # 0: regression or sequence targets
     info: dict = field(default_factory=dict)  # e.g. a tokenizer's vocabulary
+    test: Split | None = None  # evaluated once, after training (never for choosing)
 
     @property
     def input_shape(self):
@@ -41,6 +43,8 @@ class Dataset:
 
     def __str__(self):
         return (
-            f"{self.name}: {len(self.train)} train / {len(self.validation)} validation, "
+            f"{self.name}: {len(self.train)} train / {len(self.validation)} validation"
+            + (f" / {len(self.test)} test" if self.test is not None else "")
+            + ", "
             f"inputs {self.input_shape}" + (f", {self.num_classes} classes" if self.num_classes else "")
         )

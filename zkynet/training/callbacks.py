@@ -104,10 +104,12 @@ class NanGuard(Callback):
 
 class Checkpointer(Callback):
     """Saves the trainer's state (parameters, optimizer state, step, epoch, seed) to
-    `path`: every `every_n_epochs` epochs but at most once per `min_seconds` (fast
-    epochs would otherwise spend their time writing files), and always after the
-    end of training (written before fit() returns). Put it after the callbacks whose
-    epoch-end work it should cover.
+    `path`: after the first epoch, then every `every_n_epochs` epochs but at most once
+    per `min_seconds` (fast epochs would otherwise spend their time writing files), and
+    always after the end of training (written before fit() returns); `save(trainer)`
+    at any step boundary (an interrupted run saves where it stopped: the state then
+    holds the epoch's steps so far). Put it after the callbacks whose epoch-end work it
+    should cover.
 
     The state is copied to host memory at the epoch's end and written, atomically,
     by a background thread while training goes on; then every callback's
@@ -116,15 +118,22 @@ class Checkpointer(Callback):
 
     def __init__(self, path, every_n_epochs: int = 1, min_seconds: float = 0.0):
         self.path, self.every, self.min_seconds = path, max(1, every_n_epochs), min_seconds
-        self.last_time = time.monotonic()
+        self.last_time: float | None = None  # when the last save started (None: not yet in this process)
         self.saved_step: int | None = None  # the step of the last checkpoint completed
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
         self._started_step: int | None = None
 
     def on_epoch_end(self, trainer, epoch, record):
-        if (epoch + 1) % self.every == 0 and time.monotonic() - self.last_time >= self.min_seconds:
+        first = self.last_time is None  # this process's first epoch: kill -9 loses at most one epoch
+        waited = first or time.monotonic() - (self.last_time or 0.0) >= self.min_seconds
+        if first or ((epoch + 1) % self.every == 0 and waited):
             self.save(trainer)
+
+    @property
+    def started_step(self) -> int | None:
+        """The step of the last save started (written or being written), None if none."""
+        return self._started_step
 
     def on_fit_end(self, trainer):
         """The last state is on disk when fit() returns."""
@@ -171,6 +180,17 @@ class _Monitor:
         self.best: float | None = None
         self.best_epoch: int | None = None
 
+    def state_dict(self) -> dict:
+        """The best value and epoch so far (kept in checkpoints: a resumed run compares
+        its epochs with the epochs before the interruption too)."""
+        if self.best is None:
+            return {}
+        return {"best": np.float64(self.best), "best_epoch": np.int64(self.best_epoch or 0)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "best" in state:
+            self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
     def improved(self, record) -> bool:
         """Whether this epoch's record is the best so far (then it is remembered)."""
         if self.monitor not in record:
@@ -198,6 +218,14 @@ class EarlyStopping(_Monitor, Callback):
             raise ValueError(f"patience must be at least 1, got {patience}")
         self.patience, self.waited = patience, 0
         self.stopped_epoch: int | None = None
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        return {**state, "waited": np.int64(self.waited)} if state else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.waited = int(state.get("waited", 0))
 
     def on_epoch_end(self, trainer, epoch, record):
         self.waited = 0 if self.improved(record) else self.waited + 1

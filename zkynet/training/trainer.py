@@ -4,6 +4,7 @@ a NaN guard, checkpoints, an experiment tracker, a sweep scheduler."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -63,10 +64,38 @@ class TrainingLoop(Protocol):
         ...
 
 
+class MetricError(ValueError):
+    """A metric a callback logged is not a name (a non-empty string) with a finite
+    number; the message names the callback and the metric."""
+
+
+def checked_metric(name: Any, value: Any, where: str, allow_nonfinite: bool = False) -> float:
+    """`value` as a float, once sure that `name` names a metric and `value` is one (a
+    finite real number: a Python, NumPy or JAX scalar; NaN or inf only with
+    `allow_nonfinite`); else MetricError naming `where` (the callback) and the metric."""
+    if not isinstance(name, str) or not name.strip():
+        raise MetricError(f"{where}: a metric's name must be a non-empty string, got {name!r} (value {value!r})")
+    array = np.asarray(value) if not isinstance(value, (str, bytes)) else np.asarray(None)
+    if array.dtype.kind not in "biuf" or array.size != 1:
+        shown = f"an array shaped {array.shape}" if array.dtype.kind in "biufc" else repr(value)[:80]
+        raise MetricError(f"{where}: metric {name!r} must be one real number, got {shown}")
+    number = float(array.reshape(()))
+    if not math.isfinite(number) and not allow_nonfinite:
+        raise MetricError(
+            f"{where}: metric {name!r} is {number}; a NaN or infinite value is refused unless logged on "
+            f"purpose: trainer.log({name!r}, value, allow_nonfinite=True)"
+        )
+    return number
+
+
 class Callback:
     """Hooks the loop calls, in the order the callbacks were given; override what you
     need. Setting `trainer.should_stop = True` ends training after the current epoch
-    (early stopping); raising from a hook ends it at once."""
+    (early stopping); raising from a hook ends it at once.
+
+    Your own metrics: add them to the epoch's `record` in `on_epoch_end` (a name and a
+    finite number), or call `trainer.log(name, value)` from any hook for a value at the
+    current step; callbacks after yours see them (`on_log` for the latter)."""
 
     def on_fit_start(self, trainer: TrainingLoop) -> None:
         pass
@@ -80,11 +109,22 @@ class Callback:
     def on_epoch_end(self, trainer: TrainingLoop, epoch: int, record: Record) -> None:
         pass
 
+    def on_log(self, trainer: TrainingLoop, metrics: dict[str, float], step: int) -> None:
+        """Metrics a callback logged with `trainer.log` at `step` (checked already)."""
+
     def on_checkpoint(self, trainer: TrainingLoop, path: Any, meta: dict) -> None:
         """A checkpoint covering `meta["step"]` is complete at `path`. Called from the
         checkpoint writer's thread."""
 
     def on_fit_end(self, trainer: TrainingLoop) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        """What this callback must remember across a resume (kept in the trainer's
+        checkpoints); empty for most."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
         pass
 
 
@@ -95,7 +135,13 @@ class Trainer:
 
     The data order of every epoch is a function of `seed` alone, and the step
     count lives in the optimizer state, so a trainer restored with
-    `load_state_dict` continues exactly where the saved one stopped.
+    `load_state_dict` continues exactly where the saved one stopped, also in the
+    middle of an epoch (its steps' metrics so far are in the state) and with its
+    callbacks' own state (best epoch so far, patience).
+
+    `log(name, value)` (from a callback) logs a metric of your own at the current
+    step; values added to the epoch's record in `on_epoch_end` are checked the same
+    way once the callback returns.
 
     `precision="bf16"` trains and evaluates in mixed precision: float32 master weights
     and optimizer state, the model computed in bfloat16, the loss in float32 (see
@@ -121,7 +167,7 @@ class Trainer:
     ):
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
-        _check_finite(dataset)
+        check_finite(dataset)
         self.model, self.dataset, self.epochs, self.seed = model, dataset, epochs, seed
         parallel = DataParallel(devices) if devices != 1 else None
         if parallel is not None and batch_size % parallel.size:
@@ -136,6 +182,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.history: list[Record] = []
         self.should_stop = False
+        self._epoch_steps: list = []  # the current epoch's step metrics (device arrays)
+        self._resumed_steps: list = []  # those of the steps before a mid-epoch state was saved
+        self._calling = "Trainer"  # the hook being called: errors in what it logs name it
 
     @property
     def steps_per_epoch(self) -> int:
@@ -168,11 +217,13 @@ class Trainer:
         return self.history
 
     def _train_epoch(self, epoch, start_batch):
-        steps, examples, started = [], 0, time.perf_counter()
+        steps = self._epoch_steps = list(self._resumed_steps) if start_batch else []
+        self._resumed_steps = []
+        examples, started = 0, time.perf_counter()
         for batch in self.batches.epoch(epoch, start=start_batch):
             metrics = self.train_step(*batch)  # device arrays: no wait for the step to finish
+            steps.append(metrics)  # first: a state saved by a callback of this step holds it
             self._notify("on_step", metrics)
-            steps.append(metrics)
             examples += len(batch[0])
         means = jax.tree_util.tree_map(lambda *values: float(np.mean(values)), *steps) if steps else {}
         seconds = time.perf_counter() - started
@@ -185,8 +236,29 @@ class Trainer:
 
     def _notify(self, hook, *args):
         loop: TrainingLoop = self  # what the callbacks see
-        for callback in self.callbacks:
-            getattr(callback, hook)(loop, *args)
+        record = args[1] if hook == "on_epoch_end" else None
+        outer = self._calling
+        try:
+            for callback in self.callbacks:
+                self._calling = f"{type(callback).__name__}.{hook}"
+                before = dict(record) if record is not None else None
+                getattr(callback, hook)(loop, *args)
+                if record is not None and before is not None:
+                    for name in [k for k in record if k not in before or record[k] is not before[k]]:
+                        try:
+                            record[name] = checked_metric(name, record[name], f"{self._calling} (record[{name!r}])")
+                        except MetricError:
+                            del record[name]  # the record (in history) keeps only metrics
+                            raise
+        finally:
+            self._calling = outer
+
+    def log(self, name: str, value: Any, allow_nonfinite: bool = False) -> None:
+        """Log metric `name` = `value` (a finite number: NaN or inf only with
+        `allow_nonfinite`) at the current step, for the callbacks that record metrics
+        (a tracker: the runner sends them to MLflow). Call it from a callback's hook."""
+        metrics = {name: checked_metric(name, value, f"{self._calling}: trainer.log", allow_nonfinite)}
+        self._notify("on_log", metrics, self.step)
 
     def evaluate(self, batches: Batches | None = None) -> dict[str, float]:
         """Metrics on the validation split (or `batches`), averaged over examples."""
@@ -201,12 +273,44 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: parameters, optimizer state (with the
-        step count), and where the loop stands."""
-        return {**self.train_step.state_dict(), "meta": {"step": self.step, "epoch": self.epoch, "seed": self.seed}}
+        step count), where the loop stands, the metrics of the current epoch's steps
+        when it stands inside one, and the callbacks' own state."""
+        state = {**self.train_step.state_dict(), "meta": {"step": self.step, "epoch": self.epoch, "seed": self.seed}}
+        inside = self.step % self.steps_per_epoch
+        if inside and len(self._epoch_steps) == inside:
+            state["epoch_steps"] = {
+                name: np.stack([np.asarray(s[name]) for s in self._epoch_steps]) for name in self._epoch_steps[0]
+            }
+        callbacks = {key: c.state_dict() for key, c in _keyed(self.callbacks).items()}
+        callbacks = {key: value for key, value in callbacks.items() if value}
+        if callbacks:
+            state["callbacks"] = callbacks
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         _check_seed(state, self.seed, "trainer")
         self.train_step.load_state_dict(state)
+        steps = state.get("epoch_steps") or {}
+        count = len(next(iter(steps.values()))) if steps else 0
+        self._resumed_steps = [{name: values[i] for name, values in steps.items()} for i in range(count)]
+        self._epoch_steps = list(self._resumed_steps)
+        saved = state.get("callbacks") or {}
+        for key, callback in _keyed(self.callbacks).items():
+            if key in saved:
+                callback.load_state_dict(saved[key])
+
+
+def _keyed(callbacks):
+    """{"EarlyStopping": callback, "BestCheckpoint": ..., "EarlyStopping.2": a second one}."""
+    keyed: dict[str, Callback] = {}
+    for callback in callbacks:
+        name = type(callback).__name__
+        key, n = name, 1
+        while key in keyed:
+            n += 1
+            key = f"{name}.{n}"
+        keyed[key] = callback
+    return keyed
 
 
 class _CompileClock:
@@ -242,16 +346,30 @@ def _check_seed(state, seed, holder):
         )
 
 
-def _check_finite(dataset):
+def check_finite(dataset, rows_per_chunk=65536):
     """NaN or inf in the data would surface later as a diverging loss, blamed on the
-    learning rate: refuse it here, naming where it is."""
-    for split_name in ("train", "validation"):
-        split = getattr(dataset, split_name)
+    learning rate: refuse it here, naming where it is. Read in chunks, so that a
+    memory-mapped split is checked without being loaded whole."""
+    for split_name in ("train", "validation", "test"):
+        split = getattr(dataset, split_name, None)
+        if split is None:
+            continue
         for part in ("inputs", "targets"):
-            array = np.asarray(getattr(split, part))
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
-                rows = np.unique(np.nonzero(~np.isfinite(array))[0])
+            array = getattr(split, part)
+            if np.dtype(array.dtype).kind != "f":
+                continue
+            bad = [
+                np.unique(np.nonzero(~np.isfinite(chunk))[0]) + start
+                for start in range(0, len(array), rows_per_chunk)
+                for chunk in [np.asarray(array[start : start + rows_per_chunk])]
+                if not np.isfinite(chunk).all()
+            ]
+            if bad:
+                rows = np.concatenate(bad)
                 raise ValueError(
                     f"dataset {getattr(dataset, 'name', '')!r}: {split_name} {part} contain NaN or "
                     f"inf in {len(rows)} example(s) (first: row {rows[0]}); clean the data first"
                 )
+
+
+_check_finite = check_finite  # its name in zkynet.training.population
