@@ -32,6 +32,9 @@ STOPPED_EARLY, STOPPED_AT_EPOCH = (
 )  # a trial the scheduler (or early stopping) stopped
 BEST_EPOCH = "best_epoch"  # the epoch best by the monitored metric (early stopping, best checkpoint)
 BEST_RUN = "best_run"
+NODE, NODES, GPUS = "node", "nodes", "gpus"  # on a sweep's trial: the Ray node it (last) ran on, all, its GPU ids
+DEVICE_ENVIRONMENT = "device_environment"  # ...and how its JAX was told to use them (CUDA_VISIBLE_DEVICES, ...)
+RESUMABLE = "resumable"  # on a FAILED trial: its worker, not its training, failed (a resume runs it again)
 
 # artifacts
 CONFIG = "config/config.yaml"

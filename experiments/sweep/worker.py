@@ -36,8 +36,11 @@ from ray.tune.trainable import wrap_function
 
 from experiments import lineage
 from experiments.lifecycle import Paused
+from experiments.sweep.exploit import PackExploit
 from experiments.sweep.pack import Pack
-from experiments.sweep.reports import MemberStart, PackReport, TuneReport
+from experiments.sweep.plan import NUMBER
+from experiments.sweep.reports import MemberStart, PackReport, TuneReport, Verdict
+from experiments.sweep.settings import Pbt
 from experiments.sweep.space import SearchSpace
 from experiments.sweep.trial_names import trial_number
 from experiments.tracking import connect, default_tracking_uri
@@ -45,6 +48,7 @@ from zkynet import checkpoint
 
 TRIAL_THREAD_TIMEOUT_SECONDS = "120"  # how long a stopped trial may take to end its MLflow run (its worker waits)
 CHECKPOINT_FILE = Path(lineage.CHECKPOINT).name  # what a trial's Tune checkpoint folder holds
+PROFILE_ENV = "ZKYNET_SWEEP_PROFILE"  # a folder: profile every trial there (experiments.bench.trial_cost)
 
 
 @dataclass
@@ -60,11 +64,13 @@ class TrialContext:
     sweep_run_id: str | None  # None when tracking is off
     cpus: float
     environment: dict[str, str]  # set before JAX starts in the worker
+    decisions: Any  # the sweep's scheduler decisions (experiments.sweep.decisions): why a stopped trial stopped
     pbt_interval: int = 0  # population-based training: checkpoint to Tune every this many epochs
-    # packed trials: each pack's members, [(member number, {key: value}), ...]
-    packs: list[list[tuple[int, dict[str, Any]]]] | None = None
+    # packed trials: each pack's members by pack number, {pack: [(member number, {key: value}), ...]}
+    packs: dict[int, list[tuple[int, dict[str, Any]]]] | None = None
     rungs: tuple[float, ...] = ()  # ...and the epochs at which ASHA's rung rule compares a pack's members
     reduction_factor: float = 3
+    pbt: Pbt | None = None  # ...and population-based training among a pack's members
 
 
 class WorkerProcess:
@@ -77,6 +83,7 @@ class WorkerProcess:
         self.returned = threading.Event()
         self.returned.set()
         self.core_slot: int | None = None  # the file descriptor holding its lock
+        self.trials = 0  # trials it started
 
     def set_up(self, context: TrialContext) -> None:
         """Before a trial: JAX's environment (read when this worker's JAX starts, at its
@@ -168,8 +175,32 @@ def train_trial(call: TrialCall, context: TrialContext) -> None:
     would, then trained by the runner, epoch by epoch reported to Tune. Its output
     goes to trial.log in its folder (the driver prints its epochs). An error ends
     the trial's MLflow run FAILED and is not retried: only a worker that dies is."""
-    with call.worker.trial_running():
+    with call.worker.trial_running(), _profiled(call.worker):
         _train_trial(call.hyperparameters, context, call.worker)
+
+
+@contextlib.contextmanager
+def _profiled(worker: "WorkerProcess") -> Iterator[None]:
+    """With ZKYNET_SWEEP_PROFILE=<folder> (experiments.bench.trial_cost): the trial's thread
+    profiled, and its wall time, in files of that folder (`<pid>-<n>`; a worker's first
+    trial `-first`)."""
+    folder = os.environ.get(PROFILE_ENV)
+    worker.trials += 1
+    if not folder:
+        yield
+        return
+    import cProfile
+    import json
+
+    name = f"{os.getpid()}-{worker.trials}" + ("-first" if worker.trials == 1 else "")
+    profiler, started = cProfile.Profile(), time.perf_counter()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(Path(folder) / f"{name}.prof")
+        (Path(folder) / f"{name}.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))
 
 
 def _train_trial(hyperparameters: dict[str, Any], context: TrialContext, worker: WorkerProcess) -> None:
@@ -177,10 +208,12 @@ def _train_trial(hyperparameters: dict[str, Any], context: TrialContext, worker:
     from experiments.runner import run  # the worker's first trial pays this import, later ones do not
 
     worker.set_up(context)  # before this worker's JAX starts (its first trial)
-    number = trial_number(tune.get_context().get_trial_name())
+    name = tune.get_context().get_trial_name()
+    number = trial_number(name)
     if context.packs is not None:
-        _train_pack(run, context.packs[hyperparameters["pack"]], number, context, started, worker)
+        _train_pack(run, context.packs[number], number, name, context, started, worker)
         return
+    hyperparameters = {k: v for k, v in hyperparameters.items() if k != NUMBER}
     folder = Path(context.sweep_dir) / str(number)
     folder.mkdir(parents=True, exist_ok=True)
     overrides = context.space.overrides(hyperparameters)
@@ -188,7 +221,9 @@ def _train_trial(hyperparameters: dict[str, Any], context: TrialContext, worker:
         cfg = _trial_config(context, number, overrides, folder)
         if cfg is None:
             return
-        report = TuneReport(started, hyperparameters, worker.report, context.pbt_interval)
+        report = TuneReport(
+            started, hyperparameters, worker.report, context.pbt_interval, Verdict(context.decisions, name)
+        )
         try:
             state = _tune_state(cfg.seed)
             if state is not None and int(state["meta"]["epoch"]) >= cfg.trainer.epochs:
@@ -196,6 +231,8 @@ def _train_trial(hyperparameters: dict[str, Any], context: TrialContext, worker:
             run(cfg, callbacks=[report], state=state)
         except Paused:
             raise SystemExit(0) from None  # population-based training goes on with it later
+        except KeyboardInterrupt:
+            raise SystemExit(0) from None  # the sweep is ending: the run ended KILLED, resumable
         except Exception:
             traceback.print_exc()  # in trial.log; the run (if it got one) ended FAILED with the error
             return
@@ -230,6 +267,7 @@ def _train_pack(
     run: Callable[..., float],
     members: list[tuple[int, dict[str, Any]]],
     number: int,
+    name: str,
     context: TrialContext,
     started: float,
     worker: WorkerProcess,
@@ -253,6 +291,8 @@ def _train_pack(
             context.reduction_factor,
             [cfg.launch.trial for cfg in cfgs],
             worker.report,
+            Verdict(context.decisions, name),
+            PackExploit.of(context, cfgs),
         )
         threads = [
             pack.start_member(
@@ -260,13 +300,14 @@ def _train_pack(
             )
             for k, cfg in enumerate(cfgs)
         ]
+        traced = report.exploit.traced if isinstance(report.exploit, PackExploit) else ()
         try:
-            pack.train(on_epoch_end=report.on_epoch_end)
+            pack.train(on_epoch_end=report.on_epoch_end, traced=traced)
         except Exception:
             traceback.print_exc()  # every member's run ended FAILED with it
         for thread in threads:
             thread.join()
-    if report.stopped:
+    if report.stopped or report.interrupted:
         raise SystemExit(0)
     if report.last is not None:
         worker.report(report.last)
