@@ -35,6 +35,8 @@ BEST_RUN = "best_run"
 NODE, NODES, GPUS = "node", "nodes", "gpus"  # on a sweep's trial: the Ray node it (last) ran on, all, its GPU ids
 DEVICE_ENVIRONMENT = "device_environment"  # ...and how its JAX was told to use them (CUDA_VISIBLE_DEVICES, ...)
 RESUMABLE = "resumable"  # on a FAILED trial: its worker, not its training, failed (a resume runs it again)
+RESULTS = "results"  # on a sweep's trial: "deferred" (its curves, samples, model: drawn when the sweep ends, if
+# it is the best), then "logged"
 
 # artifacts
 CONFIG = "config/config.yaml"

@@ -10,10 +10,14 @@ owns it, so it always ends FINISHED, KILLED or FAILED.
 
 import copy
 import datetime
+import hashlib
+import json
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import jax.numpy as jnp
 from omegaconf import OmegaConf, open_dict
 
 from experiments import artifacts, build, lineage, resume, schema
@@ -54,7 +58,8 @@ def run(cfg, callbacks=(), state=None, make_trainer: Callable[..., RunTrainer] =
     with Run(cfg, uri) as current:
         tracker = None
         if client is not None:
-            tags = {lineage.OVERRIDES: " ".join(cfg.launch.overrides), **lineage.source_tags(PROJECT_ROOT)}
+            source = cfg.launch.get("source") or lineage.source_tags(PROJECT_ROOT)  # a sweep's: found once
+            tags = {lineage.OVERRIDES: " ".join(cfg.launch.overrides), **source}
             if cfg.launch.trial is not None:
                 tags[lineage.SWEEP_JOB] = str(cfg.launch.trial)
             tracker = current.track(
@@ -101,10 +106,48 @@ def run(cfg, callbacks=(), state=None, make_trainer: Callable[..., RunTrainer] =
             history = trainer.fit()
         if tracker is not None and history:
             _log_monitored(tracker, trainer)
-            _log_results(tracker, cfg, model, task, dataset, history)
-            if cfg.tracking.log_model:
-                _log_model(tracker, cfg, model, dataset)
+            if not cfg.launch.get("deferred"):  # a sweep's trial: drawn for the best one when the sweep ends
+                _log_results(tracker, cfg, model, task, dataset, history)
+                if cfg.tracking.log_model:
+                    _log_model(tracker, cfg, model, dataset)
     return history[-1][task.objective] if history else float("nan")
+
+
+def complete_results(run_id, uri):
+    """What run `run_id` left for later (a sweep's trial, launch.deferred): its curves,
+    samples and model, drawn from its stored config, metrics and last checkpoint, and
+    logged into it (which ends with the status it had)."""
+    client = connect(uri)
+    stored, state = lineage.stored_config_and_checkpoint(client, run_id)
+    if state is None:
+        raise ConfigError(f"run {run_id} has no checkpoint to draw its results from")
+    with tempfile.TemporaryDirectory() as folder:
+        with open_dict(stored):
+            stored.output_dir = folder
+        task = build.task(stored)
+        model, dataset = build.model(stored), build.dataset(stored, task)
+        for name, p in model.named_parameters().items():
+            p.value = jnp.asarray(state["params"][name], p.value.dtype)
+        history = _stored_history(client, run_id)
+        tracker = Tracker(uri, run_id=run_id, client=client)
+        try:
+            _log_results(tracker, stored, model, task, dataset, history)
+            if stored.tracking.log_model:
+                _log_model(tracker, stored, model, dataset)
+            tracker.set_tags({lineage.RESULTS: "logged"})
+        finally:
+            tracker.close(tracker.previous_status or "FINISHED")
+
+
+def _stored_history(client, run_id):
+    """A run's epoch records ({"epoch": n, "train_...": ..., "val_...": ...}) from its metrics."""
+    records = {m.step: {"epoch": int(m.value)} for m in client.get_metric_history(run_id, "epoch")}
+    for key in client.get_run(run_id).data.metrics:
+        if key.startswith(("train_", "val_")):
+            for m in client.get_metric_history(run_id, key):
+                if m.step in records:
+                    records[m.step][key] = m.value
+    return [records[step] for step in sorted(records)]
 
 
 def _checked(cfg, client):
@@ -204,20 +247,29 @@ def _log_setup(tracker, cfg, model, task, dataset):
             lineage.MODEL: type(model).__name__,
             lineage.DATASET: dataset.name,
             lineage.PARAMETERS: sum(p.value.size for p in model.named_parameters().values()),
+            **({lineage.RESULTS: "deferred"} if cfg.launch.get("deferred") else {}),
         }
     )
     if cfg.tracking.log_graph:
         sample = (dataset.train.inputs, dataset.train.targets)
         folder = Path(cfg.output_dir)
-        for path in artifacts.graph_images(
-            model,
-            task.loss,
-            sample,
-            [folder / lineage.GRAPH, folder / lineage.GRAPH_SVG],
-            cfg.run_name,
-            cfg.tracking.graph_depth,
-        ):
+        paths = [folder / lineage.GRAPH, folder / lineage.GRAPH_SVG]
+        if cfg.launch.get("shared"):  # a sweep's trials: drawn once per architecture, titled without the trial
+            title = cfg.run_name.split(" #")[0]
+            draw = lambda to: artifacts.graph_images(model, task.loss, sample, to, title, cfg.tracking.graph_depth)  # noqa: E731
+            paths = artifacts.shared(Path(cfg.launch.shared) / "graphs", _architecture(cfg), paths, draw)
+        else:
+            paths = artifacts.graph_images(model, task.loss, sample, paths, cfg.run_name, cfg.tracking.graph_depth)
+        for path in paths:
             tracker.log_artifact(path)
+
+
+def _architecture(cfg):
+    """What a graph picture shows: the model (not its initial values), data, task, depth."""
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "dataset", "task")}
+    parts["model"] = {k: v for k, v in build.model_spec(cfg).items() if k != "key"}
+    parts["depth"], parts["precision"] = cfg.tracking.graph_depth, str(cfg.trainer.precision)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _log_monitored(tracker, trainer):

@@ -85,7 +85,14 @@ TOP_LEVEL = {
     "output_dir",
     "launch",
 }
-LAUNCH = {"overrides", "sweep_run_id", "trial"}  # filled by the entry point or a sweep engine
+LAUNCH = {
+    "overrides",
+    "sweep_run_id",
+    "trial",
+    "source",
+    "shared",
+    "deferred",
+}  # filled by the entry point or a sweep engine
 AT_LEAST = {
     "trainer.epochs": 1,
     "trainer.batch_size": 1,

@@ -44,9 +44,9 @@ from experiments.sweep import space as search_space
 from experiments.sweep.book import TrialBook
 from experiments.sweep.cluster import ResourcesError, SweepStartError
 from experiments.sweep.ranking import rank
-from experiments.sweep.settings import Scheduler, SweeperSettings
+from experiments.sweep.settings import Results, Scheduler, SweeperSettings
 from experiments.sweep.worker import TRIAL_THREAD_TIMEOUT_SECONDS, TrialContext, trainable
-from experiments.tracking import connect, default_tracking_uri, experiment_id
+from experiments.tracking import PROJECT_ROOT, connect, default_tracking_uri, experiment_id
 
 
 class TuneSweep:
@@ -174,6 +174,8 @@ class TuneSweep:
             decisions,
             pbt_interval=s.pbt.interval if s.scheduler is Scheduler.pbt else 0,
             packs=packed,
+            source=lineage.source_tags(PROJECT_ROOT),
+            deferred=s.results is Results.best,
         )
         if packed is not None:
             context.rungs, context.reduction_factor = tuner.rungs(s, self.config.trainer.epochs)
@@ -220,6 +222,8 @@ class TuneSweep:
         if best is not None:
             client.log_batch(run_id, metrics=[Metric(f"best_{metric}", best.data.metrics[metric], 0, 0)])
             client.set_tag(run_id, lineage.BEST_RUN, best.info.run_id)
+            if best.data.tags.get(lineage.RESULTS) == "deferred":
+                self._complete(client, run_id, best)
         failed = [r for r in children if r.info.status == "FAILED"]
         unfinished = [r for r in children if r.info.status not in ("FINISHED", "FAILED")]
         if status == "FINISHED" and (failed or not children):
@@ -234,6 +238,17 @@ class TuneSweep:
         if failed:
             print(f"sweep: {len(failed)} of {len(children)} trials failed", file=sys.stderr)
         return status
+
+    def _complete(self, client: MlflowClient, run_id: str, best: Any) -> None:
+        """The best trial's curves, samples and model (its trials left them: results=best)."""
+        from experiments.runner import complete_results
+
+        try:
+            complete_results(best.info.run_id, self.uri)
+            print(f"sweep: the best trial's curves and model are in its run {best.info.run_id}", file=sys.stderr)
+        except Exception as e:  # the sweep's outcome stands: say what is missing
+            print(f"warning: could not log the best trial's results: {type(e).__name__}: {e}", file=sys.stderr)
+            client.set_tag(run_id, lineage.ARTIFACT_ERROR, f"best trial's results: {type(e).__name__}: {e}"[:5000])
 
     def _resume_command(self, arguments: list[str]) -> str:
         """The command that continues this sweep: its overrides, Hydra's own included (the
@@ -317,6 +332,7 @@ def _set_up_process() -> None:
     prints its own lines)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # read when the Tuner starts
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = TRIAL_THREAD_TIMEOUT_SECONDS
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # every result is in MLflow already
     logging.getLogger("ray.tune").setLevel(logging.ERROR)  # its advice (Tuner.restore, ...) is not for a sweep's user
 
 

@@ -31,6 +31,11 @@ class Search(Enum):
     optuna = "optuna"  # Bayesian
 
 
+class Results(Enum):
+    best = "best"  # the best trial's curves, samples and model, drawn when the sweep ends
+    every = "every"  # every trial's, as it ends (as a run alone)
+
+
 class Scheduler(Enum):
     fifo = "fifo"
     asha = "asha"
@@ -75,6 +80,7 @@ class SweeperSettings:
     resources: Resources = field(default_factory=Resources)
     max_concurrent: int | None = None
     max_failures: int = 2
+    results: Results = Results.best
     resume: bool = False
     compilation_cache: str = "~/.cache/zkynet/jax"
     jax_platforms: str | None = None  # JAX's platform in a trial: null: cuda when it was given a GPU, else cpu

@@ -1,6 +1,7 @@
 """The Tune experiment of one invocation of a sweep (in the driver): its trials (the
 plan's, through a Searcher that numbers them), packs, scheduler and search."""
 
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -130,15 +131,15 @@ def describe(settings: SweeperSettings, space: search_space.SearchSpace, plan: P
     """The sweep as it runs: the search named as it is, the plan, what each trial asks for."""
     s = settings
     if s.search is Search.optuna:
-        what = f"Bayesian search (Optuna's TPE) over {space.describe()}, {s.num_samples} trial(s)"
-    elif s.search is Search.random:
-        what = f"random search over {space.describe()}, {s.num_samples} draw(s)"
+        what = f"Bayesian search (Optuna's TPE), {s.num_samples} trials over {space.describe()}"
+    elif s.search is Search.random or not space.choices:
+        what = f"random search, {s.num_samples} draw{'s' if s.num_samples > 1 else ''} of {space.describe()}"
     else:
-        grid = 1
-        for values in space.choices.values():
-            grid *= len(values)
-        sampled = " (intervals drawn anew each time)" if space.intervals else ""
-        what = f"grid of {grid} combination(s) over {space.describe()}, {s.num_samples} time(s){sampled}"
+        grid = math.prod(len(values) for values in space.choices.values())
+        times = "once" if s.num_samples == 1 else f"{s.num_samples} times"
+        what = f"grid search, {grid} combination{'s' if grid > 1 else ''} of {space.describe()}, each {times}"
+        if space.intervals:
+            what += " (the intervals drawn anew each time)"
     asks = f"{s.resources.cpu:g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
     return (
         f"sweep: {what}; {s.scheduler.value.upper()} scheduler; {plan.describe()}; every "

@@ -3,8 +3,10 @@
 Every trial is one `experiments.runner.run(cfg)`, its configuration composed as the
 command line would, reporting each epoch to Tune (experiments.sweep.reports). A
 packed trial (hydra.sweeper.pack) trains its members' runs together
-(experiments.sweep.pack). Workers are kept for the next trial (imports paid once per
-worker) and share JAX's persistent compilation cache.
+(experiments.sweep.pack). Workers are kept for the next trial: imports are paid once
+per worker, and what the next trial shares with the last is kept too: its composed
+configuration (experiments.sweep.compose) and its compiled steps (experiments.sweep.
+steps; other workers of the machine share JAX's persistent compilation cache).
 
 What the driver hands the workers is one TrialContext, which Ray serialises into
 its object store (tune.with_parameters); what a worker process keeps between its
@@ -36,6 +38,8 @@ from ray.tune.trainable import wrap_function
 
 from experiments import lineage
 from experiments.lifecycle import Paused
+from experiments.sweep import steps
+from experiments.sweep.compose import Composer
 from experiments.sweep.exploit import PackExploit
 from experiments.sweep.pack import Pack
 from experiments.sweep.plan import NUMBER
@@ -71,6 +75,8 @@ class TrialContext:
     rungs: tuple[float, ...] = ()  # ...and the epochs at which ASHA's rung rule compares a pack's members
     reduction_factor: float = 3
     pbt: Pbt | None = None  # ...and population-based training among a pack's members
+    source: dict[str, str] | None = None  # the code's git commit, found once by the driver (lineage.source_tags)
+    deferred: bool = True  # curves, samples and model: for the best trial only, when the sweep ends
 
 
 class WorkerProcess:
@@ -84,13 +90,18 @@ class WorkerProcess:
         self.returned.set()
         self.core_slot: int | None = None  # the file descriptor holding its lock
         self.trials = 0  # trials it started
+        self.jax_started = False
+        self.programs = steps.Programs()  # compiled steps, kept for the next trial of the same program
+        self.composer = Composer()  # composed configurations, kept for the next trial of the same groups
 
     def set_up(self, context: TrialContext) -> None:
         """Before a trial: JAX's environment (read when this worker's JAX starts, at its
         first trial), Hydra's config store as in the driver, this worker's cores."""
-        os.environ.update(context.environment)
+        if not self.jax_started:
+            _start_jax(context.environment)
+            Singleton.set_state(context.singleton_state)  # Hydra's config store, as in the driver
+            self.jax_started = True
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
-        Singleton.set_state(context.singleton_state)
         self.pin_to_cores(context.cpus)
 
     @contextlib.contextmanager
@@ -138,6 +149,25 @@ class WorkerProcess:
             self.core_slot = lock  # open, hence locked, while this process lives
             os.sched_setaffinity(0, available[slot * count : (slot + 1) * count])
             return
+
+
+def _start_jax(environment: dict[str, str]) -> None:
+    """JAX's environment for this worker, before its first computation: XLA's memory settings
+    (read from the environment when the device is first used), and JAX's own flags, which
+    it read from the environment when it was imported (by the trial's unpickling, before
+    any of this could be set): updated through its config."""
+    os.environ.update(environment)
+    import jax
+
+    flags = {
+        "jax_platforms": ("JAX_PLATFORMS", str),
+        "jax_compilation_cache_dir": ("JAX_COMPILATION_CACHE_DIR", str),
+        "jax_persistent_cache_min_compile_time_secs": ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", float),
+        "jax_persistent_cache_min_entry_size_bytes": ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", int),
+    }
+    for flag, (name, kind) in flags.items():
+        if name in environment:
+            jax.config.update(flag, kind(environment[name]))
 
 
 @dataclass
@@ -218,7 +248,7 @@ def _train_trial(hyperparameters: dict[str, Any], context: TrialContext, worker:
     folder.mkdir(parents=True, exist_ok=True)
     overrides = context.space.overrides(hyperparameters)
     with open(folder / "trial.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        cfg = _trial_config(context, number, overrides, folder)
+        cfg = _trial_config(context, worker.composer, number, overrides, folder)
         if cfg is None:
             return
         report = TuneReport(
@@ -228,7 +258,7 @@ def _train_trial(hyperparameters: dict[str, Any], context: TrialContext, worker:
             state = _tune_state(cfg.seed)
             if state is not None and int(state["meta"]["epoch"]) >= cfg.trainer.epochs:
                 return  # handed a finished trial's state (population-based training): nothing left to train
-            run(cfg, callbacks=[report], state=state)
+            run(cfg, callbacks=[report], state=state, make_trainer=steps.trainer_maker(worker.programs, cfg))
         except Paused:
             raise SystemExit(0) from None  # population-based training goes on with it later
         except KeyboardInterrupt:
@@ -242,11 +272,13 @@ def _train_trial(hyperparameters: dict[str, Any], context: TrialContext, worker:
         worker.report(report.last)  # (with SystemExit, which must leave this function: its worker waits for that)
 
 
-def _trial_config(context: TrialContext, number: int, overrides: list[str], folder: Path) -> DictConfig | None:
+def _trial_config(
+    context: TrialContext, composer: Composer, number: int, overrides: list[str], folder: Path
+) -> DictConfig | None:
     """The trial's configuration, composed as the command line would; None (and a FAILED
     run saying why) when it cannot be composed (`trainer.epochs=abc`)."""
     try:
-        cfg = context.hydra_context.config_loader.load_sweep_config(context.master_config, overrides)
+        cfg = composer(context.hydra_context, context.master_config, overrides, context.space.keys)
     except Exception as e:  # this trial has no config, hence no run of its own yet
         traceback.print_exc()
         _record_unbuilt_trial(context, number, overrides, e)
@@ -259,6 +291,9 @@ def _trial_config(context: TrialContext, number: int, overrides: list[str], fold
         cfg.launch.overrides = overrides
         cfg.launch.sweep_run_id = context.sweep_run_id
         cfg.launch.trial = number
+        cfg.launch.source = context.source
+        cfg.launch.deferred = context.deferred
+        cfg.launch.shared = str(Path(context.sweep_dir) / "shared")  # what trials draw once (graph pictures)
         cfg.trainer.progress = False  # many trials share one terminal: plain lines
     return cfg
 
@@ -280,7 +315,7 @@ def _train_pack(
         for member, values in members:
             folder = Path(context.sweep_dir) / str(member)
             folder.mkdir(parents=True, exist_ok=True)
-            cfg = _trial_config(context, member, context.space.overrides(values), folder)
+            cfg = _trial_config(context, worker.composer, member, context.space.overrides(values), folder)
             if cfg is not None:
                 cfgs.append(cfg)
         pack = Pack(len(cfgs))

@@ -135,3 +135,38 @@ def test_asha_stops_a_member_early_inside_its_pack(cli, on_cluster):
     assert bad.data.tags["stopped_early"] == "true" and bad.data.tags["stopped_at_epoch"] == "1"
     assert bad.data.metrics["epoch"] == 1 and len(cli.client.get_metric_history(bad.info.run_id, "val_loss")) == 1
     assert bad.info.end_time < good.info.end_time  # it ended when it stopped, not with the pack
+
+
+@pytest.mark.slow
+def test_population_based_training_inside_a_pack(cli, on_cluster):
+    """pack=4 with scheduler=pbt: after epoch 2 the hopeless member (lr 1e-6) takes on the best
+    member's weights and optimizer state inside the pack's program (the library test checks
+    they are equal: tests/training/test_population.py) and a learning rate next to the best's;
+    each member is still its own run, FINISHED, with its learning rate per epoch."""
+    cluster, env = on_cluster
+    result = sweep(
+        cli,
+        "hydra.sweeper.pack=4",
+        "hydra.sweeper.scheduler=pbt",
+        "hydra.sweeper.pbt.interval=2",
+        "trainer.epochs=4",
+        "trainer.lr_schedule=constant",
+        "optimizer.lr=1e-6,3e-5,1e-3,3e-3",
+        *cluster,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    parent, members = sweep_runs(cli)
+    assert parent.info.status == "FINISHED" and sorted(members) == [1, 2, 3, 4]
+    assert all(r.info.status == "FINISHED" for r in members.values())
+    for run in members.values():
+        rates = cli.client.get_metric_history(run.info.run_id, "hp/optimizer.lr")
+        assert [m.step for m in sorted(rates, key=lambda m: m.step)] == [22, 44, 66, 88]
+    hopeless = members[1]
+    (exploited,) = cli.client.get_metric_history(hopeless.info.run_id, "pbt/exploited")
+    assert exploited.step == 44 and int(exploited.value) in (3, 4)
+    rates = metric_history(cli.client, hopeless, "hp/optimizer.lr")
+    assert rates[:2] == pytest.approx([1e-6, 1e-6]) and rates[2] == rates[3]
+    assert rates[2] == pytest.approx(1e-3, rel=1e-6) or rates[2] == pytest.approx(3e-3, rel=1e-6)
+    losses = metric_history(cli.client, hopeless, "val_loss")
+    assert losses[2] < 0.5 * losses[1]

@@ -3,7 +3,6 @@ checked through MLflow's client."""
 
 import os
 import re
-import subprocess
 
 import numpy as np
 import pytest
@@ -87,6 +86,20 @@ def test_ranking_puts_the_best_first_and_failures_last():
     assert rank(runs, "val_accuracy", "min")[1].info.run_id == "run2"  # never guessed from the metric's name
 
 
+def test_the_ranking_shows_the_tasks_other_metrics_with_four_significant_digits():
+    runs = [
+        FakeRun(
+            1, "FINISHED", {"val_loss": 0.123456789, "val_accuracy": 0.98765432}, "optimizer.lr=0.005185713905447035"
+        ),
+        FakeRun(2, "KILLED", {"val_loss": 2.5, "val_accuracy": 0.1}, "optimizer.lr=1e-05"),
+    ]
+    table, _ = rank(runs, "val_loss", "min")
+    header, _, first, second = table.splitlines()[2:]
+    assert header == "| rank | trial | status | val_loss | val_accuracy | overrides | run id |"
+    assert first == "| 1 | 1 | FINISHED | 0.1235 | 0.9877 | optimizer.lr=0.005186 | run1 |"
+    assert second == "| 2 | 2 | KILLED | 2.5 | 0.1 | optimizer.lr=1e-05 | run2 |"
+
+
 def sweep(cli, *overrides, env=None, timeout=900):
     return cli("-m", *QUIET, *overrides, env=env, timeout=timeout)
 
@@ -145,6 +158,7 @@ def test_asha_stops_a_bad_trial_early(cli, on_cluster):
         "hydra.sweeper.scheduler=asha",
         "hydra.sweeper.max_concurrent=1",
         "hydra.sweeper.asha.reduction_factor=2",
+        "hydra.sweeper.results=every",  # every trial's pictures, drawn as it ends
         "trainer.epochs=4",
         "optimizer.lr=3e-3,1e-6",
         *cluster,
@@ -162,48 +176,6 @@ def test_asha_stops_a_bad_trial_early(cli, on_cluster):
     assert bad.data.metrics["epoch"] == 1 and len(cli.client.get_metric_history(bad.info.run_id, "val_loss")) == 1
     assert lineage.CURVES in {a.path for a in cli.client.list_artifacts(bad.info.run_id)}
     assert "[trial 2] trained 1 of 4 epochs, stopped early by the scheduler" in result.stderr
-
-
-@pytest.mark.slow
-def test_an_interrupted_sweep_leaves_nothing_running_and_resumes(cli, tmp_path, on_cluster):
-    """SIGTERM to the driver while trial 1 trains (after its epoch-2 checkpoint): the
-    sweep and trial 1 end KILLED, trial 2 never starts, the exact command to resume
-    is printed; resuming finishes the sweep without training trial 0 again."""
-    pid_file, marker = tmp_path / "driver.pid", tmp_path / "signalled"
-    cluster, env = on_cluster
-    process = cli.start(
-        "-m",
-        *QUIET,
-        "hydra.sweeper.max_concurrent=1",
-        "trainer.epochs=1,3,2",
-        f"+callbacks.stop._target_={FIXTURES}.SignalDriverOnce",
-        "+callbacks.stop.after=2",
-        f"+callbacks.stop.pid_file={pid_file}",
-        f"+callbacks.stop.marker={marker}",
-        *cluster,
-        env=env,
-    )
-    pid_file.write_text(str(process.pid))
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 130, stderr
-    parent, trials = sweep_runs(cli)
-    assert parent.info.status == "KILLED" and all(r.info.status != "RUNNING" for r in cli.runs())
-    assert trials[0].info.status == "FINISHED" and trials[1].info.status == "KILLED" and 2 not in trials
-    finished_once = trials[0].info.end_time
-    command = re.search(r"resume it with:\n  (.*)", stderr).group(1)
-    assert "hydra.sweeper.resume=true" in command and f"hydra.sweep.dir={cli.folder}" in command
-    assert "hydra.sweeper.max_concurrent=1" in command and cluster[0] in command  # Hydra's overrides kept
-
-    resumed = subprocess.run(
-        command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
-    )  # the command as printed, in the sweep's environment
-    assert resumed.returncode == 0, resumed.stderr
-    parent, trials = sweep_runs(cli)
-    assert parent.info.status == "FINISHED" and [trials[i].info.status for i in range(3)] == ["FINISHED"] * 3
-    assert trials[0].info.end_time == finished_once  # not trained again
-    assert trials[1].data.metrics["epoch"] == 3 and trials[1].data.tags["attempts"] == "2"
-    steps = [m.step for m in cli.client.get_metric_history(trials[1].info.run_id, "val_loss")]
-    assert sorted(steps) == sorted(set(steps)) and len(steps) == 3  # every epoch once
 
 
 @pytest.mark.slow
@@ -225,6 +197,14 @@ def test_bayesian_search_with_optuna_through_tune(cli, on_cluster):
     assert all(r.info.status == "FINISHED" for r in trials.values()) and parent.info.status == "FINISHED"
     best = min(trials.values(), key=lambda r: r.data.metrics["val_loss"])
     assert parent.data.tags["best_run"] == best.info.run_id
+    # results=best: the best trial's curves and model, drawn when the sweep ended; the others' left out
+    files = cli.artifacts(best.info.run_id)
+    assert {"curves.png", "model/MLmodel", "graph.png"} <= set(files) and best.data.tags["results"] == "logged"
+    assert best.info.status == "FINISHED"
+    for run in trials.values():
+        if run.info.run_id != best.info.run_id:
+            assert run.data.tags["results"] == "deferred" and "curves.png" not in cli.artifacts(run.info.run_id)
+            assert "graph.png" in cli.artifacts(run.info.run_id)  # drawn once, logged by every trial
 
 
 @pytest.mark.slow
