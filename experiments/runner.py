@@ -59,7 +59,8 @@ def run(cfg, callbacks=(), state=None, make_trainer: Callable[..., RunTrainer] =
         tracker = None
         if client is not None:
             source = cfg.launch.get("source") or lineage.source_tags(PROJECT_ROOT)  # a sweep's: found once
-            tags = {lineage.OVERRIDES: " ".join(cfg.launch.overrides), **source}
+            tags = {lineage.OVERRIDES: " ".join(cfg.launch.overrides), **source, **_setup_tags(cfg, model, dataset)}
+            tags.update(cfg.launch.get("tags") or {})  # a sweep engine's (where a new trial runs)
             if cfg.launch.trial is not None:
                 tags[lineage.SWEEP_JOB] = str(cfg.launch.trial)
             tracker = current.track(
@@ -241,15 +242,18 @@ def _params(cfg, resolve=True):
     return flatten({k: v for k, v in settings.items() if k not in NOT_PARAMS})
 
 
+def _setup_tags(cfg, model, dataset):
+    """What a new run is tagged with from the start: its model, data, size (and whether a
+    sweep draws its results later)."""
+    return {
+        lineage.MODEL: type(model).__name__,
+        lineage.DATASET: dataset.name,
+        lineage.PARAMETERS: str(sum(p.value.size for p in model.named_parameters().values())),
+        **({lineage.RESULTS: "deferred"} if cfg.launch.get("deferred") else {}),
+    }
+
+
 def _log_setup(tracker, cfg, model, task, dataset):
-    tracker.set_tags(
-        {
-            lineage.MODEL: type(model).__name__,
-            lineage.DATASET: dataset.name,
-            lineage.PARAMETERS: sum(p.value.size for p in model.named_parameters().values()),
-            **({lineage.RESULTS: "deferred"} if cfg.launch.get("deferred") else {}),
-        }
-    )
     if cfg.tracking.log_graph:
         sample = (dataset.train.inputs, dataset.train.targets)
         folder = Path(cfg.output_dir)

@@ -10,9 +10,10 @@ MLflow run, Ray, Tune, its end), book.py (Tune's trials and their MLflow runs),
 ranking.py (the table every sweep ends with).
 
 In the Ray workers: worker.py (a trial, or a pack of trials, from its
-configuration to its run), reports.py (what a trial tells Tune, and what Tune
-decides back), pack.py (K runs trained as one population), exploit.py
-(population-based training inside a pack). decisions.py is a Ray actor of the
+configuration to its run), compose.py (a trial's configuration, composed once per
+choice of groups), steps.py (compiled steps kept from one trial to the next),
+reports.py (what a trial tells Tune, and what Tune decides back), pack.py (K runs
+trained as one population), exploit.py (population-based training inside a pack). decisions.py is a Ray actor of the
 sweep's own: its schedulers' decisions, which a stopped worker asks for.
 
 basic.py serves Hydra's own basic sweeper instead (jobs one after another in

@@ -37,24 +37,28 @@ class Verdict:
         return decisions.verdict(self.decisions, self.trial)
 
 
-def placement_tags(tracker: Tracker | None) -> None:
-    """Tag a trial's run with the Ray node it runs on (and every node it ran on: a continued
-    run's attempts), and the devices it was given."""
-    if tracker is None:
-        return
+def placement() -> dict[str, str]:
+    """A trial's run's tags: the Ray node it runs on, the devices it was given (set when the
+    run starts: experiments.sweep.worker)."""
     given = given_devices()
     node = given.pop("node")
-    nodes = [node]
-    if tracker.previous_status is not None:  # a continued run: where did it run before?
-        nodes = [*tracker.client.get_run(tracker.run_id).data.tags.get(lineage.NODES, "").split(","), node]
-    tracker.set_tags(
-        {
-            lineage.NODE: node,
-            lineage.NODES: ",".join(n for n in nodes if n),
-            lineage.GPUS: given.pop("gpus"),
-            lineage.DEVICE_ENVIRONMENT: " ".join(f"{k}={v}" for k, v in sorted(given.items()) if k != "host"),
-        }
-    )
+    return {
+        lineage.NODE: node,
+        lineage.NODES: node,
+        lineage.GPUS: given.pop("gpus"),
+        lineage.DEVICE_ENVIRONMENT: " ".join(f"{k}={v}" for k, v in sorted(given.items()) if k != "host"),
+    }
+
+
+def placement_tags(tracker: Tracker | None) -> None:
+    """A continued run (another attempt; a new one has them from its start): where it runs
+    now, and every node it ran on, this one last."""
+    if tracker is None or tracker.previous_status is None:
+        return
+    tags = placement()
+    earlier = tracker.client.get_run(tracker.run_id).data.tags.get(lineage.NODES, "").split(",")
+    tags[lineage.NODES] = ",".join([n for n in earlier if n] + [tags[lineage.NODE]])
+    tracker.set_tags(tags)
 
 
 class TuneReport(Callback):

@@ -42,6 +42,12 @@ class Programs:
         self.train: dict[str, Callable] = {}
         self.eval: dict[str, Callable] = {}
         self.reused = 0  # trials that traced nothing
+        self.keys: dict[tuple[str, ...], str] = {}  # key_of by the overrides that can change it
+
+
+def _program_overrides(cfg: DictConfig) -> tuple[str, ...]:
+    """A trial's overrides less those that only set what key_of leaves out (optimizer.*, seed)."""
+    return tuple(o for o in cfg.launch.overrides if not o.lstrip("+~").startswith(("optimizer.", "seed=", "tracking.")))
 
 
 def key_of(cfg: DictConfig) -> str:
@@ -56,7 +62,8 @@ def key_of(cfg: DictConfig) -> str:
 
 def trainer_maker(programs: Programs, cfg: DictConfig) -> Callable[..., Trainer]:
     """What builds a trial's trainer (experiments.runner.run's make_trainer)."""
-    base = key_of(cfg)
+    overrides = _program_overrides(cfg)
+    base = programs.keys.get(overrides) or programs.keys.setdefault(overrides, key_of(cfg))
 
     def make(**arguments: Any) -> Trainer:
         trainer = Trainer(**arguments)

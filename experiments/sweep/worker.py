@@ -43,7 +43,7 @@ from experiments.sweep.compose import Composer
 from experiments.sweep.exploit import PackExploit
 from experiments.sweep.pack import Pack
 from experiments.sweep.plan import NUMBER
-from experiments.sweep.reports import MemberStart, PackReport, TuneReport, Verdict
+from experiments.sweep.reports import MemberStart, PackReport, TuneReport, Verdict, placement
 from experiments.sweep.settings import Pbt
 from experiments.sweep.space import SearchSpace
 from experiments.sweep.trial_names import trial_number
@@ -293,6 +293,7 @@ def _trial_config(
         cfg.launch.trial = number
         cfg.launch.source = context.source
         cfg.launch.deferred = context.deferred
+        cfg.launch.tags = placement()
         cfg.launch.shared = str(Path(context.sweep_dir) / "shared")  # what trials draw once (graph pictures)
         cfg.trainer.progress = False  # many trials share one terminal: plain lines
     return cfg
