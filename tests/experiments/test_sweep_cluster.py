@@ -8,21 +8,22 @@ import time
 
 import pytest
 
-from tests.experiments.conftest import mlflow_server_on, ray_head
+from tests.experiments.conftest import RAY_CLUSTER_AUTH, mlflow_server_on, ray_head
 from tests.experiments.test_sweep import ROOT, sweep, sweep_runs
 
 SWEEP_FIXTURES = "tests.fixtures.sweep_callbacks"
 ON_CPU = "hydra.sweeper.jax_platforms=cpu"  # the node's GPUs are declared, not real
 
 
-def env_without_token():
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}, "PYTHONPATH": ROOT}
+def env_with_token():
+    """The sweep's environment: the clusters here admit holders of their own token."""
+    return {**os.environ, "PYTHONPATH": ROOT, **RAY_CLUSTER_AUTH}
 
 
 @pytest.fixture(scope="module")
 def four_gpus():
     """A one-node cluster that says it has 4 GPUs (and 4 CPUs)."""
-    with ray_head(num_cpus=4, num_gpus=4) as address:
+    with ray_head(num_cpus=4, num_gpus=4, env=RAY_CLUSTER_AUTH) as address:
         yield f"hydra.sweeper.ray.address={address}"
 
 
@@ -48,7 +49,7 @@ def test_one_gpu_per_trial_four_trials_at_once_on_four_devices(cli, tmp_path, fo
         "trainer.epochs=2",
         four_gpus,
         *together(tmp_path, 4),
-        env=env_without_token(),
+        env=env_with_token(),
     )
     assert result.returncode == 0, result.stderr
     assert "every trial asks Ray for 1 CPU and 1 GPU" in result.stderr
@@ -71,7 +72,7 @@ def test_a_quarter_gpu_per_trial_four_trials_share_one_device_and_split_its_memo
         "trainer.epochs=2",
         four_gpus,
         *together(tmp_path, 4),
-        env=env_without_token(),
+        env=env_with_token(),
     )
     assert result.returncode == 0, result.stderr
     _, trials = sweep_runs(cli)
@@ -93,7 +94,7 @@ def test_auto_asks_for_a_gpu_and_auto_packs_fill_the_devices(cli, four_gpus):
         "seed=range(0,8)",
         "trainer.epochs=1",
         four_gpus,
-        env=env_without_token(),
+        env=env_with_token(),
     )
     assert result.returncode == 0, result.stderr
     assert "8 trials in 4 pack(s) of up to 2" in result.stderr and "1 CPU and 1 GPU" in result.stderr
@@ -112,7 +113,7 @@ def wait_for(path, process, seconds=300):
 
 
 @pytest.mark.slow
-def test_a_sweep_over_two_nodes_loses_one_and_its_trial_goes_on_elsewhere(cli, tmp_path):
+def test_a_sweep_over_two_nodes_loses_one_and_its_trial_goes_on_elsewhere(cli, tmp_path, monkeypatch):
     """Two nodes of one CPU each (and a head with none), an MLflow server that serves the
     artifacts (no shared disk): the two trials train on one node each; the node of the first
     to checkpoint epoch 2 is removed; its trial continues on the other node from that
@@ -120,6 +121,10 @@ def test_a_sweep_over_two_nodes_loses_one_and_its_trial_goes_on_elsewhere(cli, t
     a lost node's trial ends FAILED saying why and the other finishes."""
     from ray.cluster_utils import Cluster
 
+    # a cluster of this test process (which joins it without a token): open, on this machine only
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    open_cluster = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     try:
@@ -139,7 +144,7 @@ def test_a_sweep_over_two_nodes_loses_one_and_its_trial_goes_on_elsewhere(cli, t
                 "trainer.checkpoint_min_seconds=0",
                 *common,
                 f"+callbacks.wait.marker={marker}",
-                env=env_without_token(),
+                env=open_cluster,
             )
             lost = wait_for(marker, process)
             cluster.remove_node(next(n for n in nodes if n.node_id == lost))
@@ -166,7 +171,7 @@ def test_a_sweep_over_two_nodes_loses_one_and_its_trial_goes_on_elsewhere(cli, t
                 *common,
                 "hydra.sweeper.max_failures=0",
                 f"+callbacks.wait.marker={marker}",
-                env=env_without_token(),
+                env=open_cluster,
             )
             lost = wait_for(marker, process)
             cluster.remove_node(next(n for n in nodes if n.node_id == lost))
