@@ -3,6 +3,10 @@ curves, and a look at what the model produces (generated text, sampled or
 reconstructed images). A Task names the looks worth drawing (`Task.artifacts`);
 SAMPLES maps each name to what draws it."""
 
+import os
+import shutil
+import threading
+
 import jax
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -30,6 +34,23 @@ def graph_images(model, loss, batch, paths, title, depth="auto", graph=None):
         plot_cg(graph, save_path=str(path), title=title, depth=depth, rankdir="TB", max_width=GRAPH_MAX_WIDTH)
         for path in paths
     ]
+
+
+def shared(folder, key, paths, draw):
+    """`paths` (files a run logs), drawn once per `key` into `folder` (a sweep's trials share
+    it: `draw(paths)` makes them) and copied from there; the copies' paths."""
+    made = folder / key
+    if not all((made / path.name).exists() for path in paths):
+        scratch = folder / f".{key}.{os.getpid()}.{threading.get_ident()}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        draw([scratch / path.name for path in paths])
+        try:
+            scratch.rename(made)  # whole, at once: a trial drawing the same meanwhile keeps its own
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+    for path in paths:
+        shutil.copyfile(made / path.name, path)
+    return paths
 
 
 def _figure(figsize):

@@ -72,6 +72,8 @@ class Ending:
         if tracker is not None:
             metrics.update(self._log_monitored())
             tracker.set_tags({lineage.MODEL_EPOCH: model_epoch})
+            if cfg.launch.get("deferred"):  # a sweep's trial: drawn for the best one when the sweep ends
+                missing -= {"curves", "model"}
             if "curves" in missing and history:
                 self._log_results(history, model)
             if "model" in missing and cfg.tracking.log_model:
@@ -90,6 +92,12 @@ class Ending:
             tracking_uri=tracker.uri if tracker is not None else None,
         )
         return result, self._model_line(result, best, history)
+
+    def log_results(self, history, model):
+        """The curves, samples and model a sweep's trial left for later (runner.complete_results)."""
+        self._log_results(history, model)
+        if self.cfg.tracking.log_model:
+            self._log_model(model)
 
     def _missing(self, trained):
         """What to log: everything when this process trained, else what the store lacks."""

@@ -34,6 +34,11 @@ STOPPED_EARLY, STOPPED_AT_EPOCH = (
 BEST_EPOCH = "best_epoch"  # the epoch best by the monitored metric (early stopping, best checkpoint)
 MODEL_EPOCH = "model_epoch"  # the epoch whose weights are the run's model (the best one when monitored)
 BEST_RUN = "best_run"
+NODE, NODES, GPUS = "node", "nodes", "gpus"  # on a sweep's trial: the Ray node it (last) ran on, all, its GPU ids
+DEVICE_ENVIRONMENT = "device_environment"  # ...and how its JAX was told to use them (CUDA_VISIBLE_DEVICES, ...)
+RESUMABLE = "resumable"  # on a FAILED trial: its worker, not its training, failed (a resume runs it again)
+RESULTS = "results"  # on a sweep's trial: "deferred" (its curves, samples, model: drawn when the sweep ends, if
+# it is the best), then "logged"
 
 # artifacts
 CONFIG = "config/config.yaml"

@@ -61,7 +61,10 @@ def with_launch(cfg, hydra_config):
             ]  # a job's task may differ from the sweep's
             sweep = lineage.sweep_run(client, experiments, str(hydra_config.sweep.dir))
             if sweep:
-                cfg.launch.sweep_run_id, cfg.launch.trial = sweep.info.run_id, hydra_config.job.num
+                cfg.launch.sweep_run_id, cfg.launch.trial = (
+                    sweep.info.run_id,
+                    hydra_config.job.num + 1,
+                )  # from 1, as Tune's
     return cfg
 
 

@@ -10,6 +10,9 @@ owns it, so it always ends FINISHED, KILLED or FAILED.
 
 import copy
 import datetime
+import hashlib
+import json
+import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -80,7 +83,9 @@ def run(
     with Run(cfg, uri) as current:
         tracker = None
         if client is not None:
-            tags = {lineage.OVERRIDES: " ".join(cfg.launch.overrides), **lineage.source_tags(PROJECT_ROOT)}
+            source = cfg.launch.get("source") or lineage.source_tags(PROJECT_ROOT)  # a sweep's: found once
+            tags = {lineage.OVERRIDES: " ".join(cfg.launch.overrides), **source, **_setup_tags(cfg, model, dataset)}
+            tags.update(cfg.launch.get("tags") or {})  # a sweep engine's (where a new trial runs)
             if cfg.launch.trial is not None:
                 tags[lineage.SWEEP_JOB] = str(cfg.launch.trial)
             tracker = current.track(
@@ -169,6 +174,31 @@ def _rank(callback):
     return (
         2 if isinstance(callback, Checkpointer) else 1 if isinstance(callback, (EarlyStopping, BestCheckpoint)) else 0
     )
+
+
+def complete_results(run_id, uri):
+    """What run `run_id` left for later (a sweep's trial, launch.deferred): its curves,
+    samples and model (the best epoch's when a monitor chose one), drawn from its stored
+    config, metrics and checkpoints, and logged into it (which ends with the status it had)."""
+    client = connect(uri)
+    stored, state = lineage.stored_config_and_checkpoint(client, run_id)
+    state = lineage.best_checkpoint(client, run_id) or state
+    if state is None:
+        raise ConfigError(f"run {run_id} has no checkpoint to draw its results from")
+    with tempfile.TemporaryDirectory() as folder:
+        with open_dict(stored):
+            stored.output_dir = folder
+        task = build.task(stored)
+        model, dataset = build.model(stored), build.dataset(stored, task)
+        model.load_state_dict(state["params"])
+        tracker = Tracker(uri, run_id=run_id, client=client)
+        try:
+            Ending(stored, task, dataset, model, None, tracker, True).log_results(
+                lineage.epoch_history(client, run_id), model
+            )
+            tracker.set_tags({lineage.RESULTS: "logged"})
+        finally:
+            tracker.close(tracker.previous_status or "FINISHED")
 
 
 def _checked(cfg, client, uri):
@@ -276,24 +306,38 @@ def _params(cfg, resolve=True):
     return {key: value.replace(folder, "${output_dir}") for key, value in flat.items()}
 
 
+def _setup_tags(cfg, model, dataset):
+    """What a new run is tagged with from the start: its model, data, size (and whether a
+    sweep draws its results later)."""
+    return {
+        lineage.MODEL: type(model).__name__,
+        lineage.DATASET: dataset.name,
+        lineage.PARAMETERS: str(sum(p.value.size for p in model.named_parameters().values())),
+        **({lineage.RESULTS: "deferred"} if cfg.launch.get("deferred") else {}),
+    }
+
+
 def _log_setup(tracker, cfg, model, task, dataset, graph=None):
-    tracker.set_tags(
-        {
-            lineage.MODEL: type(model).__name__,
-            lineage.DATASET: dataset.name,
-            lineage.PARAMETERS: sum(p.value.size for p in model.named_parameters().values()),
-        }
-    )
-    if cfg.tracking.log_graph:
-        sample = (dataset.train.inputs, dataset.train.targets)
-        folder = Path(cfg.output_dir)
-        for path in artifacts.graph_images(
-            model,
-            task.loss,
-            sample,
-            [folder / lineage.GRAPH, folder / lineage.GRAPH_SVG],
-            cfg.run_name,
-            cfg.tracking.graph_depth,
-            graph,
-        ):
-            tracker.log_artifact(path)
+    """The graph pictures (a sweep's trials draw them once per architecture, titled without the trial)."""
+    if not cfg.tracking.log_graph:
+        return
+    sample = (dataset.train.inputs, dataset.train.targets)
+    folder = Path(cfg.output_dir)
+    paths = [folder / lineage.GRAPH, folder / lineage.GRAPH_SVG]
+    shared = cfg.launch.get("shared")
+    title = cfg.run_name.split(" #")[0] if shared else cfg.run_name
+
+    def draw(to):
+        return artifacts.graph_images(model, task.loss, sample, to, title, cfg.tracking.graph_depth, graph)
+
+    paths = artifacts.shared(Path(shared) / "graphs", _architecture(cfg), paths, draw) if shared else draw(paths)
+    for path in paths:
+        tracker.log_artifact(path)
+
+
+def _architecture(cfg):
+    """What a graph picture shows: the model (not its initial values), data, task, depth."""
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "dataset", "task")}
+    parts["model"] = {k: v for k, v in build.model_spec(cfg).items() if k != "key"}
+    parts["depth"], parts["precision"] = cfg.tracking.graph_depth, str(cfg.trainer.precision)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -85,7 +85,8 @@ TOP_LEVEL = {
     "output_dir",
     "launch",
 }
-LAUNCH = {"overrides", "sweep_run_id", "trial"}  # filled by the entry point or a sweep engine
+# filled by the entry point or a sweep engine (source, shared, deferred, tags: experiments.sweep.worker)
+LAUNCH = {"overrides", "sweep_run_id", "trial", "source", "shared", "deferred", "tags"}
 AT_LEAST = {
     "trainer.epochs": 1,
     "trainer.batch_size": 1,

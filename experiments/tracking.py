@@ -169,7 +169,11 @@ class Tracker:
             }
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
-            tags = {**(tags or {}), **({lineage.PARENT: parent_run_id} if parent_run_id else {})}
+            tags = {
+                **(tags or {}),
+                **({lineage.PARENT: parent_run_id} if parent_run_id else {}),
+                **lineage.owner_tags(),
+            }
             home = (
                 self.client.get_run(parent_run_id).info.experiment_id
                 if parent_run_id
@@ -181,7 +185,8 @@ class Tracker:
         self.experiment_id = run.info.experiment_id
         self.experiment = self.client.get_experiment(self.experiment_id).name
         self.artifact_uri = run.info.artifact_uri
-        self.set_tags(lineage.owner_tags())
+        if run_id is not None:  # (a new run has them from its creation)
+            self.set_tags(lineage.owner_tags())
         self._queue: queue.Queue = queue.Queue()
         self._error = None
         self._writer = threading.Thread(target=self._write_metrics, name="mlflow-metrics", daemon=True)

@@ -18,6 +18,10 @@ the pack's training throughput (samples/s summed over its members) >= 3x one
 unpacked run's. `--pack-model cnn` packs the digits CNN instead; `--gpu` sizes
 either for a GPU (wider layers, larger batches, 32 configurations per pack, the
 trial on a GPU).
+
+fixed: the fixed cost of a trial (experiments.bench.trial_cost): 64 one-epoch
+trials sequentially and on Tune; fixed cost per trial on a warm worker (target
+<= 0.25 s), trials per minute, and where a warm trial's time goes.
 """
 
 import os
@@ -31,7 +35,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from experiments.bench import write_result
+from experiments.bench import trial_cost, write_result
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET, WARM_TARGET = 0.75, 1.0
@@ -210,7 +214,9 @@ def pack_versus_sequential(args, folder):
 
 
 def add_arguments(parser):
-    parser.add_argument("--part", choices=["wall", "asha", "pack", "all"], default="all")
+    parser.add_argument("--part", choices=["wall", "asha", "pack", "fixed", "all"], default="all")
+    parser.add_argument("--fixed-trials", type=int, default=64, help="fixed part: how many one-epoch trials")
+    parser.add_argument("--root", default=None, help="fixed part: the checkout whose code runs (default: this one)")
     parser.add_argument("--gpu", action="store_true", help="pack part: sizes for a GPU (the pack trial asks for one)")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument(
@@ -315,4 +321,6 @@ def run(args):
                 result["pack"].update(
                     population_widths=widths, population_samples_per_s=population, trainer_samples_per_s=one
                 )
+        if args.part in ("fixed", "all"):
+            result["fixed"] = trial_cost.run(args, folder)
     write_result(args.json, result)

@@ -3,29 +3,27 @@
 Hydra hands the -m command line to zkynet's Tune sweeper (conf/hydra/sweeper/
 tune.yaml, experiments/plugins/); this module is its driver, in the process Hydra
 started:
-  * the overrides become a Tune search space (experiments.sweep.space), checked with
-    the sweeper's settings (experiments.sweep.settings) before Ray starts;
-  * every trial is one `experiments.runner.run(cfg)` in a Ray worker
-    (experiments.sweep.worker), reporting each epoch's metrics to Tune, so a trial
-    starts as soon as resources free up (no batch barrier) and a scheduler (FIFO,
-    ASHA) can stop a bad trial early;
+  * the overrides become a search space (experiments.sweep.space), checked with the
+    sweeper's settings (experiments.sweep.settings) before Ray starts; a resume is
+    checked against what the sweep was run with (experiments.sweep.record);
+  * the trials to run now and their numbers (experiments.sweep.plan) go to one Tune
+    experiment (experiments.sweep.tuner); every trial is one `experiments.runner.run(cfg)`
+    in a Ray worker (experiments.sweep.worker), reporting each epoch to Tune, so a trial
+    starts as soon as resources free up and a scheduler can stop a bad one early (its
+    decisions recorded: experiments.sweep.decisions);
   * a trial whose worker dies runs again and continues its own MLflow run from its
-    last checkpoint (experiments.resume), metrics and all;
-  * with hydra.sweeper.pack, trials that differ only in shape-free values train K at
-    a time as one Tune trial (experiments.sweep.pack): each member is its own MLflow
-    run, stopped (ASHA's rung rule among the pack's members) or failed alone;
-  * the sweep is one MLflow run with a child run per trial; whatever happens (a
-    refused config, a dead worker, Ctrl-C) no run is left RUNNING (the driver's
-    books, experiments.sweep.book); an interrupted sweep prints the command that
-    resumes it, and finished trials are not rerun.
+    last checkpoint; so does an interrupted trial when the sweep is resumed;
+  * the sweep is one MLflow run with a child run per trial; whatever happens (a refused
+    config, a dead worker, Ctrl-C or SIGTERM at any moment) no run is left RUNNING and
+    the Ray processes the sweep started end (the driver's books, experiments.sweep.book).
 """
 
 import logging
 import os
 import signal
-import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,33 +34,19 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from omegaconf import DictConfig
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
 from experiments import lineage
+from experiments.sweep import cluster, record, tuner
+from experiments.sweep import decisions as scheduler_decisions
+from experiments.sweep import plan as sweep_plan
 from experiments.sweep import settings as sweeper_settings
 from experiments.sweep import space as search_space
-from experiments.sweep.book import Packs, TrialBook
+from experiments.sweep.book import TrialBook
+from experiments.sweep.cluster import ResourcesError, SweepStartError
 from experiments.sweep.ranking import rank
-from experiments.sweep.settings import TUNE_FOLDER, Scheduler, Search, SweeperSettings
-from experiments.sweep.trial_names import trial_name
+from experiments.sweep.settings import Results, Scheduler, SweeperSettings
 from experiments.sweep.worker import TRIAL_THREAD_TIMEOUT_SECONDS, TrialContext, trainable
-from experiments.tracking import connect, default_tracking_uri, experiment_id
-
-
-def jax_environment(gpus: float, compilation_cache: str) -> dict[str, str]:
-    """How JAX must start in a trial's worker: on the GPU it was given (a missing one is
-    an error, not a silent CPU run) with memory allocated as needed, or a fraction of
-    it for a fractional GPU; and with the machine's persistent compilation cache."""
-    env = {
-        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-        "JAX_PLATFORMS": "cuda" if gpus else "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(Path(compilation_cache).expanduser()),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
-    if 0 < gpus < 1:  # fractions share a GPU: each trial takes its share of the memory
-        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * gpus:.3f}"
-    return env
+from experiments.tracking import PROJECT_ROOT, connect, default_tracking_uri, experiment_id
 
 
 class TuneSweep:
@@ -76,40 +60,60 @@ class TuneSweep:
         self.uri = config.tracking.uri or default_tracking_uri()
 
     def run(self, arguments: list[str]) -> None:
-        """Run the sweep; exits 0 when every trial finished, 1 when one failed, 130 when
-        interrupted (after printing how to resume), 2 when the sweep cannot be built."""
+        """Run the sweep; exits 0 when every trial finished, 1 when one failed or the sweep
+        could not start, 130 when interrupted (after printing how to resume), 2 when the
+        command line is refused (nothing changed)."""
         _set_up_process()
+        with Interrupts() as interrupts:
+            self._run(arguments, interrupts)
+
+    def _run(self, arguments: list[str], interrupts: "Interrupts") -> None:
+        s = self.settings
         try:
             space = search_space.parse(arguments)
-            sweeper_settings.check(self.settings, space.keys, self.sweep_dir)
+            sweeper_settings.check(s, space.keys, self.sweep_dir)
+            now = record.of(arguments, s, [])
+            if s.resume:
+                recorded = record.read(self.sweep_dir)
+                record.check_resume(recorded, now)
+                now["experiments"] = recorded["experiments"]
         except (search_space.SearchSpaceError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         client = connect(self.uri) if self.tracked else None
-        parent = self._sweep_run(client, arguments) if client is not None else None
+        book, parent = TrialBook(client, None), None
         status, error = "FAILED", None
-        trials = TrialBook(client, parent.info.run_id if parent is not None else None)
-        previous_sigterm = signal.getsignal(signal.SIGTERM)
         try:
-            gpus = self._start_ray()
-            signal.signal(signal.SIGTERM, _as_sigint)  # `kill` stops the sweep like Ctrl-C (after Ray's own handler)
-            tuner = self._tuner(space, parent, trials, gpus)
-            print(f"sweep: {space.describe()}; {self._plan(gpus)}", file=sys.stderr)
-            results = tuner.fit()
-            status = "KILLED" if trials.interrupted else "FAILED" if results.num_errors else "FINISHED"
+            with interrupts.held():  # a signal now waits for the sweep's run and Ray to be up, then stops them
+                parent = self._sweep_run(client, arguments) if client is not None else None
+                book.sweep_run_id = parent.info.run_id if parent is not None else None
+                record.write(self.sweep_dir, now)
+                cluster.start(s, {"TUNE_FUNCTION_THREAD_TIMEOUT_S": TRIAL_THREAD_TIMEOUT_SECONDS})
+                interrupts.install()  # again: ray.init put its own SIGTERM handler (which aborts) in place
+                decisions = book.decisions = scheduler_decisions.start()
+            gpus = cluster.gpus_per_trial(s)
+            cluster.check_resources(s, gpus)
+            children = lineage.trials(client, parent) if client is not None and s.resume else []
+            plan = sweep_plan.make(space, s, children, now["experiments"], self.sweep_dir)
+            now["experiments"].append(plan.experiment)
+            record.write(self.sweep_dir, now)
+            tuner.say(tuner.describe(s, space, plan, gpus))
+            if plan.total:
+                book.expected = self._fit(space, plan, parent, book, gpus, decisions, interrupts)
+            status = "KILLED" if book.interrupted else "FAILED" if book.errors else "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
         except Exception as e:
             error = e
         finally:
-            signal.signal(signal.SIGTERM, previous_sigterm)
-            if client is not None and parent is not None:
-                status = self._end(client, parent, trials, status, error)
-            if ray.is_initialized():
-                ray.shutdown()
+            with interrupts.held(everything=True):  # ending the sweep is not interrupted
+                if client is not None and parent is not None:
+                    status = self._end(client, parent, book, status, error)
+                if ray.is_initialized():
+                    ray.shutdown()
         if isinstance(error, SweepStartError):
             print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(1)
+            raise SystemExit(2 if isinstance(error, ResourcesError) else 1)
         if error is not None:
             raise error
         if status == "KILLED":
@@ -127,6 +131,9 @@ class TuneSweep:
             found = lineage.sweep_run(client, experiment, str(self.sweep_dir))
             if found is not None:
                 client.update_run(found.info.run_id, status="RUNNING")
+                params = [Param(k, v) for k, v in self.settings.loggable().items() if k not in found.data.params]
+                if params:
+                    client.log_batch(found.info.run_id, params=params)
                 return found
         run = client.create_run(
             experiment,
@@ -138,35 +145,23 @@ class TuneSweep:
         print(f"sweep: MLflow run {run.info.run_id}, one child run per trial", file=sys.stderr)
         return run
 
-    def _start_ray(self) -> float:
-        """Join the cluster at ray.address, or start a local Ray; returns the GPUs each
-        trial asks for (resources.gpu, with auto: one when the cluster has GPUs)."""
-        address = self.settings.ray.address
-        if address not in (None, "auto"):
-            _check_reachable(address)
-        os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = TRIAL_THREAD_TIMEOUT_SECONDS  # read by the workers too
-        options: dict[str, Any] = dict(
-            address=address,
-            log_to_driver=False,  # each trial's output: <sweep dir>/<trial>/trial.log
-            runtime_env={"env_vars": {"TUNE_FUNCTION_THREAD_TIMEOUT_S": TRIAL_THREAD_TIMEOUT_SECONDS}},
-        )
-        if address is None:
-            options.update(include_dashboard=False, num_cpus=self.settings.ray.num_cpus)
-        try:
-            ray.init(**options)
-        except (ConnectionError, ray.exceptions.AuthenticationError) as e:
-            raise SweepStartError(
-                f"{e}\n(a cluster started with RAY_AUTH_MODE=token admits only holders of its "
-                "token: export RAY_AUTH_MODE=token with its ~/.ray/auth_token or RAY_AUTH_TOKEN, "
-                "or pass address=auto on its head node)"
-            ) from e
-        gpus = self.settings.resources.gpu
-        return (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0) if gpus == "auto" else gpus
-
-    def _tuner(self, space: search_space.SearchSpace, parent: Any, trials: TrialBook, gpus: float) -> tune.Tuner:
-        objective, mode = self.config.task.objective, self.config.task.mode
-        s = self.settings
-        resources = {"cpu": s.resources.cpu, "gpu": gpus}
+    def _fit(
+        self,
+        space: search_space.SearchSpace,
+        plan: sweep_plan.Plan,
+        parent: Any,
+        book: TrialBook,
+        gpus: float,
+        decisions: Any,
+        interrupts: "Interrupts",
+    ) -> int:
+        """This invocation's Tune experiment, run; returns how many Tune trials it had."""
+        s, task = self.settings, self.config.task
+        packed = None
+        if s.packed:
+            size = s.pack if s.pack != "auto" else search_space.auto_pack_size(len(plan.trials), cluster.slots(s, gpus))
+            packed = book.packs = tuner.packs(plan, int(size))
+            tuner.say(f"sweep: {len(plan.trials)} trials in {len(packed)} pack(s) of up to {size}")
         context = TrialContext(
             self.hydra_context,
             self.config,
@@ -174,117 +169,52 @@ class TuneSweep:
             space,
             str(self.sweep_dir),
             parent.info.run_id if parent is not None else None,
-            resources["cpu"],
-            jax_environment(gpus, s.compilation_cache),
-            s.pbt.interval if s.scheduler is Scheduler.pbt else 0,
+            s.resources.cpu,
+            cluster.jax_environment(gpus, s.compilation_cache, s.jax_platforms),
+            decisions,
+            pbt_interval=s.pbt.interval if s.scheduler is Scheduler.pbt else 0,
+            packs=packed,
+            source=lineage.source_tags(PROJECT_ROOT),
+            deferred=s.results is Results.best,
         )
-        param_space, num_samples, max_failures = space.tune_space(s.search.value), s.num_samples, s.max_failures
-        if s.packed:
-            context.packs = trials.packs = self._packs(space, gpus)
-            context.rungs, context.reduction_factor = self._rungs()
-            param_space, num_samples = {"pack": tune.grid_search(list(range(len(context.packs))))}, 1
-            max_failures = 0  # a pack is not retried: its members' runs end FAILED with the reason
-        with_resources = tune.with_resources(trainable(context), resources)
-        if s.resume:
-            with trials.restoring():
-                return tune.Tuner.restore(str(self.sweep_dir / TUNE_FOLDER), with_resources, resume_errored=True)
+        if packed is not None:
+            context.rungs, context.reduction_factor = tuner.rungs(s, self.config.trainer.epochs)
+            context.pbt = s.pbt if s.scheduler is Scheduler.pbt else None
+        search, param_space, total = tuner.search(s, space, plan, task.objective, task.mode, packed)
         run_config = tune.RunConfig(
-            name=TUNE_FOLDER,
+            name=plan.experiment,
             storage_path=str(self.sweep_dir),
             verbose=0,
-            callbacks=[trials],
-            stop=trained_out,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[book],
+            stop=tuner.trained_out,
+            failure_config=tune.FailureConfig(max_failures=0 if packed is not None else s.max_failures),
         )
         tune_config = tune.TuneConfig(
-            metric=objective,
-            mode=mode,
-            num_samples=num_samples,
+            metric=task.objective,
+            mode=task.mode,
+            num_samples=total,
             reuse_actors=True,
-            scheduler=self._scheduler(space),
-            trial_name_creator=trial_name,
-            search_alg=self._search(objective, mode),
+            scheduler=tuner.scheduler(s, space, self.config, packed is not None, decisions),
+            trial_name_creator=tuner.trial_name,
+            search_alg=search,
         )
-        return tune.Tuner(with_resources, param_space=param_space, tune_config=tune_config, run_config=run_config)
-
-    def _packs(self, space: search_space.SearchSpace, gpus: float) -> Packs:
-        """The trials drawn now and grouped into packs (pack=auto: spread evenly over
-        the trial slots this cluster can run at once)."""
-        s = self.settings
-        variants = space.variants(s.search.value, s.num_samples, s.seed)
-        size = s.pack
-        if size == "auto":
-            cluster = ray.cluster_resources()
-            slots = [int(cluster.get("CPU", 1) // s.resources.cpu)] if s.resources.cpu else []
-            slots += [int(cluster.get("GPU", 0) // gpus)] if gpus else []
-            slots += [s.max_concurrent] if s.max_concurrent else []
-            size = search_space.auto_pack_size(len(variants), min(slots or [1]))
-        packs = [[(i, variants[i]) for i in pack] for pack in search_space.packs(variants, size)]
-        print(f"sweep: {len(variants)} trials in {len(packs)} pack(s) of up to {size}", file=sys.stderr)
-        return packs
-
-    def _rungs(self) -> tuple[tuple[float, ...], float]:
-        """ASHA's rung epochs (grace_period * reduction_factor ** k, below max_t), applied
-        among a pack's members; none for FIFO."""
-        if self.settings.scheduler is not Scheduler.asha:
-            return (), 3
-        asha, epochs = self.settings.asha, self.config.trainer.epochs
-        rungs: list[float] = []
-        t: float = asha.grace_period
-        while t < epochs:
-            rungs.append(t)
-            t *= asha.reduction_factor
-        return tuple(rungs), asha.reduction_factor
-
-    def _scheduler(self, space: search_space.SearchSpace) -> TrialScheduler:
-        if self.settings.scheduler is Scheduler.pbt:
-            pbt = self.settings.pbt
-            return PopulationBasedTraining(
-                time_attr="epoch",
-                perturbation_interval=pbt.interval,
-                synch=True,
-                hyperparam_mutations=space.mutations(),
-                quantile_fraction=pbt.quantile_fraction,
-                resample_probability=pbt.resample_probability,
-            )
-        if self.settings.scheduler is Scheduler.asha:
-            asha = self.settings.asha
-            return ASHAScheduler(
-                time_attr="epoch",
-                max_t=self.config.trainer.epochs,
-                grace_period=asha.grace_period,
-                reduction_factor=asha.reduction_factor,
-            )
-        return FIFOScheduler()
-
-    def _search(self, objective: str, mode: str) -> Any:
-        limit = self.settings.max_concurrent
-        if self.settings.search is Search.optuna:
-            from ray.tune.search import ConcurrencyLimiter
-            from ray.tune.search.optuna import OptunaSearch
-
-            optuna = OptunaSearch(metric=objective, mode=mode, seed=self.settings.seed)
-            return ConcurrencyLimiter(optuna, limit) if limit else optuna
-        from ray.tune.search import BasicVariantGenerator
-
-        return BasicVariantGenerator(random_state=self.settings.seed, max_concurrent=limit or 0)
-
-    def _plan(self, gpus: float) -> str:
-        s = self.settings
-        return (
-            f"{s.search.value} search, {s.scheduler.value} scheduler, {s.num_samples} sample(s); every trial "
-            f"{'(a pack) ' if s.packed else ''}asks Ray for "
-            f"{s.resources.cpu:g} CPU and {gpus} GPU"
-            + (f", at most {s.max_concurrent} at once" if s.max_concurrent else "")
+        fitted = tune.Tuner(
+            tune.with_resources(trainable(context), {"cpu": s.resources.cpu, "gpu": gpus}),
+            param_space=param_space,
+            tune_config=tune_config,
+            run_config=run_config,
         )
+        with interrupts.tune_running(book):
+            fitted.fit()
+        return total
 
     # ------------------------------------------------------------------ ending
 
-    def _end(self, client: MlflowClient, parent: Any, trials: TrialBook, status: str, error: Exception | None) -> str:
+    def _end(self, client: MlflowClient, parent: Any, book: TrialBook, status: str, error: Exception | None) -> str:
         """Reconcile Tune's trials with their MLflow runs (none left RUNNING), rank them,
         end the sweep's run; returns the sweep's status."""
         run_id = parent.info.run_id
-        trials.reconcile(client, run_id, self.config)
+        book.reconcile(client, run_id, self.config)
         children = lineage.trials(client, client.get_run(run_id))
         metric, mode = self.config.task.objective, self.config.task.mode
         table, best = rank(children, metric, mode)
@@ -292,9 +222,14 @@ class TuneSweep:
         if best is not None:
             client.log_batch(run_id, metrics=[Metric(f"best_{metric}", best.data.metrics[metric], 0, 0)])
             client.set_tag(run_id, lineage.BEST_RUN, best.info.run_id)
+            if best.data.tags.get(lineage.RESULTS) == "deferred":
+                self._complete(client, run_id, best)
         failed = [r for r in children if r.info.status == "FAILED"]
+        unfinished = [r for r in children if r.info.status not in ("FINISHED", "FAILED")]
         if status == "FINISHED" and (failed or not children):
             status = "FAILED"
+        if status == "FINISHED" and unfinished:
+            status = "KILLED"
         if error is not None:
             client.set_tag(run_id, lineage.ERROR, f"{type(error).__name__}: {error}"[:5000])
         client.set_terminated(run_id, status)
@@ -303,6 +238,17 @@ class TuneSweep:
         if failed:
             print(f"sweep: {len(failed)} of {len(children)} trials failed", file=sys.stderr)
         return status
+
+    def _complete(self, client: MlflowClient, run_id: str, best: Any) -> None:
+        """The best trial's curves, samples and model (its trials left them: results=best)."""
+        from experiments.runner import complete_results
+
+        try:
+            complete_results(best.info.run_id, self.uri)
+            print(f"sweep: the best trial's curves and model are in its run {best.info.run_id}", file=sys.stderr)
+        except Exception as e:  # the sweep's outcome stands: say what is missing
+            print(f"warning: could not log the best trial's results: {type(e).__name__}: {e}", file=sys.stderr)
+            client.set_tag(run_id, lineage.ARTIFACT_ERROR, f"best trial's results: {type(e).__name__}: {e}"[:5000])
 
     def _resume_command(self, arguments: list[str]) -> str:
         """The command that continues this sweep: its overrides, Hydra's own included (the
@@ -322,38 +268,74 @@ class TuneSweep:
         )
 
 
-class SweepStartError(RuntimeError):
-    """The sweep could not start (Ray unreachable, ...); the message says what to fix."""
+class Interrupts:
+    """SIGINT (Ctrl-C) and SIGTERM (`kill`) end the sweep at any moment: they raise
+    KeyboardInterrupt, except inside `held()` (starting Ray, creating the sweep's run:
+    raised when the block ends) and `held(everything=True)` (ending the sweep: never),
+    and while Tune runs (`tune_running`), where both stop Tune as Ctrl-C does: it ends
+    its trials, and the sweep ends them KILLED, resumable."""
+
+    def __init__(self) -> None:
+        self.previous: dict[int, Any] = {}
+        self.holding, self.everything = 0, 0
+        self.pending: int | None = None
+        self.book: TrialBook | None = None
+
+    def __enter__(self) -> "Interrupts":
+        self.install()
+        return self
+
+    def install(self) -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(number, self._handle)
+            self.previous.setdefault(number, previous)
+
+    def __exit__(self, *exception: object) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame: Any) -> None:
+        if self.book is not None:  # Tune runs: stop it as Ctrl-C does (its handler, or ours after its first)
+            self.book.interrupted_by_signal = True
+            if number == signal.SIGTERM:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+        if self.holding or self.everything:
+            self.pending = self.pending or number
+            return
+        raise KeyboardInterrupt(signal.Signals(number).name)
+
+    @contextmanager
+    def held(self, everything: bool = False) -> Iterator[None]:
+        self.holding += 1
+        self.everything += everything
+        try:
+            yield
+        finally:
+            self.holding -= 1
+            self.everything -= everything
+        if not self.holding and self.pending is not None and not self.everything:
+            number, self.pending = self.pending, None
+            raise KeyboardInterrupt(signal.Signals(number).name)
+
+    @contextmanager
+    def tune_running(self, book: TrialBook) -> Iterator[None]:
+        self.book = book
+        try:
+            yield
+        finally:
+            self.book = None
 
 
 def _set_up_process() -> None:
     """What only a sweep's driver needs: Tune's quiet reporter and logger (the sweep
-    prints its own lines; ray's own logger keeps the INFO level `import ray` gives it)."""
+    prints its own lines)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # read when the Tuner starts
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-
-
-def trained_out(trial_id: str, result: Mapping[str, Any]) -> bool:
-    """A trial that trained all its epochs is done: no scheduler decides about it then
-    (population-based training would otherwise exploit it once more)."""
-    return "epochs" in result and result["epoch"] >= result["epochs"]  # Tune's own results have neither
-
-
-def _check_reachable(address: str, seconds: float = 5.0) -> None:
-    """Refuse at once a Ray address nothing answers at (ray.init would wait minutes)."""
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=seconds).close()
-    except (OSError, ValueError) as e:
-        raise SweepStartError(
-            f"cannot reach the Ray cluster at hydra.sweeper.ray.address={address} ({e}); "
-            "start it with `ray start --head`, or fix the address (HOST:6379, or auto "
-            "on its head node)"
-        ) from None
-
-
-def _as_sigint(number: int, frame: Any) -> None:
-    os.kill(os.getpid(), signal.SIGINT)
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = TRIAL_THREAD_TIMEOUT_SECONDS
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # every result is in MLflow already
+    # a trial that fails before its first epoch returns no result (its run says why); not Tune's error
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # its advice (Tuner.restore, ...) is not for a sweep's user
 
 
 def _quoted(argument: str) -> str:

@@ -125,6 +125,8 @@ class PackSeat:
             ) from self.pack.error
         if member.error is not None:
             raise member.error
+        if member.status == "KILLED":  # the sweep is ending: its run ends KILLED, resumable
+            raise KeyboardInterrupt("the sweep is ending")
         return member.history
 
 

@@ -98,12 +98,14 @@ class SearchSpace:
         return drawn
 
     def describe(self) -> str:
-        parts = [f"{key}: {len(values)} choices" for key, values in self.choices.items()]
+        """`seed (4 values), optimizer.lr log-uniform in [0.0001, 0.01]`."""
+        parts = [f"{key} ({len(values)} value{'s' if len(values) > 1 else ''})" for key, values in self.choices.items()]
         parts += [
-            f"{key}: {'log-' if 'log' in tags else ''}{'integer ' if 'int' in tags else ''}interval [{low:g}, {high:g}]"
+            f"{key} {'integer ' if 'int' in tags else ''}{'log-uniform' if 'log' in tags else 'uniform'} in "
+            f"[{low:g}, {high:g}]"
             for key, (low, high, tags) in self.intervals.items()
         ]
-        return "; ".join(parts) or "no swept settings"
+        return ", ".join(parts) or "no swept settings"
 
 
 def parse(overrides: list[str]) -> SearchSpace:

@@ -3,8 +3,10 @@
 Every trial is one `experiments.runner.run(cfg)`, its configuration composed as the
 command line would, reporting each epoch to Tune (experiments.sweep.reports). A
 packed trial (hydra.sweeper.pack) trains its members' runs together
-(experiments.sweep.pack). Workers are kept for the next trial (imports paid once per
-worker) and share JAX's persistent compilation cache.
+(experiments.sweep.pack). Workers are kept for the next trial: imports are paid once
+per worker, and what the next trial shares with the last is kept too: its composed
+configuration (experiments.sweep.compose) and its compiled steps (experiments.sweep.
+steps; other workers of the machine share JAX's persistent compilation cache).
 
 What the driver hands the workers is one TrialContext, which Ray serialises into
 its object store (tune.with_parameters); what a worker process keeps between its
@@ -36,8 +38,13 @@ from ray.tune.trainable import wrap_function
 
 from experiments import lineage
 from experiments.lifecycle import Paused
+from experiments.sweep import steps
+from experiments.sweep.compose import Composer
+from experiments.sweep.exploit import PackExploit
 from experiments.sweep.pack import Pack
-from experiments.sweep.reports import MemberStart, PackReport, TuneReport
+from experiments.sweep.plan import NUMBER
+from experiments.sweep.reports import MemberStart, PackReport, TuneReport, Verdict, placement
+from experiments.sweep.settings import Pbt
 from experiments.sweep.space import SearchSpace
 from experiments.sweep.trial_names import trial_number
 from experiments.tracking import connect, default_tracking_uri
@@ -45,6 +52,7 @@ from zkynet import checkpoint
 
 TRIAL_THREAD_TIMEOUT_SECONDS = "120"  # how long a stopped trial may take to end its MLflow run (its worker waits)
 CHECKPOINT_FILE = Path(lineage.CHECKPOINT).name  # what a trial's Tune checkpoint folder holds
+PROFILE_ENV = "ZKYNET_SWEEP_PROFILE"  # a folder: profile every trial there (experiments.bench.trial_cost)
 
 
 @dataclass
@@ -60,11 +68,15 @@ class TrialContext:
     sweep_run_id: str | None  # None when tracking is off
     cpus: float
     environment: dict[str, str]  # set before JAX starts in the worker
+    decisions: Any  # the sweep's scheduler decisions (experiments.sweep.decisions): why a stopped trial stopped
     pbt_interval: int = 0  # population-based training: checkpoint to Tune every this many epochs
-    # packed trials: each pack's members, [(member number, {key: value}), ...]
-    packs: list[list[tuple[int, dict[str, Any]]]] | None = None
+    # packed trials: each pack's members by pack number, {pack: [(member number, {key: value}), ...]}
+    packs: dict[int, list[tuple[int, dict[str, Any]]]] | None = None
     rungs: tuple[float, ...] = ()  # ...and the epochs at which ASHA's rung rule compares a pack's members
     reduction_factor: float = 3
+    pbt: Pbt | None = None  # ...and population-based training among a pack's members
+    source: dict[str, str] | None = None  # the code's git commit, found once by the driver (lineage.source_tags)
+    deferred: bool = True  # curves, samples and model: for the best trial only, when the sweep ends
 
 
 class WorkerProcess:
@@ -77,13 +89,19 @@ class WorkerProcess:
         self.returned = threading.Event()
         self.returned.set()
         self.core_slot: int | None = None  # the file descriptor holding its lock
+        self.trials = 0  # trials it started
+        self.jax_started = False
+        self.programs = steps.Programs()  # compiled steps, kept for the next trial of the same program
+        self.composer = Composer()  # composed configurations, kept for the next trial of the same groups
 
     def set_up(self, context: TrialContext) -> None:
         """Before a trial: JAX's environment (read when this worker's JAX starts, at its
         first trial), Hydra's config store as in the driver, this worker's cores."""
-        os.environ.update(context.environment)
+        if not self.jax_started:
+            _start_jax(context.environment)
+            Singleton.set_state(context.singleton_state)  # Hydra's config store, as in the driver
+            self.jax_started = True
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
-        Singleton.set_state(context.singleton_state)
         self.pin_to_cores(context.cpus)
 
     @contextlib.contextmanager
@@ -133,6 +151,25 @@ class WorkerProcess:
             return
 
 
+def _start_jax(environment: dict[str, str]) -> None:
+    """JAX's environment for this worker, before its first computation: XLA's memory settings
+    (read from the environment when the device is first used), and JAX's own flags, which
+    it read from the environment when it was imported (by the trial's unpickling, before
+    any of this could be set): updated through its config."""
+    os.environ.update(environment)
+    import jax
+
+    flags = {
+        "jax_platforms": ("JAX_PLATFORMS", str),
+        "jax_compilation_cache_dir": ("JAX_COMPILATION_CACHE_DIR", str),
+        "jax_persistent_cache_min_compile_time_secs": ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", float),
+        "jax_persistent_cache_min_entry_size_bytes": ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", int),
+    }
+    for flag, (name, kind) in flags.items():
+        if name in environment:
+            jax.config.update(flag, kind(environment[name]))
+
+
 @dataclass
 class TrialCall:
     """What the trial function receives: its hyperparameters (Tune's config) and its worker."""
@@ -168,8 +205,32 @@ def train_trial(call: TrialCall, context: TrialContext) -> None:
     would, then trained by the runner, epoch by epoch reported to Tune. Its output
     goes to trial.log in its folder (the driver prints its epochs). An error ends
     the trial's MLflow run FAILED and is not retried: only a worker that dies is."""
-    with call.worker.trial_running():
+    with call.worker.trial_running(), _profiled(call.worker):
         _train_trial(call.hyperparameters, context, call.worker)
+
+
+@contextlib.contextmanager
+def _profiled(worker: "WorkerProcess") -> Iterator[None]:
+    """With ZKYNET_SWEEP_PROFILE=<folder> (experiments.bench.trial_cost): the trial's thread
+    profiled, and its wall time, in files of that folder (`<pid>-<n>`; a worker's first
+    trial `-first`)."""
+    folder = os.environ.get(PROFILE_ENV)
+    worker.trials += 1
+    if not folder:
+        yield
+        return
+    import cProfile
+    import json
+
+    name = f"{os.getpid()}-{worker.trials}" + ("-first" if worker.trials == 1 else "")
+    profiler, started = cProfile.Profile(), time.perf_counter()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(Path(folder) / f"{name}.prof")
+        (Path(folder) / f"{name}.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))
 
 
 def _train_trial(hyperparameters: dict[str, Any], context: TrialContext, worker: WorkerProcess) -> None:
@@ -177,25 +238,31 @@ def _train_trial(hyperparameters: dict[str, Any], context: TrialContext, worker:
     from experiments.runner import run  # the worker's first trial pays this import, later ones do not
 
     worker.set_up(context)  # before this worker's JAX starts (its first trial)
-    number = trial_number(tune.get_context().get_trial_name())
+    name = tune.get_context().get_trial_name()
+    number = trial_number(name)
     if context.packs is not None:
-        _train_pack(run, context.packs[hyperparameters["pack"]], number, context, started, worker)
+        _train_pack(run, context.packs[number], number, name, context, started, worker)
         return
+    hyperparameters = {k: v for k, v in hyperparameters.items() if k != NUMBER}
     folder = Path(context.sweep_dir) / str(number)
     folder.mkdir(parents=True, exist_ok=True)
     overrides = context.space.overrides(hyperparameters)
     with open(folder / "trial.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        cfg = _trial_config(context, number, overrides, folder)
+        cfg = _trial_config(context, worker.composer, number, overrides, folder)
         if cfg is None:
             return
-        report = TuneReport(started, hyperparameters, worker.report, context.pbt_interval)
+        report = TuneReport(
+            started, hyperparameters, worker.report, context.pbt_interval, Verdict(context.decisions, name)
+        )
         try:
             state = _tune_state(cfg.seed)
             if state is not None and int(state["meta"]["epoch"]) >= cfg.trainer.epochs:
                 return  # handed a finished trial's state (population-based training): nothing left to train
-            run(cfg, callbacks=[report], state=state)
+            run(cfg, callbacks=[report], state=state, make_trainer=steps.trainer_maker(worker.programs, cfg))
         except Paused:
             raise SystemExit(0) from None  # population-based training goes on with it later
+        except KeyboardInterrupt:
+            raise SystemExit(0) from None  # the sweep is ending: the run ended KILLED, resumable
         except Exception:
             traceback.print_exc()  # in trial.log; the run (if it got one) ended FAILED with the error
             return
@@ -205,11 +272,13 @@ def _train_trial(hyperparameters: dict[str, Any], context: TrialContext, worker:
         worker.report(report.last)  # (with SystemExit, which must leave this function: its worker waits for that)
 
 
-def _trial_config(context: TrialContext, number: int, overrides: list[str], folder: Path) -> DictConfig | None:
+def _trial_config(
+    context: TrialContext, composer: Composer, number: int, overrides: list[str], folder: Path
+) -> DictConfig | None:
     """The trial's configuration, composed as the command line would; None (and a FAILED
     run saying why) when it cannot be composed (`trainer.epochs=abc`)."""
     try:
-        cfg = context.hydra_context.config_loader.load_sweep_config(context.master_config, overrides)
+        cfg = composer(context.hydra_context, context.master_config, overrides, context.space.keys)
     except Exception as e:  # this trial has no config, hence no run of its own yet
         traceback.print_exc()
         _record_unbuilt_trial(context, number, overrides, e)
@@ -222,6 +291,10 @@ def _trial_config(context: TrialContext, number: int, overrides: list[str], fold
         cfg.launch.overrides = overrides
         cfg.launch.sweep_run_id = context.sweep_run_id
         cfg.launch.trial = number
+        cfg.launch.source = context.source
+        cfg.launch.deferred = context.deferred
+        cfg.launch.tags = placement()
+        cfg.launch.shared = str(Path(context.sweep_dir) / "shared")  # what trials draw once (graph pictures)
         cfg.trainer.progress = False  # many trials share one terminal: plain lines
     return cfg
 
@@ -230,6 +303,7 @@ def _train_pack(
     run: Callable[..., float],
     members: list[tuple[int, dict[str, Any]]],
     number: int,
+    name: str,
     context: TrialContext,
     started: float,
     worker: WorkerProcess,
@@ -242,7 +316,7 @@ def _train_pack(
         for member, values in members:
             folder = Path(context.sweep_dir) / str(member)
             folder.mkdir(parents=True, exist_ok=True)
-            cfg = _trial_config(context, member, context.space.overrides(values), folder)
+            cfg = _trial_config(context, worker.composer, member, context.space.overrides(values), folder)
             if cfg is not None:
                 cfgs.append(cfg)
         pack = Pack(len(cfgs))
@@ -253,6 +327,8 @@ def _train_pack(
             context.reduction_factor,
             [cfg.launch.trial for cfg in cfgs],
             worker.report,
+            Verdict(context.decisions, name),
+            PackExploit.of(context, cfgs),
         )
         threads = [
             pack.start_member(
@@ -260,13 +336,14 @@ def _train_pack(
             )
             for k, cfg in enumerate(cfgs)
         ]
+        traced = report.exploit.traced if isinstance(report.exploit, PackExploit) else ()
         try:
-            pack.train(on_epoch_end=report.on_epoch_end)
+            pack.train(on_epoch_end=report.on_epoch_end, traced=traced)
         except Exception:
             traceback.print_exc()  # every member's run ended FAILED with it
         for thread in threads:
             thread.join()
-    if report.stopped:
+    if report.stopped or report.interrupted:
         raise SystemExit(0)
     if report.last is not None:
         worker.report(report.last)

@@ -9,6 +9,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -141,21 +144,28 @@ def free_port():
 RAY_CLUSTER_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A Ray cluster started with `ray start --head`, as users start one; its address. One
-    per test process (pytest-xdist worker), shared by the sweeps that do not test starting
-    a local Ray: each such sweep saves a Ray start and stop (about ten seconds on 2 cores).
-    It uses token authentication, as the README starts one, with its own token (not the
-    machine's ~/.ray/auth_token): its sweeps need `RAY_CLUSTER_AUTH` in their environment."""
+@contextmanager
+def ray_head(num_cpus=2, num_gpus=0, env=None):
+    """A Ray cluster started with `ray start --head` (`num_gpus` it declares, whether it has
+    them or not: Ray then hands them out as on real hardware), in a folder of its own; its
+    address. Stopped afterwards, and nothing else on the machine."""
     port = free_port()
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     session = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # this cluster's own (short: socket paths) folder
     head = subprocess.run(
-        [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={session}"],
+        [
+            ray,
+            "start",
+            "--head",
+            f"--port={port}",
+            f"--num-cpus={num_cpus}",
+            f"--num-gpus={num_gpus}",
+            "--disable-usage-stats",
+            f"--temp-dir={session}",
+        ],
         capture_output=True,
         text=True,
-        env={**os.environ, **RAY_CLUSTER_AUTH},
+        env={**os.environ, **(env or {})},
     )
     assert head.returncode == 0, head.stderr
     try:
@@ -165,6 +175,17 @@ def ray_cluster():
         for pid in _holding(session):  # its agents, whose process titles do not name the folder
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(session, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A Ray cluster started with `ray start --head`, as users start one; its address. One
+    per test process (pytest-xdist worker), shared by the sweeps that do not test starting
+    a local Ray: each such sweep saves a Ray start and stop (about ten seconds on 2 cores).
+    It uses token authentication, as the README starts one, with its own token (not the
+    machine's ~/.ray/auth_token): its sweeps need `RAY_CLUSTER_AUTH` in their environment."""
+    with ray_head(env=RAY_CLUSTER_AUTH) as address:
+        yield address
 
 
 def _holding(folder):
@@ -181,3 +202,48 @@ def _holding(folder):
 def on_cluster(ray_cluster):
     """(overrides, env) that run a sweep's trials on the shared cluster instead of a local Ray."""
     return (f"hydra.sweeper.ray.address={ray_cluster}",), {**os.environ, "PYTHONPATH": str(ROOT), **RAY_CLUSTER_AUTH}
+
+
+@contextmanager
+def mlflow_server_on(store, artifacts, serve_artifacts=False):
+    """An MLflow tracking server on `store` (as trials on other machines need one); its URI.
+    Artifacts go to the folder `artifacts`: read directly by its clients, or with
+    `serve_artifacts` only through the server (as machines without a shared disk read them)."""
+    port = free_port()
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    where = (
+        ["--serve-artifacts", "--artifacts-destination", artifacts.as_uri()]
+        if serve_artifacts
+        else ["--no-serve-artifacts", "--default-artifact-root", artifacts.as_uri()]
+    )
+    # without MLflow's job runner (GenAI jobs, which no test uses): its processes take seconds to start
+    # and about ten to stop on 2 cores
+    server = subprocess.Popen(
+        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        + ["--backend-store-uri", store, *where],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"mlflow server did not answer at {uri}")
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(cli, tmp_path):
+    """A tracking server on the test's store; artifacts in a folder the test reads directly."""
+    with mlflow_server_on(cli.store, tmp_path / "server-artifacts") as uri:
+        yield uri

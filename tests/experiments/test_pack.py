@@ -73,12 +73,6 @@ def test_auto_spreads_the_trials_over_the_slots():
     assert search_space.auto_pack_size(3, 16) == 1
 
 
-def test_a_pack_with_population_based_training_is_refused(cli):
-    result = sweep(cli, "hydra.sweeper.pack=2", "hydra.sweeper.scheduler=pbt", "optimizer.lr=1e-3,2e-3")
-    assert result.returncode == 2
-    assert "hydra.sweeper.pack cannot be combined with scheduler=pbt" in result.stderr
-
-
 def metric_history(client, run, key):
     return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
 
@@ -92,9 +86,9 @@ def test_a_pack_trains_each_member_as_alone_and_a_member_that_turns_nan_fails_al
     cluster, env = on_cluster
     result = sweep(cli, "hydra.sweeper.pack=4", "seed=0,1", "optimizer.lr=3e-3,1e30", *common, *cluster, env=env)
     assert result.returncode == 1, result.stderr  # members failed: the sweep fails
-    assert "4 trials in 1 pack(s) of up to 4" in result.stderr and "[pack 0] epoch 2/3: best val_loss" in result.stderr
+    assert "4 trials in 1 pack(s) of up to 4" in result.stderr and "[pack 1] epoch 2/3: best val_loss" in result.stderr
     _parent, members = sweep_runs(cli)
-    assert sorted(members) == [0, 1, 2, 3]
+    assert sorted(members) == [1, 2, 3, 4]
     good = {number: run for number, run in members.items() if run.data.params["optimizer/lr"] == "0.003"}
     bad = [run for run in members.values() if run.data.params["optimizer/lr"] != "0.003"]
     assert len(good) == 2 and all(r.info.status == "FINISHED" for r in good.values())
@@ -135,9 +129,44 @@ def test_asha_stops_a_member_early_inside_its_pack(cli, on_cluster):
     )
     assert result.returncode == 0, result.stderr
     parent, members = sweep_runs(cli)
-    good, bad = members[0], members[1]
+    good, bad = members[1], members[2]
     assert parent.info.status == "FINISHED" and good.info.status == bad.info.status == "FINISHED"
     assert good.data.metrics["epoch"] == 4 and "stopped_early" not in good.data.tags
     assert bad.data.tags["stopped_early"] == "true" and bad.data.tags["stopped_at_epoch"] == "1"
     assert bad.data.metrics["epoch"] == 1 and len(cli.client.get_metric_history(bad.info.run_id, "val_loss")) == 1
     assert bad.info.end_time < good.info.end_time  # it ended when it stopped, not with the pack
+
+
+@pytest.mark.slow
+def test_population_based_training_inside_a_pack(cli, on_cluster):
+    """pack=4 with scheduler=pbt: after epoch 2 the hopeless member (lr 1e-6) takes on the best
+    member's weights and optimizer state inside the pack's program (the library test checks
+    they are equal: tests/training/test_population.py) and a learning rate next to the best's;
+    each member is still its own run, FINISHED, with its learning rate per epoch."""
+    cluster, env = on_cluster
+    result = sweep(
+        cli,
+        "hydra.sweeper.pack=4",
+        "hydra.sweeper.scheduler=pbt",
+        "hydra.sweeper.pbt.interval=2",
+        "trainer.epochs=4",
+        "trainer.lr_schedule=constant",
+        "optimizer.lr=1e-6,3e-5,1e-3,3e-3",
+        *cluster,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    parent, members = sweep_runs(cli)
+    assert parent.info.status == "FINISHED" and sorted(members) == [1, 2, 3, 4]
+    assert all(r.info.status == "FINISHED" for r in members.values())
+    for run in members.values():
+        rates = cli.client.get_metric_history(run.info.run_id, "hp/optimizer.lr")
+        assert [m.step for m in sorted(rates, key=lambda m: m.step)] == [22, 44, 66, 88]
+    hopeless = members[1]
+    (exploited,) = cli.client.get_metric_history(hopeless.info.run_id, "pbt/exploited")
+    assert exploited.step == 44 and int(exploited.value) in (3, 4)
+    rates = metric_history(cli.client, hopeless, "hp/optimizer.lr")
+    assert rates[:2] == pytest.approx([1e-6, 1e-6]) and rates[2] == rates[3]
+    assert rates[2] == pytest.approx(1e-3, rel=1e-6) or rates[2] == pytest.approx(3e-3, rel=1e-6)
+    losses = metric_history(cli.client, hopeless, "val_loss")
+    assert losses[2] < 0.5 * losses[1]

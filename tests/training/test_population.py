@@ -1,6 +1,7 @@
 """Populations: every member trains as the same configuration would alone, stops or
 fails alone, and members that are not one architecture are refused."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -8,6 +9,7 @@ from zkynet import losses, optim
 from zkynet.data import load_digits
 from zkynet.models.fcn import MLP
 from zkynet.training import Callback, NanGuard, NonFiniteLossError, Trainer
+from zkynet.training.pbt import Mutation, PopulationBasedTraining
 from zkynet.training.population import PopulationStep, PopulationTrainer
 
 EPOCHS, BATCH = 3, 64
@@ -59,7 +61,7 @@ def solo(digits, seed, dropout, lr, decay, b1, epochs=EPOCHS, callbacks=()):
     return trainer.fit(), trained
 
 
-def population(digits, configs, callbacks=None, sgd=False):
+def population(digits, configs, callbacks=None, sgd=False, **options):
     steps = EPOCHS * (len(digits.train) // BATCH)
     models = [model(seed, dropout) for seed, dropout, *_ in configs]
     optimizers = [optim.SGD(lr) if sgd else optimizer(lr, decay, b1, steps) for _, _, lr, decay, b1 in configs]
@@ -73,6 +75,7 @@ def population(digits, configs, callbacks=None, sgd=False):
         losses.classification_metrics,
         seeds=[c[0] for c in configs],
         callbacks=callbacks,
+        **options,
     ), models
 
 
@@ -101,6 +104,53 @@ def test_every_member_equals_its_configuration_trained_alone(digits):
         for n, p in other_rate.named_parameters().items()
     ]
     assert max(gaps) > 100 * ATOL
+
+
+def test_traced_hyperparameters_train_as_the_constants_would(digits):
+    """Population-based training keeps its hyperparameters traced even when every member has
+    the same value: members train as they would alone all the same."""
+    same = [(0, 0.1, 3e-3, 0.01, 0.9), (1, 0.1, 3e-3, 0.01, 0.9)]
+    pack, models = population(digits, same, traced=("lr", "b1", "weight_decay", "dropout"))
+    assert not {"lr", "b1", "1-b1", "weight_decay"} & set(pack.step.shared) and len(pack.step.rates) == 1
+    histories = pack.fit()
+    for config, history, trained in zip(same, histories, models, strict=True):
+        assert_same_training(history, trained, *solo(digits, *config))
+
+
+def test_population_based_training_copies_the_best_members_weights_inside_the_program(digits):
+    """Every epoch, the worst of four (by val_loss) takes on the weights and optimizer state of
+    the best, exactly, then trains on with a mutated learning rate of the best's (its own data
+    order and dropout keys); the others are untouched."""
+    configs = [(k, 0.1, lr, 0.0, 0.9) for k, lr in enumerate((1e-5, 3e-3, 1e-3, 3e-4))]
+    pbt = PopulationBasedTraining(
+        "val_loss", "min", interval=1, mutations={"lr": Mutation(1e-5, 1e-1, log=True)}, resample_probability=0
+    )
+    seen = []
+
+    def exploit(population, epoch, records):
+        before = [population.step.member_state(k) for k in range(4)]
+        made = pbt(population, epoch, records)
+        after = [population.step.member_state(k) for k in range(4)]
+        rates = [population.step.member_hyperparameters(k)["lr"] for k in range(4)]
+        seen.append((records, made, before, after, rates))
+
+    pack, _ = population(digits, configs, traced=pbt.traced, on_epoch_end=exploit)
+    pack.fit()
+    assert [len(made) for _, made, *_ in seen] == [1, 1, 0]  # after epochs 1 and 2, not after the last
+    records, (made,), before, after, rates = seen[0]
+    losses_now = {k: r["val_loss"] for k, r in records.items()}
+    assert made.member == max(losses_now, key=losses_now.get) and made.epoch == 1
+    assert made.source == min(losses_now, key=losses_now.get)
+    flat = lambda state: jax.tree_util.tree_leaves_with_path(state)  # noqa: E731
+    for (path, got), (_, want) in zip(flat(after[made.member]), flat(before[made.source]), strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=str(path))  # weights and optimizer state, exactly
+    for k in set(range(4)) - {made.member}:
+        for (_, got), (_, want) in zip(flat(after[k]), flat(before[k]), strict=True):
+            np.testing.assert_array_equal(got, want)
+    source_rate = configs[made.source][2]
+    assert made.hyperparameters["lr"] in (pytest.approx(0.8 * source_rate), pytest.approx(1.2 * source_rate))
+    assert rates[made.member] == pytest.approx(made.hyperparameters["lr"], rel=1e-6)
+    assert seen[1][0][made.member]["val_loss"] < losses_now[made.source]  # it trained on from the best weights
 
 
 class StopAfter(Callback):

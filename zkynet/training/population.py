@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -31,8 +30,16 @@ import numpy as np
 from zkynet.data import Batches, Dataset
 from zkynet.framework import cg
 from zkynet.framework.compile import EvalStep, TrainStep
-from zkynet.models.layers import Dropout
 from zkynet.optim import Optimizer
+from zkynet.training.stacking import (
+    check_architectures,
+    check_optimizers,
+    columns,
+    dropout_layers,
+    rates_set,
+    same,
+    traced_rate,
+)
 from zkynet.training.trainer import Callback, Record, TrainingLoop, _check_finite, _check_seed, _CompileClock
 
 
@@ -47,7 +54,10 @@ class PopulationStep:
     `leave`s is taken out of the stack (its final state is kept aside): later
     steps train only the others, in a program compiled for their number (a
     stopped member costs one compilation, not a share of every later step).
-    `precision` is TrainStep's, for every member."""
+    `precision` is TrainStep's, for every member. `traced` names hyperparameters
+    (the optimizers', or "dropout" for every dropout rate) that are traced values
+    even when every member has the same: what population-based training changes
+    while the program runs (`exploit`, `set_hyperparameters`)."""
 
     def __init__(
         self,
@@ -58,6 +68,7 @@ class PopulationStep:
         seeds: Sequence[int] | None = None,
         jit: bool = True,
         precision: str = "float32",
+        traced: Collection[str] = (),
     ):
         if not models or len(models) != len(optimizers):
             raise ValueError(
@@ -65,9 +76,9 @@ class PopulationStep:
             )
         self.size = len(models)
         self.models = list(models)
-        self.dropouts = [_dropout_layers(m) for m in models]
-        _check_architectures(models, self.dropouts)
-        _check_optimizers(optimizers)
+        self.dropouts = [dropout_layers(m) for m in models]
+        check_architectures(models, self.dropouts)
+        check_optimizers(optimizers)
         template = models[0]
         self.train_step = TrainStep(
             template,
@@ -86,17 +97,20 @@ class PopulationStep:
         # What every member shares stays a constant of the program, as in a Trainer's step (a
         # weight decay of 0 then costs nothing, and the step reads and writes less memory);
         # only what differs is traced, one value per member.
-        hyperparameters = _columns([o.hyperparameters() for o in optimizers])
-        self.shared = {name: values[0] for name, values in hyperparameters.items() if _same(values)}
+        hyperparameters = columns([o.hyperparameters() for o in optimizers])
+        traced = set(traced) | {f"1-{name}" for name in traced}  # Adam's 1 - b1 and 1 - b2 follow b1 and b2
+        self.shared = {
+            name: values[0] for name, values in hyperparameters.items() if same(values) and name not in traced
+        }
         self.hyperparameters = {
             name: jnp.asarray(values) for name, values in hyperparameters.items() if name not in self.shared
         }
         dtype = jnp.result_type(float)
-        rates = _columns([{i: layer.rate for i, layer in enumerate(layers)} for layers in self.dropouts])
+        rates = columns([{i: layer.rate for i, layer in enumerate(layers)} for layers in self.dropouts])
         self.rates = {
-            i: jnp.asarray([_traced_rate(rate, dtype) for rate in column], dtype)
+            i: jnp.asarray([traced_rate(rate, dtype) for rate in column], dtype)
             for i, column in rates.items()
-            if not _same(column)
+            if not same(column) or "dropout" in traced
         }  # shared rates: member 0's layers'
         seeds = list(range(self.size)) if seeds is None else list(seeds)
         self.keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
@@ -113,7 +127,7 @@ class PopulationStep:
         return jax.vmap(self._member)(params, opt_state, hyperparameters, rates, batches, keys)
 
     def _member(self, params, opt_state, hyperparameters, rates, batch, key):
-        with _rates(self.dropouts[0], rates):
+        with rates_set(self.dropouts[0], rates):
             return self.train_step.pure(params, opt_state, batch, key, {**self.shared, **hyperparameters})
 
     def __call__(self, data, rows):
@@ -144,6 +158,40 @@ class PopulationStep:
         self.params = {name: put(self.params[name], state["params"][name]) for name in self.params}
         self.opt_state = jax.tree_util.tree_map(put, self.opt_state, state["optimizer"])
 
+    def exploit(self, sources: Mapping[int, int]) -> None:
+        """Member `dst` takes on the parameters, optimizer state and traced hyperparameters of
+        member `src`, for each {dst: src}: one gather along the member axis, compiled (its
+        dropout keys and data order stay its own)."""
+        index = np.arange(len(self.slots))
+        for dst, src in sources.items():
+            index[self.slots.index(dst)] = self.slots.index(src)
+        copied = _gather((self.params, self.opt_state, self.hyperparameters, self.rates), jnp.asarray(index))
+        self.params, self.opt_state, self.hyperparameters, self.rates = copied
+
+    def set_hyperparameters(self, k: int, values: Mapping[str, float]) -> None:
+        """New values of traced hyperparameters for member k ({name: value}; "dropout": every
+        dropout rate), used from its next step on."""
+        slot = self.slots.index(k)
+        for name, value in values.items():
+            if name == "dropout":
+                dtype = jnp.result_type(float)
+                self.rates = {i: r.at[slot].set(traced_rate(value, dtype)) for i, r in self.rates.items()}
+                continue
+            if name not in self.hyperparameters:
+                raise KeyError(f"{name} is not a traced hyperparameter of this population (traced=...)")
+            self.hyperparameters[name] = self.hyperparameters[name].at[slot].set(value)
+            if f"1-{name}" in self.hyperparameters:
+                self.hyperparameters[f"1-{name}"] = self.hyperparameters[f"1-{name}"].at[slot].set(1 - value)
+
+    def member_hyperparameters(self, k: int) -> dict[str, float]:
+        """Member k's hyperparameters now ({name: value}; "dropout": its first dropout rate)."""
+        slot = self.slots.index(k)
+        values = {name: float(value) for name, value in self.shared.items() if not name.startswith("1-")}
+        values.update({n: float(v[slot]) for n, v in self.hyperparameters.items() if not n.startswith("1-")})
+        if self.rates:
+            values["dropout"] = float(self.rates[min(self.rates)][slot])
+        return values
+
     def leave(self, k: int) -> None:
         """Member k stops training: its state is set aside and its row leaves every stack."""
         self.left[k] = self.member_state(k)
@@ -160,10 +208,16 @@ class PopulationStep:
             p.value = params[name]
 
 
+@jax.jit
+def _gather(stacked, index):
+    return jax.tree_util.tree_map(lambda a: a[index], stacked)
+
+
 class Member:
     """One member of a PopulationTrainer, as its callbacks see it: what a Trainer
     offers them (zkynet.training.TrainingLoop), for this member alone. `status` is
-    "RUNNING", then "FINISHED", "STOPPED" (should_stop) or "FAILED" (a callback
+    "RUNNING", then "FINISHED", `stop_status` (should_stop: "STOPPED", or what the one
+    who stopped it says, e.g. "KILLED") or "FAILED" (a callback
     raised: `error`)."""
 
     def __init__(
@@ -180,6 +234,7 @@ class Member:
         self.history: list[Record] = []
         self.step = 0
         self.should_stop = False
+        self.stop_status = "STOPPED"
         self.status = "RUNNING"
         self.error: BaseException | None = None
 
@@ -240,7 +295,8 @@ class PopulationTrainer:
     `on_epoch_end(population, epoch, records)` after each epoch, with the records of
     the members that trained it ({index: record}), before the members whose
     should_stop is set end: where a scheduler compares members (a rung rule).
-    `precision` is Trainer's, for every member."""
+    `precision` is Trainer's, for every member; `traced` PopulationStep's (what
+    population-based training, zkynet.training.pbt, may change)."""
 
     def __init__(
         self,
@@ -259,6 +315,7 @@ class PopulationTrainer:
         on_member_end: Callable[[Member], None] | None = None,
         on_epoch_end: Callable[[PopulationTrainer, int, dict], None] | None = None,
         precision: str = "float32",
+        traced: Collection[str] = (),
     ):
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -271,7 +328,7 @@ class PopulationTrainer:
                 f"{len(seeds)} seeds, {len(callbacks)} callback lists"
             )
         self.epochs, self.on_member_end, self.on_epoch_end = epochs, on_member_end, on_epoch_end
-        self.step = PopulationStep(models, loss, optimizers, metrics, seeds, jit, precision)
+        self.step = PopulationStep(models, loss, optimizers, metrics, seeds, jit, precision, traced)
         self.data = tuple(jnp.asarray(a) for a in (dataset.train.inputs, dataset.train.targets))
         self.members = [
             Member(
@@ -350,7 +407,7 @@ class PopulationTrainer:
             self.on_epoch_end(self, epoch, {k: r for k, r in records.items() if self.members[k].running})
         for member in members:
             if member.running and member.should_stop:
-                member.end("STOPPED")
+                member.end(member.stop_status)
 
     def evaluate(self, batches: Batches | None = None) -> dict[str, np.ndarray]:
         """The running members' metrics on the validation split (or `batches`), averaged
@@ -422,75 +479,3 @@ class _MemberMetrics(Mapping):
 
     def __len__(self):
         return len(self.step_metrics.stacked)
-
-
-def _dropout_layers(model) -> list[Dropout]:
-    """The Dropout layers reachable from `model` through its attributes, in a fixed
-    order (their rates are what a member may vary)."""
-    found, seen, stack = [], set(), [model]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (list, tuple)):
-            stack.extend(reversed(item))
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-        elif isinstance(item, cg.Module) and id(item) not in seen:
-            seen.add(id(item))
-            if isinstance(item, Dropout):
-                found.append(item)
-            stack.extend(reversed(list(vars(item).values())))
-    return found
-
-
-def _traced_rate(rate, dtype):
-    """`rate` in `dtype` such that 1 - rate, computed in `dtype`, is exactly what a Python
-    constant gives (1 - rate in double precision, rounded once): the keep probability and
-    the 1 / (1 - rate) scale of a traced rate are then the constant's to the bit."""
-    keep = np.asarray(1 - rate, dtype)
-    return np.asarray(1, dtype) - keep  # both subtractions exact: their results are representable
-
-
-def _columns(rows):
-    """[{name: value}, ...] (one per member) -> {name: [value, ...]}."""
-    return {name: [row[name] for row in rows] for name in rows[0]}
-
-
-def _same(values):
-    return all(value == values[0] for value in values)
-
-
-@contextmanager
-def _rates(layers, rates):
-    """The dropout rates of `layers[i]` set to `rates[i]` (traced) while a member's step is traced."""
-    saved = {i: layers[i].rate for i in rates}
-    for i, rate in rates.items():
-        layers[i].rate = rate
-    try:
-        yield
-    finally:
-        for i, rate in saved.items():
-            layers[i].rate = rate
-
-
-def _check_architectures(models, dropouts):
-    def shapes(model):
-        return {name: (p.value.shape, p.value.dtype) for name, p in model.named_parameters().items()}
-
-    first = shapes(models[0])
-    for k, model in enumerate(models[1:], 1):
-        if type(model) is not type(models[0]) or shapes(model) != first or len(dropouts[k]) != len(dropouts[0]):
-            raise ValueError(
-                f"population member {k} ({type(model).__name__}) is not the architecture of member 0 "
-                f"({type(models[0]).__name__}): members may differ in values (initialization, "
-                "dropout rates, optimizer hyperparameters), not in parameter shapes or layers"
-            )
-
-
-def _check_optimizers(optimizers):
-    first = optimizers[0].signature()
-    for k, optimizer in enumerate(optimizers[1:], 1):
-        if optimizer.signature() != first:
-            raise ValueError(
-                f"population member {k}'s optimizer {optimizer.signature()} differs from member 0's "
-                f"{first} in more than its hyperparameters ({', '.join(optimizers[0].hyperparameters())})"
-            )
