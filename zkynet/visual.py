@@ -204,7 +204,8 @@ def backprop_steps(graph, cotangent=None, save_path=None, title=None, **options)
 
     save_path: a folder for the pictures (``step-00.png``, ``step-01.png``, ...; default
     ``<tempdir>/zkynet/backprop-<call id>``); `options` go to plot_cg (format="svg",
-    rankdir="TB", ...). For small graphs: at most MAX_STEPS rules."""
+    rankdir="TB", ...). For small graphs: at most MAX_STEPS rules. A graph it cannot draw
+    raises PlotError at once, before the first picture."""
     if not isinstance(graph, cg.ModuleGraph):
         raise PlotError(f"backprop_steps draws a ModuleGraph (what a module call returns), got {type(graph).__name__}")
     if isinstance(graph.root, tuple):
@@ -237,14 +238,14 @@ def backprop_steps(graph, cotangent=None, save_path=None, title=None, **options)
     extension = "." + (options.pop("format", None) or "png")
     options.setdefault("depth", None)
     label = title or f"backprop of {graph.module.functional_name}"
+    seed_text = f"d {root.name} / d {root.name}" if cotangent is None else f"the cotangent given for {root.name}"
+    return _steps(graph, seeds, runs, folder, extension, f"{label}\nthe seed: {seed_text}", label, options)
+
+
+def _steps(graph, seeds, runs, folder, extension, first, label, options):
+    root, order = graph.root, graph.nodes
     done = backprop([], seeds)  # the cotangents gathered so far: the seed alone
-    yield plot_cg(
-        root,
-        save_path=os.path.join(folder, f"step-00{extension}"),
-        title=f"{label}\nthe seed: d {root.name} / d {root.name}",
-        show_grads=done,
-        **options,
-    )
+    yield plot_cg(root, save_path=os.path.join(folder, f"step-00{extension}"), title=first, show_grads=done, **options)
     position = {node: k for k, node in enumerate(order)}
     for step, node in enumerate(runs, start=1):
         after = backprop(order[position[node] :], seeds)  # back() over the nodes visited so far, this one last
