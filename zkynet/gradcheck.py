@@ -68,7 +68,8 @@ class GradientCheckError(AssertionError):
 
     Attributes: function, input (its name), check (what was compared), index (of the
     worst element, a tuple; None for a directional check), ours, expected (the values
-    there), tolerance, mismatches (how many elements are out of tolerance)."""
+    there), tolerance, mismatches (how many elements are out of tolerance) of total,
+    context (the inputs' and output's dtypes and shapes, the seed)."""
 
     def __init__(
         self,
@@ -85,6 +86,7 @@ class GradientCheckError(AssertionError):
     ):
         self.function, self.input, self.check, self.index = function, input, check, index
         self.ours, self.expected, self.tolerance, self.mismatches = ours, expected, tolerance, mismatches
+        self.total, self.context = total, context
         where = f"{input}[{', '.join(map(str, index))}]" if index else input
         super().__init__(
             f"{function}: d/d{input}: {check} at {where}: ours {ours:.10g}, expected {expected:.10g} "

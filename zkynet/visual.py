@@ -9,6 +9,11 @@ The gradient's own graph (`back(create_graph=True)`, `zkynet.grad` of a gradient
 too: the nodes a backward pass created sit in its own box, ``back(<output>)``, drawn in
 red, apart from the forward pass's nodes that they read.
 
+Gradients draw too: after `back()`, ``plot_cg(result, show_grads=True)`` writes each
+node's gradient (its cotangent) beside its value, and `backprop_steps` draws the backward
+pass one rule at a time, the node whose rule runs highlighted and the cotangent it sends
+written on the edges to its inputs.
+
 Drawing always finishes in bounded time. Graphviz's layout grows much faster than
 the graph (a 200-node chain whose nodes all share one parameter took dot minutes),
 so: pictures of more than `max_nodes` shapes are collapsed automatically to the
@@ -26,6 +31,9 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator, Mapping
+from html import escape
+from typing import Any
 
 import graphviz
 import numpy as np
@@ -33,7 +41,8 @@ import numpy as np
 from zkynet.framework import cg
 from zkynet.framework.backward_graph import BackwardPass
 from zkynet.framework.builder import ModuleCall
-from zkynet.framework.errors import PlotError
+from zkynet.framework.errors import BackwardNotRunError, PlotError
+from zkynet.framework.graph import backprop, one
 
 Shape = cg.Node | ModuleCall  # what the picture draws: a node, or a collapsed module call
 Chains = dict[ModuleCall, list]  # each scope's _ancestors, cached
@@ -50,6 +59,11 @@ _BACKWARD_NODE = dict(fillcolor="#f8cecc", color="#b85450")
 _BACKWARD_BOX = dict(shape="box3d", style="filled", fillcolor="#f8cecc", color="#b85450")
 _BACKWARD_CLUSTER = dict(style="rounded,filled", color="#b85450", fillcolor="#fdf3f2", fontcolor="#b85450")
 _BACKWARD_EDGE = dict(color="#b85450")
+# gradients (show_grads) in green; the node whose rule runs (backprop_steps) in orange
+_GRAD_FONT = "#1b7837"
+_RUNNING_NODE = dict(fillcolor="#ffe0a3", color="#d79b00", penwidth="3")
+_RUNNING_EDGE = dict(color="#d79b00", penwidth="2", dir="back", fontcolor=_GRAD_FONT, fontsize="12")
+MAX_STEPS = 60  # backprop_steps draws at most this many rules (one picture each)
 _AUTO_MAX_SHAPES = 40  # depth="auto" collapses module calls until at most this many shapes remain
 MAX_NODES = 150  # more shapes than this are collapsed (dot's layout time explodes past a few hundred)
 LAYOUT_COST_PER_NODE = 25  # _layout_cost allowed per max_nodes: about 5 s of dot for a shared-parameter chain
@@ -70,6 +84,8 @@ def plot_cg(
     max_nodes=MAX_NODES,
     timeout=60,
     max_width=None,
+    show_grads=False,
+    _running=None,
 ):
     """Render the graph behind `root` (a node, a ModuleGraph, or a tuple of nodes) and
     return the path of the image it wrote.
@@ -98,6 +114,16 @@ def plot_cg(
         which is how a narrow preview pane such as MLflow's shows them best).
     max_width: the widest a PNG may be, in pixels; a wider picture is scaled down to it
         (None: as laid out).
+    show_grads: True to write each node's gradient (what `back()` computed: d output /
+        d node, or the vector-Jacobian product for back(cotangent)) under its value, in
+        green: a scalar as a number, a small array (up to 4 elements) in full, a bigger one
+        as its shape and norm; a full Jacobian (back() of a tensor output) as
+        ``jacobian[out shape + node shape]`` and its norm. `root` must then be the
+        ModuleGraph that back() ran on (``result``, not ``result.root``: the gradients live
+        on it); before back(), BackwardNotRunError says to call it. To draw other nodes with
+        a graph's gradients (the gradient's own graph after back(create_graph=True):
+        ``plot_cg(result.grad(x), show_grads=result)``), pass that ModuleGraph instead of
+        True; or a dict {node: gradient}. Nodes without a gradient (constants) show none.
     """
     roots = (
         root.roots
@@ -105,6 +131,7 @@ def plot_cg(
         else (tuple(root) if isinstance(root, (tuple, list)) else (root,))
     )
     roots = tuple(cg.as_node(r) for r in roots)
+    grads = _gradients(root, show_grads)
     nodes = [n for n in cg.topological_order(roots) if not _empty_constant(n)]
     if depth == "auto":
         depth = _auto_depth(nodes)
@@ -124,13 +151,118 @@ def plot_cg(
     )
     if title:
         graph.attr(label=title, labelloc="t", fontsize="16")
-    _draw(graph, nodes, roots, depth)
+    _draw(graph, nodes, roots, depth, grads, _running)
     _render(graph.source, format, save_path, timeout, len(nodes))
     _log.info("plot_cg wrote %s", save_path)
     if view:
         graphviz.view(save_path)
         time.sleep(wait)
     return save_path
+
+
+def _gradients(root, show_grads):
+    """{node: gradient} to write in the picture (None: show_grads is off)."""
+    if show_grads is False or show_grads is None:
+        return None
+    if isinstance(show_grads, Mapping):
+        return dict(show_grads)
+    if show_grads is True:
+        if not isinstance(root, cg.ModuleGraph):
+            raise PlotError(
+                "plot_cg(show_grads=True) needs the ModuleGraph that back() ran on, where the gradients "
+                f"live: pass `result` (what the module call returned), not a {type(root).__name__} such as "
+                "result.root; to draw other nodes with its gradients, pass show_grads=result"
+            )
+        source = root
+    elif isinstance(show_grads, cg.ModuleGraph):
+        source = show_grads
+    else:
+        raise PlotError(
+            f"plot_cg: show_grads must be True, False, a ModuleGraph or a dict {{node: gradient}}, got {show_grads!r}"
+        )
+    nodes = [n for n in source.nodes if n.requires_grad]
+    try:
+        return {n: source.grad(n) for n in nodes}
+    except BackwardNotRunError:
+        raise BackwardNotRunError(
+            "plot_cg(show_grads=True) draws the gradients back() computed, and this graph has none yet: "
+            "call back() on it first (result.back() for a scalar output, result.back(cotangent) for a "
+            "tensor one), then plot_cg(result, show_grads=True)"
+        ) from None
+
+
+def backprop_steps(graph, cotangent=None, save_path=None, title=None, **options) -> Iterator[str]:
+    """Draw `graph`'s backward pass step by step: yield the path of one picture per rule
+    that runs, in the order back() runs them (a topological order, output first).
+
+    The first picture shows the seed (d output / d output = 1, or `cotangent` for a
+    tensor output). Each next one highlights, in orange, the node whose backward rule
+    runs, writes on the edges to its inputs the cotangent the rule sends each of them
+    (arrows pointing back), and under every node the cotangent it has gathered so far (in
+    green, as in plot_cg(show_grads=True)). The last picture's cotangents are the gradients
+    back() gives. `graph` is a ModuleGraph with one output; it need not have run back().
+
+    save_path: a folder for the pictures (``step-00.png``, ``step-01.png``, ...; default
+    ``<tempdir>/zkynet/backprop-<call id>``); `options` go to plot_cg (format="svg",
+    rankdir="TB", ...). For small graphs: at most MAX_STEPS rules. A graph it cannot draw
+    raises PlotError at once, before the first picture."""
+    if not isinstance(graph, cg.ModuleGraph):
+        raise PlotError(f"backprop_steps draws a ModuleGraph (what a module call returns), got {type(graph).__name__}")
+    if isinstance(graph.root, tuple):
+        raise PlotError(f"backprop_steps draws a graph with one output; this one has {len(graph.root)}")
+    root = graph.root
+    if cotangent is None:
+        if root.shape != ():
+            raise PlotError(
+                f"backprop_steps: the output is shaped {tuple(root.shape)}: give the cotangent to start from "
+                "(an array shaped like it), as for back(cotangent)"
+            )
+        seed = one(root.dtype)
+    else:
+        seed = cg.as_value(cotangent, "cotangent")
+        if seed.shape != root.shape:
+            raise PlotError(
+                f"backprop_steps: the cotangent must be shaped like the output {tuple(root.shape)}, got "
+                f"{tuple(seed.shape)}"
+            )
+    order = graph.nodes
+    seeds = {root: seed}
+    final = backprop(order, seeds)
+    runs = [n for n in reversed(order) if n.inputs and n.requires_grad and n in final]  # each gets a cotangent
+    if len(runs) > MAX_STEPS:
+        raise PlotError(
+            f"backprop_steps: this graph runs {len(runs)} backward rules, one picture each; it draws at most "
+            f"{MAX_STEPS}. Draw a smaller model (plot_cg(result, show_grads=True) shows the end result of any size)"
+        )
+    folder = save_path or os.path.join(tempfile.gettempdir(), "zkynet", f"backprop-{graph.call_id}")
+    extension = "." + (options.pop("format", None) or "png")
+    options.setdefault("depth", None)
+    label = title or f"backprop of {graph.module.functional_name}"
+    seed_text = f"d {root.name} / d {root.name}" if cotangent is None else f"the cotangent given for {root.name}"
+    return _steps(graph, seeds, runs, folder, extension, f"{label}\nthe seed: {seed_text}", label, options)
+
+
+def _steps(graph, seeds, runs, folder, extension, first, label, options):
+    root, order = graph.root, graph.nodes
+    done = backprop([], seeds)  # the cotangents gathered so far: the seed alone
+    yield plot_cg(root, save_path=os.path.join(folder, f"step-00{extension}"), title=first, show_grads=done, **options)
+    position = {node: k for k, node in enumerate(order)}
+    for step, node in enumerate(runs, start=1):
+        after = backprop(order[position[node] :], seeds)  # back() over the nodes visited so far, this one last
+        sent = {i: _difference(after[i], done.get(i)) for i in dict.fromkeys(node.inputs) if i in after}
+        yield plot_cg(
+            root,
+            save_path=os.path.join(folder, f"step-{step:02d}{extension}"),
+            title=f"{label}\nstep {step} of {len(runs)}: the rule of {node.name} sends cotangents to its inputs",
+            show_grads=after,
+            _running=(node, sent),
+            **options,
+        )
+        done = after
+
+
+def _difference(after: Any, before: Any) -> Any:
+    return after if before is None else np.asarray(after) - np.asarray(before)
 
 
 def _render(source, format, path, timeout, count):
@@ -268,7 +400,7 @@ def _bounded_depth(nodes, depth, max_nodes):
     )
 
 
-def _draw(graph, nodes, roots, depth):
+def _draw(graph, nodes, roots, depth, grads=None, running=None):
     chains: Chains = {}
     shapes = {node: _shape_of(node, depth, chains) for node in nodes}
     members: dict[ModuleCall | None, list[Shape]] = {}  # module call -> the shapes drawn directly inside it
@@ -306,7 +438,10 @@ def _draw(graph, nodes, roots, depth):
                     style.update(_BACKWARD_NODE)
                 if shape in roots:
                     style.update(penwidth="2.5")
-                target.node(ident(shape), _label(shape), **style)
+                if running is not None and shape is running[0]:
+                    style.update(_RUNNING_NODE)
+                gradient = None if grads is None else grads.get(shape)
+                target.node(ident(shape), _label(shape, gradient, shape in grads if grads else False), **style)
             else:
                 kind = "backward pass" if isinstance(shape.module, BackwardPass) else type(shape.module).__name__
                 box = _BACKWARD_BOX if is_backward(shape) else _MODULE_BOX
@@ -333,7 +468,9 @@ def _draw(graph, nodes, roots, depth):
         fan_out[tail] = fan_out.get(tail, 0) + 1
         fan_in[head] = fan_in.get(head, 0) + 1
     for tail, head in edges:
-        style = _BACKWARD_EDGE if is_backward(head) else {}
+        style = dict(_BACKWARD_EDGE) if is_backward(head) else {}
+        if running is not None and head is running[0] and tail in running[1]:
+            style.update(_RUNNING_EDGE, label=f" {_compact(_format_value(_array(running[1][tail])))} ")
         if fan_out[tail] > HUB_EDGES or fan_in[head] > HUB_EDGES:  # a hub: ranking around it is what explodes
             graph.edge(ident(tail), ident(head), constraint="false", **style)
         else:
@@ -379,8 +516,41 @@ def _layout_cost(nodes, depth, chains):
     return len(set(shapes.values())) + sum(max(0, rank[h] - rank[t] - 1) for t, h in edges)
 
 
-def _label(node):
-    return f"{node.name}\n{_format_value(node.value)}"
+def _label(node, gradient=None, has_gradient=False):
+    """The node's name and value; with a gradient, an HTML label with it in green below."""
+    if not has_gradient:
+        return f"{node.name}\n{_format_value(node.value)}"
+    lines = [escape(node.name), escape(_format_value(node.value))]
+    return f'<{"<BR/>".join(lines)}<BR/><FONT COLOR="{_GRAD_FONT}">{escape(_format_gradient(gradient, node))}</FONT>>'
+
+
+def _array(value):
+    return value.value if isinstance(value, cg.Node) else value  # a gradient node (create_graph=True): its value
+
+
+def _format_gradient(gradient, node):
+    """'grad 33', 'grad [33, 0, 170]', 'grad float32[4, 2] norm 1.23', or for a full
+    Jacobian 'jacobian float32[3, 3] norm 95.6'."""
+    value = _array(gradient)
+    if tuple(value.shape) != tuple(node.shape):  # output.shape + node.shape: back() of a tensor output
+        return f"jacobian {value.dtype}{list(value.shape)}{_norm(value)}"
+    text = _format_value(value)
+    if text.startswith(str(value.dtype)):  # too big to write out: its shape, and its norm
+        return f"grad {text}{_norm(value)}"
+    return f"grad {_compact(text)}"
+
+
+def _compact(text):
+    """An array's text without NumPy's column alignment: [33., 0., 170.]."""
+    return " ".join(text.split()).replace("[ ", "[")
+
+
+def _norm(value):
+    try:
+        array = np.asarray(value, np.float64)
+    except Exception:  # traced: no number to show
+        return ""
+    return f" norm {np.linalg.norm(array.ravel()):.4g}"
 
 
 def _format_value(value):
