@@ -68,7 +68,10 @@ def dataset(cfg, task):
 def _cast(split, dtype):
     """Floating arrays of a split in `dtype` (integer labels and tokens stay; an array
     read from a file is cast as it is read)."""
-    as_dtype = lambda a: a.astype(dtype) if a.dtype.kind == "f" and a.dtype != dtype else a  # noqa: E731
+
+    def as_dtype(a):
+        return a.astype(dtype) if a.dtype.kind == "f" and a.dtype != dtype else a
+
     return dataclasses.replace(split, inputs=as_dtype(split.inputs), targets=as_dtype(split.targets))
 
 

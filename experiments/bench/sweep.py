@@ -174,7 +174,10 @@ def population_versus_trainer(widths, members, epochs=20):
         seeds=list(range(members)),
         **common,
     ).fit()
-    median = lambda history: statistics.median(r["samples_per_second"] for r in history[1:])  # noqa: E731
+
+    def median(history):
+        return statistics.median(r["samples_per_second"] for r in history[1:])
+
     return median(alone), sum(median(history) for history in population)
 
 

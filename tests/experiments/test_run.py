@@ -96,7 +96,10 @@ def test_the_objective_and_its_direction_come_from_the_task(runner):
     assert runner.client.get_experiment(first.info.experiment_id).name == "classification"  # the task's experiment
     # every run has a name of its own, and the commit of the code it ran
     assert re.fullmatch(r"mlp-digits-[0-9a-f]{6}", first.info.run_name) and failed.info.run_name != first.info.run_name
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
     assert first.data.tags["mlflow.source.git.commit"] == git("rev-parse", "HEAD")
     assert first.data.tags["git_dirty"] == str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()
 

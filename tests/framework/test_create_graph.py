@@ -248,7 +248,9 @@ def test_second_order_through_an_operator_without_support_names_it_and_its_place
 
 
 def test_jvp_tangents_must_match_their_primals():
-    f = lambda x, y: x * y  # noqa: E731
+    def f(x, y):
+        return x * y
+
     x = np.ones(3, np.float32)
     with pytest.raises(cg.ShapeError, match=re.escape("tangent 1 is float32[2] but primal 1 is float32[3]")):
         zkynet.jvp(f, (x, x), (x, np.ones(2, np.float32)))

@@ -96,7 +96,10 @@ def test_an_inner_derivative_closing_over_the_outer_argument():
 
 def test_hessian_and_hvp_of_a_vector_function():
     x = np.array([1.0, -2.0, 0.5])
-    f = lambda x: op.sum(x * x * x) + op.sum(x) * op.sum(x)  # noqa: E731
+
+    def f(x):
+        return op.sum(x * x * x) + op.sum(x) * op.sum(x)
+
     expected = np.diag(6 * x) + 2
     np.testing.assert_allclose(zkynet.hessian(f)(x), expected)
     v = np.array([1.0, 0.0, -1.0])

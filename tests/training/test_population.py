@@ -141,7 +141,7 @@ def test_population_based_training_copies_the_best_members_weights_inside_the_pr
     losses_now = {k: r["val_loss"] for k, r in records.items()}
     assert made.member == max(losses_now, key=losses_now.get) and made.epoch == 1
     assert made.source == min(losses_now, key=losses_now.get)
-    flat = lambda state: jax.tree_util.tree_leaves_with_path(state)  # noqa: E731
+    flat = jax.tree_util.tree_leaves_with_path
     for (path, got), (_, want) in zip(flat(after[made.member]), flat(before[made.source]), strict=True):
         np.testing.assert_array_equal(got, want, err_msg=str(path))  # weights and optimizer state, exactly
     for k in set(range(4)) - {made.member}:
@@ -173,7 +173,10 @@ def test_a_stopped_member_keeps_the_state_it_stopped_with_and_the_others_go_on(d
     ends = Ends()
     told = []
     pack, models = population(digits, CONFIGS, callbacks=[[], [StopAfter(1), ends], []])
-    rows = lambda: {len(stacked) for stacked in pack.step.params.values()}  # noqa: E731
+
+    def rows():
+        return {len(stacked) for stacked in pack.step.params.values()}
+
     pack.on_member_end = lambda member: told.append(
         (member.index, member.status, member.epoch, pack.step.slots, rows())
     )

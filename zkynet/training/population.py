@@ -154,7 +154,10 @@ class PopulationStep:
         if missing:
             raise KeyError(f"checkpoint and model disagree on parameters: {sorted(missing)}")
         slot = self.slots.index(k)
-        put = lambda stacked, value: stacked.at[slot].set(jnp.asarray(value, stacked.dtype))  # noqa: E731
+
+        def put(stacked, value):
+            return stacked.at[slot].set(jnp.asarray(value, stacked.dtype))
+
         self.params = {name: put(self.params[name], state["params"][name]) for name in self.params}
         self.opt_state = jax.tree_util.tree_map(put, self.opt_state, state["optimizer"])
 

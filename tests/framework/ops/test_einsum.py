@@ -38,8 +38,13 @@ CASES = [
 def test_einsum_against_jnp(spec, shapes):
     rng = np.random.default_rng(len(spec))
     args = [rng.normal(size=s) for s in shapes]
-    fn = lambda *xs: op.einsum(spec, *xs)  # noqa: E731
-    reference = lambda *xs: jnp.einsum(spec, *xs)  # noqa: E731
+
+    def fn(*xs):
+        return op.einsum(spec, *xs)
+
+    def reference(*xs):
+        return jnp.einsum(spec, *xs)
+
     check_gradients(fn, reference, args)
     check_second_order(fn, reference, args, hessian=len(args) == 1)
 

@@ -16,8 +16,12 @@ from zkynet.models.rnn import Recurrent
 
 
 def test_stop_gradient_to_second_order():
-    f = lambda x: op.sum(op.stop_gradient(x * x) * x + x**3)  # noqa: E731
-    reference = lambda x: jnp.sum(jax.lax.stop_gradient(x * x) * x + x**3)  # noqa: E731
+    def f(x):
+        return op.sum(op.stop_gradient(x * x) * x + x**3)
+
+    def reference(x):
+        return jnp.sum(jax.lax.stop_gradient(x * x) * x + x**3)
+
     x = jnp.asarray([0.5, -1.5, 2.0])
     np.testing.assert_allclose(zkynet.grad(f)(x), jax.grad(reference)(x), rtol=1e-6)
     np.testing.assert_allclose(zkynet.hessian(f)(x), jax.hessian(reference)(x), rtol=1e-6)
