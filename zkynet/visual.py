@@ -288,6 +288,8 @@ def _render(source, format, path, timeout, count):
 
 def _output(save_path, format, title, roots):
     """(the image's path, its format), its folder created."""
+    if save_path is not None and not isinstance(save_path, (str, os.PathLike)):
+        raise PlotError(f"plot_cg: save_path must be a path (a str or pathlib.Path), got {type(save_path).__name__}")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", title or f"cg-call-{roots[0].call_id}").strip("_") or "graph"
     if format is not None and format not in graphviz.FORMATS:
         raise PlotError(f"plot_cg: unknown format {format!r}; Graphviz knows e.g. png, svg, pdf")

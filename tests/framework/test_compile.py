@@ -146,3 +146,19 @@ def test_rng_switches_dropout_on_and_is_reproducible():
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, deterministic)
     assert not np.allclose(a, model(x, rng=2).value)
+
+
+def test_a_batch_jit_cannot_take_is_refused_with_its_place():
+    step = TrainStep(MLP([64, 8, 10]), losses.softmax_cross_entropy, optim.SGD(0.1))
+    inputs, targets = batches(1)[0]
+    with pytest.raises(
+        cg.ValueTypeError, match=r"TrainStep: batch item 1: expected a number or a numeric array, got str"
+    ):
+        step(inputs, "labels")
+    with pytest.raises(cg.ValueTypeError, match=r"EvalStep: batch item 0: .* got NoneType None"):
+        EvalStep(step.model, losses.softmax_cross_entropy)(None, targets)
+    assert step.step == 0  # nothing trained on it
+    with pytest.raises(cg.StateDictError, match=r"expected \{'params': \.\.\., 'optimizer': \.\.\.\}.*got NoneType"):
+        step.load_state_dict(None)
+    with pytest.raises(cg.StateDictError, match=r"with keys \['w'\]"):
+        step.load_state_dict({"w": 1})

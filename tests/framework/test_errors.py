@@ -2,7 +2,9 @@
 
 import re
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from zkynet.framework import cg, op
@@ -154,3 +156,41 @@ def test_every_error_is_a_zkynet_error():
         cg.BackwardNotRunError,
     ):
         assert issubclass(error, ZkynetError)
+
+
+@pytest.mark.parametrize(
+    ("call", "name", "got"),
+    [
+        (lambda x: op.mean(x, axis="a"), "mean", "str 'a'"),
+        (lambda x: op.max(x, axis=("a", 0)), "max", "tuple ('a', 0)"),
+        (lambda x: op.sum(x, axis=1.5), "sum", "float 1.5"),
+        (lambda x: op.softmax(x, axis=True), "softmax", "bool True"),
+    ],
+)
+def test_an_axis_that_is_not_an_int_is_refused_by_the_operator(call, name, got):
+    # a string would reach JAX as a named axis ("unbound axis name"), far from the mistake
+    with pytest.raises(
+        cg.ValueTypeError, match=re.escape(f"{name}: axis must be an int, a tuple of ints or None, got {got}")
+    ):
+        call(jnp.ones((2, 3)))
+    assert op.sum(jnp.ones((2, 3)), axis=(0, -1)).value == 6  # ints, negative ones and tuples still work
+
+
+def test_dropout_needs_a_prng_key():
+    x = jnp.ones((2, 3))
+    with pytest.raises(cg.ValueTypeError, match=r"dropout: key must be a PRNG key .*got int32\[\]"):
+        op.dropout(x, 3)
+    with pytest.raises(cg.ValueTypeError, match=r"got float32\[2\]"):
+        op.dropout(x, jnp.ones(2))
+    for key in (jax.random.PRNGKey(0), jax.random.key(0)):
+        kept = op.dropout(x, key, 0.5).value
+        assert set(np.unique(kept)) <= {0.0, 2.0}
+
+
+def test_load_state_dict_wants_a_mapping():
+    m = SimpleModel()
+    for bad in (None, [("w", 1.0)], 3):
+        with pytest.raises(cg.StateDictError, match=r"expected a mapping \{name: array\}"):
+            m.load_state_dict(bad)
+    m.load_state_dict({"w": 2})
+    assert m(3).value == (3 + 2) * 9

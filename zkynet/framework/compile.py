@@ -24,10 +24,15 @@ a bfloat16 weight would round away, still counts. Targets and integer inputs (la
 token ids) are never cast.
 """
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zkynet.framework import cg, op
+from zkynet.framework.errors import StateDictError
+from zkynet.framework.graph import as_value
 from zkynet.framework.memory import keep_freed_memory_once
 
 PRECISIONS = {"float32": None, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16}  # the compute dtype (None: no casts)
@@ -186,6 +191,7 @@ class TrainStep(_Compiled):
         self._step = self._compiled()
 
     def __call__(self, *batch):
+        check_batch(batch, "TrainStep")
         self._refreeze()
         params, self.opt_state, metrics = self._step(self.param_values(), self.opt_state, batch, self.rng)
         for name, value in params.items():
@@ -198,6 +204,11 @@ class TrainStep(_Compiled):
         return {"params": self.param_values(), "optimizer": self.opt_state}
 
     def load_state_dict(self, state):
+        if not isinstance(state, Mapping) or not {"params", "optimizer"} <= set(state):
+            raise StateDictError(
+                "TrainStep.load_state_dict: expected {'params': ..., 'optimizer': ...} (what state_dict() returns), "
+                f"got {type(state).__name__}" + (f" with keys {sorted(state)}" if isinstance(state, Mapping) else "")
+            )
         missing = set(self.params) ^ set(state["params"])
         if missing:
             raise KeyError(f"checkpoint and model disagree on parameters: {sorted(missing)}")
@@ -234,7 +245,18 @@ class EvalStep(_Compiled):
             return self._metrics(self._graph(params, batch, None), batch)
 
     def __call__(self, *batch):
+        check_batch(batch, "EvalStep")
         return self._eval(self.param_values(), batch)
+
+
+def check_batch(batch, where):
+    """ValueTypeError naming the batch item a compiled step cannot take (a string, None,
+    an object), instead of JAX's error about abstract arrays. Arrays pass as they are
+    (no copy: this runs every step)."""
+    for i, item in enumerate(jax.tree_util.tree_leaves(batch, is_leaf=lambda x: x is None)):
+        if isinstance(item, jax.Array) or (isinstance(item, np.ndarray) and item.dtype.kind in "biufcV"):
+            continue
+        as_value(item, f"{where}: batch item {i}")
 
 
 def forward(model, jit=True):

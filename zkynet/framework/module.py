@@ -178,6 +178,10 @@ class Module(Function):
         Nothing changes unless every name, shape and dtype matches."""
         params = self.named_parameters()
         where = f"{self.functional_name}.load_state_dict"
+        if not isinstance(state, Mapping):
+            raise StateDictError(
+                f"{where}: expected a mapping {{name: array}} (what state_dict() returns), got {type(state).__name__}"
+            )
         missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         if missing or unexpected:
             raise StateDictError(

@@ -117,6 +117,7 @@ class Operator(Function):
             for i, a in enumerate(args):  # again, to say which input of which operator
                 as_node(a, f"{self._where()}: {self._input_label(i)}")
             raise
+        self._check_axes()
         try:
             self.check(*nodes)
             fusion = self._fusion(nodes) if self.fuse_call else None
@@ -141,6 +142,18 @@ class Operator(Function):
     def check(self, *inputs: Any, **kwargs: Any) -> None:
         """Raise a ZkynetError if this operator cannot give a right answer for `inputs`
         (see the class docstring); by default, accept anything."""
+
+    def _check_axes(self) -> None:
+        """An `axis`/`axes` setting is None, an int or a sequence of ints: anything else
+        (axis="a") would reach JAX as a named axis and fail far from here."""
+        for name in ("axis", "axes"):
+            axis = getattr(self, name, None)
+            parts = axis if isinstance(axis, (tuple, list)) else () if axis is None else (axis,)
+            if not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in parts):
+                raise ValueTypeError(
+                    f"{self._where()}: {name} must be an int, a tuple of ints or None, "
+                    f"got {type(axis).__name__} {axis!r}"
+                )
 
     def _input_label(self, i: int) -> str:
         return f"input {self._input_name(i)!r}"

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from zkynet.framework import xp
 from zkynet.framework.builder import NodeLike
+from zkynet.framework.errors import ValueTypeError
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Fused
 
@@ -34,6 +35,14 @@ class Dropout(Fused):
         """`values` / (1 - rate) where the mask keeps, else 0. A traced rate (a Population
         member's own) is a float32 array: cast to x's dtype, so that bfloat16 stays bfloat16."""
         return xp.where(self._keep(x, key), values / jnp.asarray(1 - self.rate, x.dtype), 0)
+
+    def check(self, x, key):
+        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        if not typed and (key.dtype != jnp.uint32 or key.shape[-1:] != (2,)):
+            raise ValueTypeError(
+                f"dropout: key must be a PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), "
+                f"got {key.dtype}{list(key.shape)}"
+            )
 
     def call(self, x, key):
         return self._kept(x, key, x.value)
