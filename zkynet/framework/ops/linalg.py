@@ -158,6 +158,9 @@ class Einsum(Fused):
             wanted = tuple(max(c, n) for c, n in zip(ct.shape, x.shape, strict=True))
             if wanted != tuple(ct.shape):
                 ct = xp.broadcast_to(ct, wanted)
+            spread = tuple(a for a, (c, n) in enumerate(zip(ct.shape, x.shape, strict=True)) if n == 1 != c)
+            if spread:  # x's size-1 axes met another operand's longer ones: the einsum broadcast x there
+                ct = xp.sum(ct, axis=spread, keepdims=True)
             cotangents.append(ct)
         return tuple(cotangents)
 
