@@ -182,7 +182,7 @@ def ray_cluster():
     """A Ray cluster started with `ray start --head`, as users start one; its address. One
     per test process (pytest-xdist worker), shared by the sweeps that do not test starting
     a local Ray: each such sweep saves a Ray start and stop (about ten seconds on 2 cores).
-    It uses token authentication, as the README starts one, with its own token (not the
+    It uses token authentication, as docs/sweeps.md starts one, with its own token (not the
     machine's ~/.ray/auth_token): its sweeps need `RAY_CLUSTER_AUTH` in their environment."""
     with ray_head(env=RAY_CLUSTER_AUTH) as address:
         yield address

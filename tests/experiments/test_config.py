@@ -59,7 +59,7 @@ MODELS = sorted(path.stem for path in (ROOT / "conf" / "model").glob("*.yaml"))
 
 
 def test_every_model_alone_picks_a_dataset_that_fits(runner):
-    """`python -m experiments.run model=<any>` as the README prints it: the model's own
+    """`python -m experiments.run model=<any>` as docs/models.md prints it: the model's own
     dataset unless the command line (or a preset) chooses one. One test: each config
     composed here costs a second, each fixture a fresh MLflow store."""
     datasets = {}

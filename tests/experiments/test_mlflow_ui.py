@@ -98,8 +98,8 @@ def test_the_mlflow_ui_opens_on_the_run_table_and_shows_the_run_its_metrics_and_
     assert printed == [
         f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
     ]
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert printed[0].replace(f"/{run.info.experiment_id}/", "/<id>/") in readme  # the README points to the same page
+    page = (Path(__file__).parents[2] / "docs" / "experiments.md").read_text()
+    assert printed[0].replace(f"/{run.info.experiment_id}/", "/<id>/") in page  # docs/experiments.md points to it
     assert (
         runner.client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     )

@@ -1,6 +1,6 @@
 """A researcher's own work through the runner (issue 24): their metrics reach MLflow,
 nothing is lost when a run is stopped, the best model comes back, the in-process API
-and `zkynet.load` work as README shows, and the records stay clean."""
+and `zkynet.load` work as README and docs/experiments.md show, and the records stay clean."""
 
 import math
 import os
