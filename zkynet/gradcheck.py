@@ -28,12 +28,15 @@ them away from kinks (relu at 0, ties of max).
 
 JAX's autodiff is applied only to the reference function you pass; zkynet's own
 derivatives never use it.
+
+GradientCheckError and GradientReport are defined in gradcheck_report.py, the random
+inputs (normal, positive, broadcasting_shapes) in gradcheck_inputs.py; import them from
+here, as before.
 """
 
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -45,6 +48,8 @@ from zkynet.framework.graph import OperatorNode
 from zkynet.framework.module import Module, call_module
 from zkynet.framework.operator import Operator
 from zkynet.framework.templates import Variable
+from zkynet.gradcheck_inputs import broadcasting_shapes, normal, positive
+from zkynet.gradcheck_report import GradientCheckError, GradientReport
 
 __all__ = [
     "GradientCheckError",
@@ -61,61 +66,6 @@ EPS, FD_RTOL, FD_ATOL = 1e-6, 1e-6, 1e-8
 MAX_JACOBIAN = 4096  # output.size * input.size compared element by element
 DIRECTIONS = 3  # random directions for finite differences of inputs too big for the full Jacobian
 _U = np.finfo(np.float64).eps / 2  # unit roundoff of float64
-
-
-class GradientCheckError(AssertionError):
-    """A backward rule disagrees with finite differences or the reference.
-
-    Attributes: function, input (its name), check (what was compared), index (of the
-    worst element, a tuple; None for a directional check), ours, expected (the values
-    there), tolerance, mismatches (how many elements are out of tolerance) of total,
-    context (the inputs' and output's dtypes and shapes, the seed)."""
-
-    def __init__(
-        self,
-        function: str,
-        input: str,
-        check: str,
-        index: tuple[int, ...] | None,
-        ours: float,
-        expected: float,
-        tolerance: float,
-        mismatches: int,
-        total: int,
-        context: str,
-    ):
-        self.function, self.input, self.check, self.index = function, input, check, index
-        self.ours, self.expected, self.tolerance, self.mismatches = ours, expected, tolerance, mismatches
-        self.total, self.context = total, context
-        where = f"{input}[{', '.join(map(str, index))}]" if index else input
-        super().__init__(
-            f"{function}: d/d{input}: {check} at {where}: ours {ours:.10g}, expected {expected:.10g} "
-            f"(|difference| {abs(ours - expected):.3g} > tolerance {tolerance:.3g}); {mismatches} of {total} "
-            f"element(s) out of tolerance. {context}"
-        )
-
-
-@dataclass
-class GradientReport:
-    """What check_gradients compared, and how close each comparison came: for each
-    check, the worst |difference| / tolerance (at most 1 when it passed)."""
-
-    function: str
-    inputs: list[str]
-    worst: dict[str, float] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        checks = "; ".join(f"{name}: {ratio:.2g}" for name, ratio in self.worst.items())
-        return f"{self.function} passed, wrt {', '.join(self.inputs)} (worst error / tolerance: {checks})"
-
-
-def normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    return rng.normal(size=shape)
-
-
-def positive(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Values in [0.5, 2]: for log, sqrt, the base of pow, divisors."""
-    return rng.uniform(0.5, 2.0, size=shape)
 
 
 class _Apply(Module):
@@ -442,43 +392,6 @@ def _graph_name(fn: Any, graph: Any) -> str:
         return name
     used = list(dict.fromkeys(n.ref.functional_name for n in graph.nodes if isinstance(n, OperatorNode)))
     return f"lambda over {', '.join(used) or 'no operator'}"
-
-
-def broadcasting_shapes(
-    arity: int, trials: int = 3, seed: int = 0, max_dims: int = 3, max_side: int = 3
-) -> list[list[tuple[int, ...]]]:
-    """`trials` lists of `arity` shapes that broadcast together: the first all equal
-    (2, 3); the second each with some axes 1 and some leading axes dropped against
-    (3, 2, 4); the third with one input a scalar (one of each kind when arity is 1:
-    equal, a size-1 axis, a scalar); the rest random (up to max_dims, sides up to max_side)."""
-    rng = np.random.default_rng(seed)
-    found: list[list[tuple[int, ...]]] = []
-    for trial in range(trials):
-        shapes: list[tuple[int, ...]]
-        full: tuple[int, ...]
-        if trial == 0:
-            shapes = [(2, 3)] * arity
-        elif trial == 1:
-            full = (3, 2, 4)
-            shapes = [_reduced(full, rng) for _ in range(arity)]
-            if arity > 1 and all(s == shapes[0] for s in shapes):
-                shapes[0] = (1,) + full[1:]
-            if arity == 1:
-                shapes = [(3, 1, 4)]
-        elif trial == 2:
-            shapes = [(4, 1, 3)] * arity
-            shapes[int(rng.integers(arity))] = ()
-        else:
-            full = tuple(int(n) for n in rng.integers(1, max_side + 1, size=int(rng.integers(0, max_dims + 1))))
-            shapes = [_reduced(full, rng) for _ in range(arity)]
-        found.append(shapes)
-    return found
-
-
-def _reduced(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
-    """`shape` with some leading axes dropped and some sides made 1 (still broadcasts to it)."""
-    kept = shape[int(rng.integers(0, len(shape) + 1)) :] if shape else ()
-    return tuple(1 if rng.random() < 0.4 else n for n in kept)
 
 
 def check_operator(

@@ -12,14 +12,16 @@ red, apart from the forward pass's nodes that they read.
 Gradients draw too: after `back()`, ``plot_cg(result, show_grads=True)`` writes each
 node's gradient (its cotangent) beside its value, and `backprop_steps` draws the backward
 pass one rule at a time, the node whose rule runs highlighted and the cotangent it sends
-written on the edges to its inputs.
+written on the edges to its inputs. What a node's label says (name, value, gradient) is
+written by visual_labels.py.
 
 Drawing always finishes in bounded time. Graphviz's layout grows much faster than
 the graph (a 200-node chain whose nodes all share one parameter took dot minutes),
 so: pictures of more than `max_nodes` shapes are collapsed automatically to the
-deepest module depth that fits (with a warning that says so); edges out of (or into)
-a node with many of them (a parameter shared by every step) do not steer the
-layout; and dot itself is stopped after `timeout` seconds (PlotError with advice).
+deepest module depth that fits (with a warning that says so; visual_layout.py picks
+the depth); edges out of (or into) a node with many of them (a parameter shared by
+every step) do not steer the layout; and dot itself is stopped after `timeout`
+seconds (PlotError with advice).
 """
 
 import itertools
@@ -30,9 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Mapping
-from html import escape
 from typing import Any
 
 import graphviz
@@ -43,9 +43,12 @@ from zkynet.framework.backward_graph import BackwardPass
 from zkynet.framework.builder import ModuleCall
 from zkynet.framework.errors import BackwardNotRunError, PlotError
 from zkynet.framework.graph import backprop, one
+from zkynet.visual_labels import _GRAD_FONT, _array, _compact, _format_value, _label
 
-Shape = cg.Node | ModuleCall  # what the picture draws: a node, or a collapsed module call
-Chains = dict[ModuleCall, list]  # each scope's _ancestors, cached
+# how much of a graph is drawn (module calls collapsed into boxes) is visual_layout.py's;
+# its limits are importable from here too, as before
+from zkynet.visual_layout import LAYOUT_COST_PER_NODE as LAYOUT_COST_PER_NODE
+from zkynet.visual_layout import MAX_NODES, Chains, Shape, _ancestors, _auto_depth, _bounded_depth, _edges, _shape_of
 
 _STYLES = {
     cg.InputNode: dict(shape="ellipse", style="filled", fillcolor="#fff2cc"),
@@ -59,14 +62,10 @@ _BACKWARD_NODE = dict(fillcolor="#f8cecc", color="#b85450")
 _BACKWARD_BOX = dict(shape="box3d", style="filled", fillcolor="#f8cecc", color="#b85450")
 _BACKWARD_CLUSTER = dict(style="rounded,filled", color="#b85450", fillcolor="#fdf3f2", fontcolor="#b85450")
 _BACKWARD_EDGE = dict(color="#b85450")
-# gradients (show_grads) in green; the node whose rule runs (backprop_steps) in orange
-_GRAD_FONT = "#1b7837"
+# gradients (show_grads) in green (visual_labels.py); the node whose rule runs (backprop_steps) in orange
 _RUNNING_NODE = dict(fillcolor="#ffe0a3", color="#d79b00", penwidth="3")
 _RUNNING_EDGE = dict(color="#d79b00", penwidth="2", dir="back", fontcolor=_GRAD_FONT, fontsize="12")
 MAX_STEPS = 60  # backprop_steps draws at most this many rules (one picture each)
-_AUTO_MAX_SHAPES = 40  # depth="auto" collapses module calls until at most this many shapes remain
-MAX_NODES = 150  # more shapes than this are collapsed (dot's layout time explodes past a few hundred)
-LAYOUT_COST_PER_NODE = 25  # _layout_cost allowed per max_nodes: about 5 s of dot for a shared-parameter chain
 HUB_EDGES = 8  # edges of a node with more than this many out- or in-edges do not constrain the layout
 DOT_DPI, MAX_INCHES = 96, 10_000  # dot's PNG resolution; a height bound that never binds
 _log = logging.getLogger(__name__)
@@ -318,90 +317,6 @@ def _empty_constant(node):
     return isinstance(node, cg.ConstantNode) and node.value.size == 0
 
 
-def _ancestors(scope):
-    """The module calls from the top-level call down to `scope`."""
-    chain = []
-    while scope is not None:
-        chain.append(scope)
-        scope = scope.parent
-    return chain[::-1]
-
-
-def _shape_of(node, depth, chains=None):
-    """What stands for `node` in the picture: itself, or the module call at `depth`
-    that contains it. `chains` caches each scope's _ancestors (deep nesting)."""
-    scope = node.scope
-    if depth is None or scope is None or scope.depth < depth:
-        return node
-    if chains is None:
-        return _ancestors(scope)[depth]
-    chain = chains.get(scope)
-    if chain is None:
-        chain = chains[scope] = _ancestors(scope)
-    return chain[depth]
-
-
-def _auto_depth(nodes, limit=_AUTO_MAX_SHAPES):
-    """The most detail (None, else the deepest depth) that draws at most `limit` shapes;
-    0 when none does."""
-    if len(nodes) <= limit:
-        return None
-    deepest = max((n.scope.depth for n in nodes if n.scope is not None), default=0)
-    chains: Chains = {}
-    for depth in range(deepest, -1, -1):
-        if _count_shapes(nodes, depth, chains) <= limit:
-            return depth
-    return 0
-
-
-def _count_shapes(nodes, depth, chains=None):
-    chains = {} if chains is None else chains
-    return len(nodes) if depth is None else len({_shape_of(n, depth, chains) for n in nodes})
-
-
-def _bounded_depth(nodes, depth, max_nodes):
-    """`depth`, or the deepest shallower one when drawing at `depth` would take more than
-    `max_nodes` shapes or too much layout work (said with a warning); PlotError when no
-    depth is shallow enough."""
-    chains: Chains = {}
-    budget = LAYOUT_COST_PER_NODE * max_nodes
-
-    def fits(d):
-        count = _count_shapes(nodes, d, chains)
-        return count <= max_nodes and _layout_cost(nodes, d, chains) <= budget, count
-
-    ok, count = fits(depth)
-    if ok:
-        return depth
-    cost = _layout_cost(nodes, depth, chains)
-    why = (
-        f"takes {count} shapes, more than max_nodes={max_nodes}"
-        if count > max_nodes
-        else f"takes {count} shapes whose edges span many ranks (a node shared by distant steps): about "
-        f"{cost} units of layout work, more than {budget} ({LAYOUT_COST_PER_NODE} x max_nodes)"
-    )
-    deepest = max((n.scope.depth for n in nodes if n.scope is not None), default=-1)
-    start = deepest if depth is None else min(depth - 1, deepest)
-    for shallower in range(start, -1, -1):
-        ok, fewer = fits(shallower)
-        if ok:
-            warnings.warn(
-                f"plot_cg: drawing depth={depth!r} {why} (dot's layout time grows much faster than "
-                f"the graph); collapsed to depth={shallower} instead: each module call at that depth "
-                f"is one box ({fewer} shapes). To see more, plot a smaller graph, or pass "
-                "max_nodes=None (dot is still stopped after `timeout` seconds)",
-                stacklevel=3,
-            )
-            return shallower
-    outside = sum(1 for n in nodes if n.scope is None)
-    raise PlotError(
-        f"plot_cg: drawing this graph {why}, and {outside} of its nodes were made outside any "
-        "module call, so collapsing module calls into boxes cannot hide them. Build the "
-        "computation inside a cg.Module (its calls can be drawn as boxes), plot a smaller part "
-        "of it, or pass max_nodes=None to try anyway (dot is stopped after `timeout` seconds)"
-    )
-
-
 def _draw(graph, nodes, roots, depth, grads=None, running=None):
     chains: Chains = {}
     shapes = {node: _shape_of(node, depth, chains) for node in nodes}
@@ -486,84 +401,3 @@ def _in_backward_pass(scope):
             return True
         scope = scope.parent
     return False
-
-
-def _edges(nodes, shapes):
-    """The edges between the shapes drawn ({node: its shape}), once each, in creation order."""
-    edges: dict[tuple[Shape, Shape], None] = {}
-    for node in nodes:
-        head = shapes[node]
-        for inp in node.inputs:
-            tail = shapes.get(inp)
-            if tail is not None and tail is not head:
-                edges.setdefault((tail, head), None)
-    return list(edges)
-
-
-def _layout_cost(nodes, depth, chains):
-    """About how much work dot's layout is: the shapes, plus the bends dot adds to each
-    edge per rank it spans (an edge from a parameter shared by the first and the 100th
-    step spans 100 ranks). Ranks by longest path, a source placed just before its first user."""
-    shapes = {node: _shape_of(node, depth, chains) for node in nodes}
-    edges = _edges(nodes, shapes)
-    rank: dict[Shape, int] = {}
-    heads: dict[Shape, list[Shape]] = {}
-    for tail, head in edges:  # creation order is a topological order of the shapes
-        rank[head] = max(rank.get(head, 0), rank.get(tail, 0) + 1)
-        heads.setdefault(tail, []).append(head)
-    has_input = {head for _, head in edges}
-    for tail, users in heads.items():
-        if tail not in has_input:
-            rank[tail] = min(rank[u] for u in users) - 1
-    return len(set(shapes.values())) + sum(max(0, rank[h] - rank[t] - 1) for t, h in edges)
-
-
-def _label(node, gradient=None, has_gradient=False):
-    """The node's name and value; with a gradient, an HTML label with it in green below."""
-    if not has_gradient:
-        return f"{node.name}\n{_format_value(node.value)}"
-    lines = [escape(node.name), escape(_format_value(node.value))]
-    return f'<{"<BR/>".join(lines)}<BR/><FONT COLOR="{_GRAD_FONT}">{escape(_format_gradient(gradient, node))}</FONT>>'
-
-
-def _array(value):
-    return value.value if isinstance(value, cg.Node) else value  # a gradient node (create_graph=True): its value
-
-
-def _format_gradient(gradient, node):
-    """'grad 33', 'grad [33, 0, 170]', 'grad float32[4, 2] norm 1.23', or for a full
-    Jacobian 'jacobian float32[3, 3] norm 95.6'."""
-    value = _array(gradient)
-    if tuple(value.shape) != tuple(node.shape):  # output.shape + node.shape: back() of a tensor output
-        return f"jacobian {value.dtype}{list(value.shape)}{_norm(value)}"
-    text = _format_value(value)
-    if text.startswith(str(value.dtype)):  # too big to write out: its shape, and its norm
-        return f"grad {text}{_norm(value)}"
-    return f"grad {_compact(text)}"
-
-
-def _compact(text):
-    """An array's text without NumPy's column alignment: [33., 0., 170.]."""
-    return " ".join(text.split()).replace("[ ", "[")
-
-
-def _norm(value):
-    try:
-        array = np.asarray(value, np.float64)
-    except Exception:  # traced: no number to show
-        return ""
-    return f" norm {np.linalg.norm(array.ravel()):.4g}"
-
-
-def _format_value(value):
-    """Small values in full, others as dtype[shape]; traced values have only a shape."""
-    kind = f"{value.dtype}{list(value.shape)}"
-    if value.size > 4:
-        return kind
-    try:
-        array = np.asarray(value)
-    except Exception:  # a tracer under jit/vmap: no concrete value to show
-        return kind
-    with np.printoptions(precision=4, suppress=True):
-        text = np.array2string(array, separator=", ") if array.ndim else f"{array.item():.6g}"
-    return text if len(text) <= 40 else kind

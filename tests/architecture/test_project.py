@@ -1,5 +1,6 @@
 """The project's front door: README's commands are the ones CI runs, the README stays a
-README, and its links and those of the pages it points to lead somewhere."""
+README, and its links and those of the pages it points to lead somewhere; and its modules
+stay small enough to read, one concept each."""
 
 import re
 from pathlib import Path
@@ -68,3 +69,16 @@ def test_every_relative_link_leads_to_a_file_and_its_anchor():
                 broken.append(f"{document.relative_to(ROOT)}: {written}")
     assert broken == []
     assert count >= len(DOCUMENTS)  # the links were found
+
+
+MAX_LINES = 500  # a module longer than this holds more than one concept: split it
+
+
+def test_no_source_file_is_over_max_lines():
+    files = [path for folder in ("zkynet", "experiments") for path in sorted((ROOT / folder).rglob("*.py"))]
+    assert any(p.name == "graph.py" for p in files), "zkynet/ was not scanned"
+    counts = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for p in files}
+    offenders = {path: n for path, n in counts.items() if n > MAX_LINES}
+    assert not offenders, f"files over {MAX_LINES} lines (split them by concept): " + ", ".join(
+        f"{path} ({n} lines)" for path, n in sorted(offenders.items(), key=lambda item: -item[1])
+    )

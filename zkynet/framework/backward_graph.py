@@ -17,6 +17,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from zkynet.framework.cotangents import check_cotangent_dtype, check_cotangents, complex_cotangent, reducible_shape
 from zkynet.framework.errors import GradientError, HigherOrderError
 from zkynet.framework.graph import (
     ConstantNode,
@@ -25,13 +26,9 @@ from zkynet.framework.graph import (
     ValueView,
     as_value,
     backprop,
-    check_cotangent_dtype,
-    check_cotangents,
-    complex_cotangent,
     context,
     one,
     operators,
-    reducible_shape,
     topological_order,
 )
 from zkynet.framework.module_call import ModuleCall

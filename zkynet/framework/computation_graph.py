@@ -2,7 +2,9 @@
 
 This module only gathers the public names; each concept lives in its own module:
   graph.py         nodes (Node, InputNode, ParameterNode, ConstantNode, OperatorNode),
-                   as_value, topological_order, sum_to_shape, backprop, jacobian
+                   topological_order, sum_to_shape, backprop, jacobian
+  values.py        as_value: numbers, lists and arrays as JAX arrays, never overflowing silently
+  cotangents.py    the checks on what a backward rule returns
   backward_graph.py  the backward pass as a graph (derivatives of derivatives):
                    backprop_graph, gradients
   templates.py     Template, Variable, Parameter (trainable or frozen), State, Constant, Function

@@ -4,6 +4,10 @@ A Node holds a value and the nodes it was computed from. `backprop` walks a
 graph's nodes in reverse topological order and asks each OperatorNode's
 operator for its vector-Jacobian product. Nothing here knows about modules:
 templates (templates.py) and module calls (builder.py) sit on top of this.
+
+Two concepts it uses live beside it, and their names are importable from here too:
+what users pass becoming a node's value (`as_value`, values.py), and the checks on
+what a backward rule returns (cotangents.py).
 """
 
 import itertools
@@ -17,96 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zkynet.framework.errors import BackwardRuleError, GradientError, NumericOverflowError, ValueTypeError
+from zkynet.framework.cotangents import check_cotangent_dtype, check_cotangents, complex_cotangent, reducible_shape
+from zkynet.framework.errors import GradientError
 from zkynet.framework.slice_cotangent import SliceCotangent, dense
 from zkynet.framework.slice_cotangent import add as add_cotangents
 
-ArrayLike = jax.typing.ArrayLike | Sequence[Any]  # what as_value accepts: nested lists too
+# what users pass as values, made arrays: values.py (imported from here too, as before)
+from zkynet.framework.values import ArrayLike as ArrayLike
+from zkynet.framework.values import as_value as as_value
 
 _next_node_id = itertools.count(1).__next__
-
-
-def as_value(x: ArrayLike, what: str = "value") -> jax.Array:
-    """`x` as a JAX array; accepts numbers, NumPy arrays, nested lists and JAX arrays/tracers.
-
-    Python numbers stay weakly typed, as in jnp. A value that would not survive the
-    conversion is refused (NumericOverflowError), never wrapped or turned into inf:
-    without 64-bit mode JAX makes ints int32 and floats float32, so a Python int or
-    int64 array beyond int32's range, or a finite float beyond float32's, does not fit.
-    (Computations on fitting integers can still overflow: operators refuse that when
-    their inputs are concrete, see Operator.)"""
-    if isinstance(x, jax.Array):
-        return x
-    if isinstance(x, (bool, int, float, complex)):
-        if not -_SAFE < abs(x) < _SAFE:  # beyond what every dtype holds: check exactly (else fast)
-            if isinstance(x, int) and not isinstance(x, bool):
-                _check_int_range(x, x, jax.dtypes.canonicalize_dtype(np.int64), what)
-            elif np.isfinite(x):
-                target = jax.dtypes.canonicalize_dtype(np.float64 if isinstance(x, float) else np.complex128)
-                with np.errstate(over="ignore"):
-                    if not np.isfinite(np.asarray(x, target)):
-                        _refuse_float(x, target, what)
-        return jnp.asarray(x)  # stays weakly typed, like a Python number in jnp
-    if isinstance(x, (np.ndarray, np.generic, list, tuple)):
-        try:
-            array = np.asarray(x)
-        except ValueError as e:  # ragged nested lists
-            raise ValueTypeError(f"{what}: cannot make an array of {x!r:.80}: {e}") from e
-        if array.dtype.kind in "biufc":
-            return jnp.asarray(_fitting(array, what))
-        if jnp.issubdtype(array.dtype, jnp.floating):  # bfloat16 and the other ml_dtypes floats (kind "V")
-            return jnp.asarray(array)
-        if (
-            array.dtype == object
-            and array.size
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in array.flat)
-        ):
-            big = max(array.flat, key=abs)  # NumPy found no integer type for them
-            _check_int_range(big, big, jax.dtypes.canonicalize_dtype(np.int64), what)
-    raise ValueTypeError(f"{what}: expected a number or a numeric array, got {type(x).__name__} {x!r:.80}")
-
-
-_SAFE = 2**31 - 1  # a Python number smaller than this in magnitude fits int32 and float32
-
-_X64_ADVICE = (
-    "pass floats instead (e.g. 2.0**40, or np.asarray(x, np.float32)), or turn on JAX's "
-    "64-bit mode at startup: jax.config.update('jax_enable_x64', True)"
-)
-
-
-def _check_int_range(low: int, high: int, dtype: Any, what: str) -> None:
-    info = np.iinfo(dtype)
-    if low < info.min or high > info.max:
-        bad = low if low < info.min else high
-        raise NumericOverflowError(
-            f"{what}: the integer {bad} does not fit {np.dtype(dtype).name} ({info.min}..{info.max}), the "
-            f"integer type JAX gives it here; it would wrap around silently. To fix: {_X64_ADVICE}"
-        )
-
-
-def _refuse_float(value: Any, dtype: Any, what: str) -> None:
-    value = complex(value) if np.iscomplexobj(value) else float(value)
-    raise NumericOverflowError(
-        f"{what}: {value!r:.40} is beyond {np.dtype(dtype).name}'s largest value "
-        f"({np.finfo(dtype).max:.4g}), the float type JAX gives it here; it would become inf. "
-        f"To fix: rescale it, or {_X64_ADVICE.split(', or ')[-1]}"
-    )
-
-
-def _fitting(array: np.ndarray, what: str) -> np.ndarray:
-    """`array`, once sure that JAX's conversion to its canonical dtype (int64 -> int32,
-    float64 -> float32 without 64-bit mode) loses no value to wrap-around or inf."""
-    target = jax.dtypes.canonicalize_dtype(array.dtype)
-    if target == array.dtype or not array.size:
-        return array
-    if array.dtype.kind in "iu":
-        _check_int_range(int(array.min()), int(array.max()), target, what)
-    elif array.dtype.kind in "fc":
-        with np.errstate(over="ignore"):
-            lost = np.isfinite(array) & ~np.isfinite(array.astype(target))
-        if lost.any():
-            _refuse_float(array[lost].flat[0], target, what)
-    return array
 
 
 class ValueView:
@@ -426,89 +350,6 @@ def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Nod
     for node in sliced:
         grads[node] = dense(grads[node])
     return grads
-
-
-def complex_cotangent(node: Node, i: int, ct: Any, real: Callable[[Any], Any]) -> Any:
-    """`ct` for input `i` of `node` when either is complex: refused unless the operator's
-    rule follows JAX's convention (Operator.complex_rule); for a real input, its real part."""
-    inp = node.inputs[i]
-    if inp.value.dtype.kind == "c" and not getattr(node.ref, "complex_rule", False):
-        raise GradientError(
-            f"{_rule(node)} has no rule for complex values ({_input_name(node, i)} is {inp.value.dtype}): "
-            "zkynet differentiates complex numbers with JAX's convention (jax.grad's df/dx - i df/dy) "
-            "only through operators whose rules follow it (elementwise arithmetic, exp, log, sqrt, tanh, "
-            "sigmoid, sin, cos, abs, conj, real, sums and products, matmul, einsum, shapes and indexing). "
-            "Split it into real and imaginary parts (op.real, op.real(x * -1j)) before this operator"
-        )
-    if inp.value.dtype.kind != "c":
-        ct = dense(ct) if type(ct) is SliceCotangent else ct
-        return real(ct)
-    return ct
-
-
-def _input_name(node: Node, i: int) -> str:
-    names = [v.short_name for v in getattr(node.ref, "inputs", ())]
-    return f"input {names[i]!r}" if i < len(names) else f"input #{i}"
-
-
-def _rule(node: Node) -> str:
-    return f"{node.path}: {type(node.ref).__name__}.vjp"
-
-
-def check_cotangents(node: Node, cotangents: Any) -> tuple[Any, ...]:
-    """`cotangents` as a tuple with one entry per input of `node`, or a BackwardRuleError."""
-    count = len(node.inputs)
-    if not isinstance(cotangents, (tuple, list)):
-        raise BackwardRuleError(
-            f"{_rule(node)} returned {type(cotangents).__name__}, not a tuple of cotangents: return "
-            f"one per input ({count}), e.g. `return (g * 2,)` for a one-input operator, None for an "
-            "input that gets no gradient"
-        )
-    if len(cotangents) != count:
-        names = ", ".join(_input_name(node, i).split(" ", 1)[1].strip("'") for i in range(count))
-        raise BackwardRuleError(
-            f"{_rule(node)} returned {len(cotangents)} cotangent(s) for {count} input(s) ({names}): "
-            "return exactly one per input, in the order of the inputs, None for one that gets no gradient"
-        )
-    return tuple(cotangents)
-
-
-def reducible_shape(node: Node, i: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape of input `i` of `node`, once sure a cotangent shaped `shape` can be summed
-    back to it: the axes summed away (extra leading ones, n where the input has 1) must be
-    ones that broadcasting the input to the output made (they are axes of the output, of
-    the same size); else BackwardRuleError."""
-    target = node.inputs[i].value.shape
-    out = node.value.shape
-    lead = len(shape) - len(target)
-    summed = [] if lead < 0 else [*range(lead), *(lead + a for a, t in enumerate(target) if t == 1)]
-    if (
-        lead < 0
-        or any(t != s and t != 1 for t, s in zip(target, shape[lead:], strict=True))
-        or any(
-            shape[a] != 1 and (a - len(shape) + len(out) < 0 or out[a - len(shape) + len(out)] != shape[a])
-            for a in summed
-        )
-    ):
-        raise BackwardRuleError(
-            f"{_rule(node)} returned a cotangent shaped {tuple(shape)} for {_input_name(node, i)}, "
-            f"which is shaped {tuple(target)} (the output {tuple(out)}): a cotangent must have its input's "
-            "shape, or the shape broadcasting gave the input in this operator (extra leading axes or n "
-            "where the input has 1, each an axis of the output), which back() sums away"
-        )
-    return target
-
-
-def check_cotangent_dtype(node: Node, i: int, dtype: Any) -> None:
-    """BackwardRuleError for an integer or boolean cotangent of a floating input (summing it
-    into the gradient would truncate it: 2.5 becomes 2)."""
-    inp = node.inputs[i]
-    if inp.dtype.kind not in "biu":
-        raise BackwardRuleError(
-            f"{_rule(node)} returned a cotangent of dtype {np.dtype(dtype).name} for {_input_name(node, i)}, which is "
-            f"{inp.dtype}: a cotangent is a floating value (an integer one truncates the gradient); "
-            "compute it in the input's dtype, e.g. g * 2.0 or .astype(x.dtype)"
-        )
 
 
 _ONES: dict[Any, jax.Array] = {}

@@ -10,8 +10,10 @@ This module only gathers them; they live in the ops package, one module per fami
   ops/sorting.py      sort topk
   ops/linalg.py       matmul dot einsum
   ops/shapes.py       reshape transpose broadcast_to concat stack pad flip
-  ops/indexing.py     getitem take scatter_add take_along_axis add_along_axis
-  ops/convolution.py  conv_general conv1d conv2d conv3d conv_transpose1d/2d/3d max_pool2d avg_pool2d
+  ops/indexing.py     getitem
+  ops/gather_scatter.py  take scatter_add take_along_axis add_along_axis
+  ops/convolution.py  conv_general conv1d conv2d conv3d conv_transpose1d/2d/3d
+  ops/pooling.py      max_pool2d avg_pool2d
   ops/randomness.py   dropout
   ops/loops.py        scan
   ops/control_flow.py cond fori_loop while_loop
@@ -28,10 +30,12 @@ from zkynet.framework.ops.control_flow import *
 from zkynet.framework.ops.convolution import *
 from zkynet.framework.ops.cumulative import *
 from zkynet.framework.ops.elementwise import *
+from zkynet.framework.ops.gather_scatter import *
 from zkynet.framework.ops.gradient_control import *
 from zkynet.framework.ops.indexing import *
 from zkynet.framework.ops.linalg import *
 from zkynet.framework.ops.loops import *
+from zkynet.framework.ops.pooling import *
 from zkynet.framework.ops.randomness import *
 from zkynet.framework.ops.reductions import *
 from zkynet.framework.ops.shapes import *

@@ -1,4 +1,4 @@
-"""Convolution and pooling (zkynet/framework/ops/convolution.py)."""
+"""Convolution and pooling (zkynet/framework/ops/convolution.py and pooling.py)."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -1,13 +1,14 @@
-"""Convolution and pooling, each with its own backward rule written with xp, so that
-derivatives of derivatives pass through them.
+"""Convolution, with its own backward rule written with xp, so that derivatives of
+derivatives pass through it.
 
 One general operator, ConvGeneral (lax.conv_general_dilated: N spatial axes, strides,
 explicit padding, kernel dilation, feature and batch groups, any dimension numbers),
 carries the rule; its input- and kernel-gradients are ConvGenerals themselves
 (transposed convolutions), so the rule differentiates again with the same rule.
 conv1d/conv2d/conv3d (PyTorch layouts NCL/NCHW/NCDHW, OIL/OIHW/OIDHW kernels) and the
-transposed convolutions are built on it. Pooling places its gradients by interior
-padding (op.pad's general form), never by a scatter.
+transposed convolutions are built on it. Pooling, which lived here first, is pooling.py's
+(its names are importable from here too); the arguments both take (strides, padding,
+dilation) are read by window_arguments.py.
 
 A strided input is never dilated with the convolution's own lhs_dilation: XLA 0.10's CPU
 simplifier aborts the process (a failed CHECK) on some strided lhs_dilation convolutions
@@ -15,10 +16,7 @@ simplifier aborts the process (a failed CHECK) on some strided lhs_dilation conv
 every dilation of an input here is an explicit interior pad.
 """
 
-import functools
-import math
 import numbers
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +28,10 @@ from zkynet.framework import xp
 from zkynet.framework.builder import NodeLike, as_node
 from zkynet.framework.errors import ShapeError, ValueTypeError
 from zkynet.framework.graph import Node, context
-from zkynet.framework.ops.base import Fused, Unary
+from zkynet.framework.ops.base import Fused
+from zkynet.framework.ops.pooling import AvgPool2d, MaxPool2d, avg_pool2d, max_pool2d
+from zkynet.framework.ops.window_arguments import _dilated, _padding, _tuple
+from zkynet.framework.ops.window_arguments import _pair as _pair  # read by tests from here, as before
 
 __all__ = [
     "ConvGeneral",
@@ -47,66 +48,7 @@ __all__ = [
     "avg_pool2d",
 ]
 
-Pair = int | tuple[int, int]
 Spec = tuple[int, ...]
-
-
-def _pair(v, what):
-    return _tuple(v, 2, what)
-
-
-def _tuple(v, n, what):
-    """`v` (an int, or a sequence of `n` ints) as a tuple of `n` ints."""
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-        return (int(v),) * n
-    if (
-        isinstance(v, (tuple, list))
-        and len(v) == n
-        and all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in v)
-    ):
-        return tuple(int(i) for i in v)
-    raise ValueError(f"{what} must be an int or {n} ints, got {v!r}")
-
-
-def _lowest(dtype):
-    """The identity of max for `dtype`: -inf, or the smallest integer."""
-    return -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
-
-
-def _padding(padding, size, kernel, stride):
-    """Explicit (low, high) padding per spatial axis from an int, one int per axis, explicit
-    pairs, 'valid' or 'same' (output size = ceil(input / stride), as TensorFlow; `kernel`
-    is the dilated kernel's size)."""
-    n = len(size)
-    if isinstance(padding, str):
-        if padding.lower() == "valid":
-            return ((0, 0),) * n
-        if padding.lower() != "same":
-            raise ValueError(f"padding must be 'same', 'valid', an int or pairs, got {padding!r}")
-        pads = []
-        for m, k, s in zip(size, kernel, stride, strict=True):
-            total = max((-(-m // s) - 1) * s + k - m, 0)
-            pads.append((total // 2, total - total // 2))
-        return tuple(pads)
-    if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
-        return ((int(padding), int(padding)),) * n
-    if isinstance(padding, (tuple, list)) and len(padding) == n:
-        pads = []
-        for p in padding:
-            if isinstance(p, numbers.Integral) and not isinstance(p, bool):
-                pads.append((int(p), int(p)))
-            elif isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(i, numbers.Integral) for i in p):
-                pads.append((int(p[0]), int(p[1])))
-            else:
-                break
-        else:
-            return tuple(pads)
-    raise ValueError(f"padding must be 'same', 'valid', an int, {n} ints or {n} (low, high) pairs, got {padding!r}")
-
-
-def _dilated(size, dilation):
-    """The extent of `size` elements spread `dilation` apart: (size - 1) * dilation + 1."""
-    return 0 if size == 0 else (size - 1) * dilation + 1
 
 
 def _swap01(spec: Sequence[int]) -> Spec:
@@ -448,96 +390,3 @@ def conv_transpose2d(x, w, stride=1, padding=0, output_padding=0, groups=1, dila
 def conv_transpose3d(x, w, stride=1, padding=0, output_padding=0, groups=1, dilation=1) -> Node:
     """PyTorch's conv_transpose3d: x (N, C_in, D, H, W), w (C_in, C_out / groups, kd, kh, kw)."""
     return _conv_transpose("conv_transpose3d", 3, x, w, stride, padding, output_padding, groups, dilation)
-
-
-# ----------------------------------------------------------------------------- pooling
-
-
-class _Pool2d(Unary):
-    """Pooling over kh x kw windows of x (N, C, H, W)."""
-
-    def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__()
-        self.kernel = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride") if stride is not None else self.kernel
-        self.padding = _pair(padding, "padding")
-
-    def check(self, x):
-        where = f"{self._where()}: cannot apply to the input {_describe(x)}"
-        if x.ndim != 4:
-            raise ShapeError(f"{where}: {self.functional_name} takes x shaped (N, C, H, W)")
-        if min(self.kernel + self.stride) < 1 or min(self.padding) < 0:
-            raise ShapeError(f"{where}: kernel and stride must be >= 1 and padding >= 0")
-        if any(k > n + 2 * p for k, n, p in zip(self.kernel, x.shape[2:], self.padding, strict=True)):
-            raise ShapeError(
-                f"{where}: the {self.kernel} window does not fit the padded input (padding {self.padding})"
-            )
-
-    def _reduce(self, x, init, reducer):
-        pads = ((0, 0), (0, 0)) + tuple((p, p) for p in self.padding)
-        return lax.reduce_window(x, init, reducer, (1, 1) + self.kernel, (1, 1) + self.stride, pads)
-
-    def _windows(self, padded, out_hw):
-        """(i, j, the (N, C, Ho, Wo) slice of `padded` at offset (i, j) of every window)."""
-        (sh, sw), (ho, wo) = self.stride, out_hw
-        for i in range(self.kernel[0]):
-            for j in range(self.kernel[1]):
-                yield i, j, padded[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
-
-    def _scatter(self, parts, x_shape):
-        """Sum the per-offset (i, j, update) back into x's shape: strided placement via
-        interior padding (no scatter), then drop the pooling padding."""
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        hp, wp = x_shape[2] + 2 * ph, x_shape[3] + 2 * pw
-
-        def placed(i, j, update):
-            ho, wo = update.shape[2:]
-            rows, columns = (i, hp - i - sh * (ho - 1) - 1, sh - 1), (j, wp - j - sw * (wo - 1) - 1, sw - 1)
-            return xp.pad(update, ((0, 0, 0), (0, 0, 0), rows, columns))
-
-        total = functools.reduce(operator.add, (placed(*part) for part in parts))
-        return total[:, :, ph : ph + x_shape[2], pw : pw + x_shape[3]]
-
-
-class MaxPool2d(_Pool2d):
-    """Max over each window; ties split the gradient evenly. The rule is linear in g with a
-    mask of the windows' maxima (a constant), so it runs on nodes as it is."""
-
-    check_integer_overflow = False  # selects elements: cannot overflow
-
-    def call(self, x):
-        return self._reduce(x.value, jnp.array(_lowest(x.dtype), x.dtype), lax.max)
-
-    def vjp(self, g, out, x):
-        ph, pw = self.padding
-        value = xp.value_of(x.value)  # where the maxima are: no gradient of its own
-        padded = jnp.pad(value, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=_lowest(x.dtype))
-        hits = [(i, j, window == xp.value_of(out)) for i, j, window in self._windows(padded, out.shape[2:])]
-        count = hits[0][2].astype(g.dtype)
-        for _, _, hit in hits[1:]:
-            count = count + hit
-        share = g / count
-        return (self._scatter(((i, j, xp.where(hit, share, 0)) for i, j, hit in hits), x.shape),)
-
-
-class AvgPool2d(_Pool2d):
-    """Mean over each window (padding counts as zeros, as PyTorch's default)."""
-
-    vjp_uses_inputs = False
-    vjp_uses_out = False
-
-    def call(self, x):
-        return self._reduce(x.value, jnp.array(0, x.dtype), lax.add) / math.prod(self.kernel)
-
-    def vjp(self, g, out, x):
-        share = g / math.prod(self.kernel)
-        offsets = ((i, j) for i in range(self.kernel[0]) for j in range(self.kernel[1]))
-        return (self._scatter(((i, j, share) for i, j in offsets), x.shape),)
-
-
-def max_pool2d(x: NodeLike, kernel_size: Pair, stride: Pair | None = None, padding: Pair = 0) -> Node:
-    return MaxPool2d(kernel_size, stride, padding)(x)
-
-
-def avg_pool2d(x: NodeLike, kernel_size: Pair, stride: Pair | None = None, padding: Pair = 0) -> Node:
-    return AvgPool2d(kernel_size, stride, padding)(x)
