@@ -18,6 +18,7 @@ import fcntl
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 
 from mlflow.entities import RunTag
@@ -165,7 +166,9 @@ def _same_file(fd, path):
 def _claim_remotely(client, run_id, attempt):
     """A parameter only one process can log with its value: MLflow refuses to change a
     parameter's value, atomically (a unique key in the tracking server's database)."""
-    me = f"pid {os.getpid()} on {socket.gethostname()} at {time.time():.0f}"
+    # a value of its own (the token): MLflow accepts the same value logged twice, so two claims
+    # made in one second by one process would otherwise both succeed
+    me = f"pid {os.getpid()} on {socket.gethostname()} at {time.time():.0f} (claim {uuid.uuid4().hex[:8]})"
     key = f"{CLAIM_PARAM}.{attempt}"
     try:
         client.log_param(run_id, key, me)

@@ -80,7 +80,7 @@ def scheduler(
     chosen: TrialScheduler
     if settings.scheduler is Scheduler.pbt and not packed:
         pbt = settings.pbt
-        chosen = PopulationBasedTraining(
+        chosen = PlannedPBT(
             time_attr="epoch",
             perturbation_interval=pbt.interval,
             synch=True,
@@ -99,6 +99,28 @@ def scheduler(
     else:
         chosen = FIFOScheduler()
     return scheduler_decisions.recorded(chosen, decisions)
+
+
+class PlannedPBT(PopulationBasedTraining):
+    """Ray's population-based training over the sweep's planned trials. Ray refuses any
+    search algorithm beside PBT, since a searcher that learns from results would be misled
+    by the configurations PBT's exploit rewrites; the sweep's searcher (sweep.plan.Planned)
+    only hands out the planned trials and learns nothing, so PBT is shown none."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(_WithoutSearcher(tune_controller), trial)
+
+
+class _WithoutSearcher:
+    """`controller` as PBT's check sees it: without a search algorithm."""
+
+    search_alg = None
+
+    def __init__(self, controller: Any):
+        self._controller = controller
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._controller, name)
 
 
 def rungs(settings: SweeperSettings, epochs: int) -> tuple[tuple[float, ...], float]:

@@ -199,11 +199,14 @@ def test_bayesian_search_with_optuna_through_tune(cli, on_cluster):
     assert parent.data.tags["best_run"] == best.info.run_id
     # results=best: the best trial's curves and model, drawn when the sweep ended; the others' left out
     files = cli.artifacts(best.info.run_id)
-    assert {"curves.png", "model/MLmodel", "graph.png"} <= set(files) and best.data.tags["results"] == "logged"
+    assert {"curves.png", "graph.png"} <= set(files) and best.data.tags["results"] == "logged"
+    models = lineage.logged_models(cli.client, best)  # MLflow 3: a logged model, not a run artifact
+    assert [str(m.status) for m in models] == ["READY"]
     assert best.info.status == "FINISHED"
     for run in trials.values():
         if run.info.run_id != best.info.run_id:
             assert run.data.tags["results"] == "deferred" and "curves.png" not in cli.artifacts(run.info.run_id)
+            assert lineage.logged_models(cli.client, run) == []
             assert "graph.png" in cli.artifacts(run.info.run_id)  # drawn once, logged by every trial
 
 
