@@ -148,13 +148,24 @@ def logged_models(client, run):
 
 def stored_config_and_checkpoint(client, run_id):
     """(the resolved config run `run_id` started with, its last checkpoint or None)."""
+    from experiments.schema import ConfigError
+
     with tempfile.TemporaryDirectory() as folder:
-        config = OmegaConf.load(client.download_artifacts(run_id, CONFIG, folder))
+        try:
+            config = OmegaConf.load(client.download_artifacts(run_id, CONFIG, folder))
+        except Exception as e:
+            raise ConfigError(
+                f"run {run_id} has no stored configuration ({CONFIG}): it stopped before it began (or its "
+                f"artifacts are gone: {type(e).__name__}); there is nothing to continue: start a new run"
+            ) from None
         try:
             path = client.download_artifacts(run_id, CHECKPOINT, folder)
         except Exception:  # it stopped before its first checkpoint
             return config, None
-        return config, checkpoint.load(path)
+        try:
+            return config, checkpoint.load(path)
+        except checkpoint.CheckpointError as e:  # name the run's file, not this temporary copy
+            raise checkpoint.CheckpointError(str(e).replace(path, f"run {run_id}'s {CHECKPOINT}")) from None
 
 
 def sweep_run(client, experiment_ids, sweep_dir):

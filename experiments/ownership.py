@@ -6,7 +6,10 @@ A process that trains a run holds a *claim* on it for as long as it does:
   the database; the file says which host and pid hold it). Taking it is atomic, and
   the kernel lets go of it when the process dies, however it dies (kill -9 too). A
   RUNNING run whose lock file nobody holds was left by a dead process:
-  `end_abandoned_runs` (called as each run starts) ends it KILLED, with the reason.
+  `end_abandoned_runs` (called as each run starts) ends it KILLED, with the reason;
+  so does a RUNNING zkynet run with no lock file at all, once CLAIM_GRACE_SECONDS
+  after its creation have passed (a process killed between creating its run and
+  claiming it, which takes milliseconds).
 * on any other store (a tracking server), a parameter `zkynet.claim.<n>` logged for
   the n-th process to train the run: MLflow refuses to log a parameter again with
   another value, so of two processes claiming the same n, one is refused.
@@ -27,6 +30,7 @@ from experiments import lineage
 from experiments.schema import ConfigError
 
 CLAIM_PARAM = "zkynet.claim"
+CLAIM_GRACE_SECONDS = 30  # a new run is claimed within milliseconds of its creation
 
 
 class RunClaimedError(ConfigError):
@@ -122,7 +126,7 @@ def end_abandoned_runs(client, uri):
     folder = claims_folder(uri)
     if folder is None or not folder.is_dir():
         return []
-    ended = []
+    ended = _end_unclaimed_runs(client, folder)
     for path in folder.glob("*.lock"):
         try:
             fd = os.open(path, os.O_RDWR)
@@ -143,17 +147,40 @@ def end_abandoned_runs(client, uri):
             except Exception:
                 run = None
             if run is not None and run.info.status == "RUNNING":
-                reason = (
-                    f"ended KILLED by a later zkynet process: {holder} stopped training it without ending it "
-                    f"(kill -9, a crash, or a store it could not write); resume it with trainer.resume={run_id}"
-                )
-                client.log_batch(run_id, tags=[RunTag(lineage.ERROR, reason)])
-                client.set_terminated(run_id, "KILLED", end_time=int(time.time() * 1000))
+                _end_killed(client, run_id, holder)
                 ended.append(run_id)
             path.unlink(missing_ok=True)
         finally:
             os.close(fd)
     return ended
+
+
+def _end_unclaimed_runs(client, folder):
+    """End KILLED the RUNNING zkynet runs (tagged with their overrides at creation) that
+    have no lock file CLAIM_GRACE_SECONDS after their creation: their process died
+    before it could claim them."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    ended = []
+    oldest = (time.time() - CLAIM_GRACE_SECONDS) * 1000
+    running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    for run in running:
+        run_id = run.info.run_id
+        unclaimed = not (folder / f"{run_id}.lock").exists()
+        if lineage.OVERRIDES in run.data.tags and run.info.start_time < oldest and unclaimed:
+            _end_killed(client, run_id, "the process that created it")
+            ended.append(run_id)
+    return ended
+
+
+def _end_killed(client, run_id, holder):
+    reason = (
+        f"ended KILLED by a later zkynet process: {holder} stopped training it without ending it "
+        f"(kill -9, a crash, or a store it could not write); resume it with trainer.resume={run_id}"
+    )
+    client.log_batch(run_id, tags=[RunTag(lineage.ERROR, reason)])
+    client.set_terminated(run_id, "KILLED", end_time=int(time.time() * 1000))
 
 
 def _same_file(fd, path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from zkynet import losses, optim
+from zkynet.framework import cg
 from zkynet.framework.compile import TrainStep
 from zkynet.framework.errors import LabelError, ShapeError
 from zkynet.gradcheck import check_gradients
@@ -171,3 +172,15 @@ def test_traced_bad_labels_make_the_loss_and_gradients_nan():
     eager = TrainStep(MLP([4, 4], key=0), losses.softmax_cross_entropy, optim.SGD(0.1), jit=False)
     with pytest.raises(LabelError, match="label 4 at"):  # run eagerly, the same batch names the label
         eager(x, jnp.array([0, 1, 4]))
+
+
+def test_targets_that_are_not_numbers_or_not_probabilities_are_refused_in_any_form():
+    with pytest.raises(cg.ValueTypeError, match="mse: the target: expected a number or a numeric array, got str"):
+        losses.mse(jnp.arange(4.0), "abcd")
+    with pytest.raises(LabelError, match=r"target 2.0 at \[0\] is not a probability"):
+        losses.binary_cross_entropy(jnp.zeros(2), [2.0, 0.0])  # a list is checked like an array
+    with pytest.raises(LabelError, match=r"target nan at \[0\] is not a probability"):
+        losses.binary_cross_entropy(jnp.zeros(2), jnp.array([jnp.nan, 0.5]))
+    traced = jax.jit(lambda z, t: losses.binary_cross_entropy(z, t).value)(jnp.zeros(2), jnp.array([jnp.nan, 0.5]))
+    assert np.isnan(traced)
+    assert float(losses.binary_cross_entropy(jnp.zeros(2), [1.0, 0.0]).value) == pytest.approx(np.log(2))

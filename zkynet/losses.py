@@ -10,13 +10,14 @@ import numpy as np
 
 from zkynet.framework import cg, op
 from zkynet.framework.errors import LabelError, ShapeError
+from zkynet.framework.graph import as_value
 
 
 def mse(prediction, target):
     """Mean squared error over all elements. `target` is shaped like `prediction` (or
     broadcasts to its shape: a scalar); shapes that would broadcast to something else,
     (N, 1) against (N,) giving N x N differences, are refused with ShapeError."""
-    _check_fits("mse", prediction, target, "target")
+    target = _checked_target("mse", prediction, target, "target")
     return op.mean(op.square(prediction - target))
 
 
@@ -31,14 +32,14 @@ def binary_cross_entropy_terms(logits, targets):
     like `logits`; concrete targets outside [0, 1] are refused (LabelError), traced ones
     (under jit) make the terms NaN, and shapes that would broadcast into something else
     are refused (ShapeError)."""
-    _check_fits("binary_cross_entropy", logits, targets, "targets")
+    targets = _checked_target("binary_cross_entropy", logits, targets, "targets")
     values = targets.value if isinstance(targets, cg.Node) else targets
     terms = op.softplus(logits) - logits * targets
     if isinstance(values, jax.core.Tracer):  # under jit: NaN (the NaN guard stops), not a wrong loss
-        anywhere = jnp.any((values < 0) | (values > 1))
+        anywhere = jnp.any(~((values >= 0) & (values <= 1)))  # NaN too
         return terms * jnp.where(anywhere, jnp.nan, 1).astype(terms.dtype)
     concrete = np.asarray(values)
-    outside = (concrete < 0) | (concrete > 1)
+    outside = ~((concrete >= 0) & (concrete <= 1))  # NaN is no probability either
     if outside.any():
         at = tuple(int(i) for i in np.argwhere(outside)[0])
         raise LabelError(
@@ -48,9 +49,12 @@ def binary_cross_entropy_terms(logits, targets):
     return terms
 
 
-def _check_fits(loss, prediction, target, what):
-    """ShapeError unless `target` broadcasts to `prediction`'s own shape (the loss averages
-    over the prediction's elements; any other broadcast changes what is compared)."""
+def _checked_target(loss, prediction, target, what):
+    """`target` as a node or array: ValueTypeError if it is not numbers, ShapeError unless
+    it broadcasts to `prediction`'s own shape (the loss averages over the prediction's
+    elements; any other broadcast changes what is compared)."""
+    if not isinstance(target, (cg.Node, jax.Array)):
+        target = as_value(target, f"{loss}: the {what}")
     shape, other = tuple(prediction.shape), tuple(np.shape(target) if not hasattr(target, "shape") else target.shape)
     try:
         fits = np.broadcast_shapes(shape, other) == shape
@@ -63,6 +67,7 @@ def _check_fits(loss, prediction, target, what):
             + (f"; reshape the {what} to {shape}" if int(np.prod(other)) == int(np.prod(shape)) else "")
             + ")"
         )
+    return target
 
 
 IGNORE = -1  # a label that counts for nothing (prompt positions of a sequence task)

@@ -104,6 +104,16 @@ def _unavailable(uri):
                 f"zkynet.load: cannot reach the MLflow tracking server at {uri} within {PROBE_SECONDS:.0f} s "
                 f"({getattr(e, 'reason', e)}); start it, or pass another tracking_uri"
             ) from None
+        return None
+    if (
+        "://" in uri
+        and not uri.startswith(("file://", "databricks://"))
+        and not uri.split("://")[0].startswith(("postgresql", "mysql", "mssql", "sqlite"))
+    ):
+        raise ValueError(
+            f"zkynet.load: {uri} is not an MLflow store URI (sqlite:///path/mlflow.db, http://host:port, "
+            "a database URL, or a folder)"
+        )
     return None
 
 

@@ -4,7 +4,7 @@ plan's, through a Searcher that numbers them), packs, scheduler and search."""
 import math
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
@@ -108,7 +108,7 @@ class PlannedPBT(PopulationBasedTraining):
     only hands out the planned trials and learns nothing, so PBT is shown none."""
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_add(_WithoutSearcher(tune_controller), trial)
+        super().on_trial_add(cast(Any, _WithoutSearcher(tune_controller)), trial)  # duck-typed: a proxy
 
 
 class _WithoutSearcher:

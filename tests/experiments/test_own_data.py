@@ -119,6 +119,11 @@ BAD = [  # (overrides, files to write, what the message says)
         {"t.csv": b"a,label\n1,0\n,1\n"},
         "empty or missing values in column(s) a (1 rows)",
     ),
+    (  # read as column names, its first example would silently be lost
+        ["dataset=csv", "dataset.path={tmp}/t.csv"],
+        {"t.csv": b"1,2,0\n3,4,1\n5,6,0\n"},
+        "t.csv: the first line (1, 2, 0) is numbers, not column names",
+    ),
 ]
 
 

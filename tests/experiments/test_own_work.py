@@ -16,6 +16,7 @@ import pytest
 
 import zkynet
 from experiments import lineage, ownership
+from experiments.schema import ConfigError
 from tests.experiments.conftest import ROOT
 from tests.experiments.test_lifecycle import SignalAt
 from zkynet import checkpoint, model_store
@@ -184,6 +185,8 @@ def test_zkynet_load_finds_the_projects_store_from_any_folder_and_names_the_stor
     ):
         zkynet.load(result.run_id, tracking_uri="http://127.0.0.1:9")
     assert time.perf_counter() - started < 15
+    with pytest.raises(ValueError, match="bogus://nowhere is not an MLflow store URI"):
+        zkynet.load(result.run_id, tracking_uri="bogus://nowhere")
 
 
 def test_a_sweeps_run_gets_the_git_commit_from_its_first_trial(runner):
@@ -286,3 +289,20 @@ def test_claims_are_released_and_a_held_claim_names_its_holder(runner):
     ownership._claim_remotely(runner.client, result.run_id, 2)  # a tracking server's claim: a parameter
     with pytest.raises(ownership.RunClaimedError, match=f"run {result.run_id} was claimed by pid {os.getpid()}"):
         ownership._claim_remotely(runner.client, result.run_id, 2)
+
+
+def test_a_run_whose_process_died_before_claiming_it_is_ended_by_the_next(runner):
+    """kill -9 between the run's creation and its claim (milliseconds) leaves no lock file;
+    the next run ends it once ownership.CLAIM_GRACE_SECONDS have passed, not before."""
+    client = runner.client
+    experiment = client.create_experiment("died")
+    old = time.time() * 1000 - (ownership.CLAIM_GRACE_SECONDS + 5) * 1000
+    died = client.create_run(experiment, start_time=int(old), tags={lineage.OVERRIDES: ""}).info.run_id
+    starting = client.create_run(experiment, tags={lineage.OVERRIDES: ""}).info.run_id  # being claimed now
+    foreign = client.create_run(experiment, start_time=int(old)).info.run_id  # not a zkynet run
+    ownership.claims_folder(runner.store).mkdir(parents=True, exist_ok=True)
+    assert ownership.end_abandoned_runs(client, runner.store) == [died]
+    assert client.get_run(died).info.status == "KILLED" and "ended KILLED" in client.get_run(died).data.tags["error"]
+    assert client.get_run(starting).info.status == "RUNNING" and client.get_run(foreign).info.status == "RUNNING"
+    with pytest.raises(ConfigError, match=f"run {died} has no stored configuration"):
+        runner(f"trainer.resume={died}")

@@ -194,3 +194,33 @@ def test_load_state_dict_wants_a_mapping():
             m.load_state_dict(bad)
     m.load_state_dict({"w": 2})
     assert m(3).value == (3 + 2) * 9
+
+
+def test_astype_and_reductions_name_a_bad_dtype_or_axis():
+    with pytest.raises(cg.ValueTypeError, match=r"astype: 'notadtype' is not a dtype"):
+        op.astype(jnp.ones(3), "notadtype")
+    for axis in (5, -3, (0, 2)):
+        with pytest.raises(cg.ShapeError, match=r"mean: .*axis -?\d is out of range for a value of 2 dimension\(s\)"):
+            op.mean(jnp.ones((2, 3)), axis=axis)
+
+
+def test_a_rule_that_raises_on_its_cotangent_is_named():
+    class WrongPartial(cg.Operator):
+        input_names = ("x",)
+
+        def call(self, x):
+            return x.value * 2
+
+        def _gradfn(self, inpt):
+            return lambda x: jnp.ones(2)  # shaped (2,) for a (3,) input
+
+    class M(cg.Module):
+        def __init__(self):
+            super().__init__(inputs=(cg.Variable("x"),))
+
+        def call(self, x):
+            return op.sum(WrongPartial()(x))
+
+    result = M()(jnp.ones(3))
+    with pytest.raises(cg.BackwardRuleError, match=r"M/wrong_partial: WrongPartial.vjp failed .*incompatible shapes"):
+        result.back()

@@ -238,7 +238,21 @@ def _read_table(path):
         raise DatasetFileError(f"cannot read {path} as a CSV table ({type(e).__name__}: {e})") from None
     if frame.empty:
         raise DatasetFileError(f"{path}: no rows (a CSV dataset has a header line, then one row per example)")
+    if all(_is_number(name) for name in frame.columns):  # read as names, the first example would be lost
+        first = ", ".join(map(str, frame.columns[:4])) + (", ..." if len(frame.columns) > 4 else "")
+        raise DatasetFileError(
+            f"{path}: the first line ({first}) is numbers, not column names: a CSV dataset starts with a "
+            "header line naming its columns"
+        )
     return frame
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _column_array(frame, columns, path):

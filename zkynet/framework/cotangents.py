@@ -61,6 +61,17 @@ def _rule(node: RuleNode) -> str:
     return f"{node.path}: {type(node.ref).__name__}.vjp"
 
 
+def rule_failed(node: RuleNode, g: Any, error: Exception) -> BackwardRuleError:
+    """The error for a backward rule that raised on its cotangent (a `_gradfn` whose
+    partial has another shape than its input, say): named, with what it was given."""
+    return BackwardRuleError(
+        f"{_rule(node)} failed for the output cotangent {getattr(g, 'dtype', '')}{list(np.shape(g))} "
+        f"(inputs {', '.join(f'{i.value.dtype}{list(i.value.shape)}' for i in node.inputs)}): "
+        f"{type(error).__name__}: {error}. A rule returns one cotangent per input, shaped like it "
+        "(a _gradfn: the elementwise partial, shaped like the output)"
+    )
+
+
 def check_cotangents(node: RuleNode, cotangents: Any) -> tuple[Any, ...]:
     """`cotangents` as a tuple with one entry per input of `node`, or a BackwardRuleError."""
     count = len(node.inputs)

@@ -21,8 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zkynet.framework.cotangents import check_cotangent_dtype, check_cotangents, complex_cotangent, reducible_shape
-from zkynet.framework.errors import GradientError
+from zkynet.framework.cotangents import (
+    check_cotangent_dtype,
+    check_cotangents,
+    complex_cotangent,
+    reducible_shape,
+    rule_failed,
+)
+from zkynet.framework.errors import GradientError, ZkynetError
 from zkynet.framework.slice_cotangent import SliceCotangent, dense
 from zkynet.framework.slice_cotangent import add as add_cotangents
 
@@ -327,7 +333,12 @@ def backprop(order: Sequence[Node], seeds: Mapping[Node, jax.Array]) -> dict[Nod
         if type(g) is SliceCotangent:
             g = grads[node] = g.dense()
         inputs = node.inputs
-        cotangents = node.ref.pullback(g, node)
+        try:
+            cotangents = node.ref.pullback(g, node)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ZkynetError):
+                raise
+            raise rule_failed(node, g, e) from e
         if type(cotangents) is not tuple or len(cotangents) != len(inputs):
             cotangents = check_cotangents(node, cotangents)
         for i, ct in enumerate(cotangents):

@@ -127,7 +127,7 @@ class Operator(Function):
                 value, saved = self.forward(*nodes)
         except ZkynetError:
             raise
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, IndexError) as e:  # IndexError: JAX's for an axis out of range
             raise ShapeError(
                 f"{self._where()}: cannot apply to inputs {' and '.join(_describe(n) for n in nodes)}: {e}"
             ) from e

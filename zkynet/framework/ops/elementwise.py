@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from zkynet.framework import xp
 from zkynet.framework.builder import NodeLike, as_node
+from zkynet.framework.errors import ValueTypeError
 from zkynet.framework.graph import Node
 from zkynet.framework.ops.base import Binary, Fused, Unary
 
@@ -479,4 +480,8 @@ def gelu(x: NodeLike, approximate: bool | str = False) -> Node:
 def astype(x: NodeLike, dtype: Any) -> Node:
     """`x` in `dtype` (`x` itself when it already is)."""
     node = as_node(x)
-    return node if node.dtype == jnp.dtype(dtype) else Astype(dtype)(node)
+    try:
+        wanted = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueTypeError(f"astype: {dtype!r} is not a dtype (e.g. 'float32', jnp.bfloat16, 'int32')") from None
+    return node if node.dtype == wanted else Astype(dtype)(node)

@@ -45,6 +45,9 @@ def _axes(axis, ndim):
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    outside = [a for a in axes if not -ndim <= a < ndim]
+    if outside:
+        raise ValueError(f"axis {outside[0]} is out of range for a value of {ndim} dimension(s)")
     return tuple(sorted(int(a) + ndim if a < 0 else int(a) for a in axes))
 
 
@@ -53,6 +56,9 @@ class _Reduction(Unary):
         super().__init__()
         self.axis = axis
         self.keepdims = keepdims
+
+    def check(self, x):
+        _axes(self.axis, x.ndim)  # an axis out of range: named here, not as JAX's IndexError
 
     def _unreduce(self, y, x):
         """`y`, shaped like this reduction's output, made broadcastable against `x`."""
