@@ -19,6 +19,7 @@ traceback is in its output folder (error.txt) and its MLflow run.
 callable: `import experiments.run` binds this module as `experiments.run`).
 """
 
+import difflib
 import logging
 import sys
 import types
@@ -27,7 +28,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from experiments import lineage, schema
 from experiments.runner import run
@@ -41,6 +42,7 @@ from zkynet.training.trainer import MetricError
 # Hydra looks for sweepers in the `hydra_plugins` namespace package only: ours (the Tune sweeper)
 # joins it from experiments/plugins/ (the repository's top level is the user's)
 PLUGINS = str(Path(__file__).parent / "plugins")
+CONF = Path(__file__).parents[1] / "conf"
 
 __all__ = ["main", "run"]
 
@@ -90,8 +92,42 @@ def users_to_fix(error):
     return None
 
 
+def unknown_setting(arguments, conf=CONF):
+    """What is wrong with the first override whose key names nothing (`modle=mlp`,
+    `epochs=5`), with the setting meant when one is close; None if all name something.
+    (Hydra says it in five lines, exit code 1.) Appends (+key), deletions and hydra.*
+    are Hydra's to check."""
+    groups = {path.name: path for path in conf.iterdir() if path.is_dir() and path.name != "hydra"}
+    known = set(groups) | {str(k) for k in OmegaConf.load(conf / "config.yaml") if k != "defaults"} | {"hydra"}
+    for argument in arguments:
+        key = argument.split("=", 1)[0]
+        if argument.startswith("-") or "=" not in argument or key.startswith(("+", "~")):
+            continue
+        top = key.split(".")[0].split("@")[0]
+        if top in known:
+            continue
+        meant = [f"{group}.{top}" for group, folder in groups.items() if _first_level_key(folder, top)]
+        meant += difflib.get_close_matches(top, sorted(known), n=1)
+        hint = f"; did you mean {meant[0]}?" if meant else ""
+        return f"unknown setting {key!r} in {argument!r}{hint} (settings: {', '.join(sorted(known - {'hydra'}))})"
+    return None
+
+
+def _first_level_key(folder, key):
+    """Whether some option of config group `folder` sets `key` at its first level."""
+    for path in folder.glob("*.yaml"):
+        loaded = OmegaConf.load(path)
+        if OmegaConf.is_dict(loaded) and key in loaded:
+            return True
+    return False
+
+
 def main() -> None:
     """`python -m experiments.run [overrides]`: this process set up, then Hydra."""
+    problem = unknown_setting(sys.argv[1:])
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" is not news
     schema.register()
     if PLUGINS not in sys.path:

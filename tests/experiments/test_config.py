@@ -1,6 +1,8 @@
 """Every configuration users are pointed at composes and builds, in-process with
 Hydra's compose API (as lightning-hydra-template's config tests do)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -79,3 +81,19 @@ def test_every_model_alone_picks_a_dataset_that_fits(runner):
     }
     assert runner.config("model=gru", "dataset=reverse").dataset.name == "reverse"
     assert runner.config("+experiment=addition_transformer").dataset.name == "addition"
+
+
+def test_an_unknown_setting_is_one_line_naming_the_setting_meant():
+    from experiments.run import unknown_setting
+
+    assert "did you mean model?" in unknown_setting(["modle=mlp"])
+    assert "did you mean trainer.epochs?" in unknown_setting(["-m", "epochs=5"])
+    assert "did you mean optimizer.lr?" in unknown_setting(["lr=0.1"])
+    assert unknown_setting(["xyz=1"]).startswith("unknown setting 'xyz' in 'xyz=1' (settings: callbacks, dataset")
+    fine = ["model=cnn", "trainer.epochs=2", "+experiment=copy_lstm", "~callbacks", "-m", "seed=0,1"]
+    fine += ["hydra.sweeper.num_samples=2", "optimizer.lr=tag(log, interval(1e-4, 1e-2))"]
+    assert unknown_setting(fine) is None
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "modle=mlp"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: " + unknown_setting(["modle=mlp"])]
