@@ -103,7 +103,7 @@ def unknown_setting(arguments, conf=CONF):
         key = argument.split("=", 1)[0]
         if argument.startswith("-") or "=" not in argument or key.startswith(("+", "~")):
             continue
-        top = key.split(".")[0].split("@")[0]
+        top = key.split(".")[0].split("/")[0].split("@")[0]  # hydra/sweeper=basic, group@package
         if top in known:
             continue
         meant = [f"{group}.{top}" for group, folder in groups.items() if _first_level_key(folder, top)]

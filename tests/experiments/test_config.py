@@ -91,7 +91,7 @@ def test_an_unknown_setting_is_one_line_naming_the_setting_meant():
     assert "did you mean optimizer.lr?" in unknown_setting(["lr=0.1"])
     assert unknown_setting(["xyz=1"]).startswith("unknown setting 'xyz' in 'xyz=1' (settings: callbacks, dataset")
     fine = ["model=cnn", "trainer.epochs=2", "+experiment=copy_lstm", "~callbacks", "-m", "seed=0,1"]
-    fine += ["hydra.sweeper.num_samples=2", "optimizer.lr=tag(log, interval(1e-4, 1e-2))"]
+    fine += ["hydra.sweeper.num_samples=2", "optimizer.lr=tag(log, interval(1e-4, 1e-2))", "hydra/sweeper=basic"]
     assert unknown_setting(fine) is None
     result = subprocess.run(
         [sys.executable, "-m", "experiments.run", "modle=mlp"], cwd=ROOT, capture_output=True, text=True, timeout=120
