@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from experiments import lineage, ownership
+from experiments.interrupts import raise_interrupt
 from experiments.tracking import Tracker, TrackingError
 from zkynet.training import Callback, Checkpointer
 from zkynet.training.trainer import Record
@@ -262,7 +263,7 @@ class _Signals:
         if self.hold_all or (self.depth and self.pending is None):
             self.pending = self.pending or number
             return
-        raise KeyboardInterrupt(signal.Signals(number).name)
+        raise_interrupt(number, frame)
 
     def check(self):
         """Raise the held signal, if any."""

@@ -5,7 +5,8 @@ how JAX must start in a trial's worker on what it was given."""
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,21 @@ class ResourcesError(SweepStartError):
     """Every trial asks for more than any node of the cluster has (a command to fix)."""
 
 
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """ray.init, which would otherwise put a SIGTERM handler of its own in place as it
+    begins (sys.exit at any point of Ray's start, even inside a gc callback, where the
+    exit is lost): the sweep's (driver.Interrupts) holds the signal until Ray is up."""
+    import ray._private.utils as ray_utils
+
+    original = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
+
+
 def start(settings: SweeperSettings, environment: Mapping[str, str]) -> None:
     """Join the cluster at ray.address, or start a local Ray (`environment`: what every
     worker process of this sweep starts with)."""
@@ -41,7 +57,8 @@ def start(settings: SweeperSettings, environment: Mapping[str, str]) -> None:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        ray.init(**options)
+        with _sigterm_kept():
+            ray.init(**options)
     except (ConnectionError, ray.exceptions.AuthenticationError) as e:
         raise SweepStartError(
             f"{e}\n(a cluster started with RAY_AUTH_MODE=token admits only holders of its "

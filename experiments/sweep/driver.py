@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 from ray import tune
 
 from experiments import lineage
+from experiments.interrupts import raise_interrupt
 from experiments.sweep import cluster, record, tuner
 from experiments.sweep import decisions as scheduler_decisions
 from experiments.sweep import plan as sweep_plan
@@ -89,7 +90,6 @@ class TuneSweep:
                 book.sweep_run_id = parent.info.run_id if parent is not None else None
                 record.write(self.sweep_dir, now)
                 cluster.start(s, {"TUNE_FUNCTION_THREAD_TIMEOUT_S": TRIAL_THREAD_TIMEOUT_SECONDS})
-                interrupts.install()  # again: ray.init put its own SIGTERM handler (which aborts) in place
                 decisions = book.decisions = scheduler_decisions.start()
             gpus = cluster.gpus_per_trial(s)
             cluster.check_resources(s, gpus)
@@ -303,7 +303,7 @@ class Interrupts:
         if self.holding or self.everything:
             self.pending = self.pending or number
             return
-        raise KeyboardInterrupt(signal.Signals(number).name)
+        raise_interrupt(number, frame)
 
     @contextmanager
     def held(self, everything: bool = False) -> Iterator[None]:
