@@ -90,6 +90,7 @@ class TuneSweep:
                 book.sweep_run_id = parent.info.run_id if parent is not None else None
                 record.write(self.sweep_dir, now)
                 cluster.start(s, {"TUNE_FUNCTION_THREAD_TIMEOUT_S": TRIAL_THREAD_TIMEOUT_SECONDS})
+                interrupts.install()  # again: Ray's core worker put its C++ failure handler (abort) in place
                 decisions = book.decisions = scheduler_decisions.start()
             gpus = cluster.gpus_per_trial(s)
             cluster.check_resources(s, gpus)
