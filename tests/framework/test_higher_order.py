@@ -7,6 +7,8 @@ The comparisons run in float64 (jax.enable_x64), where zkynet and JAX agree to r
 in float32 a layer norm's Hessian already differs by 0.2% from rounding alone.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,7 +122,7 @@ def test_through_a_module_inside_the_function():
         return jnp.sum(h @ params["layers.1/W"] + params["layers.1/b"])
 
     x = np.array([[0.3, -1.2, 0.7]])
-    expected = jax.hessian(reference)(x)
+    expected = jax.jit(jax.hessian(reference))(x)  # one program, not one per kernel
     with refuse_jax_autodiff():
         ours = zkynet.hessian(lambda x: op.sum(model(x).root))(x)
     close(ours, expected)
@@ -129,10 +131,16 @@ def test_through_a_module_inside_the_function():
 # ----------------------------------------------------------------------------- every operator family against JAX
 
 
+# XLA's backend (LLVM) optimizations off for the compiled programs: about 40% of their
+# compile time, and nothing compared changes (the same operations in float64)
+UNOPTIMIZED = {"xla_backend_optimization_level": 0}
+
+
 def references(names, args, tangents):
     fj = program(J, names)
+    blocks = jax.hessian(fj, (0, 1, 2))(*args)  # all three at once, a smaller program: block i, i is jax.hessian(fj, i)
     return dict(
-        hessians=[jax.hessian(fj, i)(*args) for i in range(3)],
+        hessians=[blocks[i][i] for i in range(3)],
         jvp=jax.jvp(fj, args, tangents),
         hvp=jax.jvp(jax.grad(fj, argnums=(0, 1, 2)), args, tangents)[1],
     )
@@ -155,21 +163,31 @@ def test_every_family_against_jax(family):
     eager second order is checked by the random graphs below)."""
     names = FAMILIES[family]
     args, tangents = inputs(0, np.float64), inputs(1, np.float64)
-    expected = jax.jit(lambda a, t: references(names, a, t))(args, tangents)
+    expected = jax.jit(lambda a, t: references(names, a, t), compiler_options=UNOPTIMIZED)(args, tangents)
     with refuse_jax_autodiff():
-        got = jax.jit(lambda a, t: ours(names, a, t))(args, tangents)
+        got = jax.jit(lambda a, t: ours(names, a, t), compiler_options=UNOPTIMIZED)(args, tangents)
     close(got, expected)
+
+
+@functools.cache
+def compiled_reference(names):
+    """jax.jvp and jax.jvp(jax.grad) of the chain `names`, one compiled program per chain
+    (run eagerly, each of JAX's small kernels would compile on its own)."""
+    fj = program(J, names)
+    return jax.jit(
+        lambda a, t: (jax.jvp(fj, a, t), jax.jvp(jax.grad(fj, argnums=(0, 1, 2)), a, t)[1]),
+        compiler_options=UNOPTIMIZED,
+    )
 
 
 @settings(max_examples=12, deadline=None)
 @given(names=st.lists(st.sampled_from(sorted(STEPS)), min_size=1, max_size=3), seed=st.integers(0, 2**16))
 def test_random_graphs_against_jax(names, seed):
     """Random chains of steps from every family, random inputs: jvp and Hessian-vector
-    products against jax.jvp and jax.jvp(jax.grad)."""
+    products against jax.jvp and jax.jvp(jax.grad) (compiled; zkynet's side runs eagerly)."""
     with jax.enable_x64(True):  # hypothesis runs the body outside the function fixture
         args, tangents = inputs(seed, np.float64), inputs(seed + 1, np.float64)
-        fj = program(J, names)
-        expected = jax.jvp(fj, args, tangents), jax.jvp(jax.grad(fj, argnums=(0, 1, 2)), args, tangents)[1]
+        expected = compiled_reference(tuple(names))(args, tangents)
         fz = program(Z, names)
         with refuse_jax_autodiff():
             got = zkynet.jvp(fz, args, tangents), zkynet.hvp(fz, args, tangents)
@@ -213,8 +231,7 @@ def test_second_order_under_jit_matches_eager():
         second = jax.jit(zkynet.grad(zkynet.grad(cube)))(2.0)
     close(compiled, eager)
     assert second == 12.0
-    fj = program(J, names)
-    close(compiled[0], jax.jvp(jax.grad(fj, argnums=(0, 1, 2)), args, tangents)[1])
+    close(compiled[0], compiled_reference(tuple(names))(args, tangents)[1])  # jax.jvp(jax.grad(...))
 
 
 def test_vmap_of_a_second_derivative():

@@ -45,9 +45,15 @@ def test_rms_norm(shape):
     check_second_order(op.rms_norm, rms, [x])
 
 
-def _float64_gradient(fn, x, w):
+@jax.jit  # one program per shape: run eagerly, each of JAX's small kernels would compile on its own
+def _exact_gradient(x, w):
+    return jax.grad(lambda x: jnp.sum(normalize(x, -1) * w))(x)
+
+
+def _float64_gradient(x, w):
+    """The exact gradient of <layer norm(x), w> at these values: JAX's, in float64."""
     with jax.enable_x64(True):
-        return np.asarray(jax.grad(lambda x: jnp.sum(fn(x) * w))(jnp.asarray(x, jnp.float64)))
+        return np.asarray(_exact_gradient(jnp.asarray(x, jnp.float64), jnp.asarray(w, jnp.float64)))
 
 
 @pytest.mark.parametrize("width", [2, 3, 16])
@@ -63,7 +69,7 @@ def test_layer_norm_rule_is_accurate_in_float32(width):
     for w in (np.ones_like(x), rng.normal(size=x.shape).astype(np.float32)):
         node = cg.InputNode(jnp.asarray(x), cg.Variable("x"))
         (ours,) = cg.gradients(op.sum(op.layer_norm(node) * w), [node], create_graph=False)
-        exact = _float64_gradient(lambda x: normalize(x, -1), x, w)
+        exact = _float64_gradient(x, w)
         error = np.abs(np.asarray(ours, np.float64) - exact)
         if width == 2:  # the gradient is eps / (var + eps) times smaller than the rule's terms: relative to itself
             assert np.all(error <= 1e-5 * np.abs(exact).max(axis=1, keepdims=True) + 1e-30), error.max()
@@ -113,9 +119,13 @@ def test_batch_norm_gradients():
         def training(x, scale, shift):
             return normalize(x, (0, 2)) * scale.reshape(1, 2, 1) + shift.reshape(1, 2, 1)
 
-        value, pull = jax.vjp(training, jnp.asarray(x), scale, shift)
+        @jax.jit  # one program: run eagerly, each of JAX's small kernels would compile on its own
+        def reference(x, scale, shift, cotangent):
+            value, pull = jax.vjp(training, x, scale, shift)
+            return value, pull(cotangent)
+
+        value, expected = reference(jnp.asarray(x), scale, shift, cotangent)
         np.testing.assert_allclose(graph.value, value, rtol=1e-12)
-        expected = pull(cotangent)
         found = (graph.grad(bn.inputs[0]), graph.grad(bn.param("scale")), graph.grad(bn.param("shift")))
         for a, b in zip(found, expected, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
