@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.framework.one_input import value_and_grad
 from zkynet.framework import cg, op
 from zkynet.framework.errors import BackwardRuleError, NumericOverflowError
 from zkynet.models.toy import SimpleModel
@@ -193,24 +194,6 @@ def test_vjp_reads_no_more_than_it_declares(operator, arity):
 
 
 # ----------------------------------------------------------------------------- hostile: custom vjp
-
-
-class Fn(cg.Module):
-    """A one-input module applying `fn` (so nodes get a path and back() can run)."""
-
-    def __init__(self, fn, name="Fn"):
-        super().__init__(inputs=(cg.Variable("x"),), name=name)
-        self.fn = fn
-
-    def call(self, x):
-        return self.fn(x)
-
-
-def value_and_grad(fn, x):
-    m = Fn(fn)
-    result = m(x)
-    result.back()
-    return result.value, result.grad(m.input("x"))
 
 
 class TwoInputs(cg.Operator):

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, basic_indices
 
+from tests.framework.one_input import Fn, value_and_grad
 from tests.framework.ops.strategies import examples, seeds
 from zkynet.framework import cg, op
 from zkynet.framework.errors import IndexOutOfRangeError, ValueTypeError
@@ -74,24 +75,6 @@ def test_take_without_axis_reads_the_flattened_array():
     check_gradients(
         lambda x: op.take(x, indices, axis=None), lambda x: jnp.take(x, indices), [np.arange(6.0).reshape(2, 3)], seed=0
     )
-
-
-class Fn(cg.Module):
-    """A one-input module applying `fn` (so nodes get a path and back() can run)."""
-
-    def __init__(self, fn, name="Fn"):
-        super().__init__(inputs=(cg.Variable("x"),), name=name)
-        self.fn = fn
-
-    def call(self, x):
-        return self.fn(x)
-
-
-def value_and_grad(fn, x):
-    m = Fn(fn)
-    result = m(x)
-    result.back()
-    return result.value, result.grad(m.input("x"))
 
 
 # ----------------------------------------------------------------------------- hostile: x[i]
