@@ -29,10 +29,19 @@ def fit(model, dataset, loss, lr, epochs, batch, metrics=None, warmup=0):
 @pytest.mark.slow
 def test_transformer_learns_multi_digit_addition():
     data = load_addition(digits=3)
+    # Learned positions: with sinusoidal ones, four seeds plateaued at 55-78% of tokens for ten
+    # epochs on one CPU and passed on another; learned ones reach 100% by epoch 2 with each.
     model = TransformerLM(
-        data.num_classes, dim=64, heads=4, layers=2, mlp=128, max_length=data.train.inputs.shape[1], key=0
+        data.num_classes,
+        dim=64,
+        heads=4,
+        layers=2,
+        mlp=128,
+        max_length=data.train.inputs.shape[1],
+        positions="learned",
+        key=0,
     )
-    history = fit(model, data, losses.softmax_cross_entropy, 3e-3, 10, 64, losses.classification_metrics, warmup=100)
+    history = fit(model, data, losses.softmax_cross_entropy, 3e-3, 4, 64, losses.classification_metrics, warmup=100)
     assert history[-1]["val_accuracy"] >= 0.99
     # and it really adds: greedy decoding of unseen sums
     start = data.info["answer_start"]
