@@ -161,6 +161,7 @@ def ray_head(num_cpus=2, num_gpus=0, env=None):
             f"--num-cpus={num_cpus}",
             f"--num-gpus={num_gpus}",
             "--disable-usage-stats",
+            "--include-dashboard=false",  # its processes cost seconds of CPU to start; no test opens it
             f"--temp-dir={session}",
         ],
         capture_output=True,

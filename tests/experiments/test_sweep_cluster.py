@@ -125,7 +125,7 @@ def test_a_sweep_over_two_nodes_loses_one_and_its_trial_goes_on_elsewhere(cli, t
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     open_cluster = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     try:
         with mlflow_server_on(cli.store, tmp_path / "served", serve_artifacts=True) as server:

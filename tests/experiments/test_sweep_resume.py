@@ -14,9 +14,10 @@ from tests.experiments.test_sweep import QUIET, ROOT, sweep, sweep_runs
 SWEEP_FIXTURES = "tests.fixtures.sweep_callbacks"
 
 
-def interrupted_sweep(cli, tmp_path, env, *overrides, trial, after):
+def interrupted_sweep(cli, tmp_path, env, *overrides, trial, after, hold=False):
     """A sweep whose `trial`-th trial to start sends its driver SIGTERM after epoch `after`
-    and trains on (Tune stops it at its next report); (its stderr, the resume command)."""
+    and trains on (Tune stops it at its next report; with `hold`, the other trials wait for
+    that signal at their epoch `after`); (its stderr, the resume command)."""
     pid_file = tmp_path / "driver.pid"
     process = cli.start(
         "-m",
@@ -28,6 +29,7 @@ def interrupted_sweep(cli, tmp_path, env, *overrides, trial, after):
         f"+callbacks.stop.pid_file={pid_file}",
         f"+callbacks.stop.count_file={tmp_path / 'started'}",
         f"+callbacks.stop.marker={tmp_path / 'signalled'}",
+        f"+callbacks.stop.hold={hold}",
         env=env,
     )
     pid_file.write_text(str(process.pid))
@@ -59,18 +61,19 @@ def test_an_interrupted_sweep_ends_its_trials_killed_and_resumes_them_in_their_r
         tmp_path,
         env,
         "hydra.sweeper.max_concurrent=2",
-        "trainer.epochs=150",
+        "trainer.epochs=20",
         "seed=0,1,2",
         *cluster,
         trial=2,
         after=2,
+        hold=True,
     )
     assert "Tuner.restore" not in stderr and "Stop signal received" not in stderr  # Tune's advice is not ours
     parent, trials = sweep_runs(cli)
     assert parent.info.status == "KILLED" and sorted(trials) == [1, 2]
     for run in trials.values():
         assert run.info.status == "KILLED" and "stopped_early" not in run.data.tags, run.data.tags
-        assert 2 <= run.data.metrics["epoch"] < 150
+        assert 2 <= run.data.metrics["epoch"] < 20
     assert all(r.info.status != "RUNNING" for r in cli.runs())
     assert "hydra.sweeper.resume=true" in command and "hydra.sweeper.max_concurrent=2" in command
 
@@ -82,7 +85,7 @@ def test_an_interrupted_sweep_ends_its_trials_killed_and_resumes_them_in_their_r
     assert len(cli.runs()) == 4  # the sweep's run and one per trial
     for number, run in trials.items():
         assert run.info.status == "FINISHED" and "stopped_early" not in run.data.tags
-        assert steps(cli, run) == sorted(set(steps(cli, run))) and len(steps(cli, run)) == 150, number
+        assert steps(cli, run) == sorted(set(steps(cli, run))) and len(steps(cli, run)) == 20, number
         assert run.data.tags.get("attempts") == ("2" if number < 3 else None)
     table = cli.client.download_artifacts(parent.info.run_id, "sweep.md", str(tmp_path))
     rows = [line for line in Path(table).read_text().splitlines() if re.match(r"\| \d+ \|", line)]
