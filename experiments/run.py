@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from experiments import lineage, schema
+from experiments import CONF, lineage, schema
 from experiments.runner import run
 from experiments.schema import ConfigError
 from experiments.tracking import TrackingError, connect, default_tracking_uri
@@ -42,7 +42,6 @@ from zkynet.training.trainer import MetricError
 # Hydra looks for sweepers in the `hydra_plugins` namespace package only: ours (the Tune sweeper)
 # joins it from experiments/plugins/ (the repository's top level is the user's)
 PLUGINS = str(Path(__file__).parent / "plugins")
-CONF = Path(__file__).parents[1] / "conf"
 
 __all__ = ["main", "run"]
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import zkynet
 from tests.autodiff_guard import refuse_jax_autodiff
 from tests.framework.higher_order_cases import KINKED, SMOOTH, STEPS, J, Z, inputs, program
+from tests.framework.ops.second_order import UNOPTIMIZED
 from zkynet.framework import op
 
 RTOL, ATOL = 1e-9, 1e-10  # float64
@@ -129,11 +130,6 @@ def test_through_a_module_inside_the_function():
 
 
 # ----------------------------------------------------------------------------- every operator family against JAX
-
-
-# XLA's backend (LLVM) optimizations off for the compiled programs: about 40% of their
-# compile time, and nothing compared changes (the same operations in float64)
-UNOPTIMIZED = {"xla_backend_optimization_level": 0}
 
 
 def references(names, args, tangents):
